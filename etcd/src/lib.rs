@@ -1,0 +1,31 @@
+//! pm's typed etcd layer, over etcd-client.
+//!
+//! - [`keys`]: every key of DESIGN.md's keyspace, built and parsed in one place.
+//! - [`Store`]: typed get/list/put/delete of the protobuf values, compare-and-swap, and
+//!   fenced transactions that fail with [`Error::FencedOut`] once the writer is deposed.
+//! - [`Session`] and [`Election`]: a lease kept alive in its own task, campaigns, leader
+//!   observation, and a token that fires as soon as leadership is lost.
+//! - [`ResumableWatch`]: a watch that resumes after errors and restarts, and re-lists
+//!   after compaction, so no change is lost or seen twice.
+//! - [`EtcdOptions`]: endpoints, TLS and user/password.
+
+pub mod connect;
+pub mod election;
+pub mod error;
+pub mod fence;
+pub mod keys;
+mod retry;
+pub mod session;
+pub mod store;
+pub mod watch;
+
+pub use connect::{EtcdOptions, Secret, TlsFiles};
+pub use election::{Election, LeaderInfo, Leadership};
+pub use error::{Error, Result};
+pub use fence::Fence;
+pub use keys::{Key, Keyspace};
+pub use session::Session;
+pub use store::{decode, put_op, Listing, Store, Versioned};
+pub use watch::{ResumableWatch, StoredKey, WatchBatch, WatchEvent, WatchRange};
+
+pub use etcd_client;

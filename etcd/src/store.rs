@@ -1,0 +1,266 @@
+//! Typed reads and writes of pm's protobuf values, plain, fenced and compare-and-swap.
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
+use prost::Message;
+
+use crate::error::{Error, Result};
+use crate::fence::Fence;
+use crate::keys::Keyspace;
+use crate::retry;
+
+/// A decoded value with its etcd metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<M> {
+    /// The decoded value.
+    pub value: M,
+    /// Revision of the last write of the key; the token for compare-and-swap.
+    pub mod_revision: i64,
+    /// Revision at which the key was created.
+    pub create_revision: i64,
+    /// Lease the key is bound to, 0 for none.
+    pub lease: i64,
+}
+
+/// The keys under a prefix, decoded, as of one revision.
+#[derive(Debug)]
+pub struct Listing<M> {
+    /// Keys whose value decoded, in key order.
+    pub items: Vec<(String, Versioned<M>)>,
+    /// Keys whose value did not decode; the caller logs and skips them.
+    pub invalid: Vec<Error>,
+    /// The store revision the listing reflects; watch from `revision + 1` to follow it.
+    pub revision: i64,
+}
+
+/// Decodes a value stored under `key` as `M`, naming the key on failure.
+pub fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|source| Error::Decode {
+        key: key.to_string(),
+        type_name: std::any::type_name::<M>(),
+        source,
+    })
+}
+
+fn key_string(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+fn versioned<M: Message + Default>(kv: &KeyValue) -> Result<Versioned<M>> {
+    Ok(Versioned {
+        value: decode(&key_string(kv), kv.value())?,
+        mod_revision: kv.mod_revision(),
+        create_revision: kv.create_revision(),
+        lease: kv.lease(),
+    })
+}
+
+/// Typed access to pm's keyspace. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// The etcd client; clones share one connection.
+    client: Client,
+    /// Key builders of this installation.
+    keys: Keyspace,
+}
+
+impl Store {
+    /// A store over a connected client.
+    pub fn new(client: Client, keys: Keyspace) -> Self {
+        Self { client, keys }
+    }
+
+    /// The keyspace.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    /// The underlying client, for leases, elections and watches.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads one key. `Ok(None)` when absent; an error naming the key when its value does
+    /// not decode.
+    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<Versioned<M>>> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("get {key}"),
+            |mut kv| async move { kv.get(key, None).await },
+        )
+        .await?;
+        resp.kvs().first().map(versioned).transpose()
+    }
+
+    /// Reads every key under `prefix` at one revision. Values that do not decode are set
+    /// aside in `invalid`, so one bad key cannot hide the others.
+    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Listing<M>> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("list {prefix}"),
+            |mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await },
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let mut items = Vec::with_capacity(resp.kvs().len());
+        let mut invalid = Vec::new();
+        for kv in resp.kvs() {
+            match versioned(kv) {
+                Ok(v) => items.push((key_string(kv), v)),
+                Err(e) => invalid.push(e),
+            }
+        }
+        Ok(Listing {
+            items,
+            invalid,
+            revision,
+        })
+    }
+
+    /// Lists the raw keys under `prefix`, without values.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("list keys {prefix}"),
+            |mut kv| async move {
+                kv.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            },
+        )
+        .await?;
+        Ok(resp.kvs().iter().map(key_string).collect())
+    }
+
+    /// Writes a value unconditionally, bound to `lease` when non-zero. Returns the new
+    /// revision. For keys without a single owner: events, reports, memberships.
+    pub async fn put<M: Message>(&self, key: &str, value: &M, lease: i64) -> Result<i64> {
+        let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+        let bytes = value.encode_to_vec();
+        let resp = retry::kv(
+            &self.client,
+            || format!("put {key}"),
+            |mut kv| {
+                let (bytes, options) = (bytes.clone(), options.clone());
+                async move { kv.put(key, bytes, options).await }
+            },
+        )
+        .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    /// Deletes one key. Returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("delete {key}"),
+            |mut kv| async move { kv.delete(key, None).await },
+        )
+        .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Deletes every key under `prefix`. Returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("delete prefix {prefix}"),
+            |mut kv| async move {
+                kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            },
+        )
+        .await?;
+        Ok(resp.deleted())
+    }
+
+    /// Compare-and-swap: writes `value` only if the key's mod_revision is still `expected`
+    /// (0: the key must not exist). On a mismatch nothing is written and the error is
+    /// [`Error::Conflict`] with the revision found.
+    pub async fn put_if_revision<M: Message>(
+        &self,
+        key: &str,
+        value: &M,
+        expected: i64,
+    ) -> Result<i64> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value.encode_to_vec(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(key, expected, txn).await
+    }
+
+    /// Compare-and-swap delete: removes the key only if its mod_revision is still
+    /// `expected`.
+    pub async fn delete_if_revision(&self, key: &str, expected: i64) -> Result<i64> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.cas(key, expected, txn).await
+    }
+
+    async fn cas(&self, key: &str, expected: i64, txn: Txn) -> Result<i64> {
+        let resp = retry::txn(&self.client, || format!("compare-and-swap {key}"), txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
+        }
+        let actual = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => {
+                    Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        Err(Error::Conflict {
+            key: key.to_string(),
+            expected,
+            actual,
+        })
+    }
+
+    /// Runs `ops` in one transaction only while `fence` still holds leadership. Returns the
+    /// new revision, or [`Error::FencedOut`] when the writer was deposed: then nothing was
+    /// written.
+    pub async fn txn_fenced(&self, fence: &Fence, ops: Vec<TxnOp>) -> Result<i64> {
+        let txn = Txn::new().when([fence.compare()]).and_then(ops);
+        let op = || format!("fenced txn by {}", fence.election_key());
+        let resp = retry::txn(&self.client, op, txn).await?;
+        if resp.succeeded() {
+            Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+        } else {
+            Err(fence.fenced_out())
+        }
+    }
+
+    /// A fenced put: written only while `fence` holds leadership, bound to `lease` when
+    /// non-zero.
+    pub async fn put_fenced<M: Message>(
+        &self,
+        fence: &Fence,
+        key: &str,
+        value: &M,
+        lease: i64,
+    ) -> Result<i64> {
+        self.txn_fenced(fence, vec![put_op(key, value, lease)])
+            .await
+    }
+
+    /// A fenced delete of one key; deleting an absent key succeeds.
+    pub async fn delete_fenced(&self, fence: &Fence, key: &str) -> Result<i64> {
+        self.txn_fenced(fence, vec![TxnOp::delete(key, None)]).await
+    }
+}
+
+/// A put operation for a transaction, bound to `lease` when non-zero.
+pub fn put_op<M: Message>(key: &str, value: &M, lease: i64) -> TxnOp {
+    let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+    TxnOp::put(key, value.encode_to_vec(), options)
+}

@@ -1,0 +1,261 @@
+//! Test harness of pm: real etcd processes on free ports in temp dirs.
+//!
+//! ```no_run
+//! # async fn f() {
+//! let etcd = pm_tests::EtcdCluster::start(3).await;
+//! let client = etcd.client().await;
+//! let prefix = pm_tests::unique_prefix();
+//! # }
+//! ```
+//!
+//! Every test gets its own etcd (or cluster) and its own key prefix, so tests run in
+//! parallel without sharing anything. Nothing uses a fixed port: each port is taken from
+//! the OS. The `etcd` binary is found at `$ETCD_BIN` or on `PATH`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use etcd_client::Client;
+use rand::Rng;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` from `PATH`.
+pub fn etcd_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ETCD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "etcd not found: install etcd-server (apt-get install etcd-server) or set ETCD_BIN"
+            )
+        })
+}
+
+/// A port the OS reports free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A key prefix no other test uses, e.g. `/t3f9a1c07/pm`.
+pub fn unique_prefix() -> String {
+    format!("/t{:08x}/pm", rand::rng().random::<u32>())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `bound`; panics naming
+/// `what` when the bound passes. The only way tests wait for a condition.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {bound:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One etcd member's settings and process.
+struct Member {
+    /// Member name, `m0`, `m1`, ...
+    name: String,
+    /// Port for clients.
+    client_port: u16,
+    /// Port for peers.
+    peer_port: u16,
+    /// The running process; `None` while stopped.
+    child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// A real etcd of one or more members, torn down (killed, data removed) on drop.
+pub struct EtcdCluster {
+    /// Temp dir holding each member's data dir and log.
+    dir: TempDir,
+    /// The members, in `--initial-cluster` order.
+    members: Vec<Member>,
+    /// `--initial-cluster` value shared by every member.
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster serves linearizable reads.
+    pub async fn start(size: usize) -> Self {
+        assert!(size >= 1, "an etcd cluster needs a member");
+        let dir = tempfile::Builder::new()
+            .prefix("pm-etcd-")
+            .tempdir()
+            .expect("temp dir");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// The temp dir of this cluster (member data dirs and logs are inside).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let data_dir = self.dir.path().join(&self.members[index].name);
+        let log_path = self
+            .dir
+            .path()
+            .join(format!("{}.log", self.members[index].name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("etcd log file");
+        let member = &self.members[index];
+        let state = if data_dir.exists() { "existing" } else { "new" };
+        let child = Command::new(etcd_bin())
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen-client-urls")
+            .arg(member.client_url())
+            .arg("--advertise-client-urls")
+            .arg(member.client_url())
+            .arg("--listen-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg(state)
+            .arg("--initial-cluster-token")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_bin().display()));
+        self.members[index].child = Some(child);
+    }
+
+    /// Client URLs of every member, running or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Client URL of one member.
+    pub fn endpoint(&self, index: usize) -> String {
+        self.members[index].client_url()
+    }
+
+    /// A client of all members.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoints(), None)
+            .await
+            .expect("connect to etcd")
+    }
+
+    /// Waits until a linearizable read succeeds through each running member.
+    pub async fn wait_ready(&self) {
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::client_url)
+            .collect();
+        for url in running {
+            eventually(
+                &format!(
+                    "etcd at {url} serves reads (logs in {})",
+                    self.dir().display()
+                ),
+                Duration::from_secs(30),
+                || {
+                    let url = url.clone();
+                    async move {
+                        let options = etcd_client::ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_timeout(Duration::from_millis(1000));
+                        let mut client = Client::connect([url], Some(options)).await.ok()?;
+                        client.get("pm-harness-health", None).await.ok().map(|_| ())
+                    }
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Kills member `index` with SIGKILL and waits for it to exit.
+    pub async fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            child.start_kill().ok();
+            child.wait().await.ok();
+        }
+    }
+
+    /// Starts member `index` again on its ports with its data. Does not wait for it.
+    pub fn restart(&mut self, index: usize) {
+        assert!(
+            self.members[index].child.is_none(),
+            "member {index} is running"
+        );
+        self.spawn(index);
+    }
+
+    /// Kills every member, starts them again and waits until the cluster serves.
+    pub async fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i).await;
+        }
+        for i in 0..self.members.len() {
+            self.restart(i);
+        }
+        self.wait_ready().await;
+    }
+}
