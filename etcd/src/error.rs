@@ -31,6 +31,12 @@ pub enum Error {
         /// The mod_revision found (0: absent).
         actual: i64,
     },
+    /// A guarded transaction was refused by one of its extra conditions (the fence held).
+    #[error("not written: {what} changed meanwhile")]
+    GuardFailed {
+        /// What the guard protected.
+        what: String,
+    },
     /// A value stored under a key is not a valid protobuf message of the expected type.
     #[error("cannot decode the value of {key} as {type_name}: {source}")]
     Decode {

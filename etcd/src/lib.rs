@@ -9,9 +9,11 @@
 //!   after compaction, so no change is lost or seen twice.
 //! - [`EtcdOptions`]: endpoints, TLS and user/password.
 
+pub mod cli;
 pub mod connect;
 pub mod election;
 pub mod error;
+pub mod events;
 pub mod fence;
 pub mod keys;
 mod retry;
@@ -22,6 +24,7 @@ pub mod watch;
 pub use connect::{EtcdOptions, Secret, TlsFiles};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
+pub use events::{now_unix_ms, EventLog};
 pub use fence::Fence;
 pub use keys::{Key, Keyspace};
 pub use session::Session;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::keys::Keyspace;
 use crate::retry;
+use crate::watch::StoredKey;
 
 /// A decoded value with its etcd metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +118,19 @@ impl Store {
             invalid,
             revision,
         })
+    }
+
+    /// Reads every key under `prefix` undecoded, with the revision of the read: the
+    /// starting point of a [`crate::ResumableWatch`] at `revision + 1`.
+    pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<StoredKey>, i64)> {
+        let resp = retry::kv(
+            &self.client,
+            || format!("list {prefix}"),
+            |mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await },
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((resp.kvs().iter().map(StoredKey::from).collect(), revision))
     }
 
     /// Lists the raw keys under `prefix`, without values.
@@ -238,6 +252,58 @@ impl Store {
         } else {
             Err(fence.fenced_out())
         }
+    }
+
+    /// Like [`Store::txn_fenced`], with more conditions. When the transaction is refused
+    /// it tells which: [`Error::FencedOut`] when the fence no longer holds, else
+    /// [`Error::GuardFailed`] naming `what`.
+    pub async fn txn_fenced_if(
+        &self,
+        fence: &Fence,
+        guards: Vec<Compare>,
+        what: &str,
+        ops: Vec<TxnOp>,
+    ) -> Result<i64> {
+        let mut compares = vec![fence.compare()];
+        compares.extend(guards);
+        let election_key = fence.election_key();
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops)
+            .or_else([TxnOp::get(election_key, None)]);
+        let op = || format!("guarded txn by {election_key}");
+        let resp = retry::txn(&self.client, op, txn).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
+        }
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().first().map(|kv| kv.create_revision())),
+            _ => None,
+        });
+        if holder.flatten() == Some(fence.revision()) {
+            Err(Error::GuardFailed {
+                what: what.to_string(),
+            })
+        } else {
+            Err(fence.fenced_out())
+        }
+    }
+
+    /// Grants a lease of `ttl` (whole seconds, at least 1) that nobody keeps alive: keys
+    /// bound to it vanish when it runs out. Returns the lease id.
+    pub async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let mut last = None;
+        for _ in 0..3 {
+            match self.client.lease_client().grant(secs, None).await {
+                Ok(resp) => return Ok(resp.id()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::etcd(
+            format!("lease grant {secs}s"),
+            last.unwrap_or_else(|| etcd_client::Error::LeaseKeepAliveError("no attempt".into())),
+        ))
     }
 
     /// A fenced put: written only while `fence` holds leadership, bound to `lease` when

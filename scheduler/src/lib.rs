@@ -1,3 +1,129 @@
-//! pm-scheduler: the elected leader that spreads each pool's target over its zones.
+//! pm-scheduler: every replica campaigns in an etcd election; the leader spreads each
+//! pool's target over its usable zones and turns stockout reports into exhaustion leases.
+//! It never calls GCE.
+//!
+//! - [`distribution`]: the pure placement algorithm.
+//! - [`exhaustion`]: back-off of exhausted zones.
+//! - [`model`]: the leader's view of the keyspace.
+//! - [`leader`]: the leader's work for one term.
+//! - [`run`]: campaign, lead, lose, campaign again.
 
+pub mod config;
 pub mod distribution;
+pub mod exhaustion;
+pub mod leader;
+pub mod model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_backoff::Backoff;
+use pm_etcd::{Election, EventLog, Session, Store};
+use tokio_util::sync::CancellationToken;
+
+pub use config::SchedulerConfig;
+use leader::{lead, LeaderSettings, TermEnd};
+
+/// Delays between attempts to reach etcd, grant a lease or campaign after a failure.
+const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Why the scheduler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The settings are unusable.
+    #[error("invalid settings: {0}")]
+    Config(String),
+}
+
+/// Runs a scheduler replica until `shutdown` fires: campaigns, leads while it wins,
+/// campaigns again after losing. On shutdown it resigns so a standby takes over at once.
+pub async fn run(
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
+    config.validate().map_err(SchedulerError::Config)?;
+    let id = config.id();
+    pm_etcd::keys::validate_agent_id(&id).map_err(|e| SchedulerError::Config(e.to_string()))?;
+    let settings = LeaderSettings {
+        id: id.clone(),
+        agent_grace: config.agent_grace,
+        resync: config.resync,
+    };
+    let mut retry = RETRY.attempts();
+    let store = loop {
+        match config.etcd.store().await {
+            Ok(store) => break store,
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, ?delay, "cannot reach etcd; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    let events = Arc::new(EventLog::new(
+        store.clone(),
+        id.clone(),
+        config.event_retention,
+    ));
+    tracing::info!(%id, prefix = %config.etcd.prefix, "scheduler started");
+    while !shutdown.is_cancelled() {
+        match term(&store, &events, &settings, config.lease_ttl, &shutdown).await {
+            Ok(()) => retry.reset(),
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, ?delay, "election round failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(%id, "scheduler stopped");
+    Ok(())
+}
+
+/// One session: campaign, lead until lost or shut down.
+async fn term(
+    store: &Store,
+    events: &EventLog,
+    settings: &LeaderSettings,
+    lease_ttl: Duration,
+    shutdown: &CancellationToken,
+) -> pm_etcd::Result<()> {
+    let session = Session::grant(store.client(), lease_ttl).await?;
+    let election = Election::new(store.client().clone(), &store.keys().scheduler_election());
+    let leadership = match election.campaign(&session, &settings.id, shutdown).await {
+        Ok(l) => l,
+        Err(pm_etcd::Error::Cancelled) => {
+            session.close().await.ok();
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(id = %settings.id, revision = leadership.fence().revision(), "elected leader");
+    let end = tokio::select! {
+        end = lead(store, events, settings, &leadership) => Some(end),
+        _ = shutdown.cancelled() => None,
+    };
+    match end {
+        None => {
+            tracing::info!("shutting down: resigning leadership");
+            leadership.resign().await.ok();
+            session.close().await.ok();
+            Ok(())
+        }
+        Some(TermEnd::Lost) => {
+            tracing::warn!(id = %settings.id, "leadership lost; campaigning again");
+            Ok(())
+        }
+        Some(TermEnd::Failed(e)) => {
+            tracing::warn!(error = %e, "leader failed; resigning and campaigning again");
+            leadership.resign().await.ok();
+            Err(e)
+        }
+    }
+}

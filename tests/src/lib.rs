@@ -259,3 +259,103 @@ impl EtcdCluster {
         self.wait_ready().await;
     }
 }
+
+/// Path of a binary of this workspace (`pm-scheduler`, `pm-agent`, `pmctl`, `gce-sim`),
+/// next to the test executable's `deps/` directory. Build them first
+/// (`cargo build --workspace --bins`; `./test.sh` does).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A pm binary running as its own process, its output in a log file; SIGKILLed on drop.
+pub struct Daemon {
+    /// What it is, for messages.
+    name: String,
+    /// The process.
+    child: Child,
+    /// Where its stdout and stderr go.
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `bin` with `args` and extra environment, logging into `dir/<name>.log`.
+    pub fn start(dir: &Path, name: &str, bin: &str, args: &[String], env: &[(&str, &str)]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("daemon log");
+        let err = out.try_clone().expect("daemon log");
+        let mut cmd = Command::new(bin_path(bin));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        Self {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it with SIGKILL (`kill -9`) and reaps it.
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().ok();
+        self.child.wait().await.ok();
+    }
+
+    /// Sends SIGTERM and waits up to `bound` for it to exit; returns its exit code.
+    pub async fn terminate(&mut self, bound: Duration) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .ok();
+        }
+        match tokio::time::timeout(bound, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                panic!(
+                    "{} did not exit within {bound:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log()
+                )
+            }
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}

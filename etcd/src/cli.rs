@@ -1,0 +1,393 @@
+//! The command-line and config-file settings every pm binary shares: how to reach etcd.
+//!
+//! Settings come from, in order of precedence: flags, `PM_*` environment variables, an
+//! optional config file (`--config FILE` or `PM_CONFIG`; TOML, YAML or JSON, keys named
+//! like the long flags, `-` or `_` alike), then built-in defaults.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+
+use crate::connect::{EtcdOptions, Secret, TlsFiles};
+use crate::error::{Error, Result};
+use crate::keys::Keyspace;
+use crate::store::Store;
+
+/// The format of log lines.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up `tracing` for a binary: filtered by `RUST_LOG` (default `info`), written to
+/// stderr as text or JSON.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `<host>-<pid>`, made safe for keys: the default id of an agent or scheduler.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let clean: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{clean}-{}", std::process::id())
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM, so a binary stops cleanly (a leader resigns).
+pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Parses a duration such as `3s`, `500ms` or `2m`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); use e.g. 3s, 500ms, 2m"))
+}
+
+/// How to reach etcd; flattened into each binary's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long = "etcd",
+        env = "PM_ETCD",
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub endpoints: String,
+    /// Key prefix of this pm installation.
+    #[arg(long, env = "PM_PREFIX", default_value = crate::keys::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// PEM CA bundle of the etcd servers (enables TLS).
+    #[arg(long = "etcd-cacert", env = "PM_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long = "etcd-cert", env = "PM_ETCD_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = "etcd-key", env = "PM_ETCD_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// etcd user name. The password comes from PM_ETCD_PASSWORD or --etcd-password-file,
+    /// never from a flag, so it does not show in process listings.
+    #[arg(long = "etcd-user", env = "PM_ETCD_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// File holding the etcd password (first line).
+    #[arg(
+        long = "etcd-password-file",
+        env = "PM_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Bound on each etcd request.
+    #[arg(long = "etcd-timeout", env = "PM_ETCD_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+    /// Optional config file (TOML, YAML or JSON) with any of these settings.
+    #[arg(long = "config", env = "PM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The connection options these settings describe. Reads the password file or
+    /// `PM_ETCD_PASSWORD` when a user is set.
+    pub fn options(&self) -> Result<EtcdOptions> {
+        let mut options = EtcdOptions::from_endpoint_list(&self.endpoints)?;
+        options.request_timeout = self.timeout;
+        if self.cacert.is_some() || self.cert.is_some() || self.key.is_some() {
+            options.tls = Some(TlsFiles {
+                ca: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            });
+            options.endpoints = options
+                .endpoints
+                .into_iter()
+                .map(|e| e.replacen("http://", "https://", 1))
+                .collect();
+        }
+        if let Some(user) = &self.user {
+            let password = match &self.password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read etcd password file {}: {e}", path.display())))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                None => std::env::var("PM_ETCD_PASSWORD").map_err(|_| {
+                    Error::Config(format!(
+                        "etcd user {user:?} is set but no password: set PM_ETCD_PASSWORD or --etcd-password-file"
+                    ))
+                })?,
+            };
+            options.user = Some((user.clone(), Secret::new(password)));
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// The keyspace under `--prefix`.
+    pub fn keyspace(&self) -> Result<Keyspace> {
+        Keyspace::new(&self.prefix)
+    }
+
+    /// Connects and returns a store over the keyspace.
+    pub async fn store(&self) -> Result<Store> {
+        let keys = self.keyspace()?;
+        let client = self.options()?.connect().await?;
+        Ok(Store::new(client, keys))
+    }
+}
+
+/// Finds `--config FILE` in `args`, else `PM_CONFIG`.
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter().skip(1);
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            break;
+        }
+        if text == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("PM_CONFIG").map(PathBuf::from)
+}
+
+/// Reads a config file into (setting, value) pairs, values rendered as flag text.
+fn read_config_file(path: &Path) -> std::result::Result<Vec<(String, String)>, String> {
+    let shown = path.display();
+    if !path.is_file() {
+        return Err(format!(
+            "config file {shown} does not exist or is not a file"
+        ));
+    }
+    let settings = config::Config::builder()
+        .add_source(config::File::from(path))
+        .build()
+        .map_err(|e| format!("config file {shown}: {e}"))?;
+    let table = settings
+        .try_deserialize::<config::Map<String, config::Value>>()
+        .map_err(|e| format!("config file {shown}: {e}"))?;
+    let mut pairs = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let text = match value.kind {
+            config::ValueKind::Array(items) => items
+                .into_iter()
+                .map(|v| v.into_string())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| format!("config file {shown}: setting {key}: {e}"))?
+                .join(","),
+            config::ValueKind::Table(_) => {
+                return Err(format!(
+                    "config file {shown}: setting {key} must be a single value, not a table"
+                ))
+            }
+            other => config::Value::new(None, other)
+                .into_string()
+                .map_err(|e| format!("config file {shown}: setting {key}: {e}"))?,
+        };
+        pairs.push((key.replace('_', "-"), text));
+    }
+    Ok(pairs)
+}
+
+/// The long flag names of `cmd` closest to `name`, for "did you mean".
+fn closest_flag(cmd: &clap::Command, name: &str) -> Option<String> {
+    cmd.get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|long| (strsim_distance(long, name), long))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, long)| long.to_string())
+}
+
+/// Levenshtein distance, small and dependency-free.
+pub fn strsim_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Parses the command line of a pm binary, with values from the optional config file as
+/// defaults under flags and `PM_*` variables. Errors are clap errors: printed with
+/// `.exit()`, usage problems exit 2.
+pub fn parse_args<P: CommandFactory + FromArgMatches>(
+    args: Vec<OsString>,
+) -> std::result::Result<P, clap::Error> {
+    let mut cmd = P::command();
+    if let Some(path) = config_path(&args) {
+        let pairs = read_config_file(&path)
+            .map_err(|m| cmd.error(clap::error::ErrorKind::InvalidValue, m))?;
+        for (key, value) in pairs {
+            let known = cmd
+                .get_arguments()
+                .any(|a| a.get_long() == Some(key.as_str()) && key != "config");
+            if !known {
+                let hint = closest_flag(&cmd, &key)
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                return Err(cmd.error(
+                    clap::error::ErrorKind::UnknownArgument,
+                    format!(
+                        "config file {}: unknown setting {key:?}{hint}",
+                        path.display()
+                    ),
+                ));
+            }
+            let id = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .map(|a| a.get_id().clone());
+            if let Some(id) = id {
+                cmd = cmd.mut_arg(id, |a| a.default_value(value));
+            }
+        }
+    }
+    let matches: ArgMatches = cmd.try_get_matches_from_mut(args)?;
+    P::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Demo {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[arg(long, value_parser = parse_duration, default_value = "3s")]
+        lease_ttl: Duration,
+    }
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        std::iter::once("demo")
+            .chain(list.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[test]
+    fn config_file_values_sit_under_flags() {
+        let dir = tempfile_dir();
+        let file = dir.join("pm.toml");
+        std::fs::write(
+            &file,
+            "etcd = \"http://10.0.0.1:2379\"\nlease_ttl = \"7s\"\nprefix = \"/x\"\n",
+        )
+        .unwrap();
+        let f = file.to_string_lossy().to_string();
+        let d: Demo = parse_args(args(&["--config", &f, "--prefix", "/flag"])).unwrap();
+        assert_eq!(d.etcd.endpoints, "http://10.0.0.1:2379");
+        assert_eq!(d.lease_ttl, Duration::from_secs(7));
+        assert_eq!(d.etcd.prefix, "/flag");
+    }
+
+    #[test]
+    fn unknown_config_settings_are_rejected_with_a_hint() {
+        let dir = tempfile_dir();
+        let file = dir.join("pm.yaml");
+        std::fs::write(&file, "lease-tll: 3s\n").unwrap();
+        let f = file.to_string_lossy().to_string();
+        let err = parse_args::<Demo>(args(&["--config", &f]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lease-tll") && err.contains("did you mean lease-ttl"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_and_missing_files_are_clear_errors() {
+        let err = parse_args::<Demo>(args(&["--lease-ttl", "soon"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = parse_args::<Demo>(args(&["--config", "/nonexistent/pm.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn tls_turns_endpoints_to_https_and_user_needs_a_password() {
+        let d: Demo =
+            parse_args(args(&["--etcd", "http://a:1", "--etcd-cacert", "/ca.pem"])).unwrap();
+        assert_eq!(d.etcd.options().unwrap().endpoints, vec!["https://a:1"]);
+        let dir = tempfile_dir();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let p = pw.to_string_lossy().to_string();
+        let d: Demo = parse_args(args(&["--etcd-user", "pm", "--etcd-password-file", &p])).unwrap();
+        let (user, secret) = d.etcd.options().unwrap().user.unwrap();
+        assert_eq!((user.as_str(), secret.expose()), ("pm", "s3cret"));
+    }
+
+    #[test]
+    fn distance_is_levenshtein() {
+        assert_eq!(strsim_distance("lease-ttl", "lease-tll"), 1);
+        assert_eq!(strsim_distance("kitten", "sitting"), 3);
+        assert_eq!(strsim_distance("", "abc"), 3);
+        assert_eq!(strsim_distance("same", "same"), 0);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "pm-cli-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

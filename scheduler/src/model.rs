@@ -1,0 +1,405 @@
+//! The leader's in-memory view of the keyspace, fed by listings and watch events.
+//!
+//! The view is level state: applying the same key twice changes nothing, and a full
+//! re-list rebuilds it. Values that do not decode are logged and skipped, so one bad key
+//! never stops the scheduler.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pm_etcd::{decode, Key, Keyspace, StoredKey, WatchBatch, WatchEvent};
+use pm_proto::{
+    ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion,
+};
+
+/// Whether an observed instance counts toward the zone's live instances: anything not on
+/// its way out. An instance in an unknown state counts, so pm never overshoots by
+/// replacing something that may still run.
+pub fn is_live(instance: &ObservedInstance) -> bool {
+    !instance.preempted
+        && !matches!(
+            instance.state(),
+            InstanceState::Terminated | InstanceState::Deleting
+        )
+}
+
+/// One zone of one pool.
+#[derive(Debug, Default, Clone)]
+pub struct ZoneView {
+    /// Observed instances by name: whether each is live. `live` is their count of `true`.
+    pub instances: BTreeMap<String, bool>,
+    /// Number of live instances; always equals the `true`s in `instances`.
+    pub live: u64,
+    /// Latest creation time (Unix ms) of a RUNNING instance: the zone's last success.
+    pub last_success_unix_ms: Option<u64>,
+    /// The desired key as stored (or as last written by this leader).
+    pub desired: Option<ZoneDesired>,
+    /// The exhausted key, while it exists.
+    pub exhausted: Option<ZoneExhaustion>,
+    /// An agent's stockout report waiting to be handled.
+    pub report: Option<ExhaustionReport>,
+}
+
+impl ZoneView {
+    fn set_instance(&mut self, name: &str, instance: Option<&ObservedInstance>) {
+        let live = instance.is_some_and(is_live);
+        let before = match instance {
+            Some(_) => self.instances.insert(name.to_string(), live),
+            None => self.instances.remove(name),
+        };
+        if before == Some(true) {
+            self.live -= 1;
+        }
+        if instance.is_some() && live {
+            self.live += 1;
+        }
+        if let Some(i) = instance {
+            if i.state() == InstanceState::Running {
+                let created = u64::try_from(i.created_unix_ms).unwrap_or_default();
+                self.last_success_unix_ms = self.last_success_unix_ms.max(Some(created));
+            }
+        }
+    }
+}
+
+/// One pool.
+#[derive(Debug, Default, Clone)]
+pub struct PoolView {
+    /// The config as stored; `None` when the key is absent.
+    pub config: Option<PoolConfig>,
+    /// Zones that have any key of this pool.
+    pub zones: BTreeMap<String, ZoneView>,
+}
+
+impl PoolView {
+    /// Whether the pool is being removed: tombstoned or without a config.
+    pub fn is_deleted(&self) -> bool {
+        self.config.as_ref().is_none_or(|c| c.deleted)
+    }
+
+    /// The zone view, created empty when absent.
+    pub fn zone_mut(&mut self, zone: &str) -> &mut ZoneView {
+        self.zones.entry(zone.to_string()).or_default()
+    }
+
+    /// Whether no instance key is left in any zone.
+    pub fn has_no_instances(&self) -> bool {
+        self.zones.values().all(|z| z.instances.is_empty())
+    }
+}
+
+/// Something that happened to the view that the leader reports as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// An exhausted key went away (its lease expired or it was cleared).
+    ZoneUsable {
+        /// Pool.
+        pool: String,
+        /// Zone.
+        zone: String,
+    },
+}
+
+/// The whole view.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// Pools by name.
+    pub pools: BTreeMap<String, PoolView>,
+    /// Live agent members by zone; a zone without members is absent.
+    pub agents: BTreeMap<String, BTreeSet<String>>,
+    /// Pools changed since the last `take_dirty`.
+    dirty: BTreeSet<String>,
+}
+
+impl Model {
+    /// Pools whose inputs changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks every pool for recomputation.
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.pools.keys().cloned());
+    }
+
+    /// Replaces the pool part of the view with a listing of the pools prefix.
+    pub fn load_pools(&mut self, keys: &Keyspace, listing: &[StoredKey]) {
+        self.pools.clear();
+        for kv in listing {
+            self.apply_put(keys, kv);
+        }
+        self.mark_all_dirty();
+    }
+
+    /// Replaces the agent part of the view with a listing of the agents prefix. Returns
+    /// the zones whose membership changed.
+    pub fn load_agents(&mut self, keys: &Keyspace, listing: &[StoredKey]) -> BTreeSet<String> {
+        let before = std::mem::take(&mut self.agents);
+        for kv in listing {
+            self.apply_put(keys, kv);
+        }
+        let mut changed = BTreeSet::new();
+        for zone in before.keys().chain(self.agents.keys()) {
+            if before.get(zone) != self.agents.get(zone) {
+                changed.insert(zone.clone());
+            }
+        }
+        self.mark_all_dirty();
+        changed
+    }
+
+    /// Applies a watch batch of either prefix; returns what deserves an event.
+    pub fn apply(&mut self, keys: &Keyspace, batch: WatchBatch, prefix: &str) -> Vec<Notice> {
+        match batch {
+            WatchBatch::Events(events) => events
+                .into_iter()
+                .filter_map(|event| match event {
+                    WatchEvent::Put(kv) => {
+                        self.apply_put(keys, &kv);
+                        None
+                    }
+                    WatchEvent::Delete { key, .. } => self.apply_delete(keys, &key),
+                })
+                .collect(),
+            WatchBatch::Resync { keys: listing, .. } => {
+                if prefix == keys.agents_prefix() {
+                    self.load_agents(keys, &listing);
+                } else {
+                    self.load_pools(keys, &listing);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn apply_put(&mut self, keys: &Keyspace, kv: &StoredKey) {
+        let Some(key) = parse(keys, &kv.key) else {
+            return;
+        };
+        if let Some(pool) = key.pool() {
+            self.dirty.insert(pool.to_string());
+        }
+        let bytes = &kv.value;
+        let skipped = |e: pm_etcd::Error| {
+            tracing::warn!(error = %e, "skipping a value that does not decode");
+        };
+        match key {
+            Key::PoolConfig { pool } => match decode::<PoolConfig>(&kv.key, bytes) {
+                Ok(c) => self.pools.entry(pool).or_default().config = Some(c),
+                Err(e) => skipped(e),
+            },
+            Key::ZoneDesired { pool, zone } => match decode::<ZoneDesired>(&kv.key, bytes) {
+                Ok(d) => self.pool_mut(&pool).zone_mut(&zone).desired = Some(d),
+                Err(e) => skipped(e),
+            },
+            Key::Instance { pool, zone, name } => {
+                match decode::<ObservedInstance>(&kv.key, bytes) {
+                    Ok(i) => self
+                        .pool_mut(&pool)
+                        .zone_mut(&zone)
+                        .set_instance(&name, Some(&i)),
+                    Err(e) => skipped(e),
+                }
+            }
+            Key::Exhausted { pool, zone } => match decode::<ZoneExhaustion>(&kv.key, bytes) {
+                Ok(x) => self.pool_mut(&pool).zone_mut(&zone).exhausted = Some(x),
+                Err(e) => skipped(e),
+            },
+            Key::Report { pool, zone } => match decode::<ExhaustionReport>(&kv.key, bytes) {
+                Ok(r) => self.pool_mut(&pool).zone_mut(&zone).report = Some(r),
+                Err(e) => {
+                    // An undecodable report still means "stockout": handle it as one.
+                    skipped(e);
+                    self.pool_mut(&pool).zone_mut(&zone).report = Some(ExhaustionReport {
+                        message: "undecodable report".into(),
+                        ..Default::default()
+                    });
+                }
+            },
+            Key::AgentMember { zone, agent_id } => {
+                self.agents.entry(zone).or_default().insert(agent_id);
+                self.mark_all_dirty();
+            }
+            Key::Event { .. } => {}
+        }
+    }
+
+    fn apply_delete(&mut self, keys: &Keyspace, raw: &str) -> Option<Notice> {
+        let key = parse(keys, raw)?;
+        if let Some(pool) = key.pool() {
+            self.dirty.insert(pool.to_string());
+        }
+        match key {
+            Key::PoolConfig { pool } => {
+                self.pool_mut(&pool).config = None;
+                None
+            }
+            Key::ZoneDesired { pool, zone } => {
+                self.pool_mut(&pool).zone_mut(&zone).desired = None;
+                None
+            }
+            Key::Instance { pool, zone, name } => {
+                self.pool_mut(&pool)
+                    .zone_mut(&zone)
+                    .set_instance(&name, None);
+                None
+            }
+            Key::Exhausted { pool, zone } => {
+                let was = self.pool_mut(&pool).zone_mut(&zone).exhausted.take();
+                was.map(|_| Notice::ZoneUsable { pool, zone })
+            }
+            Key::Report { pool, zone } => {
+                self.pool_mut(&pool).zone_mut(&zone).report = None;
+                None
+            }
+            Key::AgentMember { zone, agent_id } => {
+                if let Some(members) = self.agents.get_mut(&zone) {
+                    members.remove(&agent_id);
+                    if members.is_empty() {
+                        self.agents.remove(&zone);
+                    }
+                }
+                self.mark_all_dirty();
+                None
+            }
+            Key::Event { .. } => None,
+        }
+    }
+
+    fn pool_mut(&mut self, pool: &str) -> &mut PoolView {
+        self.pools.entry(pool.to_string()).or_default()
+    }
+}
+
+/// Parses a key, skipping election keys silently and logging anything else malformed.
+fn parse(keys: &Keyspace, raw: &str) -> Option<Key> {
+    match keys.parse(raw.as_bytes()) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            if !raw.contains("/election/") {
+                tracing::warn!(error = %e, "skipping a key outside pm's layout");
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn kv(key: String, value: Vec<u8>) -> StoredKey {
+        StoredKey {
+            key,
+            value,
+            mod_revision: 1,
+            create_revision: 1,
+            lease: 0,
+        }
+    }
+
+    fn instance(state: InstanceState) -> Vec<u8> {
+        ObservedInstance {
+            state: state as i32,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn live_counts_follow_puts_and_deletes() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let k = |n: &str| keys.instance("web", "z1", n).unwrap();
+        let events = vec![
+            WatchEvent::Put(kv(k("web-a"), instance(InstanceState::Running))),
+            WatchEvent::Put(kv(k("web-b"), instance(InstanceState::Provisioning))),
+            WatchEvent::Put(kv(k("web-c"), instance(InstanceState::Terminated))),
+            WatchEvent::Put(kv(k("web-a"), instance(InstanceState::Running))),
+        ];
+        m.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
+        assert_eq!(m.pools["web"].zones["z1"].live, 2);
+        let events = vec![
+            WatchEvent::Put(kv(k("web-b"), instance(InstanceState::Deleting))),
+            WatchEvent::Delete {
+                key: k("web-a"),
+                mod_revision: 3,
+            },
+            WatchEvent::Delete {
+                key: k("web-a"),
+                mod_revision: 4,
+            },
+        ];
+        m.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
+        assert_eq!(m.pools["web"].zones["z1"].live, 0);
+        assert_eq!(m.pools["web"].zones["z1"].instances.len(), 2);
+        assert!(m.take_dirty().contains("web"));
+    }
+
+    #[test]
+    fn garbage_values_are_skipped_and_keep_the_last_good_value() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let ck = keys.pool_config("web").unwrap();
+        let good = PoolConfig {
+            target_vm_count: 4,
+            ..Default::default()
+        };
+        m.load_pools(&keys, &[kv(ck.clone(), good.encode_to_vec())]);
+        let events = vec![
+            WatchEvent::Put(kv(ck, vec![0xff, 0xff, 0xff])),
+            WatchEvent::Put(kv("/pm/v1/pools/web/zones/BAD/desired".into(), vec![])),
+            WatchEvent::Put(kv(
+                keys.instance("web", "z1", "web-a").unwrap(),
+                vec![0x08, 0xff],
+            )),
+        ];
+        m.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
+        assert_eq!(m.pools["web"].config.as_ref().unwrap().target_vm_count, 4);
+        assert!(m.pools["web"].zones.get("z1").is_none_or(|z| z.live == 0));
+    }
+
+    #[test]
+    fn an_expired_exhaustion_is_noticed() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let xk = keys.exhausted("web", "z1").unwrap();
+        m.load_pools(
+            &keys,
+            &[kv(xk.clone(), ZoneExhaustion::default().encode_to_vec())],
+        );
+        let notices = m.apply(
+            &keys,
+            WatchBatch::Events(vec![WatchEvent::Delete {
+                key: xk,
+                mod_revision: 9,
+            }]),
+            &keys.pools_prefix(),
+        );
+        assert_eq!(
+            notices,
+            vec![Notice::ZoneUsable {
+                pool: "web".into(),
+                zone: "z1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn agents_come_and_go() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let a = keys.agent_member("z1", "a1").unwrap();
+        let changed = m.load_agents(&keys, &[kv(a.clone(), vec![])]);
+        assert!(changed.contains("z1"));
+        m.apply(
+            &keys,
+            WatchBatch::Events(vec![WatchEvent::Delete {
+                key: a,
+                mod_revision: 2,
+            }]),
+            &keys.agents_prefix(),
+        );
+        assert!(m.agents.is_empty());
+    }
+}
