@@ -87,6 +87,33 @@ impl Backoff {
         half + Duration::from_nanos(rand::rng().random_range(0..=nanos))
     }
 
+    /// Calls `call` until it succeeds, `should_retry` says an error is final, or
+    /// `max_attempts` calls were made (at least one is), sleeping [`Backoff::delay`]
+    /// between calls. Returns the last result.
+    pub async fn retry<T, E, F, Fut>(
+        &self,
+        max_attempts: u32,
+        should_retry: impl Fn(&E) -> bool,
+        mut call: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempts = self.attempts();
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    if attempts.count() + 1 >= max_attempts || !should_retry(&error) {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(attempts.next_delay()).await;
+                }
+            }
+        }
+    }
+
     /// A fresh retry sequence of this policy.
     pub fn attempts(&self) -> Attempts {
         Attempts {
@@ -172,6 +199,65 @@ mod tests {
                 assert!(d >= c / 2 && d <= c, "attempt {attempt}: {d:?} vs {c:?}");
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_stops_at_success_at_a_final_error_or_after_the_attempts() {
+        let b = Backoff::new(ms(10), ms(100)).expect("valid");
+        let calls = std::cell::Cell::new(0u32);
+        let r: Result<u32, &str> = b
+            .retry(
+                5,
+                |_| true,
+                || {
+                    calls.set(calls.get() + 1);
+                    async {
+                        if calls.get() < 3 {
+                            Err("again")
+                        } else {
+                            Ok(calls.get())
+                        }
+                    }
+                },
+            )
+            .await;
+        assert_eq!(r, Ok(3));
+        calls.set(0);
+        let r: Result<u32, &str> = b
+            .retry(
+                4,
+                |_| true,
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("down") }
+                },
+            )
+            .await;
+        assert_eq!((r, calls.get()), (Err("down"), 4));
+        calls.set(0);
+        let r: Result<u32, &str> = b
+            .retry(
+                4,
+                |e| *e != "fatal",
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("fatal") }
+                },
+            )
+            .await;
+        assert_eq!((r, calls.get()), (Err("fatal"), 1));
+        calls.set(0);
+        let r: Result<u32, &str> = b
+            .retry(
+                0,
+                |_| true,
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("once") }
+                },
+            )
+            .await;
+        assert_eq!((r, calls.get()), (Err("once"), 1), "at least one call");
     }
 
     #[test]

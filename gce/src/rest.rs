@@ -1,0 +1,550 @@
+//! [`Compute`] over the Compute Engine v1 REST API (reqwest), against GCE or gce-sim.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gcp_auth::TokenProvider;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::compute::{ApiCall, BoxFuture, Compute, PageRequest, MAX_PAGE_SIZE};
+use crate::error::{ErrorClass, GceError};
+use crate::resources::{
+    BulkInsertRequest, ErrorEnvelope, Instance, InstanceList, Operation, OperationList,
+};
+use pm_backoff::Backoff;
+
+/// Compute Engine's production endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://compute.googleapis.com/compute/v1/";
+
+/// OAuth scope for Compute Engine.
+const COMPUTE_SCOPE: &str = "https://www.googleapis.com/auth/compute";
+
+/// How long an error or undecodable body is quoted in an error message.
+const SNIPPET_CHARS: usize = 200;
+
+/// Where access tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No `Authorization` header (gce-sim).
+    None,
+    /// `gcp_auth::provider()`: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application
+    /// default credentials, or the metadata server, in that order.
+    ApplicationDefault,
+    /// A service-account key file.
+    ServiceAccountFile(PathBuf),
+}
+
+/// Settings of a [`RestCompute`].
+#[derive(Debug, Clone)]
+pub struct RestConfig {
+    /// API root ending in `/compute/v1/`, e.g. [`DEFAULT_BASE_URL`] or gce-sim's
+    /// `http://127.0.0.1:PORT/compute/v1/`.
+    pub base_url: String,
+    /// Credentials.
+    pub auth: Auth,
+    /// Timeout of every call except `zoneOperations.wait`.
+    pub timeout: Duration,
+    /// Timeout of `zoneOperations.wait`, which the server holds up to about 2 minutes.
+    pub wait_timeout: Duration,
+    /// Retries of the retryable error classes.
+    pub backoff: Backoff,
+    /// Calls made at most for one request (1: no retry).
+    pub max_attempts: u32,
+    /// Page size of the list-all calls, 1 to 500.
+    pub page_size: u32,
+}
+
+impl RestConfig {
+    /// Production defaults for `base_url` and `auth`: 30 s per call, 150 s per wait,
+    /// back-off from 500 ms to 30 s over 5 attempts, pages of 500.
+    pub fn new(base_url: impl Into<String>, auth: Auth) -> Result<RestConfig, GceError> {
+        let backoff =
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(30)).map_err(|e| {
+                GceError::InvalidRequest {
+                    problem: e.to_string(),
+                }
+            })?;
+        Ok(RestConfig {
+            base_url: base_url.into(),
+            auth,
+            timeout: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(150),
+            backoff,
+            max_attempts: 5,
+            page_size: MAX_PAGE_SIZE,
+        })
+    }
+}
+
+/// The REST implementation of [`Compute`]. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct RestCompute {
+    http: reqwest::Client,
+    base_url: String,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    timeout: Duration,
+    wait_timeout: Duration,
+    backoff: Backoff,
+    max_attempts: u32,
+    page_size: u32,
+}
+
+impl std::fmt::Debug for RestCompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestCompute")
+            .field("base_url", &self.base_url)
+            .field("authenticated", &self.tokens.is_some())
+            .field("timeout", &self.timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("backoff", &self.backoff)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+/// One request, replayable across retries.
+struct Request {
+    call: ApiCall,
+    method: Method,
+    url: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl RestCompute {
+    /// A client for `config`. Loads credentials now, so missing ones fail here rather
+    /// than at the first call.
+    pub async fn new(config: RestConfig) -> Result<RestCompute, GceError> {
+        let mut base_url = config.base_url.trim().to_string();
+        if !base_url.ends_with('/') {
+            base_url.push('/');
+        }
+        let parsed = reqwest::Url::parse(&base_url).map_err(|e| GceError::InvalidRequest {
+            problem: format!("base URL {base_url:?} is not a URL: {e}"),
+        })?;
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
+            return Err(GceError::InvalidRequest {
+                problem: format!("base URL {base_url:?} is not http(s)"),
+            });
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&config.page_size) {
+            return Err(GceError::InvalidRequest {
+                problem: format!(
+                    "page size {} is not between 1 and {MAX_PAGE_SIZE}",
+                    config.page_size
+                ),
+            });
+        }
+        let tokens: Option<Arc<dyn TokenProvider>> = match &config.auth {
+            Auth::None => None,
+            Auth::ApplicationDefault => Some(
+                gcp_auth::provider()
+                    .await
+                    .map_err(|source| GceError::Auth { source })?,
+            ),
+            Auth::ServiceAccountFile(path) => Some(Arc::new(
+                gcp_auth::CustomServiceAccount::from_file(path)
+                    .map_err(|source| GceError::Auth { source })?,
+            )),
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pm-gce/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GceError::InvalidRequest {
+                problem: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(RestCompute {
+            http,
+            base_url,
+            tokens,
+            timeout: config.timeout,
+            wait_timeout: config.wait_timeout,
+            backoff: config.backoff,
+            max_attempts: config.max_attempts,
+            page_size: config.page_size,
+        })
+    }
+
+    /// The API root this client talks to (ends with `/`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn zone_url(&self, project: &str, zone: &str, rest: &[&str]) -> String {
+        let mut url = format!(
+            "{}projects/{}/zones/{}",
+            self.base_url,
+            encode_segment(project),
+            encode_segment(zone)
+        );
+        for segment in rest {
+            url.push('/');
+            url.push_str(&encode_segment(segment));
+        }
+        url
+    }
+
+    fn request(&self, call: ApiCall, method: Method, url: String) -> Request {
+        Request {
+            call,
+            method,
+            url,
+            query: Vec::new(),
+            body: None,
+            timeout: self.timeout,
+        }
+    }
+
+    fn with_body<B: Serialize>(mut request: Request, body: &B) -> Result<Request, GceError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| GceError::InvalidRequest {
+            problem: format!("cannot encode the {} body: {e}", request.call),
+        })?;
+        request.body = Some(bytes);
+        Ok(request)
+    }
+
+    /// Sends `request`, retrying retryable failures with the back-off.
+    async fn send<T: DeserializeOwned>(&self, request: Request) -> Result<T, GceError> {
+        self.backoff
+            .retry(
+                self.max_attempts,
+                |error: &GceError| {
+                    let retry = error.class().is_retryable();
+                    if retry {
+                        tracing::debug!(%error, "retrying Compute call");
+                    }
+                    retry
+                },
+                || self.attempt(&request),
+            )
+            .await
+    }
+
+    async fn attempt<T: DeserializeOwned>(&self, request: &Request) -> Result<T, GceError> {
+        let call = request.call;
+        let url = &request.url;
+        let mut builder = self
+            .http
+            .request(request.method.clone(), url)
+            .timeout(request.timeout)
+            .query(&request.query);
+        if let Some(tokens) = &self.tokens {
+            let token = tokens
+                .token(&[COMPUTE_SCOPE])
+                .await
+                .map_err(|source| GceError::Auth { source })?;
+            builder = builder.bearer_auth(token.as_str());
+        }
+        if let Some(body) = &request.body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let transport = |source: reqwest::Error| {
+            if source.is_timeout() {
+                GceError::Timeout {
+                    call,
+                    url: url.clone(),
+                    timeout: request.timeout,
+                    source,
+                }
+            } else {
+                GceError::Transport {
+                    call,
+                    url: url.clone(),
+                    source,
+                }
+            }
+        };
+        let response = builder.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport)?;
+        if !(200..300).contains(&status) {
+            return Err(http_error(call, url, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| GceError::Decode {
+            call,
+            url: url.clone(),
+            status,
+            problem: e.to_string(),
+            snippet: snippet(&body),
+        })
+    }
+
+    async fn list_all<T: DeserializeOwned, P>(
+        &self,
+        call: ApiCall,
+        url: String,
+        filter: Option<&str>,
+        split: impl Fn(T) -> (Vec<P>, Option<String>),
+    ) -> Result<Vec<P>, GceError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = self.request(call, Method::GET, url.clone());
+            request.query = page_query(&PageRequest {
+                filter: filter.map(str::to_string),
+                max_results: Some(self.page_size),
+                page_token: token.clone(),
+            });
+            let (items, next) = split(self.send(request).await?);
+            all.extend(items);
+            match next.filter(|t| !t.is_empty()) {
+                None => return Ok(all),
+                Some(next) if Some(&next) == token.as_ref() => {
+                    return Err(GceError::InvalidResponse {
+                        call,
+                        url,
+                        problem: format!("page token {next:?} repeats; the listing would loop"),
+                    })
+                }
+                Some(next) => token = Some(next),
+            }
+        }
+    }
+}
+
+fn page_query(page: &PageRequest) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(filter) = &page.filter {
+        query.push(("filter", filter.clone()));
+    }
+    if let Some(max) = page.max_results {
+        query.push(("maxResults", max.to_string()));
+    }
+    if let Some(token) = &page.page_token {
+        query.push(("pageToken", token.clone()));
+    }
+    query
+}
+
+/// The start of a body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(SNIPPET_CHARS)
+        .collect()
+}
+
+/// An HTTP error status as a [`GceError::Http`], decoding GCE's envelope when present.
+fn http_error(call: ApiCall, url: &str, status: u16, body: &[u8]) -> GceError {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) => GceError::Http {
+            call,
+            url: url.to_string(),
+            status,
+            message: envelope.error.message,
+            errors: envelope.error.errors,
+        },
+        Err(_) => GceError::Http {
+            call,
+            url: url.to_string(),
+            status,
+            message: format!("non-GCE error body: {:?}", snippet(body)),
+            errors: Vec::new(),
+        },
+    }
+}
+
+/// Percent-encodes one URL path segment (keeps RFC 3986 unreserved characters and `:`,
+/// which domain-scoped project ids contain).
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~:".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Compute for RestCompute {
+    fn insert<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        instance: &'a Instance,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances"]);
+            let mut request =
+                Self::with_body(self.request(ApiCall::Insert, Method::POST, url), instance)?;
+            request.query.push(("requestId", request_id.to_string()));
+            self.send(request).await
+        })
+    }
+
+    fn bulk_insert<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        bulk: &'a BulkInsertRequest,
+        request_id: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", "bulkInsert"]);
+            let mut request =
+                Self::with_body(self.request(ApiCall::BulkInsert, Method::POST, url), bulk)?;
+            request.query.push(("requestId", request_id.to_string()));
+            self.send(request).await
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Instance>, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", name]);
+            match self
+                .send(self.request(ApiCall::Get, Method::GET, url))
+                .await
+            {
+                Ok(instance) => Ok(Some(instance)),
+                Err(error) if error.class() == ErrorClass::NotFound => Ok(None),
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    fn list_page<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        page: &'a PageRequest,
+    ) -> BoxFuture<'a, Result<InstanceList, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances"]);
+            let mut request = self.request(ApiCall::List, Method::GET, url);
+            request.query = page_query(page);
+            self.send(request).await
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Instance>, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances"]);
+            self.list_all(ApiCall::List, url, filter, |page: InstanceList| {
+                (page.items, page.next_page_token)
+            })
+            .await
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Operation>, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", name]);
+            match self
+                .send(self.request(ApiCall::Delete, Method::DELETE, url))
+                .await
+            {
+                Ok(op) => Ok(Some(op)),
+                Err(error) if error.class() == ErrorClass::NotFound => Ok(None),
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    fn start<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", name, "start"]);
+            self.send(self.request(ApiCall::Start, Method::POST, url))
+                .await
+        })
+    }
+
+    fn wait_operation<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        operation: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["operations", operation, "wait"]);
+            let mut request = self.request(ApiCall::WaitOperation, Method::POST, url);
+            request.timeout = self.wait_timeout;
+            self.send(request).await
+        })
+    }
+
+    fn list_operations<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["operations"]);
+            self.list_all(
+                ApiCall::ListOperations,
+                url,
+                filter,
+                |page: OperationList| (page.items, page.next_page_token),
+            )
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("web-1"), "web-1");
+        assert_eq!(encode_segment("google.com:proj"), "google.com:proj");
+        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn non_envelope_error_bodies_are_quoted() {
+        let error = http_error(ApiCall::Get, "u", 502, b"<html>Bad Gateway</html>");
+        assert_eq!(error.class(), ErrorClass::Retryable);
+        assert!(error.to_string().contains("<html>Bad Gateway"), "{error}");
+        let error = http_error(
+            ApiCall::Insert,
+            "u",
+            403,
+            br#"{"error":{"code":403,"message":"Quota","errors":[{"domain":"usageLimits","reason":"quotaExceeded","message":"q"}]}}"#,
+        );
+        assert_eq!(error.class(), ErrorClass::Quota);
+    }
+
+    #[tokio::test]
+    async fn bad_base_urls_are_rejected() {
+        let config = RestConfig::new("not a url", Auth::None).expect("config");
+        let error = RestCompute::new(config).await.expect_err("bad URL");
+        assert!(error.to_string().contains("not a URL"), "{error}");
+        let config = RestConfig::new("ftp://x/compute/v1/", Auth::None).expect("config");
+        assert!(RestCompute::new(config).await.is_err());
+        let mut config = RestConfig::new(DEFAULT_BASE_URL, Auth::None).expect("config");
+        config.page_size = 501;
+        let error = RestCompute::new(config).await.expect_err("page size");
+        assert!(error.to_string().contains("page size 501"), "{error}");
+    }
+}

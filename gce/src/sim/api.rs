@@ -1,0 +1,318 @@
+//! gce-sim's Compute v1 endpoints, and the middleware that injects faults and counts
+//! requests for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+use super::world::ApiError;
+use super::Shared;
+
+const ZONES: &str = "/compute/v1/projects/{project}/zones";
+const ZONE: &str = "/compute/v1/projects/{project}/zones/{zone}";
+const INSTANCES: &str = "/compute/v1/projects/{project}/zones/{zone}/instances";
+const BULK_INSERT: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/bulkInsert";
+const INSTANCE: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}";
+const START: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/start";
+const STOP: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/stop";
+const SET_LABELS: &str =
+    "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/setLabels";
+const AGGREGATED: &str = "/compute/v1/projects/{project}/aggregated/instances";
+const OPERATIONS: &str = "/compute/v1/projects/{project}/zones/{zone}/operations";
+const OPERATION: &str = "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}";
+const WAIT: &str = "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}/wait";
+
+/// The Compute v1 routes.
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(ZONES, get(list_zones))
+        .route(ZONE, get(get_zone))
+        .route(INSTANCES, get(list_instances).post(insert))
+        .route(BULK_INSERT, post(bulk_insert))
+        .route(INSTANCE, get(get_instance).delete(delete_instance))
+        .route(START, post(start))
+        .route(STOP, post(stop))
+        .route(SET_LABELS, post(set_labels))
+        .route(AGGREGATED, get(aggregated_instances))
+        .route(OPERATIONS, get(list_operations))
+        .route(OPERATION, get(get_operation))
+        .route(WAIT, post(wait_operation))
+}
+
+/// The Compute v1 method a request calls, for `/sim/v1/stats`.
+fn method_name(method: &Method, route: Option<&str>) -> &'static str {
+    let Some(route) = route else {
+        return "unknown";
+    };
+    match (method.as_str(), route) {
+        ("GET", ZONES) => "compute.zones.list",
+        ("GET", ZONE) => "compute.zones.get",
+        ("GET", INSTANCES) => "compute.instances.list",
+        ("POST", INSTANCES) => "compute.instances.insert",
+        ("POST", BULK_INSERT) => "compute.instances.bulkInsert",
+        ("GET", INSTANCE) => "compute.instances.get",
+        ("DELETE", INSTANCE) => "compute.instances.delete",
+        ("POST", START) => "compute.instances.start",
+        ("POST", STOP) => "compute.instances.stop",
+        ("POST", SET_LABELS) => "compute.instances.setLabels",
+        ("GET", AGGREGATED) => "compute.instances.aggregatedList",
+        ("GET", OPERATIONS) => "compute.zoneOperations.list",
+        ("GET", OPERATION) => "compute.zoneOperations.get",
+        ("POST", WAIT) => "compute.zoneOperations.wait",
+        _ => "unknown",
+    }
+}
+
+/// Latency, injected errors and request counting for the compute API.
+pub(super) async fn faults_and_stats(
+    State(sim): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = method_name(
+        request.method(),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let (latency, injected) = {
+        let mut world = sim.world();
+        let faults = world.faults().clone();
+        let fail = faults.error_rate > 0.0 && world.draw() < faults.error_rate;
+        let injected = fail.then(|| (faults.status, faults.effective_reason()));
+        (Duration::from_millis(faults.latency_ms), injected)
+    };
+    if !latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = sim.shutdown.cancelled() => {}
+        }
+    }
+    let response = match injected {
+        Some((status, reason)) => envelope(
+            status,
+            &reason,
+            &format!("Injected fault: HTTP {status} {reason}"),
+        ),
+        None => next.run(request).await,
+    };
+    sim.world()
+        .count_request(method, response.status().as_str());
+    response
+}
+
+/// An [`ApiError`] in GCE's error envelope.
+pub(super) fn error_response(error: &ApiError) -> Response {
+    envelope(error.status, error.reason, &error.message)
+}
+
+fn envelope(status: u16, reason: &str, message: &str) -> Response {
+    let domain = match reason {
+        "rateLimitExceeded" | "quotaExceeded" => "usageLimits",
+        _ => "global",
+    };
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {
+        "code": status,
+        "message": message,
+        "errors": [{"domain": domain, "reason": reason, "message": message}],
+    }});
+    (code, Json(body)).into_response()
+}
+
+/// 404 in GCE's envelope for paths the sim does not serve.
+pub(super) async fn unknown_path(uri: Uri) -> Response {
+    error_response(&ApiError {
+        status: 404,
+        reason: "notFound",
+        message: format!(
+            "The requested URL {} was not found on this server.",
+            uri.path()
+        ),
+    })
+}
+
+fn respond<T: Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn param<'a>(query: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    query.get(name).map(String::as_str)
+}
+
+async fn list_zones(State(sim): State<Arc<Shared>>, Path(project): Path<String>) -> Response {
+    respond(Ok(sim.world().list_zones(&project)))
+}
+
+async fn get_zone(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone)): Path<(String, String)>,
+) -> Response {
+    respond(sim.world().get_zone(&project, &zone))
+}
+
+async fn insert(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone)): Path<(String, String)>,
+    Query(query): Params,
+    body: Bytes,
+) -> Response {
+    respond(
+        sim.world()
+            .insert(&project, &zone, &body, param(&query, "requestId")),
+    )
+}
+
+async fn bulk_insert(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone)): Path<(String, String)>,
+    Query(query): Params,
+    body: Bytes,
+) -> Response {
+    respond(
+        sim.world()
+            .bulk_insert(&project, &zone, &body, param(&query, "requestId")),
+    )
+}
+
+async fn get_instance(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
+    respond(sim.world().get_instance(&project, &zone, &name))
+}
+
+async fn list_instances(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone)): Path<(String, String)>,
+    Query(query): Params,
+) -> Response {
+    let page = sim.world().list_instances(
+        &project,
+        &zone,
+        param(&query, "filter"),
+        param(&query, "maxResults"),
+        param(&query, "pageToken"),
+    );
+    match page {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn aggregated_instances(
+    State(sim): State<Arc<Shared>>,
+    Path(project): Path<String>,
+    Query(query): Params,
+) -> Response {
+    respond(sim.world().aggregated_instances(
+        &project,
+        param(&query, "filter"),
+        param(&query, "maxResults"),
+        param(&query, "pageToken"),
+    ))
+}
+
+async fn delete_instance(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    Query(query): Params,
+) -> Response {
+    respond(
+        sim.world()
+            .delete(&project, &zone, &name, param(&query, "requestId")),
+    )
+}
+
+async fn start(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    Query(query): Params,
+) -> Response {
+    respond(
+        sim.world()
+            .start(&project, &zone, &name, param(&query, "requestId")),
+    )
+}
+
+async fn stop(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    Query(query): Params,
+) -> Response {
+    respond(
+        sim.world()
+            .stop(&project, &zone, &name, param(&query, "requestId")),
+    )
+}
+
+async fn set_labels(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+    Query(query): Params,
+    body: Bytes,
+) -> Response {
+    respond(
+        sim.world()
+            .set_labels(&project, &zone, &name, &body, param(&query, "requestId")),
+    )
+}
+
+async fn get_operation(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
+    respond(sim.world().get_operation(&project, &zone, &name))
+}
+
+async fn list_operations(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone)): Path<(String, String)>,
+    Query(query): Params,
+) -> Response {
+    respond(sim.world().list_operations(
+        &project,
+        &zone,
+        param(&query, "filter"),
+        param(&query, "maxResults"),
+        param(&query, "pageToken"),
+    ))
+}
+
+/// Holds the request until the operation is DONE or the wait bound passes.
+async fn wait_operation(
+    State(sim): State<Arc<Shared>>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
+    let pause = {
+        let mut world = sim.world();
+        let bound = world.wait_bound();
+        match world.operation_remaining(&project, &zone, &name) {
+            Ok(remaining) => remaining.min(bound),
+            Err(error) => return error_response(&error),
+        }
+    };
+    if !pause.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = sim.shutdown.cancelled() => {}
+        }
+    }
+    respond(sim.world().get_operation(&project, &zone, &name))
+}

@@ -1,0 +1,62 @@
+//! Wall-clock formatting as GCE does it, and the ids and names it assigns.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::Rng;
+
+/// RFC 3339 with milliseconds, e.g. `2024-05-01T05:06:07.123+00:00`.
+pub fn rfc3339(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, false)
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_millis(time: SystemTime) -> u128 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+}
+
+/// A numeric resource id (never 0), sent as a decimal string.
+pub fn resource_id<R: Rng + ?Sized>(rng: &mut R) -> u64 {
+    rng.random_range(1_000_000_000_000_000_000..u64::MAX)
+}
+
+/// An operation name shaped like GCE's: `operation-<millis>-<hex>-<hex>-<hex>`.
+pub fn operation_name<R: Rng + ?Sized>(rng: &mut R, now: SystemTime) -> String {
+    format!(
+        "operation-{}-{:013x}-{:08x}-{:08x}",
+        unix_millis(now),
+        rng.random_range(0..1u64 << 52),
+        rng.random::<u32>(),
+        rng.random::<u32>()
+    )
+}
+
+/// The name GCE gives system events such as preemptions: `systemevent-<millis>-<hex>`.
+pub fn system_event_name<R: Rng + ?Sized>(rng: &mut R, now: SystemTime) -> String {
+    format!(
+        "systemevent-{}-{:08x}",
+        unix_millis(now),
+        rng.random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn formats_like_gce() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_539_967_123);
+        assert_eq!(rfc3339(time), "2024-05-01T05:06:07.123+00:00");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let name = operation_name(&mut rng, time);
+        assert!(name.starts_with("operation-1714539967123-"), "{name}");
+        assert!(crate::template::validate_name(&name).is_ok(), "{name}");
+        assert!(system_event_name(&mut rng, time).starts_with("systemevent-1714539967123-"));
+        assert!(resource_id(&mut rng) > 0);
+    }
+}
