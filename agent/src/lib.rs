@@ -1,1 +1,184 @@
-//! stub
+//! pm-agent: one process per zone (more for standby). It registers, campaigns for its
+//! zone, and while active keeps every pool's instances in the zone at the scheduler's
+//! desired count through GCE, records what it observes, and runs the operator's hooks.
+//!
+//! - [`decide`]: the pure decision for one pool.
+//! - [`active`]: the active agent's loop: watches, reconciles, operations.
+//! - [`hooks`]: the hook runner.
+//! - [`naming`]: instance names and pool membership.
+
+pub mod active;
+pub mod config;
+pub mod decide;
+pub mod hooks;
+pub mod naming;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_backoff::Backoff;
+use pm_etcd::{now_unix_ms, Election, EventLog, Session, Store};
+use pm_gce::compute::Compute;
+use pm_gce::rest::{Auth, RestCompute, RestConfig};
+use pm_proto::AgentInfo;
+use tokio_util::sync::CancellationToken;
+
+use active::{ActiveAgent, AgentContext, TermEnd};
+pub use config::AgentConfig;
+use hooks::HookRunner;
+
+/// Delays between attempts to reach etcd, register or campaign after a failure.
+const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The settings are unusable.
+    #[error("invalid settings: {0}")]
+    Config(String),
+    /// The GCE client could not be built (bad credentials file, bad endpoint).
+    #[error("GCE client: {0}")]
+    Gce(#[source] pm_gce::error::GceError),
+}
+
+/// Builds the REST client the settings describe.
+pub async fn compute_client(config: &AgentConfig) -> Result<Arc<dyn Compute>, AgentError> {
+    let auth = if config.no_auth {
+        Auth::None
+    } else if let Some(file) = &config.credentials {
+        Auth::ServiceAccountFile(file.clone())
+    } else {
+        Auth::ApplicationDefault
+    };
+    let mut rest = RestConfig::new(config.gce_endpoint.clone(), auth).map_err(AgentError::Gce)?;
+    rest.timeout = config.gce_timeout;
+    let client = RestCompute::new(rest).await.map_err(AgentError::Gce)?;
+    Ok(Arc::new(client))
+}
+
+/// Runs an agent until `shutdown` fires, with the REST client the settings describe.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    config.validate().map_err(AgentError::Config)?;
+    let compute = compute_client(&config).await?;
+    run_with(config, compute, shutdown).await
+}
+
+/// Runs an agent with the given Compute client until `shutdown` fires: registers,
+/// campaigns for the zone, acts while active, stands by otherwise.
+pub async fn run_with(
+    config: AgentConfig,
+    compute: Arc<dyn Compute>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config.validate().map_err(AgentError::Config)?;
+    let id = config.id();
+    let mut retry = RETRY.attempts();
+    let store = loop {
+        match config.etcd.store().await {
+            Ok(store) => break store,
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, ?delay, "cannot reach etcd; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    let events = Arc::new(EventLog::new(
+        store.clone(),
+        id.clone(),
+        config.event_retention,
+    ));
+    let hooks = HookRunner::new(
+        config.hooks_dir.clone(),
+        config.hook_timeout,
+        config.hook_concurrency,
+        events.clone(),
+    );
+    let ctx = AgentContext {
+        store,
+        compute,
+        hooks,
+        events,
+        zone: config.zone.clone(),
+        agent_id: id.clone(),
+        default_project: config.project.clone(),
+        max_concurrent: config.max_concurrent,
+        operation_timeout: config.operation_timeout,
+    };
+    tracing::info!(%id, zone = %config.zone, "agent started");
+    while !shutdown.is_cancelled() {
+        match term(&ctx, config.lease_ttl, &shutdown).await {
+            Ok(()) => retry.reset(),
+            Err(e) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, ?delay, "agent session failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(%id, "agent stopped");
+    Ok(())
+}
+
+/// One session: register, campaign, act until the session or leadership is lost.
+async fn term(
+    ctx: &AgentContext,
+    lease_ttl: Duration,
+    shutdown: &CancellationToken,
+) -> pm_etcd::Result<()> {
+    let store: &Store = &ctx.store;
+    let session = Session::grant(store.client(), lease_ttl).await?;
+    let member = store.keys().agent_member(&ctx.zone, &ctx.agent_id)?;
+    let info = AgentInfo {
+        agent_id: ctx.agent_id.clone(),
+        zone: ctx.zone.clone(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        started_unix_ms: now_unix_ms(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    store.put(&member, &info, session.lease_id()).await?;
+    let election = Election::new(
+        store.client().clone(),
+        &store.keys().agent_election(&ctx.zone)?,
+    );
+    tracing::info!(zone = %ctx.zone, "registered; standing by for the zone");
+    let leadership = match election.campaign(&session, &ctx.agent_id, shutdown).await {
+        Ok(l) => l,
+        Err(pm_etcd::Error::Cancelled) => {
+            session.close().await.ok();
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(zone = %ctx.zone, revision = leadership.fence().revision(), "active agent of the zone");
+    let agent = ActiveAgent::new(ctx, leadership.fence().clone(), leadership.lost());
+    let end = tokio::select! {
+        end = agent.run() => Some(end),
+        _ = shutdown.cancelled() => None,
+    };
+    match end {
+        None => {
+            tracing::info!("shutting down: handing the zone over");
+            leadership.resign().await.ok();
+            session.close().await.ok();
+            Ok(())
+        }
+        Some(TermEnd::Lost) => {
+            tracing::warn!(zone = %ctx.zone, "no longer the active agent; stopped acting, campaigning again");
+            Ok(())
+        }
+        Some(TermEnd::Failed(e)) => {
+            leadership.resign().await.ok();
+            Err(e)
+        }
+    }
+}

@@ -193,9 +193,40 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
     std::env::var_os("PM_CONFIG").map(PathBuf::from)
 }
 
-/// Reads a config file into (setting, value) pairs, values rendered as flag text.
-fn read_config_file(path: &Path) -> std::result::Result<Vec<(String, String)>, String> {
-    let shown = path.display();
+/// The sections a shared config file may hold, one per pm binary.
+pub const SECTIONS: [&str; 3] = ["scheduler", "agent", "pmctl"];
+
+/// Renders one setting's value as flag text.
+fn setting_text(
+    shown: &str,
+    key: &str,
+    value: config::Value,
+) -> std::result::Result<String, String> {
+    match value.kind {
+        config::ValueKind::Array(items) => Ok(items
+            .into_iter()
+            .map(|v| v.into_string())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("config file {shown}: setting {key}: {e}"))?
+            .join(",")),
+        config::ValueKind::Table(_) => Err(format!(
+            "config file {shown}: setting {key} must be a single value, not a table"
+        )),
+        other => config::Value::new(None, other)
+            .into_string()
+            .map_err(|e| format!("config file {shown}: setting {key}: {e}")),
+    }
+}
+
+/// Reads a config file into (setting, value) pairs for the binary whose section is
+/// `section`: top-level settings are shared by every binary, `[scheduler]`, `[agent]` and
+/// `[pmctl]` tables hold each one's own (and override shared ones). Other binaries'
+/// sections are skipped.
+fn read_config_file(
+    path: &Path,
+    section: &str,
+) -> std::result::Result<Vec<(String, String)>, String> {
+    let shown = path.display().to_string();
     if !path.is_file() {
         return Err(format!(
             "config file {shown} does not exist or is not a file"
@@ -208,27 +239,27 @@ fn read_config_file(path: &Path) -> std::result::Result<Vec<(String, String)>, S
     let table = settings
         .try_deserialize::<config::Map<String, config::Value>>()
         .map_err(|e| format!("config file {shown}: {e}"))?;
-    let mut pairs = Vec::with_capacity(table.len());
+    let mut shared = Vec::new();
+    let mut own = Vec::new();
     for (key, value) in table {
-        let text = match value.kind {
-            config::ValueKind::Array(items) => items
-                .into_iter()
-                .map(|v| v.into_string())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| format!("config file {shown}: setting {key}: {e}"))?
-                .join(","),
-            config::ValueKind::Table(_) => {
+        if key == section {
+            let config::ValueKind::Table(entries) = value.kind else {
                 return Err(format!(
-                    "config file {shown}: setting {key} must be a single value, not a table"
-                ))
+                    "config file {shown}: [{key}] must be a table of settings"
+                ));
+            };
+            for (inner, v) in entries {
+                own.push((inner.replace('_', "-"), setting_text(&shown, &inner, v)?));
             }
-            other => config::Value::new(None, other)
-                .into_string()
-                .map_err(|e| format!("config file {shown}: setting {key}: {e}"))?,
-        };
-        pairs.push((key.replace('_', "-"), text));
+        } else if SECTIONS.contains(&key.as_str()) {
+            continue;
+        } else {
+            shared.push((key.replace('_', "-"), setting_text(&shown, &key, value)?));
+        }
     }
-    Ok(pairs)
+    shared.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
+    shared.extend(own);
+    Ok(shared)
 }
 
 /// The long flag names of `cmd` closest to `name`, for "did you mean".
@@ -265,7 +296,9 @@ pub fn parse_args<P: CommandFactory + FromArgMatches>(
 ) -> std::result::Result<P, clap::Error> {
     let mut cmd = P::command();
     if let Some(path) = config_path(&args) {
-        let pairs = read_config_file(&path)
+        let name = cmd.get_name().to_string();
+        let section = name.strip_prefix("pm-").unwrap_or(&name).to_string();
+        let pairs = read_config_file(&path, &section)
             .map_err(|m| cmd.error(clap::error::ErrorKind::InvalidValue, m))?;
         for (key, value) in pairs {
             let known = cmd
@@ -302,6 +335,7 @@ mod tests {
     use clap::Parser;
 
     #[derive(Parser, Debug)]
+    #[command(name = "demo")]
     struct Demo {
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -330,6 +364,27 @@ mod tests {
         assert_eq!(d.etcd.endpoints, "http://10.0.0.1:2379");
         assert_eq!(d.lease_ttl, Duration::from_secs(7));
         assert_eq!(d.etcd.prefix, "/flag");
+    }
+
+    #[test]
+    fn sections_hold_each_binarys_own_settings() {
+        let dir = tempfile_dir();
+        let file = dir.join("pm.toml");
+        std::fs::write(
+            &file,
+            "prefix = \"/shared\"\n[demo]\nlease-ttl = \"9s\"\nprefix = \"/own\"\n[agent]\nzone = \"z\"\n",
+        )
+        .unwrap();
+        let f = file.to_string_lossy().to_string();
+        let pairs = read_config_file(&file, "demo").unwrap();
+        assert!(pairs.contains(&("lease-ttl".into(), "9s".into())));
+        assert!(
+            !pairs.iter().any(|(k, _)| k == "zone"),
+            "other sections are skipped"
+        );
+        let d: Demo = parse_args(args(&["--config", &f])).unwrap();
+        assert_eq!(d.etcd.prefix, "/own", "a section overrides shared settings");
+        assert_eq!(d.lease_ttl, Duration::from_secs(9));
     }
 
     #[test]

@@ -54,7 +54,19 @@ pub fn unique_prefix() -> String {
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `bound`; panics naming
 /// `what` when the bound passes. The only way tests wait for a condition.
-pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_until(bound, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {bound:?} waiting for: {what}"),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `bound`.
+pub async fn poll_until<T, F, Fut>(bound: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -62,10 +74,10 @@ where
     let deadline = tokio::time::Instant::now() + bound;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {bound:?} waiting for: {what}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -317,6 +329,11 @@ impl Daemon {
         }
     }
 
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or_default()
@@ -359,3 +376,6 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 }
+
+pub mod cluster;
+pub use cluster::{Cluster, ClusterBuilder};

@@ -1,0 +1,112 @@
+//! pm-agent's settings: flags, `PM_*` variables, an optional config file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pm_etcd::cli::{default_id, parse_duration, EtcdArgs, LogFormat};
+
+/// The default Compute API root.
+pub const DEFAULT_GCE_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
+
+/// The per-zone reconciler against GCE.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "pm-agent",
+    version,
+    about = "pm's per-zone agent: keeps the zone's instances of every pool at the scheduler's desired count and runs hooks",
+    after_help = "Example:\n  pm-agent --zone us-central1-a --etcd http://127.0.0.1:2379 --project my-project --hooks-dir /etc/pm/hooks\n  pm-agent --zone zone-a --gce-endpoint http://127.0.0.1:8080/compute/v1/ --no-auth --project demo\n\nEvery flag can also be set as a PM_* variable (PM_ZONE, PM_PROJECT, ...) or in --config FILE."
+)]
+pub struct AgentConfig {
+    /// The zone this agent serves.
+    #[arg(long, env = "PM_ZONE")]
+    pub zone: String,
+    /// How to reach etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// GCE project of pools that name none.
+    #[arg(long, env = "PM_PROJECT")]
+    pub project: Option<String>,
+    /// Compute API root (gce-sim: http://HOST:PORT/compute/v1/).
+    #[arg(long, env = "PM_GCE_ENDPOINT", default_value = DEFAULT_GCE_ENDPOINT)]
+    pub gce_endpoint: String,
+    /// Send no credentials (for gce-sim).
+    #[arg(long, env = "PM_NO_AUTH")]
+    pub no_auth: bool,
+    /// Service-account key file; default: application default credentials or the
+    /// metadata server.
+    #[arg(long, env = "PM_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Directory of hook executables; hooks are run from here only.
+    #[arg(long, env = "PM_HOOKS_DIR", value_name = "DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// A hook still running after this long is killed.
+    #[arg(long, env = "PM_HOOK_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub hook_timeout: Duration,
+    /// Hooks running at once; more wait their turn (reconciling never waits).
+    #[arg(long, env = "PM_HOOK_CONCURRENCY", default_value_t = 4)]
+    pub hook_concurrency: usize,
+    /// This agent's id; default host name and pid.
+    #[arg(long, env = "PM_ID")]
+    pub id: Option<String>,
+    /// TTL of the agent's lease: a dead active agent is replaced within about this long.
+    #[arg(long, env = "PM_LEASE_TTL", value_parser = parse_duration, default_value = "3s")]
+    pub lease_ttl: Duration,
+    /// GCE creates and deletes in flight at once, over all pools.
+    #[arg(long, env = "PM_MAX_CONCURRENT", default_value_t = 32)]
+    pub max_concurrent: usize,
+    /// Longest wait for one GCE operation to finish.
+    #[arg(long, env = "PM_OPERATION_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
+    pub operation_timeout: Duration,
+    /// Timeout of each GCE call.
+    #[arg(long, env = "PM_GCE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub gce_timeout: Duration,
+    /// How long events are kept.
+    #[arg(long, env = "PM_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
+    pub event_retention: Duration,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl AgentConfig {
+    /// The id to register and campaign with.
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(default_id)
+    }
+
+    /// Checks the settings that clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        pm_etcd::keys::validate_zone(&self.zone).map_err(|e| format!("--zone: {e}"))?;
+        pm_etcd::keys::validate_agent_id(&self.id()).map_err(|e| format!("--id: {e}"))?;
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "--lease-ttl {:?} is below etcd's minimum of 1s",
+                self.lease_ttl
+            ));
+        }
+        if self.max_concurrent == 0 {
+            return Err("--max-concurrent must be at least 1".into());
+        }
+        if self.hook_concurrency == 0 {
+            return Err("--hook-concurrency must be at least 1".into());
+        }
+        if !(self.gce_endpoint.starts_with("http://") || self.gce_endpoint.starts_with("https://"))
+        {
+            return Err(format!(
+                "--gce-endpoint {:?} is not an http(s) URL",
+                self.gce_endpoint
+            ));
+        }
+        if let Some(dir) = &self.hooks_dir {
+            if !dir.is_dir() {
+                return Err(format!("--hooks-dir {} is not a directory", dir.display()));
+            }
+        }
+        if self.no_auth && self.credentials.is_some() {
+            return Err("--no-auth and --credentials exclude each other".into());
+        }
+        self.etcd.options().map_err(|e| e.to_string())?;
+        self.etcd.keyspace().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,429 @@
+//! The agent's decisions for one pool in its zone, as a pure function of what it knows:
+//! the desired count, what GCE lists, what etcd records, and what is in flight.
+//!
+//! Level-triggered: the same inputs give the same decision, and acting on a decision
+//! twice is harmless (creates carry stable requestIds, deletes of missing instances
+//! succeed).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pm_gce::resources::InstanceStatus;
+use pm_proto::{InstanceState, ObservedInstance, OnPreempted};
+
+/// What is being done to an instance right now by this agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlight {
+    /// An insert was issued and has not finished.
+    Creating,
+    /// A delete was issued and has not finished.
+    Deleting,
+    /// A start (restart after preemption) was issued and has not finished.
+    Starting,
+}
+
+/// One of the pool's instances as GCE listed it (already filtered to the pool's label
+/// and prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Instance name.
+    pub name: String,
+    /// Its status.
+    pub status: InstanceStatus,
+    /// GCE's id.
+    pub id: String,
+    /// RFC 3339 creation time as GCE gives it (sorts by time for one format).
+    pub created: String,
+}
+
+/// Everything one decision is made from.
+#[derive(Debug, Clone)]
+pub struct PoolInputs {
+    /// Desired live instances in the zone (absent desired key: 0).
+    pub desired: i64,
+    /// Whether new instances may be created (desired key says so, no local block).
+    pub may_create: bool,
+    /// What to do with preempted instances.
+    pub on_preempted: OnPreempted,
+    /// The pool's instances in GCE, by name.
+    pub listed: BTreeMap<String, Listed>,
+    /// The pool's observed keys in etcd for this zone, by name.
+    pub observed: BTreeMap<String, ObservedInstance>,
+    /// Operations in flight, by instance name.
+    pub in_flight: BTreeMap<String, InFlight>,
+    /// Unix ms now.
+    pub now_ms: i64,
+    /// An insert older than this (ms) that GCE still does not show has failed for good.
+    pub insert_expiry_ms: i64,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// In GCE but unknown to etcd: record them (an insert whose result was never seen, or
+    /// an instance created before a crash).
+    pub adopt: Vec<(String, InstanceState)>,
+    /// Known to etcd with another state than GCE shows: record the new state.
+    pub update: Vec<(String, InstanceState)>,
+    /// Known to etcd, gone from GCE, not deleted by pm: vanished or preempted-and-gone.
+    pub lost: Vec<String>,
+    /// Inserts issued (recorded in etcd) whose result was never seen: issue them again
+    /// with the same requestId; GCE de-duplicates.
+    pub resume_insert: Vec<String>,
+    /// Inserts recorded long ago that never showed up: forget them.
+    pub expired_insert: Vec<String>,
+    /// Deletes that finished while nobody watched: remove the key, run the delete hook.
+    pub finish_delete: Vec<String>,
+    /// Newly seen preempted (TERMINATED) instances: run the preempted hook, then delete or
+    /// restart them per `on_preempted`.
+    pub preempted: Vec<String>,
+    /// Instances to delete: preempted ones (on_preempted = delete), interrupted deletes,
+    /// and the surplus when scaling down.
+    pub delete: Vec<String>,
+    /// Preempted instances to start again (on_preempted = restart).
+    pub restart: Vec<String>,
+    /// New instances to create.
+    pub create: usize,
+    /// Live instances counted (GCE, plus inserts not visible yet).
+    pub live: i64,
+}
+
+/// Whether a GCE status is one a preempted (or otherwise stopped) instance has.
+pub fn is_stopped(status: InstanceStatus) -> bool {
+    match status {
+        InstanceStatus::Stopping
+        | InstanceStatus::Stopped
+        | InstanceStatus::Terminated
+        | InstanceStatus::Suspending
+        | InstanceStatus::Suspended
+        | InstanceStatus::PendingStop => true,
+        InstanceStatus::Provisioning
+        | InstanceStatus::Staging
+        | InstanceStatus::Running
+        | InstanceStatus::Repairing
+        | InstanceStatus::Pending
+        | InstanceStatus::Deprovisioning => false,
+    }
+}
+
+/// The observed state recorded for a GCE status.
+pub fn state_of(status: InstanceStatus) -> InstanceState {
+    match status {
+        InstanceStatus::Provisioning | InstanceStatus::Pending => InstanceState::Provisioning,
+        InstanceStatus::Staging | InstanceStatus::Repairing => InstanceState::Staging,
+        InstanceStatus::Running => InstanceState::Running,
+        InstanceStatus::Stopping
+        | InstanceStatus::Suspending
+        | InstanceStatus::PendingStop
+        | InstanceStatus::Deprovisioning => InstanceState::Stopping,
+        InstanceStatus::Stopped | InstanceStatus::Terminated | InstanceStatus::Suspended => {
+            InstanceState::Terminated
+        }
+    }
+}
+
+/// Decides for one pool. See [`Decision`] for what each part means.
+pub fn decide(inputs: &PoolInputs) -> Decision {
+    let mut d = Decision::default();
+    let deleting = |name: &str| {
+        inputs.in_flight.get(name) == Some(&InFlight::Deleting)
+            || inputs
+                .observed
+                .get(name)
+                .is_some_and(|o| o.state() == InstanceState::Deleting)
+    };
+    let mut surplus_candidates: Vec<&Listed> = Vec::new();
+    let mut live = 0i64;
+
+    for (name, listed) in &inputs.listed {
+        let state = state_of(listed.status);
+        let observed = inputs.observed.get(name);
+        let flight = inputs.in_flight.get(name).copied();
+        match observed {
+            None if flight.is_none() => d.adopt.push((name.clone(), state)),
+            Some(o) if o.state() != state && o.state() != InstanceState::Deleting => {
+                d.update.push((name.clone(), state));
+            }
+            _ => {}
+        }
+        if deleting(name) {
+            if flight.is_none() {
+                d.delete.push(name.clone());
+            }
+            continue;
+        }
+        if is_stopped(listed.status) {
+            let already = observed.is_some_and(|o| o.preempted);
+            if !already && flight.is_none() {
+                d.preempted.push(name.clone());
+            }
+            match inputs.on_preempted {
+                OnPreempted::Restart => {
+                    // Coming back: counts as live so no replacement overshoots.
+                    live += 1;
+                    if flight.is_none() && listed.status == InstanceStatus::Terminated {
+                        d.restart.push(name.clone());
+                    }
+                }
+                OnPreempted::Delete => {
+                    if flight.is_none() {
+                        d.delete.push(name.clone());
+                    }
+                }
+            }
+            continue;
+        }
+        live += 1;
+        if flight.is_none() {
+            surplus_candidates.push(listed);
+        }
+    }
+
+    for (name, observed) in &inputs.observed {
+        if inputs.listed.contains_key(name) {
+            continue;
+        }
+        match inputs.in_flight.get(name) {
+            Some(InFlight::Creating) => {
+                live += 1;
+                continue;
+            }
+            Some(InFlight::Deleting | InFlight::Starting) => continue,
+            None => {}
+        }
+        match observed.state() {
+            InstanceState::Deleting => d.finish_delete.push(name.clone()),
+            InstanceState::Provisioning
+                if !observed.request_id.is_empty() && observed.gce_id.is_empty() =>
+            {
+                if inputs.now_ms.saturating_sub(observed.created_unix_ms) < inputs.insert_expiry_ms
+                {
+                    d.resume_insert.push(name.clone());
+                    live += 1;
+                } else {
+                    d.expired_insert.push(name.clone());
+                }
+            }
+            _ => d.lost.push(name.clone()),
+        }
+    }
+
+    for (name, flight) in &inputs.in_flight {
+        if *flight == InFlight::Creating
+            && !inputs.observed.contains_key(name)
+            && !inputs.listed.contains_key(name)
+        {
+            live += 1;
+        }
+    }
+
+    d.live = live;
+    if live < inputs.desired {
+        if inputs.may_create {
+            d.create = usize::try_from(inputs.desired - live).unwrap_or(0);
+        }
+    } else if live > inputs.desired {
+        let surplus = usize::try_from(live - inputs.desired).unwrap_or(0);
+        // Least useful first: not yet running, then the newest.
+        surplus_candidates.sort_by(|a, b| {
+            let running = |l: &Listed| l.status == InstanceStatus::Running;
+            running(a)
+                .cmp(&running(b))
+                .then_with(|| b.created.cmp(&a.created))
+                .then_with(|| b.name.cmp(&a.name))
+        });
+        let chosen: BTreeSet<String> = surplus_candidates
+            .iter()
+            .take(surplus)
+            .map(|l| l.name.clone())
+            .collect();
+        d.delete.extend(chosen);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(name: &str, status: InstanceStatus, created: &str) -> (String, Listed) {
+        (
+            name.to_string(),
+            Listed {
+                name: name.to_string(),
+                status,
+                id: format!("id-{name}"),
+                created: created.to_string(),
+            },
+        )
+    }
+
+    fn observed(name: &str, state: InstanceState) -> (String, ObservedInstance) {
+        (
+            name.to_string(),
+            ObservedInstance {
+                state: state as i32,
+                gce_id: format!("id-{name}"),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn inputs(desired: i64) -> PoolInputs {
+        PoolInputs {
+            desired,
+            may_create: true,
+            on_preempted: OnPreempted::Delete,
+            listed: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            now_ms: 1_000_000,
+            insert_expiry_ms: 600_000,
+        }
+    }
+
+    use InstanceStatus as S;
+
+    #[test]
+    fn creates_the_deficit_and_counts_inserts_in_flight() {
+        let mut i = inputs(5);
+        i.listed.extend([listed("w-a", S::Running, "1")]);
+        i.observed.extend([observed("w-a", InstanceState::Running)]);
+        i.in_flight.insert("w-b".into(), InFlight::Creating);
+        let d = decide(&i);
+        assert_eq!((d.live, d.create), (2, 3));
+        assert!(d.adopt.is_empty() && d.delete.is_empty());
+    }
+
+    #[test]
+    fn creates_nothing_when_the_zone_accepts_nothing_new() {
+        let mut i = inputs(3);
+        i.may_create = false;
+        assert_eq!(decide(&i).create, 0);
+    }
+
+    #[test]
+    fn scale_down_deletes_not_running_first_then_newest() {
+        let mut i = inputs(2);
+        i.listed.extend([
+            listed("w-old", S::Running, "2026-01-01T00:00:00Z"),
+            listed("w-new", S::Running, "2026-01-03T00:00:00Z"),
+            listed("w-mid", S::Running, "2026-01-02T00:00:00Z"),
+            listed("w-boot", S::Staging, "2026-01-01T00:00:00Z"),
+        ]);
+        for n in ["w-old", "w-new", "w-mid"] {
+            i.observed.extend([observed(n, InstanceState::Running)]);
+        }
+        i.observed
+            .extend([observed("w-boot", InstanceState::Staging)]);
+        let d = decide(&i);
+        assert_eq!(d.delete, vec!["w-boot".to_string(), "w-new".to_string()]);
+        assert_eq!(d.create, 0);
+    }
+
+    #[test]
+    fn unknown_instances_in_gce_are_adopted_not_duplicated() {
+        let mut i = inputs(1);
+        i.listed.extend([listed("w-a", S::Provisioning, "1")]);
+        let d = decide(&i);
+        assert_eq!(
+            d.adopt,
+            vec![("w-a".to_string(), InstanceState::Provisioning)]
+        );
+        assert_eq!((d.live, d.create), (1, 0));
+    }
+
+    #[test]
+    fn an_insert_without_a_result_is_resumed_with_its_request_id() {
+        let mut i = inputs(1);
+        i.observed.insert(
+            "w-a".into(),
+            ObservedInstance {
+                state: InstanceState::Provisioning as i32,
+                request_id: "rid".into(),
+                created_unix_ms: i.now_ms - 1_000,
+                ..Default::default()
+            },
+        );
+        let d = decide(&i);
+        assert_eq!(d.resume_insert, vec!["w-a".to_string()]);
+        assert_eq!((d.live, d.create), (1, 0), "no duplicate while resuming");
+        i.now_ms += i.insert_expiry_ms;
+        let d = decide(&i);
+        assert_eq!(d.expired_insert, vec!["w-a".to_string()]);
+        assert_eq!(d.create, 1);
+    }
+
+    #[test]
+    fn known_instances_gone_from_gce_are_lost() {
+        let mut i = inputs(2);
+        i.observed.extend([observed("w-a", InstanceState::Running)]);
+        let d = decide(&i);
+        assert_eq!(d.lost, vec!["w-a".to_string()]);
+        assert_eq!(d.create, 2);
+    }
+
+    #[test]
+    fn preempted_instances_are_replaced_and_deleted() {
+        let mut i = inputs(2);
+        i.listed.extend([
+            listed("w-a", S::Terminated, "1"),
+            listed("w-b", S::Running, "1"),
+        ]);
+        i.observed.extend([
+            observed("w-a", InstanceState::Running),
+            observed("w-b", InstanceState::Running),
+        ]);
+        let d = decide(&i);
+        assert_eq!(d.preempted, vec!["w-a".to_string()]);
+        assert_eq!(d.delete, vec!["w-a".to_string()]);
+        assert_eq!(
+            d.update,
+            vec![("w-a".to_string(), InstanceState::Terminated)]
+        );
+        assert_eq!((d.live, d.create), (1, 1));
+    }
+
+    #[test]
+    fn preempted_instances_are_restarted_when_asked_without_a_replacement() {
+        let mut i = inputs(1);
+        i.on_preempted = OnPreempted::Restart;
+        i.listed.extend([listed("w-a", S::Terminated, "1")]);
+        i.observed.extend([observed("w-a", InstanceState::Running)]);
+        let d = decide(&i);
+        assert_eq!(d.restart, vec!["w-a".to_string()]);
+        assert!(d.delete.is_empty());
+        assert_eq!(d.create, 0);
+    }
+
+    #[test]
+    fn interrupted_deletes_are_resumed_and_finished() {
+        let mut i = inputs(0);
+        i.listed.extend([listed("w-a", S::Running, "1")]);
+        i.observed.extend([
+            observed("w-a", InstanceState::Deleting),
+            observed("w-b", InstanceState::Deleting),
+        ]);
+        let d = decide(&i);
+        assert_eq!(d.delete, vec!["w-a".to_string()]);
+        assert_eq!(d.finish_delete, vec!["w-b".to_string()]);
+        assert!(d.lost.is_empty());
+        assert_eq!(d.live, 0);
+    }
+
+    #[test]
+    fn in_flight_operations_are_not_repeated() {
+        let mut i = inputs(0);
+        i.listed.extend([
+            listed("w-a", S::Running, "1"),
+            listed("w-b", S::Terminated, "1"),
+        ]);
+        i.observed.extend([
+            observed("w-a", InstanceState::Running),
+            observed("w-b", InstanceState::Running),
+        ]);
+        i.in_flight.insert("w-a".into(), InFlight::Deleting);
+        i.in_flight.insert("w-b".into(), InFlight::Deleting);
+        let d = decide(&i);
+        assert!(d.delete.is_empty() && d.preempted.is_empty(), "{d:?}");
+    }
+}

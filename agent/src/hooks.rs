@@ -1,0 +1,310 @@
+//! Running the operator's hooks: from the hooks dir only, with prevmtable's environment
+//! plus `POOL` and `EVENT`, a timeout, output into the log, bounded concurrency, and
+//! never in the way of reconciling.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_etcd::EventLog;
+use pm_proto::Severity;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+/// Output lines of one hook run that are logged; the rest is counted and dropped, so a
+/// hook printing megabytes cannot flood the log.
+const MAX_LOGGED_LINES: usize = 200;
+
+/// Longest logged line, in bytes.
+const MAX_LINE_BYTES: usize = 2048;
+
+/// Which hook fires, with DESIGN.md's `EVENT` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookEvent {
+    /// An instance was created.
+    Create,
+    /// pm deleted an instance.
+    Delete,
+    /// An instance vanished without pm deleting it.
+    Vanished,
+    /// A create failed with a stockout.
+    Exhausted,
+    /// An instance was preempted.
+    Preempted,
+}
+
+impl HookEvent {
+    /// The `EVENT` value: `create`, `delete`, `vanished`, `exhausted`, `preempted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Create => "create",
+            HookEvent::Delete => "delete",
+            HookEvent::Vanished => "vanished",
+            HookEvent::Exhausted => "exhausted",
+            HookEvent::Preempted => "preempted",
+        }
+    }
+
+    /// The hook name a pool configured for this event.
+    pub fn configured(self, hooks: Option<&pm_proto::Hooks>) -> Option<String> {
+        let hooks = hooks?;
+        let name = match self {
+            HookEvent::Create => &hooks.create,
+            HookEvent::Delete => &hooks.delete,
+            HookEvent::Vanished => &hooks.vanished,
+            HookEvent::Exhausted => &hooks.exhausted,
+            HookEvent::Preempted => &hooks.preempted,
+        };
+        (!name.is_empty()).then(|| name.clone())
+    }
+}
+
+/// Why a hook did not run or failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HookError {
+    /// The name is not a plain file name (a path, `..`, hidden, odd characters).
+    #[error("hook name {0:?} is not a plain name in the hooks dir")]
+    BadName(String),
+    /// The agent has no hooks dir.
+    #[error("hook {0:?} is configured but the agent has no --hooks-dir")]
+    NoHooksDir(String),
+    /// The hook is missing or not executable.
+    #[error("hook {name:?} cannot run: {reason}")]
+    NotRunnable {
+        /// The hook.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// It ran past the timeout and was killed.
+    #[error("hook {name:?} timed out after {timeout:?} and was killed")]
+    TimedOut {
+        /// The hook.
+        name: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// It exited unsuccessfully.
+    #[error("hook {name:?} failed: {status}")]
+    Failed {
+        /// The hook.
+        name: String,
+        /// Its exit status.
+        status: String,
+    },
+}
+
+/// Whether `name` may name a hook: `[A-Za-z0-9._-]+`, not starting with `.`.
+pub fn is_plain_hook_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// What one hook run is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCall {
+    /// The hook's name in the hooks dir.
+    pub name: String,
+    /// Which event.
+    pub event: HookEvent,
+    /// Pool.
+    pub pool: String,
+    /// GCE project.
+    pub project: String,
+    /// Zone.
+    pub zone: String,
+    /// Instance; empty for `exhausted`.
+    pub instance: String,
+}
+
+/// Runs hooks in the background, a bounded number at once.
+#[derive(Clone)]
+pub struct HookRunner {
+    /// The only place hooks are run from; `None`: hooks are reported as not runnable.
+    dir: Option<PathBuf>,
+    /// Kill a hook after this long.
+    timeout: Duration,
+    /// Permits for concurrently running hooks.
+    slots: Arc<Semaphore>,
+    /// Where failures are recorded.
+    events: Arc<EventLog>,
+}
+
+impl HookRunner {
+    /// A runner of hooks from `dir`.
+    pub fn new(
+        dir: Option<PathBuf>,
+        timeout: Duration,
+        concurrency: usize,
+        events: Arc<EventLog>,
+    ) -> Self {
+        Self {
+            dir,
+            timeout,
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            events,
+        }
+    }
+
+    /// Starts `call` in the background and returns at once. The outcome goes to the log;
+    /// a failure is also recorded as an event.
+    pub fn spawn(&self, call: HookCall) -> tokio::task::JoinHandle<Result<(), HookError>> {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let result = match runner.slots.clone().acquire_owned().await {
+                Ok(_permit) => runner.run(&call).await,
+                Err(_) => Ok(()),
+            };
+            if let Err(e) = &result {
+                runner
+                    .events
+                    .emit(
+                        &call.pool,
+                        "hook-failed",
+                        Severity::Error,
+                        &call.zone,
+                        &call.instance,
+                        format!("{} hook: {e}", call.event.as_str()),
+                    )
+                    .await;
+            }
+            result
+        })
+    }
+
+    fn resolve(&self, name: &str) -> Result<PathBuf, HookError> {
+        if !is_plain_hook_name(name) {
+            return Err(HookError::BadName(name.to_string()));
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or_else(|| HookError::NoHooksDir(name.to_string()))?;
+        let path = dir.join(name);
+        let not_runnable = |reason: String| HookError::NotRunnable {
+            name: name.to_string(),
+            reason,
+        };
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| not_runnable(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(not_runnable(format!("{} is not a file", path.display())));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(not_runnable(format!(
+                "{} is not executable",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// Runs one hook to its end (or timeout) in the foreground.
+    pub async fn run(&self, call: &HookCall) -> Result<(), HookError> {
+        let path = self.resolve(&call.name)?;
+        let mut command = Command::new(&path);
+        command
+            .env("PROJECT", &call.project)
+            .env("ZONE", &call.zone)
+            .env("POOL", &call.pool)
+            .env("EVENT", call.event.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if !call.instance.is_empty() {
+            command.env("NAME", &call.instance);
+        }
+        if let Some(dir) = path.parent() {
+            command.current_dir(dir);
+        }
+        let mut child = command.spawn().map_err(|e| HookError::NotRunnable {
+            name: call.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let out = child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(log_output(s, call.clone(), "stdout")));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(log_output(s, call.clone(), "stderr")));
+        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
+            Ok(status) => status.map_err(|e| HookError::Failed {
+                name: call.name.clone(),
+                status: e.to_string(),
+            })?,
+            Err(_) => {
+                child.start_kill().ok();
+                child.wait().await.ok();
+                if let Some(h) = out {
+                    h.abort();
+                }
+                if let Some(h) = err {
+                    h.abort();
+                }
+                return Err(HookError::TimedOut {
+                    name: call.name.clone(),
+                    timeout: self.timeout,
+                });
+            }
+        };
+        for handle in [out, err].into_iter().flatten() {
+            handle.await.ok();
+        }
+        if status.success() {
+            tracing::info!(hook = %call.name, event = call.event.as_str(), pool = %call.pool, zone = %call.zone, instance = %call.instance, "hook succeeded");
+            Ok(())
+        } else {
+            Err(HookError::Failed {
+                name: call.name.clone(),
+                status: status.to_string(),
+            })
+        }
+    }
+}
+
+/// Logs a hook's output line by line, bounded in lines and line length; the rest is read
+/// and dropped so the hook never blocks on a full pipe and never fills memory.
+async fn log_output<R: AsyncRead + Unpin>(mut stream: R, call: HookCall, which: &'static str) {
+    let mut chunk = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut logged = 0usize;
+    let mut dropped = 0usize;
+    let mut emit = |line: &mut Vec<u8>| {
+        if logged < MAX_LOGGED_LINES {
+            let text = String::from_utf8_lossy(line);
+            tracing::info!(hook = %call.name, pool = %call.pool, instance = %call.instance, stream = which, "{}", text.trim_end());
+            logged += 1;
+        } else {
+            dropped += 1;
+        }
+        line.clear();
+    };
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in &chunk[..n] {
+            if byte == b'\n' {
+                emit(&mut line);
+            } else if line.len() < MAX_LINE_BYTES {
+                line.push(byte);
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+    if dropped > 0 {
+        tracing::warn!(hook = %call.name, stream = which, dropped, "hook output truncated");
+    }
+}

@@ -1,0 +1,401 @@
+//! The whole system on one machine: a real etcd, gce-sim, and `pm-scheduler` and
+//! `pm-agent` as separate processes, so tests can SIGKILL any of them.
+//!
+//! ```no_run
+//! # async fn f() {
+//! let cluster = pm_tests::Cluster::builder().zones(3).agents(1).start().await;
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_etcd::{EtcdOptions, Keyspace, Store};
+use pm_gce::compute::Compute;
+use pm_gce::resources::Instance;
+use pm_gce::rest::{Auth, RestCompute, RestConfig};
+use pm_gce::sim::{RunningSim, Sim, SimControl};
+use pm_proto::PoolConfig;
+
+use crate::{unique_prefix, Daemon, EtcdCluster};
+
+/// The GCE project every test pool lives in.
+pub const PROJECT: &str = "pm-test";
+
+/// An instance template like an operator's: a small preemptible VM.
+pub const TEMPLATE: &str = r#"{
+  "name": "{name}",
+  "machineType": "projects/{project}/zones/{zone}/machineTypes/e2-small",
+  "scheduling": {"preemptible": true, "automaticRestart": false, "onHostMaintenance": "TERMINATE"},
+  "disks": [{"boot": true, "autoDelete": true, "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}],
+  "networkInterfaces": [{"network": "projects/{project}/global/networks/default"}],
+  "labels": {"team": "test"}
+}"#;
+
+/// Settings of a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    /// Number of zones, named `zone-a`, `zone-b`, ...
+    zones: usize,
+    /// Agents started per zone (one active, the others standby).
+    agents: usize,
+    /// Scheduler replicas.
+    schedulers: usize,
+    /// Capacity of each zone in gce-sim.
+    capacity: u64,
+    /// gce-sim's operation delay.
+    op_delay: Duration,
+    /// gce-sim's boot delay.
+    boot_delay: Duration,
+    /// `--hooks-dir` of the agents.
+    hooks_dir: Option<PathBuf>,
+    /// Lease TTL of every daemon.
+    lease_ttl: Duration,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self {
+            zones: 3,
+            agents: 1,
+            schedulers: 1,
+            capacity: 1000,
+            op_delay: Duration::from_millis(50),
+            boot_delay: Duration::from_millis(100),
+            hooks_dir: None,
+            lease_ttl: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Number of zones.
+    pub fn zones(mut self, zones: usize) -> Self {
+        self.zones = zones;
+        self
+    }
+
+    /// Agents per zone.
+    pub fn agents(mut self, agents: usize) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Scheduler replicas.
+    pub fn schedulers(mut self, schedulers: usize) -> Self {
+        self.schedulers = schedulers;
+        self
+    }
+
+    /// Capacity of every zone.
+    pub fn capacity(mut self, capacity: u64) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// gce-sim's operation and boot delays.
+    pub fn delays(mut self, op_delay: Duration, boot_delay: Duration) -> Self {
+        self.op_delay = op_delay;
+        self.boot_delay = boot_delay;
+        self
+    }
+
+    /// The agents' hooks dir.
+    pub fn hooks_dir(mut self, dir: &Path) -> Self {
+        self.hooks_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts etcd, gce-sim, the schedulers and the agents.
+    pub async fn start(self) -> Cluster {
+        let etcd = EtcdCluster::start(1).await;
+        let zones: Vec<String> = (0..self.zones)
+            .map(|i| {
+                format!(
+                    "zone-{}",
+                    char::from(b'a' + u8::try_from(i % 26).unwrap_or(0))
+                )
+            })
+            .collect();
+        let sim = Sim::builder()
+            .zones(zones.clone())
+            .capacity(self.capacity)
+            .op_delay(self.op_delay)
+            .boot_delay(self.boot_delay)
+            .build()
+            .expect("gce-sim settings")
+            .start_local()
+            .await
+            .expect("gce-sim starts");
+        let prefix = unique_prefix();
+        let client = EtcdOptions::new(etcd.endpoints())
+            .connect()
+            .await
+            .expect("etcd");
+        let store = Store::new(client, Keyspace::new(&prefix).expect("prefix"));
+        let mut rest = RestConfig::new(sim.compute_url(), Auth::None).expect("rest config");
+        rest.timeout = Duration::from_secs(10);
+        let compute: Arc<dyn Compute> =
+            Arc::new(RestCompute::new(rest).await.expect("rest client"));
+        let mut cluster = Cluster {
+            settings: self.clone(),
+            etcd,
+            sim,
+            store,
+            compute,
+            prefix,
+            zones: zones.clone(),
+            schedulers: Vec::new(),
+            agents: BTreeMap::new(),
+            started: 0,
+        };
+        for _ in 0..self.schedulers {
+            cluster.start_scheduler();
+        }
+        for zone in &zones {
+            for _ in 0..self.agents {
+                cluster.start_agent(zone);
+            }
+        }
+        cluster
+    }
+}
+
+/// A running system; every process is killed when it drops.
+pub struct Cluster {
+    /// How it was built.
+    settings: ClusterBuilder,
+    /// The etcd.
+    etcd: EtcdCluster,
+    /// gce-sim, in this process.
+    sim: RunningSim,
+    /// Typed access to the cluster's keyspace.
+    store: Store,
+    /// The REST client against gce-sim, as an operator would look at GCE.
+    compute: Arc<dyn Compute>,
+    /// The key prefix of this cluster.
+    prefix: String,
+    /// Zone names.
+    zones: Vec<String>,
+    /// Scheduler processes, in start order.
+    schedulers: Vec<Daemon>,
+    /// Agent processes per zone, in start order.
+    agents: BTreeMap<String, Vec<Daemon>>,
+    /// Daemons started so far; numbers their ids and logs.
+    started: usize,
+}
+
+impl Cluster {
+    /// A builder with 3 zones, 1 agent per zone, 1 scheduler.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// The etcd.
+    pub fn etcd(&mut self) -> &mut EtcdCluster {
+        &mut self.etcd
+    }
+
+    /// Typed etcd access under this cluster's prefix.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Zone names.
+    pub fn zones(&self) -> &[String] {
+        &self.zones
+    }
+
+    /// gce-sim's control API.
+    pub fn sim(&self) -> SimControl {
+        self.sim.control()
+    }
+
+    /// The Compute API root of gce-sim.
+    pub fn compute_url(&self) -> String {
+        self.sim.compute_url()
+    }
+
+    /// A REST client of gce-sim.
+    pub fn compute(&self) -> &dyn Compute {
+        self.compute.as_ref()
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        vec![
+            "--etcd".into(),
+            self.etcd.endpoints().join(","),
+            "--prefix".into(),
+            self.prefix.clone(),
+            "--lease-ttl".into(),
+            format!("{}s", self.settings.lease_ttl.as_secs()),
+        ]
+    }
+
+    /// Starts one more scheduler replica; returns its index.
+    pub fn start_scheduler(&mut self) -> usize {
+        self.started += 1;
+        let id = format!("scheduler-{}", self.started);
+        let mut args = self.common_args();
+        args.extend([
+            "--id".into(),
+            id.clone(),
+            "--agent-grace".into(),
+            "5s".into(),
+            "--resync".into(),
+            "10s".into(),
+        ]);
+        let daemon = Daemon::start(self.etcd.dir(), &id, "pm-scheduler", &args, &[]);
+        self.schedulers.push(daemon);
+        self.schedulers.len() - 1
+    }
+
+    /// Starts one more agent for `zone`; returns its index in the zone.
+    pub fn start_agent(&mut self, zone: &str) -> usize {
+        self.started += 1;
+        let id = format!("agent-{zone}-{}", self.started);
+        let mut args = self.common_args();
+        args.extend([
+            "--zone".into(),
+            zone.into(),
+            "--id".into(),
+            id.clone(),
+            "--project".into(),
+            PROJECT.into(),
+            "--gce-endpoint".into(),
+            self.sim.compute_url(),
+            "--no-auth".into(),
+            "--gce-timeout".into(),
+            "10s".into(),
+            "--hook-timeout".into(),
+            "5s".into(),
+        ]);
+        if let Some(dir) = &self.settings.hooks_dir {
+            args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
+        }
+        let daemon = Daemon::start(self.etcd.dir(), &id, "pm-agent", &args, &[]);
+        let list = self.agents.entry(zone.to_string()).or_default();
+        list.push(daemon);
+        list.len() - 1
+    }
+
+    /// The scheduler started as `index`.
+    pub fn scheduler(&mut self, index: usize) -> &mut Daemon {
+        &mut self.schedulers[index]
+    }
+
+    /// Agent `index` of `zone`.
+    pub fn agent(&mut self, zone: &str, index: usize) -> &mut Daemon {
+        &mut self.agents.get_mut(zone).expect("zone has agents")[index]
+    }
+
+    /// The last lines of every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for d in self.schedulers.iter().chain(self.agents.values().flatten()) {
+            let log = d.log();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("==== {} (last 60 lines)\n", d.name()));
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Polls `check` until it returns `Some`, for at most `bound`; on timeout panics
+    /// with `what` and the daemons' logs.
+    pub async fn wait<T, F, Fut>(&self, what: &str, bound: Duration, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        match crate::poll_until(bound, check).await {
+            Some(value) => value,
+            None => panic!(
+                "timed out after {bound:?} waiting for: {what}\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    /// Writes a pool config with the standard template.
+    pub async fn set_pool(&self, pool: &str, config: PoolConfig) {
+        let key = self.store.keys().pool_config(pool).expect("pool name");
+        self.store
+            .put(&key, &config, 0)
+            .await
+            .expect("write pool config");
+    }
+
+    /// A pool config over every zone with the standard template.
+    pub fn pool_config(&self, prefix: &str, target: i64) -> PoolConfig {
+        PoolConfig {
+            target_vm_count: target,
+            allowed_zones: self.zones.clone(),
+            prefix: prefix.into(),
+            instance_json: TEMPLATE.into(),
+            seconds_to_rest: 1,
+            seconds_for_exhaustion: 3,
+            ..Default::default()
+        }
+    }
+
+    /// Every instance in gce-sim carrying `pool`'s label, by zone.
+    pub async fn gce_instances(&self, pool: &str) -> BTreeMap<String, Vec<Instance>> {
+        let filter = format!("labels.pm-pool = \"{pool}\"");
+        let mut out = BTreeMap::new();
+        for zone in &self.zones {
+            let list = self
+                .compute
+                .list(PROJECT, zone, Some(&filter))
+                .await
+                .expect("list gce-sim");
+            out.insert(zone.clone(), list);
+        }
+        out
+    }
+
+    /// Instance names per zone in the given GCE status (e.g. "RUNNING").
+    pub async fn count_status(&self, pool: &str, status: &str) -> BTreeMap<String, usize> {
+        self.gce_instances(pool)
+            .await
+            .into_iter()
+            .map(|(zone, list)| {
+                let n = list
+                    .iter()
+                    .filter(|i| i.status.map(|s| s.as_str()) == Some(status))
+                    .count();
+                (zone, n)
+            })
+            .collect()
+    }
+
+    /// The observed instance names in etcd, per zone.
+    pub async fn observed(&self, pool: &str) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        for zone in &self.zones {
+            let prefix = self
+                .store
+                .keys()
+                .instances_prefix(pool, zone)
+                .expect("names");
+            let keys = self.store.list_keys(&prefix).await.expect("list observed");
+            out.insert(
+                zone.clone(),
+                keys.into_iter()
+                    .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+                    .collect(),
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,357 @@
+//! The whole system as separate processes: etcd, gce-sim, pm-scheduler, pm-agent.
+//! Converging, preemption, stockouts, scale-down, crashes and hooks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use pm_proto::{Event, Hooks, ObservedInstance, ZoneExhaustion};
+use pm_tests::cluster::{PROJECT, TEMPLATE};
+use pm_tests::Cluster;
+
+const BOUND: Duration = Duration::from_secs(45);
+
+fn total(counts: &BTreeMap<String, usize>) -> usize {
+    counts.values().sum()
+}
+
+async fn wait_running(c: &Cluster, pool: &str, want: usize) -> BTreeMap<String, usize> {
+    c.wait(
+        &format!("{want} RUNNING instances of {pool}"),
+        BOUND,
+        || async {
+            let running = c.count_status(pool, "RUNNING").await;
+            let all: usize = c.gce_instances(pool).await.values().map(Vec::len).sum();
+            (total(&running) == want && all == want).then_some(running)
+        },
+    )
+    .await
+}
+
+async fn events(c: &Cluster, pool: &str) -> Vec<Event> {
+    let prefix = c.store().keys().events_prefix(pool).unwrap();
+    let listing = c.store().list::<Event>(&prefix).await.unwrap();
+    listing.items.into_iter().map(|(_, v)| v.value).collect()
+}
+
+async fn wait_event(c: &Cluster, pool: &str, kind: &str) -> Event {
+    c.wait(&format!("a {kind} event of {pool}"), BOUND, || async {
+        events(c, pool).await.into_iter().find(|e| e.kind == kind)
+    })
+    .await
+}
+
+/// Every pool instance in GCE is known in etcd and the other way round.
+async fn assert_no_leaks(c: &Cluster, pool: &str) {
+    let gce: BTreeMap<String, BTreeSet<String>> = c
+        .gce_instances(pool)
+        .await
+        .into_iter()
+        .map(|(z, list)| (z, list.into_iter().map(|i| i.name).collect()))
+        .collect();
+    let etcd: BTreeMap<String, BTreeSet<String>> = c
+        .observed(pool)
+        .await
+        .into_iter()
+        .map(|(z, names)| (z, names.into_iter().collect()))
+        .collect();
+    assert_eq!(gce, etcd, "GCE and etcd disagree");
+}
+
+fn write_hook(dir: &Path, name: &str) {
+    let log = dir.join("hooks.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$EVENT $POOL $PROJECT $ZONE ${{NAME:-}}\" >> {}\necho hook output for $NAME\n",
+        log.display()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn hook_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hooks.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_heals_preemptions_and_scales_down_with_hooks() {
+    let hooks = tempfile::tempdir().unwrap();
+    for name in ["on-create", "on-delete", "on-preempted"] {
+        write_hook(hooks.path(), name);
+    }
+    let c = Cluster::builder()
+        .zones(3)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    let mut config = c.pool_config("web-", 6);
+    config.hooks = Some(Hooks {
+        create: "on-create".into(),
+        delete: "on-delete".into(),
+        preempted: "on-preempted".into(),
+        ..Default::default()
+    });
+    c.set_pool("web", config.clone()).await;
+    let running = wait_running(&c, "web", 6).await;
+    assert!(
+        running.values().all(|n| *n == 2),
+        "even spread: {running:?}"
+    );
+    c.wait("every instance is RUNNING in etcd too", BOUND, || async {
+        let mut all = 0;
+        for zone in c.zones() {
+            let prefix = c.store().keys().instances_prefix("web", zone).unwrap();
+            let listing = c.store().list::<ObservedInstance>(&prefix).await.unwrap();
+            all += listing
+                .items
+                .iter()
+                .filter(|(_, v)| v.value.state() == pm_proto::InstanceState::Running)
+                .count();
+        }
+        (all == 6).then_some(())
+    })
+    .await;
+    assert_no_leaks(&c, "web").await;
+    c.wait("a create hook ran per instance", BOUND, || async {
+        (hook_lines(hooks.path())
+            .iter()
+            .filter(|l| l.starts_with("create web pm-test zone-"))
+            .count()
+            == 6)
+            .then_some(())
+    })
+    .await;
+
+    // Preempt two: they are replaced, the TERMINATED ones deleted, the hook runs.
+    c.sim().preempt_count("zone-a", 2).await.unwrap();
+    c.wait("preempted hooks ran", BOUND, || async {
+        (hook_lines(hooks.path())
+            .iter()
+            .filter(|l| l.starts_with("preempted web pm-test zone-a web-"))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let running = wait_running(&c, "web", 6).await;
+    assert_eq!(
+        running["zone-a"], 2,
+        "replacements stay in the zone: {running:?}"
+    );
+    wait_event(&c, "web", "preempted").await;
+    assert_no_leaks(&c, "web").await;
+
+    // Scale down: the surplus goes, with the delete hook.
+    config.target_vm_count = 3;
+    c.set_pool("web", config).await;
+    let running = wait_running(&c, "web", 3).await;
+    assert!(running.values().all(|n| *n == 1), "{running:?}");
+    c.wait("delete hooks ran", BOUND, || async {
+        (hook_lines(hooks.path())
+            .iter()
+            .filter(|l| l.starts_with("delete web"))
+            .count()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    c.wait("etcd matches GCE after scale-down", BOUND, || async {
+        let names: usize = c.observed("web").await.values().map(Vec::len).sum();
+        (names == 3).then_some(())
+    })
+    .await;
+    assert_no_leaks(&c, "web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stocked_out_zone_is_exhausted_and_its_share_moves() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-exhausted");
+    let c = Cluster::builder()
+        .zones(3)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    c.sim().set_capacity("zone-b", 0).await.unwrap();
+    let mut config = c.pool_config("api-", 6);
+    config.hooks = Some(Hooks {
+        exhausted: "on-exhausted".into(),
+        ..Default::default()
+    });
+    c.set_pool("api", config).await;
+    let running = wait_running(&c, "api", 6).await;
+    assert_eq!(running["zone-b"], 0);
+    assert_eq!(running["zone-a"] + running["zone-c"], 6);
+    let key = c.store().keys().exhausted("api", "zone-b").unwrap();
+    let x = c
+        .wait("zone-b is exhausted", BOUND, || async {
+            c.store().get::<ZoneExhaustion>(&key).await.unwrap()
+        })
+        .await;
+    assert!(
+        x.value.reason.contains("ZONE_RESOURCE_POOL_EXHAUSTED"),
+        "{}",
+        x.value.reason
+    );
+    wait_event(&c, "api", "stockout").await;
+    c.wait("the exhausted hook ran", BOUND, || async {
+        hook_lines(hooks.path())
+            .iter()
+            .any(|l| l == "exhausted api pm-test zone-b ")
+            .then_some(())
+    })
+    .await;
+    assert_no_leaks(&c, "api").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_insert_is_replaced_without_duplicates() {
+    // Slow operations: inserts are in flight when the agent dies.
+    let mut c = Cluster::builder()
+        .zones(1)
+        .delays(Duration::from_millis(2500), Duration::from_millis(100))
+        .start()
+        .await;
+    c.set_pool("batch", c.pool_config("batch-", 4)).await;
+    c.wait("inserts were issued and recorded", BOUND, || async {
+        let names: usize = c.observed("batch").await.values().map(Vec::len).sum();
+        (names == 4).then_some(())
+    })
+    .await;
+    c.agent("zone-a", 0).kill9().await;
+    let recorded: BTreeSet<String> = c.observed("batch").await.into_values().flatten().collect();
+    c.start_agent("zone-a");
+    wait_running(&c, "batch", 4).await;
+    let names: BTreeSet<String> = c
+        .gce_instances("batch")
+        .await
+        .into_values()
+        .flatten()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(
+        names, recorded,
+        "the new agent adopted the inserts of the dead one"
+    );
+    let state = c.sim().state().await.unwrap();
+    assert_eq!(
+        state.counters.inserted, 4,
+        "no second VM for a retried insert"
+    );
+    assert_no_leaks(&c, "batch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_agent_takes_over_and_losses_while_down_are_reported() {
+    let mut c = Cluster::builder().zones(1).agents(2).start().await;
+    let mut config = c.pool_config("db-", 2);
+    c.set_pool("db", config.clone()).await;
+    wait_running(&c, "db", 2).await;
+
+    // Both agents die; an instance is deleted behind pm's back meanwhile.
+    c.agent("zone-a", 0).kill9().await;
+    c.agent("zone-a", 1).kill9().await;
+    let victim = c.gce_instances("db").await["zone-a"][0].name.clone();
+    c.compute()
+        .delete(PROJECT, "zone-a", &victim)
+        .await
+        .unwrap();
+    c.wait("the victim is gone from GCE", BOUND, || async {
+        let names: Vec<String> = c
+            .gce_instances("db")
+            .await
+            .into_values()
+            .flatten()
+            .map(|i| i.name)
+            .collect();
+        (!names.contains(&victim)).then_some(())
+    })
+    .await;
+    let first = c.start_agent("zone-a");
+    c.start_agent("zone-a");
+    let e = wait_event(&c, "db", "vanished").await;
+    assert_eq!(e.instance, victim);
+    wait_running(&c, "db", 2).await;
+
+    // The active one dies: the standby acts on the next change.
+    c.agent("zone-a", first).kill9().await;
+    config.target_vm_count = 3;
+    c.set_pool("db", config).await;
+    wait_running(&c, "db", 3).await;
+    assert_no_leaks(&c, "db").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_without_the_label_or_the_prefix_are_never_touched() {
+    let c = Cluster::builder().zones(1).start().await;
+    let foreign = |name: &str, label: Option<&str>| {
+        let mut value: serde_json::Value = serde_json::from_str(
+            &TEMPLATE
+                .replace("{name}", name)
+                .replace("{project}", PROJECT)
+                .replace("{zone}", "zone-a"),
+        )
+        .unwrap();
+        match label {
+            Some(l) => value["labels"]["pm-pool"] = serde_json::Value::String(l.into()),
+            None => {
+                value["labels"].as_object_mut().unwrap().remove("pm-pool");
+            }
+        }
+        serde_json::from_value::<pm_gce::resources::Instance>(value).unwrap()
+    };
+    for (name, label) in [
+        ("web-nolabel", None),
+        ("other-labelled", Some("web")),
+        ("web-otherpool", Some("api")),
+    ] {
+        let op = c
+            .compute()
+            .insert(
+                PROJECT,
+                "zone-a",
+                &foreign(name, label),
+                &pm_gce::compute::request_id_for(name),
+            )
+            .await
+            .unwrap();
+        pm_gce::compute::wait_until_done(c.compute(), PROJECT, op, BOUND)
+            .await
+            .unwrap();
+    }
+    c.set_pool("web", c.pool_config("web-", 2)).await;
+    wait_running(&c, "web", 3).await; // 2 of pm's plus "other-labelled", which pm ignores
+    let mut config = c.pool_config("web-", 0);
+    config.target_vm_count = 0;
+    c.set_pool("web", config).await;
+    c.wait("pm's instances are gone", BOUND, || async {
+        let names: Vec<String> = c
+            .gce_instances("web")
+            .await
+            .into_values()
+            .flatten()
+            .map(|i| i.name)
+            .collect();
+        (names == vec!["other-labelled".to_string()]).then_some(())
+    })
+    .await;
+    let all: Vec<String> = c
+        .compute()
+        .list(PROJECT, "zone-a", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    for name in ["web-nolabel", "other-labelled", "web-otherpool"] {
+        assert!(
+            all.contains(&name.to_string()),
+            "{name} was touched: {all:?}"
+        );
+    }
+}
