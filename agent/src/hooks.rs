@@ -217,6 +217,7 @@ impl HookRunner {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         if !call.instance.is_empty() {
             command.env("NAME", &call.instance);
@@ -242,6 +243,13 @@ impl HookRunner {
                 status: e.to_string(),
             })?,
             Err(_) => {
+                // The hook runs in its own process group: kill what it started too.
+                if let Some(pid) = child.id() {
+                    std::process::Command::new("kill")
+                        .args(["-s", "KILL", "--", &format!("-{pid}")])
+                        .status()
+                        .ok();
+                }
                 child.start_kill().ok();
                 child.wait().await.ok();
                 if let Some(h) = out {

@@ -1,0 +1,175 @@
+//! The agent's hook runner with real processes and a real etcd for its events: the
+//! environment, timeouts, failures, huge output, and names that are not plain.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pm_agent::hooks::{HookCall, HookError, HookEvent, HookRunner};
+use pm_etcd::{EtcdOptions, EventLog, Keyspace, Store};
+use pm_proto::Event;
+use pm_tests::{eventually, unique_prefix, EtcdCluster};
+
+async fn runner(dir: Option<&Path>, timeout: Duration) -> (EtcdCluster, Store, HookRunner) {
+    let etcd = EtcdCluster::start(1).await;
+    let client = EtcdOptions::new(etcd.endpoints()).connect().await.unwrap();
+    let store = Store::new(client, Keyspace::new(&unique_prefix()).unwrap());
+    let events = Arc::new(EventLog::new(
+        store.clone(),
+        "agent-test",
+        EventLog::DEFAULT_RETENTION,
+    ));
+    let runner = HookRunner::new(dir.map(Path::to_path_buf), timeout, 2, events);
+    (etcd, store, runner)
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn call(name: &str, event: HookEvent) -> HookCall {
+    HookCall {
+        name: name.into(),
+        event,
+        pool: "web".into(),
+        project: "proj".into(),
+        zone: "zone-a".into(),
+        instance: if event == HookEvent::Exhausted {
+            String::new()
+        } else {
+            "web-abc".into()
+        },
+    }
+}
+
+#[tokio::test]
+async fn hooks_get_prevmtables_environment_plus_pool_and_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.txt");
+    script(
+        dir.path(),
+        "dump",
+        &format!(
+            "echo \"$PROJECT|$ZONE|${{NAME-unset}}|$POOL|$EVENT\" > {}",
+            out.display()
+        ),
+    );
+    let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(10)).await;
+    runner.run(&call("dump", HookEvent::Create)).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "proj|zone-a|web-abc|web|create"
+    );
+    runner
+        .run(&call("dump", HookEvent::Exhausted))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "proj|zone-a|unset|web|exhausted"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_hook_is_killed_at_the_timeout_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    script(
+        dir.path(),
+        "hang",
+        &format!("sleep 600 & echo $! > {}; wait", pidfile.display()),
+    );
+    let (_etcd, store, runner) = runner(Some(dir.path()), Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let result = runner.spawn(call("hang", HookEvent::Delete)).await.unwrap();
+    assert!(
+        matches!(result, Err(HookError::TimedOut { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "killed, not waited out"
+    );
+    let child = std::fs::read_to_string(&pidfile).unwrap();
+    let proc_dir = format!("/proc/{}", child.trim());
+    eventually(
+        "what the hook started is killed too",
+        Duration::from_secs(10),
+        || async {
+            let state = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+            (state.is_empty() || state.contains(") Z ")).then_some(())
+        },
+    )
+    .await;
+    let prefix = store.keys().events_prefix("web").unwrap();
+    let e = eventually("a hook-failed event", Duration::from_secs(10), || async {
+        store
+            .list::<Event>(&prefix)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(_, v)| v.value)
+            .find(|e| e.kind == "hook-failed")
+    })
+    .await;
+    assert!(e.message.contains("timed out"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn failing_and_chatty_hooks_never_block_or_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "fail", "echo boom >&2; exit 3");
+    // About 20 MB on stdout, much of it without newlines.
+    script(
+        dir.path(),
+        "chatty",
+        "head -c 20000000 /dev/zero | tr '\\0' 'x'; yes line | head -n 100000",
+    );
+    let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(60)).await;
+    let err = runner
+        .run(&call("fail", HookEvent::Vanished))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, HookError::Failed { status, .. } if status.contains('3')),
+        "{err:?}"
+    );
+    runner
+        .run(&call("chatty", HookEvent::Create))
+        .await
+        .expect("huge output is drained and truncated");
+}
+
+#[tokio::test]
+async fn only_plain_names_in_the_hooks_dir_run() {
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "ok", "exit 0");
+    std::fs::write(dir.path().join("not-exec"), "#!/bin/sh\n").unwrap();
+    let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(5)).await;
+    for bad in ["../x", "/bin/sh", "sub/ok", ".hidden", "", "a b"] {
+        let err = runner.run(&call(bad, HookEvent::Create)).await.unwrap_err();
+        assert_eq!(err, HookError::BadName(bad.into()));
+    }
+    assert!(matches!(
+        runner.run(&call("missing", HookEvent::Create)).await,
+        Err(HookError::NotRunnable { .. })
+    ));
+    assert!(matches!(
+        runner.run(&call("not-exec", HookEvent::Create)).await,
+        Err(HookError::NotRunnable { .. })
+    ));
+    runner.run(&call("ok", HookEvent::Create)).await.unwrap();
+    let (_e, _s, no_dir) = runner_without_dir().await;
+    assert!(matches!(
+        no_dir.run(&call("ok", HookEvent::Create)).await,
+        Err(HookError::NoHooksDir(_))
+    ));
+}
+
+async fn runner_without_dir() -> (EtcdCluster, Store, HookRunner) {
+    runner(None, Duration::from_secs(5)).await
+}
