@@ -291,7 +291,7 @@ impl Term<'_> {
             TxnOp::delete(report_key.as_str(), None),
             put_op(&keys.zone_desired(pool, zone)?, &desired, 0),
         ];
-        self.store.txn_fenced(&self.fence, ops).await?;
+        let revision = self.store.txn_fenced(&self.fence, ops).await?;
         let zv = self
             .model
             .pools
@@ -300,7 +300,7 @@ impl Term<'_> {
             .zone_mut(zone);
         zv.exhausted = Some(exhaustion.clone());
         zv.report = None;
-        zv.desired = Some(desired);
+        zv.set_desired(Some(desired), revision);
         self.events
             .emit(
                 pool,
@@ -480,16 +480,12 @@ impl Term<'_> {
                 .map(|d| (d.count, d.accept_new));
             before != next.as_ref().map(|d| (d.count, d.accept_new))
         });
-        for chunk in ops.chunks(MAX_TXN_OPS) {
-            self.store.txn_fenced(&self.fence, chunk.to_vec()).await?;
-        }
-        for (zone, next) in written {
-            self.model
-                .pools
-                .entry(pool.to_string())
-                .or_default()
-                .zone_mut(&zone)
-                .desired = next;
+        for (ops, written) in ops.chunks(MAX_TXN_OPS).zip(written.chunks(MAX_TXN_OPS)) {
+            let revision = self.store.txn_fenced(&self.fence, ops.to_vec()).await?;
+            let pool_view = self.model.pools.entry(pool.to_string()).or_default();
+            for (zone, next) in written {
+                pool_view.zone_mut(zone).set_desired(next.clone(), revision);
+            }
         }
         if counts_changed {
             self.events

@@ -33,6 +33,9 @@ pub struct ZoneView {
     pub last_success_unix_ms: Option<u64>,
     /// The desired key as stored (or as last written by this leader).
     pub desired: Option<ZoneDesired>,
+    /// The revision `desired` is from; watch events older than it are echoes of writes
+    /// this leader already applied, and are ignored.
+    pub desired_revision: i64,
     /// The exhausted key, while it exists.
     pub exhausted: Option<ZoneExhaustion>,
     /// An agent's stockout report waiting to be handled.
@@ -40,6 +43,14 @@ pub struct ZoneView {
 }
 
 impl ZoneView {
+    /// Takes a desired value (or its deletion) of `revision`, unless a newer one is held.
+    pub fn set_desired(&mut self, desired: Option<ZoneDesired>, revision: i64) {
+        if revision >= self.desired_revision {
+            self.desired = desired;
+            self.desired_revision = revision;
+        }
+    }
+
     fn set_instance(&mut self, name: &str, instance: Option<&ObservedInstance>) {
         let live = instance.is_some_and(is_live);
         let before = match instance {
@@ -157,7 +168,9 @@ impl Model {
                         self.apply_put(keys, &kv);
                         None
                     }
-                    WatchEvent::Delete { key, .. } => self.apply_delete(keys, &key),
+                    WatchEvent::Delete { key, mod_revision } => {
+                        self.apply_delete(keys, &key, mod_revision)
+                    }
                 })
                 .collect(),
             WatchBatch::Resync { keys: listing, .. } => {
@@ -188,7 +201,10 @@ impl Model {
                 Err(e) => skipped(e),
             },
             Key::ZoneDesired { pool, zone } => match decode::<ZoneDesired>(&kv.key, bytes) {
-                Ok(d) => self.pool_mut(&pool).zone_mut(&zone).desired = Some(d),
+                Ok(d) => self
+                    .pool_mut(&pool)
+                    .zone_mut(&zone)
+                    .set_desired(Some(d), kv.mod_revision),
                 Err(e) => skipped(e),
             },
             Key::Instance { pool, zone, name } => {
@@ -223,7 +239,7 @@ impl Model {
         }
     }
 
-    fn apply_delete(&mut self, keys: &Keyspace, raw: &str) -> Option<Notice> {
+    fn apply_delete(&mut self, keys: &Keyspace, raw: &str, revision: i64) -> Option<Notice> {
         let key = parse(keys, raw)?;
         if let Some(pool) = key.pool() {
             self.dirty.insert(pool.to_string());
@@ -234,7 +250,9 @@ impl Model {
                 None
             }
             Key::ZoneDesired { pool, zone } => {
-                self.pool_mut(&pool).zone_mut(&zone).desired = None;
+                self.pool_mut(&pool)
+                    .zone_mut(&zone)
+                    .set_desired(None, revision);
                 None
             }
             Key::Instance { pool, zone, name } => {
@@ -382,6 +400,44 @@ mod tests {
                 pool: "web".into(),
                 zone: "z1".into()
             }]
+        );
+    }
+
+    #[test]
+    fn echoes_of_older_desired_writes_are_ignored() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let dk = keys.zone_desired("web", "z1").unwrap();
+        let desired = |count| ZoneDesired {
+            count,
+            ..Default::default()
+        };
+        m.pools
+            .entry("web".into())
+            .or_default()
+            .zone_mut("z1")
+            .set_desired(Some(desired(5)), 10);
+        let mut old = kv(dk.clone(), desired(3).encode_to_vec());
+        old.mod_revision = 9;
+        m.apply(
+            &keys,
+            WatchBatch::Events(vec![WatchEvent::Put(old)]),
+            &keys.pools_prefix(),
+        );
+        assert_eq!(
+            m.pools["web"].zones["z1"].desired.as_ref().unwrap().count,
+            5
+        );
+        let mut new = kv(dk, desired(7).encode_to_vec());
+        new.mod_revision = 11;
+        m.apply(
+            &keys,
+            WatchBatch::Events(vec![WatchEvent::Put(new)]),
+            &keys.pools_prefix(),
+        );
+        assert_eq!(
+            m.pools["web"].zones["z1"].desired.as_ref().unwrap().count,
+            7
         );
     }
 
