@@ -1,1 +1,96 @@
-//! stub
+//! pmctl, pm's operator CLI, as a library: every verb of DESIGN.md's "CLI contract", each
+//! printing a table (`-o table`) or a stable JSON shape (`-o json`). It talks to etcd
+//! only, so it works while no scheduler leads.
+//!
+//! - [`cli`]: the command line. [`run`] dispatches it.
+//! - [`config_file`], [`yaml`], [`validation`], [`instance_template`], [`document`]: pool
+//!   config files (prevmtable's rjson, Hjson, JSON, YAML) in, checked, and written back.
+//! - [`pool_config`], [`zone`]: the writes, all compare-and-swap or lease-bound.
+//! - [`snapshot`], [`status`], [`instances`], [`events`], [`agents`]: the reads.
+//! - [`output`]: tables, JSON, times.
+
+pub mod agents;
+pub mod cli;
+pub mod config_file;
+pub mod connect;
+pub mod document;
+pub mod error;
+pub mod events;
+pub mod instance_template;
+pub mod instances;
+pub mod output;
+pub mod pool_config;
+pub mod snapshot;
+pub mod status;
+pub mod validation;
+pub mod yaml;
+pub mod zone;
+
+pub use cli::{Cli, Command, ConfigCommand, ZoneCommand};
+pub use error::{Error, Result, EXIT_ERROR, EXIT_OK, EXIT_USAGE};
+
+/// Runs one pmctl command to its end (for `--watch` and `--follow`: until Ctrl-C).
+pub async fn run(cli: Cli) -> Result<()> {
+    let format = cli.output;
+    let etcd = &cli.etcd;
+    match cli.command {
+        Command::Config(ConfigCommand::Set {
+            pool,
+            file,
+            format: syntax,
+            dry_run,
+            if_revision,
+        }) => {
+            if dry_run {
+                // Checking a file needs no etcd.
+                return pool_config::dry_run(&pool, &file, syntax, format);
+            }
+            // A bad file fails before any connection is tried.
+            let config = pool_config::load(&pool, &file, syntax)?;
+            let store = connect::connect(etcd).await?;
+            pool_config::set(&store, &pool, config, if_revision, format).await
+        }
+        Command::Config(ConfigCommand::Get { pool }) => {
+            pool_config::get(&connect::connect(etcd).await?, &pool, format).await
+        }
+        Command::Config(ConfigCommand::Delete { pool }) => {
+            pool_config::delete(&connect::connect(etcd).await?, &pool, format).await
+        }
+        Command::Scale { pool, count } => {
+            pool_config::scale(&connect::connect(etcd).await?, &pool, count, format).await
+        }
+        Command::Status { pool, watch } => {
+            let store = connect::connect(etcd).await?;
+            if watch {
+                status::watch(&store, pool.as_deref(), format).await
+            } else {
+                status::show(&store, pool.as_deref(), format).await
+            }
+        }
+        Command::Instances { pool, zone } => {
+            let store = connect::connect(etcd).await?;
+            instances::show(&store, &pool, zone.as_deref(), format).await
+        }
+        Command::Zone(ZoneCommand::Exhaust {
+            pool,
+            zone,
+            duration,
+        }) => {
+            let store = connect::connect(etcd).await?;
+            zone::exhaust(&store, &pool, &zone, duration, format).await
+        }
+        Command::Zone(ZoneCommand::Clear { pool, zone }) => {
+            zone::clear(&connect::connect(etcd).await?, &pool, &zone, format).await
+        }
+        Command::Events {
+            pool,
+            follow,
+            limit,
+        } => {
+            let store = connect::connect(etcd).await?;
+            events::show(&store, pool.as_deref(), limit, follow, format).await
+        }
+        Command::Agents => agents::show_agents(&connect::connect(etcd).await?, format).await,
+        Command::Leader => agents::show_leader(&connect::connect(etcd).await?, format).await,
+    }
+}

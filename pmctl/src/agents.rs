@@ -1,0 +1,150 @@
+//! `pmctl agents` and `pmctl leader`: who serves each zone, and who schedules.
+
+use std::collections::BTreeSet;
+
+use pm_etcd::{now_unix_ms, Store};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::output::{self, Align, OutputFormat, Render, Table};
+use crate::snapshot;
+use crate::status::Leader;
+
+/// An agent's role in its zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Elected: it creates and deletes in the zone.
+    Active,
+    /// Registered, waiting to take over.
+    Standby,
+}
+
+/// One agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRow {
+    /// The zone it serves.
+    pub zone: String,
+    /// Its id.
+    pub agent_id: String,
+    /// Active or standby.
+    pub role: Role,
+    /// The host it runs on; empty when it holds the election without registering.
+    pub hostname: String,
+    /// Its pm version.
+    pub version: String,
+    /// When it started (Unix ms); 0 when unknown.
+    pub started_unix_ms: i64,
+}
+
+/// What `pmctl agents` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentsView {
+    /// When the uptimes in the table are measured from (Unix ms).
+    pub now_unix_ms: i64,
+    /// Every agent, by zone, the active one first.
+    pub agents: Vec<AgentRow>,
+}
+
+impl Render for AgentsView {
+    fn table(&self) -> String {
+        if self.agents.is_empty() {
+            return "no agents registered\n".into();
+        }
+        let mut table = Table::new(&[
+            ("ZONE", Align::Left),
+            ("AGENT", Align::Left),
+            ("ROLE", Align::Left),
+            ("HOST", Align::Left),
+            ("VERSION", Align::Left),
+            ("UPTIME", Align::Right),
+        ]);
+        for a in &self.agents {
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
+            table.row(vec![
+                a.zone.clone(),
+                a.agent_id.clone(),
+                match a.role {
+                    Role::Active => "active".into(),
+                    Role::Standby => "standby".into(),
+                },
+                dash(&a.hostname),
+                dash(&a.version),
+                output::age(a.started_unix_ms, self.now_unix_ms),
+            ]);
+        }
+        table.render()
+    }
+}
+
+/// `pmctl agents`.
+pub async fn show_agents(store: &Store, format: OutputFormat) -> Result<()> {
+    let (zones, warnings) = snapshot::read_agents(store, &BTreeSet::new()).await?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let mut agents = Vec::new();
+    for (zone, zone_agents) in zones {
+        if let Some(active) = &zone_agents.active {
+            let info = zone_agents.members.get(active).cloned().unwrap_or_default();
+            agents.push(AgentRow {
+                zone: zone.clone(),
+                agent_id: active.clone(),
+                role: Role::Active,
+                hostname: info.hostname,
+                version: info.version,
+                started_unix_ms: info.started_unix_ms,
+            });
+        }
+        for id in zone_agents.standbys() {
+            let info = zone_agents.members.get(&id).cloned().unwrap_or_default();
+            agents.push(AgentRow {
+                zone: zone.clone(),
+                agent_id: id,
+                role: Role::Standby,
+                hostname: info.hostname,
+                version: info.version,
+                started_unix_ms: info.started_unix_ms,
+            });
+        }
+    }
+    let view = AgentsView {
+        now_unix_ms: now_unix_ms(),
+        agents,
+    };
+    output::emit(format, &view)
+}
+
+/// What `pmctl leader` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaderView {
+    /// The scheduler leader; `null` when none is elected.
+    pub leader: Option<Leader>,
+}
+
+impl Render for LeaderView {
+    fn table(&self) -> String {
+        match &self.leader {
+            Some(l) => format!(
+                "scheduler leader: {} (election key {}, fencing revision {}, lease {:x})\n",
+                l.id, l.key, l.create_revision, l.lease
+            ),
+            None => "scheduler leader: NONE (no pm-scheduler is elected; desired counts are not being updated)\n".into(),
+        }
+    }
+}
+
+/// `pmctl leader`.
+pub async fn show_leader(store: &Store, format: OutputFormat) -> Result<()> {
+    let leader = snapshot::read_leader(store).await?;
+    let view = LeaderView {
+        leader: leader.as_ref().map(Leader::new),
+    };
+    output::emit(format, &view)
+}

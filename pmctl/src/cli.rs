@@ -1,0 +1,220 @@
+//! pmctl's command line: global flags, verbs, and their help with examples.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pm_etcd::cli::{parse_duration, EtcdArgs};
+
+use crate::config_file::Format;
+use crate::output::OutputFormat;
+use crate::validation::MAX_TARGET_VM_COUNT;
+
+/// Longest manual exhaustion: a week. Longer is a config change (`allowedZones`), not a
+/// back-off.
+pub const MAX_EXHAUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The operator's CLI of pm.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "pmctl",
+    version,
+    about = "pm's operator CLI: set pool configs, scale, and watch pools, zones, agents and the scheduler, all through etcd",
+    after_help = "Examples:\n  pmctl --etcd http://127.0.0.1:2379 config set web -f web.rjson\n  pmctl status --watch\n  pmctl -o json instances web\n\nEvery flag can also be set as a PM_* variable (PM_ETCD, PM_PREFIX, PM_OUTPUT, ...) or in --config FILE.\nExit codes: 0 ok, 1 error, 2 usage."
+)]
+pub struct Cli {
+    /// How to reach etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Output format: an aligned table, or JSON for scripts.
+    #[arg(
+        short = 'o',
+        long = "output",
+        env = "PM_OUTPUT",
+        value_enum,
+        global = true,
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A pool name as a command-line value: it becomes a key segment and a label value.
+fn pool_name(text: &str) -> Result<String, String> {
+    pm_etcd::keys::validate_pool(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A zone name as a command-line value.
+fn zone_name(text: &str) -> Result<String, String> {
+    pm_etcd::keys::validate_zone(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A manual exhaustion: at least a second, at most [`MAX_EXHAUST_FOR`].
+fn exhaust_for(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(1) {
+        return Err(format!(
+            "{text:?} is shorter than etcd's minimum lease of 1s"
+        ));
+    }
+    if duration > MAX_EXHAUST_FOR {
+        return Err(format!(
+            "{text:?} is longer than a week; remove the zone from allowedZones instead"
+        ));
+    }
+    Ok(duration)
+}
+
+/// The verbs.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Set, show or delete a pool's config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Change a pool's targetVMCount (a compare-and-swap on its config).
+    #[command(after_help = "Example:\n  pmctl scale web 10")]
+    Scale {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The new number of instances to keep alive.
+        #[arg(value_parser = clap::value_parser!(i64).range(0..=MAX_TARGET_VM_COUNT))]
+        count: i64,
+    },
+    /// Per zone: desired, running, starting, lost, exhaustion, agent; and the scheduler
+    /// leader.
+    #[command(
+        after_help = "Examples:\n  pmctl status\n  pmctl status web --watch\n  pmctl -o json status web\n\n\
+        Counts: running = RUNNING and not preempted; starting = PROVISIONING, STAGING or\n\
+        unknown; lost = preempted, STOPPING or TERMINATED; deleting = being deleted by pm."
+    )]
+    Status {
+        /// Only this pool.
+        #[arg(value_parser = pool_name)]
+        pool: Option<String>,
+        /// Keep the table on screen, redrawn on every change and each second (Ctrl-C ends).
+        /// With -o json: one status object per line, on every change.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// The instances of a pool as its agents observed them.
+    #[command(
+        after_help = "Examples:\n  pmctl instances web\n  pmctl instances web --zone us-central1-a"
+    )]
+    Instances {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// Only this zone.
+        #[arg(long, value_parser = zone_name)]
+        zone: Option<String>,
+    },
+    /// Mark a zone exhausted by hand, or clear its exhaustion.
+    #[command(subcommand)]
+    Zone(ZoneCommand),
+    /// Recent events of one pool or all, optionally following new ones.
+    #[command(
+        after_help = "Examples:\n  pmctl events web\n  pmctl events --follow\n  pmctl -o json events web --limit 0\n\n\
+        With -o json and --follow, each event is printed as one JSON object per line."
+    )]
+    Events {
+        /// Only this pool.
+        #[arg(value_parser = pool_name)]
+        pool: Option<String>,
+        /// Keep printing new events as they happen (Ctrl-C ends).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Show at most this many of the latest events; 0: all that are kept.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The agents of every zone: which is active, which stand by.
+    #[command(after_help = "Example:\n  pmctl agents")]
+    Agents,
+    /// The elected scheduler leader.
+    #[command(after_help = "Example:\n  pmctl leader")]
+    Leader,
+}
+
+/// `pmctl config ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ConfigCommand {
+    /// Create or replace a pool's config from a file: prevmtable's rjson, Hjson, JSON or
+    /// YAML, field names case-insensitive. Every problem is reported with its field and
+    /// nothing is written unless the whole config is valid.
+    #[command(
+        after_help = "Examples:\n  pmctl config set web -f web.rjson\n  cat web.yaml | pmctl config set web -f -\n  pmctl config set web -f web.json --dry-run\n\n\
+        Fields: targetVMCount, allowedZones, prefix, instance (required); secondsToRest,\n\
+        secondsForExhaustion, hooks {create, delete, vanished, exhausted, preempted},\n\
+        project, distribution (even|balanced|any), onPreempted (delete|restart)."
+    )]
+    Set {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The config file; `-` reads stdin.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// The file's syntax.
+        #[arg(long, value_enum, default_value_t = Format::Auto)]
+        format: Format,
+        /// Check the file and show the result without writing anything (needs no etcd).
+        #[arg(long)]
+        dry_run: bool,
+        /// Write only if the stored config still has this mod_revision (from
+        /// `config get -o json`; 0: only if the pool does not exist yet).
+        #[arg(long, value_name = "REVISION")]
+        if_revision: Option<i64>,
+    },
+    /// Show a pool's config.
+    #[command(
+        after_help = "Examples:\n  pmctl config get web\n  pmctl -o json config get web | jq .config > web.json"
+    )]
+    Get {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+    /// Delete a pool: its config becomes a tombstone, the scheduler scales it to 0 and then
+    /// removes all of its keys.
+    #[command(after_help = "Example:\n  pmctl config delete web")]
+    Delete {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+}
+
+/// `pmctl zone ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ZoneCommand {
+    /// Give a zone no new instances of a pool for a while, as after a stockout. The mark
+    /// is an etcd key bound to a lease, so it vanishes by itself when the time is up.
+    #[command(after_help = "Example:\n  pmctl zone exhaust web us-central1-a --for 10m")]
+    Exhaust {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The zone.
+        #[arg(value_parser = zone_name)]
+        zone: String,
+        /// How long, e.g. 90s, 10m, 2h (1s to 7 days).
+        #[arg(long = "for", value_name = "DURATION", value_parser = exhaust_for)]
+        duration: Duration,
+    },
+    /// Remove a zone's exhaustion mark (manual or the scheduler's) at once.
+    #[command(after_help = "Example:\n  pmctl zone clear web us-central1-a")]
+    Clear {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The zone.
+        #[arg(value_parser = zone_name)]
+        zone: String,
+    },
+}

@@ -1,0 +1,849 @@
+//! Checking a parsed pool config document and turning it into a [`PoolConfig`].
+//!
+//! The document is prevmtable's (DESIGN.md "Pool config"): field names match
+//! case-insensitively, as Go's decoder does, but unknown fields are errors. Every problem
+//! is collected, each naming its field (`allowedZones[1]`, `hooks.create`,
+//! `instance.labels`), so one run of `pmctl config set` reports them all.
+//!
+//! A `null` value counts as not given: YAML's `project:` with nothing after it means "no
+//! project", as Go's decoder would read it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use pm_proto::{Distribution, Hooks, OnPreempted, PoolConfig};
+use serde_json::{Map, Value};
+
+use crate::instance_template::{self, Vars};
+
+/// Length of the unique suffix agents append to a pool's prefix: `<prefix><8 of [a-z0-9]>`.
+pub const NAME_SUFFIX_LEN: usize = 8;
+
+/// Longest GCE instance name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Longest prefix: a full name must still fit in [`MAX_NAME_LEN`].
+pub const MAX_PREFIX_LEN: usize = MAX_NAME_LEN - NAME_SUFFIX_LEN;
+
+/// Largest `targetVMCount` accepted: far beyond any real pool, low enough to catch a typo.
+pub const MAX_TARGET_VM_COUNT: i64 = 100_000;
+
+/// Accepted `secondsToRest`: the agent's resync period.
+pub const SECONDS_TO_REST: RangeInclusive<i64> = 1..=3600;
+
+/// Accepted `secondsForExhaustion`: the base back-off of an exhausted zone.
+pub const SECONDS_FOR_EXHAUSTION: RangeInclusive<i64> = 1..=86_400;
+
+/// Longest hook name.
+const MAX_HOOK_LEN: usize = 255;
+
+/// The fields of a pool config, by canonical (DESIGN.md) name.
+pub const FIELDS: [&str; 10] = [
+    "targetVMCount",
+    "allowedZones",
+    "prefix",
+    "instance",
+    "secondsToRest",
+    "secondsForExhaustion",
+    "hooks",
+    "project",
+    "distribution",
+    "onPreempted",
+];
+
+/// The hooks, by name.
+pub const HOOKS: [&str; 5] = ["create", "delete", "vanished", "exhausted", "preempted"];
+
+/// The values of `distribution`, as written in a config.
+pub const DISTRIBUTIONS: [(&str, Distribution); 3] = [
+    ("even", Distribution::Even),
+    ("balanced", Distribution::Balanced),
+    ("any", Distribution::Any),
+];
+
+/// The values of `onPreempted`, as written in a config.
+pub const ON_PREEMPTED: [(&str, OnPreempted); 2] = [
+    ("delete", OnPreempted::Delete),
+    ("restart", OnPreempted::Restart),
+];
+
+/// One thing wrong with a config, and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Path of the field, e.g. `allowedZones[1]` or `hooks.create`; `(document)` for the
+    /// document as a whole.
+    pub field: String,
+    /// What is wrong, e.g. `"US-central" is not a valid zone`.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The problems as an indented list, one per line.
+    pub fn list(problems: &[Problem]) -> String {
+        problems
+            .iter()
+            .map(|p| format!("  - {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// "a string", "an object", ...: how a JSON type is named in messages.
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value as JSON, cut short when long, for quoting in a message.
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 60 {
+        format!("{}...", text.chars().take(57).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// The candidate closest to `name` (case-insensitively), when it is close enough to be a
+/// likely typo.
+pub fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| {
+            let distance = pm_etcd::cli::strsim_distance(&lower, &c.to_ascii_lowercase());
+            (distance, *c)
+        })
+        .filter(|(d, c)| *d <= if c.len() <= 6 { 2 } else { 3 })
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// An unknown name, with a suggestion or the list of known ones.
+fn unknown(what: &str, name: &str, known: &[&str]) -> String {
+    match did_you_mean(name, known) {
+        Some(close) => format!("unknown {what} (did you mean {close:?}?)"),
+        None => format!("unknown {what}; known: {}", known.join(", ")),
+    }
+}
+
+/// The fields of an object matched case-insensitively to `known` names. Unknown and
+/// repeated names become problems; `null` values are left out.
+fn match_fields<'v>(
+    object: &'v Map<String, Value>,
+    known: &[&'static str],
+    what: &str,
+    path: impl Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<&'static str, &'v Value> {
+    let mut found: BTreeMap<&'static str, (&'v str, &'v Value)> = BTreeMap::new();
+    for (key, value) in object {
+        let Some(canonical) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) else {
+            problems.push(Problem::new(path(key), unknown(what, key, known)));
+            continue;
+        };
+        if let Some((first, _)) = found.get(canonical) {
+            problems.push(Problem::new(
+                path(canonical),
+                format!("given twice, as {first:?} and {key:?} (names are case-insensitive)"),
+            ));
+            continue;
+        }
+        found.insert(canonical, (key.as_str(), value));
+    }
+    found
+        .into_iter()
+        .filter(|(_, (_, value))| !value.is_null())
+        .map(|(name, (_, value))| (name, value))
+        .collect()
+}
+
+/// A whole number within `range`.
+fn whole_number(value: &Value, range: &RangeInclusive<i64>) -> Result<i64, String> {
+    let Value::Number(number) = value else {
+        return Err(format!(
+            "must be a whole number, found {} {}",
+            json_type(value),
+            shown(value)
+        ));
+    };
+    let Some(n) = number.as_i64() else {
+        return Err(if number.is_f64() {
+            format!("must be a whole number, found {number}")
+        } else {
+            format!("{number} is too large (at most {})", range.end())
+        });
+    };
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is out of range ({}..={})",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// A string, or a problem naming the type found.
+fn string<'v>(value: &'v Value, expected: &str) -> Result<&'v str, String> {
+    value.as_str().ok_or_else(|| {
+        format!(
+            "must be {expected}, found {} {}",
+            json_type(value),
+            shown(value)
+        )
+    })
+}
+
+/// Whether `zone` looks like a GCE zone: lowercase letters, digits and `-`, starting with
+/// a letter and ending in `-` and a letter (`us-central1-a`). Short test zones such as
+/// `zone-a` pass too, so gce-sim's zones work.
+pub fn is_valid_zone(zone: &str) -> bool {
+    let bytes = zone.as_bytes();
+    let n = bytes.len();
+    (3..=MAX_NAME_LEN).contains(&n)
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[n - 2] == b'-'
+        && bytes[n - 1].is_ascii_lowercase()
+        && pm_etcd::keys::validate_zone(zone).is_ok()
+}
+
+/// Problems of a name prefix: instance names are `prefix` + [`NAME_SUFFIX_LEN`] of
+/// `[a-z0-9]`, and must be valid GCE names.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    let len = prefix.chars().count();
+    if len == 0 {
+        return Err("must not be empty: instance names start with it".into());
+    }
+    if len > MAX_PREFIX_LEN {
+        return Err(format!(
+            "{prefix:?} is {len} characters long; names are the prefix plus {NAME_SUFFIX_LEN} characters and GCE allows {MAX_NAME_LEN}, so at most {MAX_PREFIX_LEN}"
+        ));
+    }
+    if !prefix.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!(
+            "{prefix:?} must start with a lowercase letter (GCE names match [a-z]([-a-z0-9]*[a-z0-9])?)"
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "{prefix:?} holds {c:?}; GCE names allow only lowercase letters, digits and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Problems of a hook name: a plain file name in the agent's `--hooks-dir`.
+fn check_hook(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty; leave the hook out for none".into());
+    }
+    let plain = name.len() <= MAX_HOOK_LEN
+        && !name.starts_with('-')
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a plain file name in the agent's --hooks-dir (letters, digits, '.', '_' and '-'; no '/', no '..', not starting with '-')"
+        ))
+    }
+}
+
+/// Problems of a GCE project id (loosely: `[a-z][-a-z0-9.:]*`, at most 63 characters, so
+/// domain-scoped ids like `example.com:proj` pass).
+fn check_project(project: &str) -> Result<(), String> {
+    let ok = (1..=MAX_NAME_LEN).contains(&project.len())
+        && project.starts_with(|c: char| c.is_ascii_lowercase())
+        && !project.ends_with('-')
+        && project
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else if project.is_empty() {
+        Err("is empty; leave it out to use the agent's --project".into())
+    } else {
+        Err(format!(
+            "{project:?} is not a GCE project id (lowercase letters, digits and '-', starting with a letter)"
+        ))
+    }
+}
+
+/// One of `choices`, case-insensitively.
+fn choice<T: Copy>(value: &Value, choices: &[(&'static str, T)]) -> Result<T, String> {
+    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+    let text = string(value, &format!("one of {}", names.join(", ")))?;
+    choices
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| match did_you_mean(text, &names) {
+            Some(close) => format!(
+                "{text:?} is not one of {} (did you mean {close:?}?)",
+                names.join(", ")
+            ),
+            None => format!("{text:?} is not one of {}", names.join(", ")),
+        })
+}
+
+/// Checks the instance template as the agent will render it in each zone; problems that
+/// every zone shares are reported once.
+fn check_instance(
+    instance: &Value,
+    pool: &str,
+    zones: &[String],
+    prefix: &str,
+    project: &str,
+    problems: &mut Vec<Problem>,
+) {
+    // A name as an agent makes it: the prefix and a suffix of the full length.
+    let name = format!("{prefix}{}", "x0".repeat(NAME_SUFFIX_LEN / 2));
+    let mut found: Vec<Problem> = Vec::new();
+    for zone in zones {
+        let vars = Vars {
+            project,
+            zone,
+            name: &name,
+        };
+        for problem in instance_template::check(instance, pool, vars) {
+            if !found.contains(&problem) {
+                found.push(problem);
+            }
+        }
+    }
+    problems.extend(found);
+}
+
+/// Checks a pool config document for pool `pool` and builds the [`PoolConfig`] it
+/// describes. Every problem is reported, each with its field.
+pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Value::Object(object) = document else {
+        return Err(vec![Problem::new(
+            "(document)",
+            format!(
+                "must be an object with the pool's fields ({}), found {}",
+                FIELDS.join(", "),
+                json_type(document)
+            ),
+        )]);
+    };
+    let fields = match_fields(object, &FIELDS, "field", str::to_string, &mut problems);
+    let mut config = PoolConfig::default();
+    let mut report = |field: &str, result: Result<(), String>| {
+        if let Err(message) = result {
+            problems.push(Problem::new(field, message));
+        }
+    };
+    for required in ["targetVMCount", "allowedZones", "prefix", "instance"] {
+        if !fields.contains_key(required) {
+            report(required, Err("is required".into()));
+        }
+    }
+    if let Some(value) = fields.get("targetVMCount") {
+        report(
+            "targetVMCount",
+            whole_number(value, &(0..=MAX_TARGET_VM_COUNT)).map(|n| config.target_vm_count = n),
+        );
+    }
+    if let Some(value) = fields.get("allowedZones") {
+        match value {
+            Value::Array(zones) if zones.is_empty() => {
+                report("allowedZones", Err("must list at least one zone".into()));
+            }
+            Value::Array(zones) => {
+                for (i, zone) in zones.iter().enumerate() {
+                    let field = format!("allowedZones[{i}]");
+                    let result = string(zone, "a zone name").and_then(|zone| {
+                        if !is_valid_zone(zone) {
+                            Err(format!(
+                                "{zone:?} is not a valid zone (like \"us-central1-a\": lowercase letters, digits and '-', ending in '-' and a letter)"
+                            ))
+                        } else if config.allowed_zones.iter().any(|z| z == zone) {
+                            Err(format!("{zone:?} is listed twice"))
+                        } else {
+                            config.allowed_zones.push(zone.to_string());
+                            Ok(())
+                        }
+                    });
+                    report(&field, result);
+                }
+            }
+            other => report(
+                "allowedZones",
+                Err(format!(
+                    "must be a list of zones like [\"us-central1-a\"], found {}",
+                    json_type(other)
+                )),
+            ),
+        }
+    }
+    if let Some(value) = fields.get("prefix") {
+        let result = string(value, "a string").and_then(|prefix| {
+            check_prefix(prefix)?;
+            config.prefix = prefix.to_string();
+            Ok(())
+        });
+        report("prefix", result);
+    }
+    if let Some(value) = fields.get("secondsToRest") {
+        let result = whole_number(value, &SECONDS_TO_REST);
+        report(
+            "secondsToRest",
+            result.map(|n| config.seconds_to_rest = u32::try_from(n).unwrap_or_default()),
+        );
+    }
+    if let Some(value) = fields.get("secondsForExhaustion") {
+        let result = whole_number(value, &SECONDS_FOR_EXHAUSTION);
+        report(
+            "secondsForExhaustion",
+            result.map(|n| config.seconds_for_exhaustion = u32::try_from(n).unwrap_or_default()),
+        );
+    }
+    if let Some(value) = fields.get("project") {
+        let result = string(value, "a string").and_then(|project| {
+            check_project(project)?;
+            config.project = project.to_string();
+            Ok(())
+        });
+        report("project", result);
+    }
+    if let Some(value) = fields.get("distribution") {
+        report(
+            "distribution",
+            choice(value, &DISTRIBUTIONS).map(|d| config.distribution = d as i32),
+        );
+    }
+    if let Some(value) = fields.get("onPreempted") {
+        report(
+            "onPreempted",
+            choice(value, &ON_PREEMPTED).map(|o| config.on_preempted = o as i32),
+        );
+    }
+    if let Some(value) = fields.get("hooks") {
+        config.hooks = check_hooks(value, &mut problems);
+    }
+    if let Some(instance) = fields.get("instance") {
+        // Render with what is known; a bad prefix or zone list is reported on its own.
+        let prefix = if config.prefix.is_empty() {
+            "pool-"
+        } else {
+            &config.prefix
+        };
+        let zones = if config.allowed_zones.is_empty() {
+            vec!["us-central1-a".to_string()]
+        } else {
+            config.allowed_zones.clone()
+        };
+        let project = if config.project.is_empty() {
+            "example-project"
+        } else {
+            &config.project
+        };
+        check_instance(instance, pool, &zones, prefix, project, &mut problems);
+        config.instance_json = instance.to_string();
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The hooks object: names matched case-insensitively, each a plain file name.
+fn check_hooks(value: &Value, problems: &mut Vec<Problem>) -> Option<Hooks> {
+    let Value::Object(object) = value else {
+        problems.push(Problem::new(
+            "hooks",
+            format!(
+                "must be an object like {{create: \"on-create\"}}, found {}",
+                json_type(value)
+            ),
+        ));
+        return None;
+    };
+    let given = match_fields(
+        object,
+        &HOOKS,
+        "hook",
+        |key| format!("hooks.{key}"),
+        problems,
+    );
+    let mut hooks = Hooks::default();
+    for (name, value) in given {
+        let field = format!("hooks.{name}");
+        let checked = string(
+            value,
+            "the name of an executable in the agent's --hooks-dir",
+        )
+        .and_then(|text| check_hook(text).map(|()| text.to_string()));
+        let text = match checked {
+            Ok(text) => text,
+            Err(message) => {
+                problems.push(Problem::new(field, message));
+                continue;
+            }
+        };
+        match name {
+            "create" => hooks.create = text,
+            "delete" => hooks.delete = text,
+            "vanished" => hooks.vanished = text,
+            "exhausted" => hooks.exhausted = text,
+            // The one name of HOOKS left.
+            _ => hooks.preempted = text,
+        }
+    }
+    (hooks != Hooks::default()).then_some(hooks)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config_file::{parse, Format};
+    use crate::document::ConfigDocument;
+
+    /// prevmtable's README example, verbatim.
+    const PREVMTABLE_EXAMPLE: &str = include_str!("../testdata/prevmtable-example.rjson");
+
+    fn problems_of(document: Value) -> Vec<Problem> {
+        validate("web", &document).expect_err("invalid")
+    }
+
+    fn fields(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    fn minimal() -> Value {
+        json!({
+            "targetVMCount": 2,
+            "allowedZones": ["us-central1-a", "us-central1-b"],
+            "prefix": "web-",
+            "instance": {"machineType": "zones/{zone}/machineTypes/e2-small"}
+        })
+    }
+
+    #[test]
+    fn prevmtable_example_is_accepted_verbatim_and_mapped() {
+        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
+        let config = validate("web", &value).expect("valid");
+        assert_eq!(config.target_vm_count, 1);
+        assert_eq!(config.allowed_zones, vec!["us-central1-b"]);
+        assert_eq!(config.prefix, "delete-");
+        assert_eq!(config.seconds_to_rest, 30);
+        assert_eq!(config.seconds_for_exhaustion, 120);
+        assert_eq!(config.hooks, None);
+        assert_eq!(config.project, "");
+        assert_eq!(config.distribution(), Distribution::Even);
+        assert_eq!(config.on_preempted(), OnPreempted::Delete);
+        assert!(!config.deleted);
+        let instance: Value = serde_json::from_str(&config.instance_json).expect("JSON text");
+        assert_eq!(instance["name"], "{name}");
+        assert_eq!(instance["scheduling"]["preemptible"], true);
+        assert_eq!(
+            instance["metadata"]["items"][0]["value"],
+            "docker run --rm -p 8080:8080 skelterjohn/http"
+        );
+        assert_eq!(instance["disks"][0]["initializeParams"]["sourceImage"],
+            "https://www.googleapis.com/compute/v1/projects/coreos-cloud/global/images/coreos-stable-647-0-0-v20150512");
+    }
+
+    #[test]
+    fn stored_configs_round_trip_through_the_document() {
+        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
+        let config = validate("web", &value).expect("valid");
+        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
+        assert_eq!(document["allowedZones"], json!(["us-central1-b"]));
+        assert_eq!(validate("web", &document), Ok(config));
+        let mut full = minimal();
+        full["hooks"] = json!({"create": "on-create.sh", "preempted": "on_preempt"});
+        full["project"] = json!("my-project");
+        full["distribution"] = json!("balanced");
+        full["onPreempted"] = json!("restart");
+        let config = validate("web", &full).expect("valid");
+        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
+        assert_eq!(validate("web", &document), Ok(config));
+    }
+
+    #[test]
+    fn json_yaml_and_hjson_give_the_same_config() {
+        let json_text = r#"{"targetVMCount": 3, "allowedZones": ["zone-a"], "prefix": "w-",
+            "instance": {"machineType": "m", "scheduling": {"preemptible": true}},
+            "hooks": {"create": "c.sh"}, "distribution": "any"}"#;
+        let yaml_text = "targetVMCount: 3\nallowedZones:\n  - zone-a\nprefix: w-\ninstance:\n  machineType: m\n  scheduling:\n    preemptible: true\nhooks:\n  create: c.sh\ndistribution: any\n";
+        let hjson_text = "{\n  targetVMCount: 3\n  allowedZones: [\"zone-a\"]\n  prefix: \"w-\"\n  instance: {\n    machineType: \"m\"\n    scheduling: { preemptible: true }\n  }\n  hooks: { create: \"c.sh\" }\n  distribution: \"any\"\n}\n";
+        let configs: Vec<PoolConfig> = [json_text, yaml_text, hjson_text]
+            .iter()
+            .map(|text| {
+                let value = parse(text, Format::Auto).expect("parses");
+                validate("web", &value).expect("valid")
+            })
+            .collect();
+        assert_eq!(configs[0], configs[1]);
+        assert_eq!(configs[0], configs[2]);
+        assert_eq!(configs[0].distribution(), Distribution::Any);
+        assert_eq!(
+            configs[0].hooks.as_ref().map(|h| h.create.as_str()),
+            Some("c.sh")
+        );
+    }
+
+    #[test]
+    fn field_names_and_choices_are_case_insensitive() {
+        let document = json!({
+            "TargetVMCount": 1, "ALLOWEDZONES": ["zone-a"], "Prefix": "w-",
+            "INSTANCE": {}, "SecondsToRest": 7, "secondsforexhaustion": 60,
+            "Hooks": {"Create": "c", "VANISHED": "v"}, "Distribution": "EVEN",
+            "onpreempted": "Restart"
+        });
+        let config = validate("web", &document).expect("valid");
+        assert_eq!(config.seconds_to_rest, 7);
+        assert_eq!(config.seconds_for_exhaustion, 60);
+        assert_eq!(config.on_preempted(), OnPreempted::Restart);
+        let hooks = config.hooks.expect("hooks");
+        assert_eq!((hooks.create.as_str(), hooks.vanished.as_str()), ("c", "v"));
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("targetVMCount", json!(-1), "out of range"),
+            ("targetVMCount", json!(1.5), "whole number"),
+            ("targetVMCount", json!("3"), "whole number, found a string"),
+            ("targetVMCount", json!(1_000_000), "out of range"),
+            ("allowedZones", json!([]), "at least one zone"),
+            ("allowedZones", json!("us-central1-a"), "must be a list"),
+            ("prefix", json!(""), "must not be empty"),
+            ("prefix", json!("Web-"), "lowercase letter"),
+            ("prefix", json!("web_"), "'_'"),
+            ("prefix", json!("a".repeat(56)), "at most 55"),
+            ("instance", json!("{}"), "must be an object"),
+            ("secondsToRest", json!(0), "out of range (1..=3600)"),
+            ("secondsForExhaustion", json!(86_401), "out of range"),
+            ("hooks", json!(["create"]), "must be an object"),
+            ("project", json!(""), "is empty"),
+            ("project", json!("My Project"), "not a GCE project id"),
+            ("distribution", json!("evn"), "did you mean \"even\""),
+            ("onPreempted", json!("stop"), "not one of delete, restart"),
+        ];
+        for (field, value, expected) in cases {
+            let mut document = minimal();
+            document[field] = value.clone();
+            let problems = problems_of(document);
+            assert_eq!(
+                fields(&problems),
+                vec![field],
+                "{field} = {value}: {problems:?}"
+            );
+            assert!(
+                problems[0].message.contains(expected),
+                "{field} = {value}: {:?} lacks {expected:?}",
+                problems[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn nested_problems_name_their_path() {
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            (
+                "allowedZones",
+                json!(["us-central1-a", "US-central"]),
+                "allowedZones[1]",
+                "\"US-central\" is not a valid zone",
+            ),
+            (
+                "allowedZones",
+                json!(["zone-a", "zone-a"]),
+                "allowedZones[1]",
+                "listed twice",
+            ),
+            (
+                "allowedZones",
+                json!(["zone-a", 7]),
+                "allowedZones[1]",
+                "found a number",
+            ),
+            (
+                "hooks",
+                json!({"create": "../evil"}),
+                "hooks.create",
+                "plain file name",
+            ),
+            (
+                "hooks",
+                json!({"delete": "bin/x"}),
+                "hooks.delete",
+                "no '/'",
+            ),
+            (
+                "hooks",
+                json!({"exhausted": ""}),
+                "hooks.exhausted",
+                "is empty",
+            ),
+            (
+                "hooks",
+                json!({"crate": "x"}),
+                "hooks.crate",
+                "did you mean \"create\"",
+            ),
+            (
+                "instance",
+                json!({"name": "fixed"}),
+                "instance.name",
+                "\"{name}\"",
+            ),
+            (
+                "instance",
+                json!({"labels": {"pm-pool": "other"}}),
+                "instance.labels.pm-pool",
+                "pool name \"web\"",
+            ),
+            (
+                "instance",
+                json!({"labels": "x"}),
+                "instance.labels",
+                "object of strings",
+            ),
+            (
+                "instance",
+                json!({"scheduling": true}),
+                "instance.scheduling",
+                "must be an object",
+            ),
+        ];
+        for (field, value, path, expected) in cases {
+            let mut document = minimal();
+            document[field] = value.clone();
+            let problems = problems_of(document);
+            assert_eq!(fields(&problems), vec![path], "{value}: {problems:?}");
+            assert!(
+                problems[0].message.contains(expected),
+                "{value}: {:?} lacks {expected:?}",
+                problems[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = problems_of(json!({
+            "targetVMCount": -5,
+            "allowedZones": ["ok-zone-a", "BAD"],
+            "prefix": "9lives",
+            "instance": {"name": "x"},
+            "hooks": {"create": "a/b"},
+            "secondsToRest": 0,
+            "colour": "blue"
+        }));
+        let mut found = fields(&problems);
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            vec![
+                "allowedZones[1]",
+                "colour",
+                "hooks.create",
+                "instance.name",
+                "prefix",
+                "secondsToRest",
+                "targetVMCount"
+            ],
+            "{problems:?}"
+        );
+        let text = Problem::list(&problems);
+        assert!(
+            text.contains("allowedZones[1]: \"BAD\" is not a valid zone"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_a_suggestion() {
+        let mut document = minimal();
+        document["targetVMcont"] = json!(3);
+        document["zebra"] = json!(1);
+        let problems = problems_of(document);
+        assert_eq!(fields(&problems), vec!["targetVMcont", "zebra"]);
+        assert!(problems[0]
+            .message
+            .contains("did you mean \"targetVMCount\""));
+        assert!(problems[1]
+            .message
+            .contains("known: targetVMCount, allowedZones"));
+        let mut twice = minimal();
+        twice["PREFIX"] = json!("other-");
+        let problems = problems_of(twice);
+        assert_eq!(fields(&problems), vec!["prefix"]);
+        assert!(problems[0].message.contains("given twice"));
+    }
+
+    #[test]
+    fn required_fields_and_whole_document_problems() {
+        let problems = problems_of(json!({}));
+        assert_eq!(
+            fields(&problems),
+            vec!["targetVMCount", "allowedZones", "prefix", "instance"]
+        );
+        assert!(problems.iter().all(|p| p.message == "is required"));
+        let problems = problems_of(json!([1, 2]));
+        assert_eq!(fields(&problems), vec!["(document)"]);
+        let mut nulls = minimal();
+        nulls["project"] = Value::Null;
+        nulls["hooks"] = Value::Null;
+        assert!(validate("web", &nulls).is_ok(), "null means not given");
+    }
+
+    #[test]
+    fn names_at_full_length_fit_gce() {
+        let mut document = minimal();
+        document["prefix"] = json!("a".repeat(MAX_PREFIX_LEN));
+        assert!(validate("web", &document).is_ok());
+        assert!(is_valid_zone("us-central1-a"));
+        assert!(is_valid_zone("zone-a"));
+        assert!(is_valid_zone("europe-west4-c"));
+        for bad in [
+            "us-central1",
+            "a",
+            "us-central1-",
+            "-a-b",
+            "Us-central1-a",
+            "us_central1-a",
+        ] {
+            assert!(!is_valid_zone(bad), "{bad}");
+        }
+    }
+}
