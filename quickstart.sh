@@ -6,12 +6,13 @@
 #                          pm heal and redistribute. Everything keeps running.
 #   ./quickstart.sh down   stop everything it started (and etcd).
 #
-# State, logs and pids live in .pm-local/. Ports: etcd $PM_ETCD_PORT (default 2379, via
-# docker.sh), gce-sim $PM_SIM_PORT (default 8787).
+# State, logs and pids live in $PM_LOCAL_DIR (default .pm-local/). Ports: etcd
+# $PM_ETCD_PORT (default 2379, via docker.sh, data in $PM_ETCD_DIR), gce-sim $PM_SIM_PORT
+# (default 8787).
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
-state=$root/.pm-local
+state=${PM_LOCAL_DIR:-$root/.pm-local}
 sim_port=${PM_SIM_PORT:-8787}
 etcd_port=${PM_ETCD_PORT:-2379}
 export PM_ETCD=http://127.0.0.1:$etcd_port
@@ -170,5 +171,5 @@ EOF
 case ${1:-up} in
     up) up ;;
     down) down ;;
-    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

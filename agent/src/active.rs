@@ -455,9 +455,11 @@ impl<'a> ActiveAgent<'a> {
         {
             Ok(list) => list,
             Err(e) => {
-                let state = self.pools.get_mut(pool).expect("pool present");
-                let delay = state.retry.next_delay();
-                state.next_sync = Instant::now() + delay;
+                let delay = self.pools.get_mut(pool).map_or(DEFAULT_REST, |state| {
+                    let delay = state.retry.next_delay();
+                    state.next_sync = Instant::now() + delay;
+                    delay
+                });
                 tracing::warn!(error = %e, ?delay, "cannot list instances");
                 self.report_once(
                     pool,
@@ -485,7 +487,9 @@ impl<'a> ActiveAgent<'a> {
                 ))
             })
             .collect();
-        let state = self.pools.get_mut(pool).expect("pool present");
+        let Some(state) = self.pools.get_mut(pool) else {
+            return Ok(());
+        };
         let now_instant = Instant::now();
         if state.block.as_ref().is_some_and(|b| b.until <= now_instant) {
             state.block = None;
@@ -734,7 +738,11 @@ impl<'a> ActiveAgent<'a> {
                 .await;
             self.run_hook(pool, project, config, event, &name);
         }
-        let state = self.pools.get_mut(pool).expect("pool present");
+        // The pool was looked up above and nothing removes it while this runs.
+        let state = self
+            .pools
+            .entry(pool.to_string())
+            .or_insert_with(PoolState::new);
         for name in &decision.delete {
             state.in_flight.insert(name.clone(), InFlight::Deleting);
         }

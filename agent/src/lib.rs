@@ -73,18 +73,8 @@ pub async fn run_with(
     config.validate().map_err(AgentError::Config)?;
     let id = config.id();
     let mut retry = RETRY.attempts();
-    let store = loop {
-        match config.etcd.store().await {
-            Ok(store) => break store,
-            Err(e) => {
-                let delay = retry.next_delay();
-                tracing::warn!(error = %e, ?delay, "cannot reach etcd; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let Some(store) = config.etcd.store_when_reachable(&shutdown).await else {
+        return Ok(());
     };
     let events = Arc::new(EventLog::new(
         store.clone(),

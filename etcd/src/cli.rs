@@ -167,6 +167,30 @@ impl EtcdArgs {
         Keyspace::new(&self.prefix)
     }
 
+    /// Connects, retrying with back-off while etcd cannot be reached, until it succeeds
+    /// (`Some`) or `shutdown` fires (`None`). For daemons that must wait etcd out.
+    pub async fn store_when_reachable(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Store> {
+        const RETRY: pm_backoff::Backoff =
+            pm_backoff::Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
+        let mut retry = RETRY.attempts();
+        loop {
+            match self.store().await {
+                Ok(store) => return Some(store),
+                Err(e) => {
+                    let delay = retry.next_delay();
+                    tracing::warn!(error = %e, ?delay, "cannot reach etcd; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Connects and returns a store over the keyspace.
     pub async fn store(&self) -> Result<Store> {
         let keys = self.keyspace()?;

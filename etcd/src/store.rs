@@ -98,18 +98,20 @@ impl Store {
     /// Reads every key under `prefix` at one revision. Values that do not decode are set
     /// aside in `invalid`, so one bad key cannot hide the others.
     pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Listing<M>> {
-        let resp = retry::kv(
-            &self.client,
-            || format!("list {prefix}"),
-            |mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await },
-        )
-        .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let mut items = Vec::with_capacity(resp.kvs().len());
+        let (keys, revision) = self.list_raw(prefix).await?;
+        let mut items = Vec::with_capacity(keys.len());
         let mut invalid = Vec::new();
-        for kv in resp.kvs() {
-            match versioned(kv) {
-                Ok(v) => items.push((key_string(kv), v)),
+        for kv in keys {
+            match decode(&kv.key, &kv.value) {
+                Ok(value) => items.push((
+                    kv.key,
+                    Versioned {
+                        value,
+                        mod_revision: kv.mod_revision,
+                        create_revision: kv.create_revision,
+                        lease: kv.lease,
+                    },
+                )),
                 Err(e) => invalid.push(e),
             }
         }

@@ -236,7 +236,9 @@ pub fn render(template: &Value, vars: TemplateVars<'_>) -> Result<Instance, Temp
     })
 }
 
-fn substitute(value: &Value, vars: &TemplateVars<'_>) -> Value {
+/// `value` with `{project}`, `{zone}` and `{name}` replaced in every string (object keys
+/// are left alone), as [`render`] does before building the Instance.
+pub fn substitute(value: &Value, vars: &TemplateVars<'_>) -> Value {
     match value {
         Value::String(text) => Value::String(
             text.replace("{project}", vars.project)

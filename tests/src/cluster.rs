@@ -203,6 +203,11 @@ impl Cluster {
         &self.store
     }
 
+    /// etcd's client URLs, comma-separated, as `--etcd` takes them.
+    pub fn etcd_endpoints(&self) -> String {
+        self.etcd.endpoints().join(",")
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -231,7 +236,7 @@ impl Cluster {
     fn common_args(&self) -> Vec<String> {
         vec![
             "--etcd".into(),
-            self.etcd.endpoints().join(","),
+            self.etcd_endpoints(),
             "--prefix".into(),
             self.prefix.clone(),
             "--lease-ttl".into(),

@@ -58,6 +58,30 @@ async fn assert_no_leaks(c: &Cluster, pool: &str) {
     assert_eq!(gce, etcd, "GCE and etcd disagree");
 }
 
+/// `pmctl status POOL -o json` against the running system.
+fn pmctl_status(c: &Cluster, pool: &str) -> serde_json::Value {
+    let out = std::process::Command::new(pm_tests::bin_path("pmctl"))
+        .args([
+            "--etcd",
+            &c.etcd_endpoints(),
+            "--prefix",
+            c.prefix(),
+            "status",
+            pool,
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    view["pools"][0].clone()
+}
+
 fn write_hook(dir: &Path, name: &str) {
     let log = dir.join("hooks.log");
     let script = format!(
@@ -117,6 +141,21 @@ async fn converges_heals_preemptions_and_scales_down_with_hooks() {
     })
     .await;
     assert_no_leaks(&c, "web").await;
+    let status = pmctl_status(&c, "web");
+    assert_eq!(status["totals"]["running"], 6, "{status}");
+    for zone in status["zones"].as_array().unwrap() {
+        assert_eq!(
+            (zone["desired"].as_i64(), zone["running"].as_i64()),
+            (Some(2), Some(2)),
+            "{zone}"
+        );
+        assert!(
+            zone["agent"]["active"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("agent-")),
+            "{zone}"
+        );
+    }
     c.wait("a create hook ran per instance", BOUND, || async {
         (hook_lines(hooks.path())
             .iter()
@@ -354,4 +393,80 @@ async fn instances_without_the_label_or_the_prefix_are_never_touched() {
             "{name} was touched: {all:?}"
         );
     }
+}
+
+/// Waits until the agent has listed the pool `more` more times than now: the reconcile
+/// loop is alive and had every chance to act.
+async fn wait_syncs(c: &Cluster, more: u64) {
+    let list = "compute.instances.list";
+    let start = c.sim().stats().await.unwrap().count(list);
+    c.wait(&format!("{more} more list calls"), BOUND, || async {
+        (c.sim().stats().await.unwrap().count(list) >= start + more).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_and_permanent_errors_do_not_spin() {
+    let c = Cluster::builder().zones(1).start().await;
+    let insert = "compute.instances.insert";
+
+    // Quota: every insert is refused; the agent backs off instead of retrying at once.
+    c.sim()
+        .set_faults(&pm_gce::sim::Faults {
+            error_rate: 1.0,
+            status: 403,
+            reason: Some("quotaExceeded".into()),
+            methods: Some(vec![insert.into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut config = c.pool_config("q-", 3);
+    c.set_pool("q", config.clone()).await;
+    let e = wait_event(&c, "q", "create-failed").await;
+    assert!(e.message.contains("Quota"), "{}", e.message);
+    wait_syncs(&c, 5).await;
+    let inserts = c.sim().stats().await.unwrap().count(insert);
+    assert!(
+        inserts <= 9,
+        "{inserts} inserts in 5 syncs: the agent spins on quota errors"
+    );
+    c.sim()
+        .set_faults(&pm_gce::sim::Faults::default())
+        .await
+        .unwrap();
+    wait_running(&c, "q", 3).await;
+
+    // Permanent: GCE refuses the template (a bare machine type); one try per instance,
+    // an event with GCE's message, and no retry while the config stays the same.
+    config.instance_json = TEMPLATE.replace(
+        "projects/{project}/zones/{zone}/machineTypes/e2-small",
+        "e2-small",
+    );
+    config.target_vm_count = 5;
+    let before = c.sim().stats().await.unwrap().count(insert);
+    c.set_pool("q", config).await;
+    let e = c
+        .wait("a permanent create failure", BOUND, || async {
+            events(&c, "q")
+                .await
+                .into_iter()
+                .find(|e| e.kind == "create-failed" && e.message.contains("permanently"))
+        })
+        .await;
+    assert!(
+        e.message.contains("machineType"),
+        "GCE's message is kept: {}",
+        e.message
+    );
+    let after_failure = c.sim().stats().await.unwrap().count(insert);
+    wait_syncs(&c, 5).await;
+    let later = c.sim().stats().await.unwrap().count(insert);
+    assert_eq!(later, after_failure, "no retry of a permanent error");
+    assert!(
+        after_failure - before <= 2,
+        "{} inserts for 2 missing instances",
+        after_failure - before
+    );
 }

@@ -89,7 +89,8 @@ pub(super) async fn faults_and_stats(
     let (latency, injected) = {
         let mut world = sim.world();
         let faults = world.faults().clone();
-        let fail = faults.error_rate > 0.0 && world.draw() < faults.error_rate;
+        let fail =
+            faults.error_rate > 0.0 && faults.targets(method) && world.draw() < faults.error_rate;
         let injected = fail.then(|| (faults.status, faults.effective_reason()));
         (Duration::from_millis(faults.latency_ms), injected)
     };

@@ -34,6 +34,10 @@ pub struct Faults {
     /// Set `quotaExceeded` to simulate exhausted quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Only these methods get injected errors (e.g. `compute.instances.insert`); absent:
+    /// every compute method. Latency applies to all of them either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
 }
 
 fn default_fault_status() -> u16 {
@@ -47,6 +51,7 @@ impl Default for Faults {
             status: default_fault_status(),
             latency_ms: 0,
             reason: None,
+            methods: None,
         }
     }
 }
@@ -54,6 +59,13 @@ impl Default for Faults {
 impl Faults {
     /// Longest latency accepted, so a typo cannot hang every client for hours.
     pub const MAX_LATENCY_MS: u64 = 600_000;
+
+    /// Whether errors are injected into calls of `method`.
+    pub fn targets(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| m == method))
+    }
 
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
