@@ -1,16 +1,21 @@
-//! Checking a pool's `instance` template the way the agent will use it: `{project}`,
-//! `{zone}` and `{name}` replaced in every string, the name set by pm, the label
-//! `pm-pool=<pool>` added, and the fields pm and GCE depend on of the right type.
+//! Checking a pool's `instance` template the way the agent will use it.
 //!
-//! pmctl depends on `proto` and `etcd` only, so this mirrors the agent's renderer for what a
-//! config can get wrong; GCE itself still judges the rest (machine types, images) on insert.
+//! The agent's own renderer, [`pm_gce::template::render`], must accept the template:
+//! `{project}`, `{zone}` and `{name}` replaced in every string, the name set by pm, the
+//! label `pm-pool=<pool>` added, and the result a valid Instance. Where it refuses a field,
+//! that field is left out and the template rendered again, so one run reports every field
+//! it refuses. On top, pmctl checks what the renderer lets through but GCE or pm would not
+//! (output-only fields, a `pm-pool` label naming another pool, the types of fields the
+//! Instance keeps untyped), reporting each label on its own. GCE itself still judges the
+//! rest (machine types, images) on insert.
 
+use pm_gce::template::{
+    render, substitute, validate_label_key, validate_label_value, TemplateError, TemplateVars,
+    POOL_LABEL,
+};
 use serde_json::{Map, Value};
 
-use crate::validation::{json_type, Problem, MAX_NAME_LEN};
-
-/// The label that marks an instance as a member of a pool.
-pub const POOL_LABEL: &str = "pm-pool";
+use crate::validation::{json_type, Problem};
 
 /// Fields GCE sets and a template must not: they would be ignored or refused.
 const OUTPUT_ONLY: [&str; 7] = [
@@ -22,54 +27,6 @@ const OUTPUT_ONLY: [&str; 7] = [
     "lastStopTimestamp",
     "labelFingerprint",
 ];
-
-/// The values substituted for one instance.
-#[derive(Debug, Clone, Copy)]
-pub struct Vars<'a> {
-    /// Replaces `{project}`.
-    pub project: &'a str,
-    /// Replaces `{zone}`.
-    pub zone: &'a str,
-    /// Replaces `{name}`.
-    pub name: &'a str,
-}
-
-/// `value` with the placeholders replaced in every string.
-pub fn substitute(value: &Value, vars: Vars<'_>) -> Value {
-    match value {
-        Value::String(text) => Value::String(
-            text.replace("{project}", vars.project)
-                .replace("{zone}", vars.zone)
-                .replace("{name}", vars.name),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(|v| substitute(v, vars)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), substitute(v, vars)))
-                .collect(),
-        ),
-        Value::Null | Value::Bool(_) | Value::Number(_) => value.clone(),
-    }
-}
-
-/// Problems of a label key or value: at most 63 of lowercase letters, digits, `-`, `_`;
-/// a key is non-empty and starts with a letter.
-fn label_problem(text: &str, key: bool) -> Option<String> {
-    let what = if key { "label key" } else { "label value" };
-    if text.chars().count() > MAX_NAME_LEN {
-        return Some(format!(
-            "{what} {text:?} is longer than {MAX_NAME_LEN} characters"
-        ));
-    }
-    if key && !text.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Some(format!(
-            "{what} {text:?} must start with a lowercase letter"
-        ));
-    }
-    text.chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
-        .map(|c| format!("{what} {text:?} holds {c:?}; only lowercase letters, digits, '-' and '_' are allowed"))
-}
 
 /// Checks that `object[field]`, when present, satisfies `ok`.
 fn typed(
@@ -121,23 +78,66 @@ fn one_of(
     }
 }
 
-/// The problems of `template` rendered for one instance of `pool` with `vars`; empty when
-/// the agent can build a valid Instance from it.
-pub fn check(template: &Value, pool: &str, vars: Vars<'_>) -> Vec<Problem> {
+/// Removes the field at `path` (`a.b.c`) from `template`; false when there is none.
+fn remove(template: &mut Value, path: &str) -> bool {
+    let mut keys: Vec<&str> = path.split('.').collect();
+    let last = keys.pop().unwrap_or_default();
+    let mut object = template;
+    for key in keys {
+        match object.get_mut(key) {
+            Some(inner) => object = inner,
+            None => return false,
+        }
+    }
+    object
+        .as_object_mut()
+        .and_then(|object| object.remove(last))
+        .is_some()
+}
+
+/// What [`render`] refuses in `template`, each on the field at fault (`instance` when the
+/// error names none); the field is then left out and the rest rendered again.
+fn render_problems(template: &Value, vars: TemplateVars<'_>) -> Vec<Problem> {
+    let mut template = template.clone();
     let mut problems = Vec::new();
+    while let Err(error) = render(&template, vars) {
+        let path = match &error {
+            TemplateError::NameMismatch { .. } => "name",
+            TemplateError::Labels { .. } | TemplateError::Name(_) => "labels",
+            TemplateError::Field { path, .. } => path.as_str(),
+            TemplateError::Json(_) | TemplateError::NotAnObject { .. } => "",
+        }
+        .to_string();
+        let removed = remove(&mut template, &path);
+        problems.push(Problem {
+            field: if removed {
+                format!("instance.{path}")
+            } else {
+                "instance".into()
+            },
+            message: match &error {
+                TemplateError::Name(cause) => format!("{error}: {cause}"),
+                _ => error.to_string(),
+            },
+        });
+        if !removed {
+            break;
+        }
+    }
+    problems
+}
+
+/// What the renderer lets through but GCE or pm would not, one problem per field.
+fn own_problems(template: &Value, vars: TemplateVars<'_>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Value::Object(raw) = template else {
+        return problems;
+    };
     let problem = |field: &str, message: String| Problem {
         field: field.to_string(),
         message,
     };
-    let Value::Object(raw) = template else {
-        return vec![problem(
-            "instance",
-            format!(
-                "must be an object (a GCE Instance resource), found {}",
-                json_type(template)
-            ),
-        )];
-    };
+    // Checked before substitution: a literal equal to one rendered name would pass render.
     if let Some(name) = raw.get("name") {
         if name.as_str() != Some("{name}") {
             problems.push(problem(
@@ -154,49 +154,45 @@ pub fn check(template: &Value, pool: &str, vars: Vars<'_>) -> Vec<Problem> {
             ));
         }
     }
-    let Value::Object(object) = substitute(template, vars) else {
+    let Value::Object(object) = substitute(template, &vars) else {
         return problems;
     };
-    match object.get("labels") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(labels)) => {
-            for (key, value) in labels {
-                let path = format!("instance.labels.{key}");
-                let Some(text) = value.as_str() else {
-                    problems.push(problem(
-                        &path,
-                        format!("must be a string, found {}", json_type(value)),
-                    ));
-                    continue;
-                };
-                if key == POOL_LABEL && text != pool {
-                    problems.push(problem(
-                        &path,
-                        format!("pm sets this label to the pool name {pool:?}; leave it out"),
-                    ));
-                } else if let Some(message) =
-                    label_problem(key, true).or_else(|| label_problem(text, false))
-                {
-                    problems.push(problem(&path, message));
-                }
+    if let Some(Value::Object(labels)) = object.get("labels") {
+        for (key, value) in labels {
+            let path = format!("instance.labels.{key}");
+            let Some(text) = value.as_str() else {
+                problems.push(problem(
+                    &path,
+                    format!("must be a string, found {}", json_type(value)),
+                ));
+                continue;
+            };
+            if key == POOL_LABEL && text != vars.pool {
+                problems.push(problem(
+                    &path,
+                    format!(
+                        "pm sets this label to the pool name {:?}; leave it out",
+                        vars.pool
+                    ),
+                ));
+            } else if let Err(error) =
+                validate_label_key(key).and_then(|()| validate_label_value(text))
+            {
+                problems.push(problem(&path, error.to_string()));
             }
         }
-        Some(other) => problems.push(problem(
-            "instance.labels",
-            format!("must be an object of strings, found {}", json_type(other)),
-        )),
     }
-    let string = |v: &Value| v.is_string();
-    let boolean = |v: &Value| v.is_boolean();
+    // Fields the Instance keeps untyped in `extra`.
     let path = "instance";
-    for field in [
-        "machineType",
-        "description",
-        "minCpuPlatform",
-        "hostname",
-        "zone",
-    ] {
-        typed(&object, path, field, "a string", string, &mut problems);
+    for field in ["machineType", "description", "minCpuPlatform", "hostname"] {
+        typed(
+            &object,
+            path,
+            field,
+            "a string",
+            Value::is_string,
+            &mut problems,
+        );
     }
     for field in ["canIpForward", "deletionProtection"] {
         typed(
@@ -204,7 +200,7 @@ pub fn check(template: &Value, pool: &str, vars: Vars<'_>) -> Vec<Problem> {
             path,
             field,
             "true or false",
-            boolean,
+            Value::is_boolean,
             &mut problems,
         );
     }
@@ -223,30 +219,16 @@ pub fn check(template: &Value, pool: &str, vars: Vars<'_>) -> Vec<Problem> {
             &mut problems,
         );
     }
-    typed(
-        &object,
-        path,
-        "metadata",
-        "an object",
-        Value::is_object,
-        &mut problems,
-    );
-    typed(
-        &object,
-        path,
-        "tags",
-        "an object",
-        Value::is_object,
-        &mut problems,
-    );
-    typed(
-        &object,
-        path,
-        "scheduling",
-        "an object",
-        Value::is_object,
-        &mut problems,
-    );
+    for field in ["metadata", "tags"] {
+        typed(
+            &object,
+            path,
+            field,
+            "an object",
+            Value::is_object,
+            &mut problems,
+        );
+    }
     if let Some(Value::Object(metadata)) = object.get("metadata") {
         typed(
             metadata,
@@ -274,39 +256,34 @@ pub fn check(template: &Value, pool: &str, vars: Vars<'_>) -> Vec<Problem> {
             &mut problems,
         );
     }
+    // The renderer checks these are strings, not which.
     if let Some(Value::Object(scheduling)) = object.get("scheduling") {
         let path = "instance.scheduling";
-        for field in ["preemptible", "automaticRestart"] {
-            typed(
-                scheduling,
-                path,
-                field,
-                "true or false",
-                boolean,
-                &mut problems,
-            );
+        for (field, allowed) in [
+            ("provisioningModel", ["SPOT", "STANDARD"]),
+            ("instanceTerminationAction", ["STOP", "DELETE"]),
+            ("onHostMaintenance", ["MIGRATE", "TERMINATE"]),
+        ] {
+            one_of(scheduling, path, field, &allowed, &mut problems);
         }
-        one_of(
-            scheduling,
-            path,
-            "provisioningModel",
-            &["SPOT", "STANDARD"],
-            &mut problems,
-        );
-        one_of(
-            scheduling,
-            path,
-            "instanceTerminationAction",
-            &["STOP", "DELETE"],
-            &mut problems,
-        );
-        one_of(
-            scheduling,
-            path,
-            "onHostMaintenance",
-            &["MIGRATE", "TERMINATE"],
-            &mut problems,
-        );
+    }
+    problems
+}
+
+/// The problems of `template` rendered for one instance with `vars`; empty when the agent
+/// can build a valid Instance from it. A renderer's problem on a field pmctl already
+/// reported (or on `labels`, whose labels pmctl reports one by one) is not repeated.
+pub fn check(template: &Value, vars: TemplateVars<'_>) -> Vec<Problem> {
+    let mut problems = own_problems(template, vars);
+    for problem in render_problems(template, vars) {
+        let inside = format!("{}.", problem.field);
+        let covered = problems.iter().any(|p| {
+            p.field == problem.field
+                || (problem.field != "instance" && p.field.starts_with(&inside))
+        });
+        if !covered {
+            problems.push(problem);
+        }
     }
     problems
 }
@@ -317,32 +294,24 @@ mod tests {
 
     use super::*;
 
-    const VARS: Vars<'static> = Vars {
+    const VARS: TemplateVars<'static> = TemplateVars {
         project: "proj",
         zone: "us-central1-a",
         name: "web-x0x0x0x0",
+        pool: "web",
     };
 
-    #[test]
-    fn placeholders_are_replaced_everywhere() {
-        let template = json!({"a": ["{zone}", {"b": "projects/{project}/x/{name}"}], "n": 1});
-        assert_eq!(
-            substitute(&template, VARS),
-            json!({"a": ["us-central1-a", {"b": "projects/proj/x/web-x0x0x0x0"}], "n": 1})
-        );
+    fn fields(template: &Value) -> Vec<String> {
+        check(template, VARS).into_iter().map(|p| p.field).collect()
     }
 
     #[test]
     fn labels_are_checked_after_substitution() {
         let ok = json!({"labels": {"zone": "{zone}", "pm-pool": "web"}});
-        assert_eq!(check(&ok, "web", VARS), vec![]);
+        assert_eq!(check(&ok, VARS), vec![]);
         let bad = json!({"labels": {"Team": "x", "env": "{project}!", "pm-pool": "other", "n": 1}});
-        let fields: Vec<String> = check(&bad, "web", VARS)
-            .into_iter()
-            .map(|p| p.field)
-            .collect();
         assert_eq!(
-            fields,
+            fields(&bad),
             vec![
                 "instance.labels.Team",
                 "instance.labels.env",
@@ -350,6 +319,9 @@ mod tests {
                 "instance.labels.pm-pool"
             ]
         );
+        let problems = check(&json!({"labels": null}), VARS);
+        assert_eq!(problems[0].field, "instance.labels");
+        assert!(problems[0].message.contains("object of strings"));
     }
 
     #[test]
@@ -363,12 +335,8 @@ mod tests {
             "tags": {"items": ["ok", 2]},
             "scheduling": {"preemptible": "yes", "provisioningModel": "spot"}
         });
-        let fields: Vec<String> = check(&template, "web", VARS)
-            .into_iter()
-            .map(|p| p.field)
-            .collect();
         assert_eq!(
-            fields,
+            fields(&template),
             vec![
                 "instance.name",
                 "instance.id",
@@ -376,10 +344,42 @@ mod tests {
                 "instance.disks",
                 "instance.metadata.items",
                 "instance.tags.items",
-                "instance.scheduling.preemptible",
                 "instance.scheduling.provisioningModel",
+                "instance.scheduling.preemptible",
             ]
         );
-        assert_eq!(check(&json!("x"), "web", VARS)[0].field, "instance");
+        assert_eq!(fields(&json!("x")), vec!["instance"]);
+    }
+
+    #[test]
+    fn every_field_the_renderer_refuses_is_reported_with_its_message() {
+        let template = json!({
+            "zone": 5,
+            "scheduling": {"preemptible": "yes", "automaticRestart": 1}
+        });
+        let problems = check(&template, VARS);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "instance.scheduling.automaticRestart",
+                "instance.scheduling.preemptible",
+                "instance.zone",
+            ]
+        );
+        assert!(
+            problems[1]
+                .message
+                .contains("`scheduling.preemptible` is invalid"),
+            "{problems:?}"
+        );
+        let vars = TemplateVars {
+            pool: "Web Pool",
+            ..VARS
+        };
+        let problems = check(&json!({}), vars);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "instance");
+        assert!(problems[0].message.contains("\"Web Pool\""), "{problems:?}");
     }
 }

@@ -15,13 +15,14 @@ use std::ops::RangeInclusive;
 use pm_proto::{Distribution, Hooks, OnPreempted, PoolConfig};
 use serde_json::{Map, Value};
 
-use crate::instance_template::{self, Vars};
+use pm_gce::template::TemplateVars;
+
+use crate::instance_template;
 
 /// Length of the unique suffix agents append to a pool's prefix: `<prefix><8 of [a-z0-9]>`.
 pub const NAME_SUFFIX_LEN: usize = 8;
 
-/// Longest GCE instance name.
-pub const MAX_NAME_LEN: usize = 63;
+pub use pm_gce::template::MAX_NAME_LEN;
 
 /// Longest prefix: a full name must still fit in [`MAX_NAME_LEN`].
 pub const MAX_PREFIX_LEN: usize = MAX_NAME_LEN - NAME_SUFFIX_LEN;
@@ -331,12 +332,13 @@ fn check_instance(
     let name = format!("{prefix}{}", "x0".repeat(NAME_SUFFIX_LEN / 2));
     let mut found: Vec<Problem> = Vec::new();
     for zone in zones {
-        let vars = Vars {
+        let vars = TemplateVars {
             project,
             zone,
             name: &name,
+            pool,
         };
-        for problem in instance_template::check(instance, pool, vars) {
+        for problem in instance_template::check(instance, vars) {
             if !found.contains(&problem) {
                 found.push(problem);
             }
@@ -649,7 +651,11 @@ mod tests {
             ("prefix", json!("Web-"), "lowercase letter"),
             ("prefix", json!("web_"), "'_'"),
             ("prefix", json!("a".repeat(56)), "at most 55"),
-            ("instance", json!("{}"), "must be an object"),
+            (
+                "instance",
+                json!("{}"),
+                "must be a JSON object, not a string",
+            ),
             ("secondsToRest", json!(0), "out of range (1..=3600)"),
             ("secondsForExhaustion", json!(86_401), "out of range"),
             ("hooks", json!(["create"]), "must be an object"),
@@ -742,7 +748,7 @@ mod tests {
                 "instance",
                 json!({"scheduling": true}),
                 "instance.scheduling",
-                "must be an object",
+                "`scheduling` is invalid: invalid type: boolean `true`",
             ),
         ];
         for (field, value, path, expected) in cases {
