@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs pm's whole test suite: formatting and lints, Rust unit, integration and end-to-end
 # tests (each against its own real etcd and gce-sim on free ports), and the gce-sim
-# fidelity tests with Google's own Python client.
+# fidelity tests with Google's own Python client, and the benchmark harness's quick mode.
 #
 # Installs what is missing when it can (as root on Debian: etcd-server, protobuf-compiler,
 # python3-venv; the Python client into .venv/). PM_TEST_SKIP_LINT=1 skips fmt and clippy.
@@ -24,4 +24,6 @@ fi
 # The end-to-end tests run the binaries as separate processes.
 cargo build --workspace --bins
 cargo test --workspace
+# The benchmark harness in its quick mode, to prove it still works (figures not judged).
+target/debug/pm-bench --quick
 GCE_SIM_BIN="$PWD/target/debug/gce-sim" .venv/bin/python -m pytest -q tests/python

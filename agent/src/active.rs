@@ -18,13 +18,17 @@ use pm_gce::template::{render_text, TemplateVars};
 use pm_proto::{
     ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, Severity, ZoneDesired,
 };
+use pm_telemetry::Readiness;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::decide::{decide, InFlight, Listed, PoolInputs};
 use crate::hooks::{HookCall, HookEvent, HookRunner};
+use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
 use crate::naming::{is_pool_member, new_instance_name, pool_filter};
+use crate::AGENT_CONDITION;
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
@@ -55,6 +59,11 @@ pub struct AgentContext {
     pub hooks: HookRunner,
     /// Event writer.
     pub events: Arc<EventLog>,
+    /// Where what the agent does is counted.
+    pub metrics: AgentMetrics,
+    /// The agent's readiness; an active agent meets [`AGENT_CONDITION`] once it has
+    /// listed GCE.
+    pub readiness: Readiness,
     /// The zone served.
     pub zone: String,
     /// This agent's id.
@@ -219,6 +228,28 @@ impl<'a> ActiveAgent<'a> {
         let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
         for kv in &listing {
             self.apply_put(kv);
+        }
+        let served: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(_, state)| self.concerns(state))
+            .map(|(pool, _)| pool.clone())
+            .collect();
+        for pool in served {
+            self.ctx
+                .events
+                .emit(
+                    &pool,
+                    "agent-active",
+                    Severity::Info,
+                    &self.ctx.zone,
+                    "",
+                    format!(
+                        "agent {} is the active agent of the zone",
+                        self.ctx.agent_id
+                    ),
+                )
+                .await;
         }
         let mut watch = ResumableWatch::new(
             self.ctx.store.client().clone(),
@@ -402,11 +433,31 @@ impl<'a> ActiveAgent<'a> {
             state.next_sync = now + state.rest();
             if state.config.is_none() && state.observed.is_empty() && state.desired.is_none() {
                 self.pools.remove(&pool);
+                self.ctx.metrics.forget_pool(&pool, &self.ctx.zone);
                 continue;
             }
+            // Passes over pools that do not use the zone do nothing and are not timed.
+            let timed = self
+                .pools
+                .get(&pool)
+                .is_some_and(|state| state.config.is_some() && self.concerns(state));
             let span = tracing::info_span!("reconcile", pool = %pool, zone = %self.ctx.zone);
-            let _guard = span.enter();
-            self.reconcile_pool(&pool).await?;
+            let started = Instant::now();
+            self.reconcile_pool(&pool).instrument(span).await?;
+            if timed {
+                let labels = ZoneLabels {
+                    zone: self.ctx.zone.clone(),
+                };
+                self.ctx
+                    .metrics
+                    .reconcile
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        if !self.pools.values().any(|state| self.concerns(state)) {
+            // No pool uses the zone: there is nothing to list, and nothing in the way.
+            self.ctx.readiness.met(AGENT_CONDITION);
         }
         Ok(())
     }
@@ -453,7 +504,10 @@ impl<'a> ActiveAgent<'a> {
             .list(&project, &self.ctx.zone, Some(&filter))
             .await
         {
-            Ok(list) => list,
+            Ok(list) => {
+                self.ctx.readiness.met(AGENT_CONDITION);
+                list
+            }
             Err(e) => {
                 let delay = self.pools.get_mut(pool).map_or(DEFAULT_REST, |state| {
                     let delay = state.retry.next_delay();
@@ -558,7 +612,13 @@ impl<'a> ActiveAgent<'a> {
             {
                 Ok(ops) => ops,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot list preemption operations; losses are reported as vanished");
+                    self.report_once(
+                        pool,
+                        "gce-error",
+                        Severity::Warning,
+                        format!("cannot list preemption operations; losses are reported as vanished: {e}"),
+                    )
+                    .await;
                     Vec::new()
                 }
             }
@@ -582,6 +642,8 @@ impl<'a> ActiveAgent<'a> {
         let current = |name: &str| snapshot.get(name).cloned();
         let mut writes: BTreeMap<String, Option<ObservedInstance>> = BTreeMap::new();
         let mut notes: Vec<(HookEvent, String, String, Severity, String)> = Vec::new();
+        // What `notes` report, counted once the observed keys are written.
+        let mut counts: Vec<PoolCount> = Vec::new();
 
         for (name, new_state) in decision.adopt.iter().chain(decision.update.iter()) {
             let mut o = current(name).unwrap_or_else(|| ObservedInstance {
@@ -609,6 +671,7 @@ impl<'a> ActiveAgent<'a> {
             o.state_changed_unix_ms = now;
             o.agent_id = agent_id.clone();
             writes.insert(name.clone(), Some(o));
+            counts.push(PoolCount::Preempted);
             notes.push((
                 HookEvent::Preempted,
                 "preempted".into(),
@@ -620,6 +683,7 @@ impl<'a> ActiveAgent<'a> {
         for name in &decision.lost {
             writes.insert(name.clone(), None);
             if was_preempted(name) {
+                counts.push(PoolCount::Preempted);
                 notes.push((
                     HookEvent::Preempted,
                     "preempted".into(),
@@ -628,6 +692,7 @@ impl<'a> ActiveAgent<'a> {
                     format!("instance {name} was preempted and is gone"),
                 ));
             } else {
+                counts.push(PoolCount::Vanished);
                 notes.push((
                     HookEvent::Vanished,
                     "vanished".into(),
@@ -653,6 +718,7 @@ impl<'a> ActiveAgent<'a> {
         }
         for name in &decision.finish_delete {
             writes.insert(name.clone(), None);
+            counts.push(PoolCount::Deleted);
             notes.push((
                 HookEvent::Delete,
                 "deleted".into(),
@@ -731,6 +797,9 @@ impl<'a> ActiveAgent<'a> {
         }
         self.write_observed(pool, writes).await?;
 
+        for count in counts {
+            self.ctx.metrics.count(count, pool, &zone);
+        }
         for (event, kind, name, severity, message) in notes {
             self.ctx
                 .events
@@ -922,6 +991,7 @@ impl<'a> ActiveAgent<'a> {
                     self.write_observed(&pool, BTreeMap::from([(r.name.clone(), Some(o))]))
                         .await?;
                 }
+                self.ctx.metrics.count(PoolCount::Created, &pool, &zone);
                 self.ctx
                     .events
                     .emit(
@@ -938,6 +1008,7 @@ impl<'a> ActiveAgent<'a> {
             (InFlight::Deleting, Ok(_)) => {
                 self.write_observed(&pool, BTreeMap::from([(r.name.clone(), None)]))
                     .await?;
+                self.ctx.metrics.count(PoolCount::Deleted, &pool, &zone);
                 self.ctx
                     .events
                     .emit(
@@ -1022,6 +1093,7 @@ impl<'a> ActiveAgent<'a> {
                     agent_id: self.ctx.agent_id.clone(),
                 };
                 let key = self.ctx.store.keys().report(pool, &zone)?;
+                self.ctx.metrics.count(PoolCount::Stockout, pool, &zone);
                 self.ctx
                     .store
                     .put_fenced(&self.fence, &key, &report, 0)

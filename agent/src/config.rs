@@ -14,7 +14,7 @@ pub const DEFAULT_GCE_ENDPOINT: &str = "https://compute.googleapis.com/compute/v
     name = "pm-agent",
     version,
     about = "pm's per-zone agent: keeps the zone's instances of every pool at the scheduler's desired count and runs hooks",
-    after_help = "Example:\n  pm-agent --zone us-central1-a --etcd http://127.0.0.1:2379 --project my-project --hooks-dir /etc/pm/hooks\n  pm-agent --zone zone-a --gce-endpoint http://127.0.0.1:8080/compute/v1/ --no-auth --project demo\n\nEvery flag can also be set as a PM_* variable (PM_ZONE, PM_PROJECT, ...) or in --config FILE."
+    after_help = "Example:\n  pm-agent --zone us-central1-a --etcd http://127.0.0.1:2379 --project my-project --hooks-dir /etc/pm/hooks --metrics 0.0.0.0:9465\n  pm-agent --zone zone-a --gce-endpoint http://127.0.0.1:8080/compute/v1/ --no-auth --project demo\n\nEvery flag can also be set as a PM_* variable (PM_ZONE, PM_PROJECT, ...) or in --config FILE."
 )]
 pub struct AgentConfig {
     /// The zone this agent serves.
@@ -63,6 +63,10 @@ pub struct AgentConfig {
     /// How long events are kept.
     #[arg(long, env = "PM_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
     pub event_retention: Duration,
+    /// Serve /metrics, /healthz and /readyz on this address (port 0: any free port,
+    /// logged); no server when absent.
+    #[arg(long, env = "PM_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use pm_etcd::EventLog;
 use pm_proto::Severity;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
@@ -96,6 +99,30 @@ pub enum HookError {
     },
 }
 
+impl HookError {
+    /// The `result` label of `pm_hook_runs_total`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            HookError::BadName(_) => "bad_name",
+            HookError::NoHooksDir(_) => "no_hooks_dir",
+            HookError::NotRunnable { .. } => "not_runnable",
+            HookError::TimedOut { .. } => "timed_out",
+            HookError::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Labels of `pm_hook_runs_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HookRunLabels {
+    /// Zone of the agent.
+    pub zone: String,
+    /// `EVENT`: create, delete, vanished, exhausted, preempted.
+    pub event: &'static str,
+    /// `ok` or [`HookError::result_label`].
+    pub result: &'static str,
+}
+
 /// Whether `name` may name a hook: `[A-Za-z0-9._-]+`, not starting with `.`.
 pub fn is_plain_hook_name(name: &str) -> bool {
     !name.is_empty()
@@ -133,6 +160,8 @@ pub struct HookRunner {
     slots: Arc<Semaphore>,
     /// Where failures are recorded.
     events: Arc<EventLog>,
+    /// Runs by zone, event and result; a family of its own unless given one.
+    runs: Family<HookRunLabels, Counter>,
 }
 
 impl HookRunner {
@@ -148,11 +177,18 @@ impl HookRunner {
             timeout,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             events,
+            runs: Family::default(),
         }
     }
 
-    /// Starts `call` in the background and returns at once. The outcome goes to the log;
-    /// a failure is also recorded as an event.
+    /// Counts runs into `runs` (`pm_hook_runs_total`) instead of a family of its own.
+    pub fn counting_runs_in(mut self, runs: Family<HookRunLabels, Counter>) -> Self {
+        self.runs = runs;
+        self
+    }
+
+    /// Starts `call` in the background and returns at once. The outcome goes to the log
+    /// and is counted by result; a failure is also recorded as an event.
     pub fn spawn(&self, call: HookCall) -> tokio::task::JoinHandle<Result<(), HookError>> {
         let runner = self.clone();
         tokio::spawn(async move {
@@ -160,6 +196,14 @@ impl HookRunner {
                 Ok(_permit) => runner.run(&call).await,
                 Err(_) => Ok(()),
             };
+            let labels = HookRunLabels {
+                zone: call.zone.clone(),
+                event: call.event.as_str(),
+                result: result
+                    .as_ref()
+                    .map_or_else(HookError::result_label, |()| "ok"),
+            };
+            runner.runs.get_or_create(&labels).inc();
             if let Err(e) = &result {
                 runner
                     .events

@@ -6,13 +6,17 @@
 //! - [`active`]: the active agent's loop: watches, reconciles, operations.
 //! - [`hooks`]: the hook runner.
 //! - [`naming`]: instance names and pool membership.
+//! - [`metrics`]: what `--metrics` exports; [`metered`] measures the GCE client.
 
 pub mod active;
 pub mod config;
 pub mod decide;
 pub mod hooks;
+pub mod metered;
+pub mod metrics;
 pub mod naming;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +25,19 @@ use pm_etcd::{now_unix_ms, Election, EventLog, Session, Store};
 use pm_gce::compute::Compute;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
 use pm_proto::AgentInfo;
+use pm_telemetry::{EtcdErrorLabels, Readiness, ETCD_CONDITION};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use active::{ActiveAgent, AgentContext, TermEnd};
 pub use config::AgentConfig;
 use hooks::HookRunner;
+use metered::MeteredCompute;
+use metrics::AgentMetrics;
+
+/// The readiness condition of the agent's role: met while it stands by registered, or
+/// while it is active and has listed GCE in this term (or no pool uses its zone).
+pub const AGENT_CONDITION: &str = "agent";
 
 /// Delays between attempts to reach etcd, register or campaign after a failure.
 const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
@@ -39,6 +51,15 @@ pub enum AgentError {
     /// The GCE client could not be built (bad credentials file, bad endpoint).
     #[error("GCE client: {0}")]
     Gce(#[source] pm_gce::error::GceError),
+    /// The metrics server cannot listen on its address.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The `--metrics` address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Builds the REST client the settings describe.
@@ -65,6 +86,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
 /// Runs an agent with the given Compute client until `shutdown` fires: registers,
 /// campaigns for the zone, acts while active, stands by otherwise.
+///
+/// With `--metrics ADDR` it serves its metrics there. It is ready while etcd answers and
+/// its role's condition ([`AGENT_CONDITION`]) holds.
 pub async fn run_with(
     config: AgentConfig,
     compute: Arc<dyn Compute>,
@@ -73,9 +97,27 @@ pub async fn run_with(
     config.validate().map_err(AgentError::Config)?;
     let id = config.id();
     let mut retry = RETRY.attempts();
+    let mut registry = Registry::default();
+    let metrics = AgentMetrics::new(&mut registry, &config.zone);
+    let readiness = Readiness::new();
+    readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
+    readiness.unmet(AGENT_CONDITION, "not registered yet");
+    if let Some(addr) = config.metrics {
+        pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+    }
     let Some(store) = config.etcd.store_when_reachable(&shutdown).await else {
         return Ok(());
     };
+    if config.metrics.is_some() {
+        tokio::spawn(pm_telemetry::probe_etcd(
+            store.clone(),
+            readiness.clone(),
+            metrics.etcd_errors.clone(),
+            shutdown.clone(),
+        ));
+    }
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),
@@ -86,12 +128,15 @@ pub async fn run_with(
         config.hook_timeout,
         config.hook_concurrency,
         events.clone(),
-    );
+    )
+    .counting_runs_in(metrics.hook_runs.clone());
     let ctx = AgentContext {
         store,
-        compute,
+        compute: Arc::new(MeteredCompute::new(compute, metrics.clone())),
         hooks,
         events,
+        metrics,
+        readiness,
         zone: config.zone.clone(),
         agent_id: id.clone(),
         default_project: config.project.clone(),
@@ -103,6 +148,10 @@ pub async fn run_with(
         match term(&ctx, config.lease_ttl, &shutdown).await {
             Ok(()) => retry.reset(),
             Err(e) => {
+                ctx.metrics
+                    .etcd_errors
+                    .get_or_create(&EtcdErrorLabels { op: "term" })
+                    .inc();
                 let delay = retry.next_delay();
                 tracing::warn!(error = %e, ?delay, "agent session failed; retrying");
                 tokio::select! {
@@ -123,6 +172,7 @@ async fn term(
     shutdown: &CancellationToken,
 ) -> pm_etcd::Result<()> {
     let store: &Store = &ctx.store;
+    ctx.readiness.unmet(AGENT_CONDITION, "registering in etcd");
     let session = Session::grant(store.client(), lease_ttl).await?;
     let member = store.keys().agent_member(&ctx.zone, &ctx.agent_id)?;
     let info = AgentInfo {
@@ -136,6 +186,7 @@ async fn term(
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     store.put(&member, &info, session.lease_id()).await?;
+    ctx.readiness.met(AGENT_CONDITION);
     let election = Election::new(
         store.client().clone(),
         &store.keys().agent_election(&ctx.zone)?,
@@ -150,11 +201,15 @@ async fn term(
         Err(e) => return Err(e),
     };
     tracing::info!(zone = %ctx.zone, revision = leadership.fence().revision(), "active agent of the zone");
+    ctx.readiness
+        .unmet(AGENT_CONDITION, "active, and has not listed GCE yet");
+    ctx.metrics.set_active(&ctx.zone, true);
     let agent = ActiveAgent::new(ctx, leadership.fence().clone(), leadership.lost());
     let end = tokio::select! {
         end = agent.run() => Some(end),
         _ = shutdown.cancelled() => None,
     };
+    ctx.metrics.set_active(&ctx.zone, false);
     match end {
         None => {
             tracing::info!("shutting down: handing the zone over");

@@ -36,9 +36,18 @@ where
     F: Fn(KvClient) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
+    unsent(op, || call(client.kv_client())).await
+}
+
+/// Runs any request, retrying it while it could not be sent to any member.
+pub(crate) async fn unsent<T, F, Fut>(op: impl Fn() -> String, call: F) -> Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
     let mut attempts = UNSENT_BACKOFF.attempts();
     loop {
-        match call(client.kv_client()).await {
+        match call().await {
             Ok(value) => return Ok(value),
             Err(e) if never_sent(&e) && attempts.count() + 1 < UNSENT_ATTEMPTS => {
                 tokio::time::sleep(attempts.next_delay()).await;

@@ -36,11 +36,14 @@ impl Session {
             .unwrap_or(i64::MAX)
             .max(1);
         let sent = Instant::now();
-        let resp = client
-            .lease_client()
-            .grant(secs, None)
-            .await
-            .map_err(|e| Error::etcd("lease grant", e))?;
+        let resp = crate::retry::unsent(
+            || "lease grant".to_string(),
+            || {
+                let mut leases = client.lease_client();
+                async move { leases.grant(secs, None).await }
+            },
+        )
+        .await?;
         let lease_id = resp.id();
         let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(1).max(1));
         let lost = CancellationToken::new();

@@ -295,17 +295,15 @@ impl Store {
     /// bound to it vanish when it runs out. Returns the lease id.
     pub async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut last = None;
-        for _ in 0..3 {
-            match self.client.lease_client().grant(secs, None).await {
-                Ok(resp) => return Ok(resp.id()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(Error::etcd(
-            format!("lease grant {secs}s"),
-            last.unwrap_or_else(|| etcd_client::Error::LeaseKeepAliveError("no attempt".into())),
-        ))
+        let resp = retry::unsent(
+            || format!("lease grant {secs}s"),
+            || {
+                let mut leases = self.client.lease_client();
+                async move { leases.grant(secs, None).await }
+            },
+        )
+        .await?;
+        Ok(resp.id())
     }
 
     /// A fenced put: written only while `fence` holds leadership, bound to `lease` when

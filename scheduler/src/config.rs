@@ -10,7 +10,7 @@ use pm_etcd::cli::{default_id, parse_duration, EtcdArgs, LogFormat};
     name = "pm-scheduler",
     version,
     about = "pm's scheduler: every replica campaigns; the leader writes per-zone desired counts and exhaustion leases into etcd",
-    after_help = "Example:\n  pm-scheduler --etcd http://127.0.0.1:2379 --lease-ttl 3s\n\nEvery flag can also be set as a PM_* variable (PM_ETCD, PM_LEASE_TTL, ...) or in --config FILE."
+    after_help = "Example:\n  pm-scheduler --etcd http://127.0.0.1:2379 --lease-ttl 3s --metrics 0.0.0.0:9464\n\nEvery flag can also be set as a PM_* variable (PM_ETCD, PM_LEASE_TTL, ...) or in --config FILE."
 )]
 pub struct SchedulerConfig {
     /// How to reach etcd.
@@ -31,6 +31,10 @@ pub struct SchedulerConfig {
     /// How long events are kept.
     #[arg(long, env = "PM_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
     pub event_retention: Duration,
+    /// Serve /metrics, /healthz and /readyz on this address (port 0: any free port,
+    /// logged); no server when absent.
+    #[arg(long, env = "PM_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

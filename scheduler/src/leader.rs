@@ -10,15 +10,19 @@ use pm_etcd::{
 };
 use pm_proto::{Severity, ZoneDesired, ZoneExhaustion};
 use prost::Message;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::distribution::{compute_desired, DistributionInput, PlacementOutcome, ZoneState};
 use crate::exhaustion::{in_probation, next_backoff, DEFAULT_BASE};
+use crate::metrics::SchedulerMetrics;
 use crate::model::{Model, Notice, PoolView};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
 
-/// How often time-based conditions (agent grace) are re-evaluated.
+/// How often time-based conditions (agent grace) are re-evaluated, and the leader's view
+/// is published as metrics at most.
 const TICK: Duration = Duration::from_secs(1);
 
 /// Settings of the leader's work.
@@ -40,6 +44,10 @@ struct Term<'a> {
     events: &'a EventLog,
     /// Settings.
     settings: &'a LeaderSettings,
+    /// Where the view is published.
+    metrics: &'a SchedulerMetrics,
+    /// When the view was last published; `None` before the first time.
+    published: Option<Instant>,
     /// This term's fence; every write carries it.
     fence: Fence,
     /// The keyspace as last read or written.
@@ -52,6 +60,9 @@ struct Term<'a> {
     outcomes: BTreeMap<String, PlacementOutcome>,
     /// Pools whose config cannot be placed at all, already reported.
     unplaceable: BTreeSet<String>,
+    /// (pool, zone) pairs of allowed zones without an agent past the grace, already
+    /// reported; an entry goes when an agent is back.
+    agentless: BTreeSet<(String, String)>,
 }
 
 /// Why a term ended.
@@ -68,18 +79,22 @@ pub async fn lead(
     store: &Store,
     events: &EventLog,
     settings: &LeaderSettings,
+    metrics: &SchedulerMetrics,
     leadership: &Leadership,
 ) -> TermEnd {
     let mut term = Term {
         store,
         events,
         settings,
+        metrics,
+        published: None,
         fence: leadership.fence().clone(),
         model: Model::default(),
         started_ms: now_unix_ms(),
         agent_seen_ms: BTreeMap::new(),
         outcomes: BTreeMap::new(),
         unplaceable: BTreeSet::new(),
+        agentless: BTreeSet::new(),
     };
     let lost = leadership.lost();
     tokio::select! {
@@ -140,6 +155,10 @@ impl Term<'_> {
         resync.tick().await;
         loop {
             self.reconcile_dirty().await?;
+            if self.published.is_none_or(|at| at.elapsed() >= TICK) {
+                self.metrics.publish(&self.model, now_unix_ms());
+                self.published = Some(Instant::now());
+            }
             tokio::select! {
                 batch = pools_watch.next() => {
                     let notices = self.model.apply(&keys, batch?, &pools_prefix);
@@ -190,6 +209,38 @@ impl Term<'_> {
         now.saturating_sub(seen) < grace
     }
 
+    /// Records, once per change, that an allowed zone of `pool` lost its agents for longer
+    /// than the grace (it gets no new instances) or has one again.
+    async fn note_agent(&mut self, pool: &str, zone: &str, agent_ok: bool) {
+        let pair = (pool.to_string(), zone.to_string());
+        if !agent_ok && self.agentless.insert(pair.clone()) {
+            self.events
+                .emit(
+                    pool,
+                    "zone-without-agent",
+                    Severity::Warning,
+                    zone,
+                    "",
+                    format!(
+                        "no agent for zone {zone} for over {:?}: it gets no new instances",
+                        self.settings.agent_grace
+                    ),
+                )
+                .await;
+        } else if agent_ok && self.agentless.remove(&pair) {
+            self.events
+                .emit(
+                    pool,
+                    "zone-agent-back",
+                    Severity::Info,
+                    zone,
+                    "",
+                    format!("zone {zone} has an agent again"),
+                )
+                .await;
+        }
+    }
+
     async fn reconcile_dirty(&mut self) -> pm_etcd::Result<()> {
         let now = now_unix_ms();
         let zones: Vec<String> = self.model.agents.keys().cloned().collect();
@@ -197,7 +248,8 @@ impl Term<'_> {
             self.agent_seen_ms.insert(zone, now);
         }
         for pool in self.model.take_dirty() {
-            match self.reconcile_pool(&pool, now).await {
+            let span = tracing::info_span!("reconcile", pool = %pool);
+            match self.reconcile_pool(&pool, now).instrument(span).await {
                 Ok(()) => {}
                 Err(e) if e.is_fenced_out() => return Err(e),
                 Err(pm_etcd::Error::GuardFailed { what }) => {
@@ -350,6 +402,7 @@ impl Term<'_> {
             .await?;
         self.model.pools.remove(pool);
         self.outcomes.remove(pool);
+        self.agentless.retain(|(p, _)| p != pool);
         if view.config.is_some() {
             self.events
                 .emit(
@@ -383,7 +436,11 @@ impl Term<'_> {
         for zone in &zone_names {
             let zv = view.zones.get(zone).cloned().unwrap_or_default();
             let is_allowed = allowed.contains(zone);
-            let usable = is_allowed && zv.exhausted.is_none() && self.agent_ok(zone, now);
+            let agent_ok = self.agent_ok(zone, now);
+            if is_allowed {
+                self.note_agent(pool, zone, agent_ok).await;
+            }
+            let usable = is_allowed && zv.exhausted.is_none() && agent_ok;
             let capacity = zv
                 .desired
                 .as_ref()

@@ -6,23 +6,29 @@
 //! - [`exhaustion`]: back-off of exhausted zones.
 //! - [`model`]: the leader's view of the keyspace.
 //! - [`leader`]: the leader's work for one term.
+//! - [`metrics`]: what `--metrics` exports.
 //! - [`run`]: campaign, lead, lose, campaign again.
 
 pub mod config;
 pub mod distribution;
 pub mod exhaustion;
 pub mod leader;
+pub mod metrics;
 pub mod model;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pm_backoff::Backoff;
 use pm_etcd::{Election, EventLog, Session, Store};
+use pm_telemetry::{EtcdErrorLabels, Readiness, ETCD_CONDITION};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SchedulerConfig;
 use leader::{lead, LeaderSettings, TermEnd};
+use metrics::SchedulerMetrics;
 
 /// Delays between attempts to reach etcd, grant a lease or campaign after a failure.
 const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
@@ -33,10 +39,21 @@ pub enum SchedulerError {
     /// The settings are unusable.
     #[error("invalid settings: {0}")]
     Config(String),
+    /// The metrics server cannot listen on its address.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The `--metrics` address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs a scheduler replica until `shutdown` fires: campaigns, leads while it wins,
 /// campaigns again after losing. On shutdown it resigns so a standby takes over at once.
+///
+/// With `--metrics ADDR` it serves its metrics there; it is ready while etcd answers.
 pub async fn run(
     config: SchedulerConfig,
     shutdown: CancellationToken,
@@ -49,10 +66,27 @@ pub async fn run(
         agent_grace: config.agent_grace,
         resync: config.resync,
     };
+    let mut registry = Registry::default();
+    let metrics = SchedulerMetrics::new(&mut registry);
+    let readiness = Readiness::new();
+    readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
+    if let Some(addr) = config.metrics {
+        pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
+            .await
+            .map_err(|source| SchedulerError::Metrics { addr, source })?;
+    }
     let mut retry = RETRY.attempts();
     let Some(store) = config.etcd.store_when_reachable(&shutdown).await else {
         return Ok(());
     };
+    if config.metrics.is_some() {
+        tokio::spawn(pm_telemetry::probe_etcd(
+            store.clone(),
+            readiness,
+            metrics.etcd_errors.clone(),
+            shutdown.clone(),
+        ));
+    }
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),
@@ -60,9 +94,22 @@ pub async fn run(
     ));
     tracing::info!(%id, prefix = %config.etcd.prefix, "scheduler started");
     while !shutdown.is_cancelled() {
-        match term(&store, &events, &settings, config.lease_ttl, &shutdown).await {
+        let ended = term(
+            &store,
+            &events,
+            &settings,
+            &metrics,
+            config.lease_ttl,
+            &shutdown,
+        )
+        .await;
+        match ended {
             Ok(()) => retry.reset(),
             Err(e) => {
+                metrics
+                    .etcd_errors
+                    .get_or_create(&EtcdErrorLabels { op: "term" })
+                    .inc();
                 let delay = retry.next_delay();
                 tracing::warn!(error = %e, ?delay, "election round failed; retrying");
                 tokio::select! {
@@ -81,6 +128,7 @@ async fn term(
     store: &Store,
     events: &EventLog,
     settings: &LeaderSettings,
+    metrics: &SchedulerMetrics,
     lease_ttl: Duration,
     shutdown: &CancellationToken,
 ) -> pm_etcd::Result<()> {
@@ -95,10 +143,13 @@ async fn term(
         Err(e) => return Err(e),
     };
     tracing::info!(id = %settings.id, revision = leadership.fence().revision(), "elected leader");
+    metrics.leader.set(1);
     let end = tokio::select! {
-        end = lead(store, events, settings, &leadership) => Some(end),
+        end = lead(store, events, settings, metrics, &leadership) => Some(end),
         _ = shutdown.cancelled() => None,
     };
+    metrics.leader.set(0);
+    metrics.clear_view();
     match end {
         None => {
             tracing::info!("shutting down: resigning leadership");

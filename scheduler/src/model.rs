@@ -22,11 +22,69 @@ pub fn is_live(instance: &ObservedInstance) -> bool {
         )
 }
 
+/// How an observed instance shows in status counts: the words of `pmctl status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedStatus {
+    /// RUNNING and not preempted.
+    Running,
+    /// PROVISIONING, STAGING, or in an unknown state (a call about it in flight).
+    Starting,
+    /// Preempted, STOPPING or TERMINATED.
+    Lost,
+    /// pm is deleting it.
+    Deleting,
+}
+
+impl ObservedStatus {
+    /// Every status, in the order shown.
+    pub const ALL: [ObservedStatus; 4] = [
+        ObservedStatus::Running,
+        ObservedStatus::Starting,
+        ObservedStatus::Lost,
+        ObservedStatus::Deleting,
+    ];
+
+    /// How `instance` counts.
+    pub fn of(instance: &ObservedInstance) -> Self {
+        let state = instance.state();
+        if instance.preempted && state != InstanceState::Deleting {
+            return ObservedStatus::Lost;
+        }
+        match state {
+            InstanceState::Running => ObservedStatus::Running,
+            InstanceState::Provisioning | InstanceState::Staging | InstanceState::Unknown => {
+                ObservedStatus::Starting
+            }
+            InstanceState::Stopping | InstanceState::Terminated => ObservedStatus::Lost,
+            InstanceState::Deleting => ObservedStatus::Deleting,
+        }
+    }
+
+    /// The word: `running`, `starting`, `lost` or `deleting`.
+    pub fn word(self) -> &'static str {
+        match self {
+            ObservedStatus::Running => "running",
+            ObservedStatus::Starting => "starting",
+            ObservedStatus::Lost => "lost",
+            ObservedStatus::Deleting => "deleting",
+        }
+    }
+}
+
+/// What the view keeps of one observed instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceSummary {
+    /// Whether it counts toward the zone's live instances ([`is_live`]).
+    pub live: bool,
+    /// How it shows in status counts.
+    pub status: ObservedStatus,
+}
+
 /// One zone of one pool.
 #[derive(Debug, Default, Clone)]
 pub struct ZoneView {
-    /// Observed instances by name: whether each is live. `live` is their count of `true`.
-    pub instances: BTreeMap<String, bool>,
+    /// Observed instances by name. `live` is the number of those that are live.
+    pub instances: BTreeMap<String, InstanceSummary>,
     /// Number of live instances; always equals the `true`s in `instances`.
     pub live: u64,
     /// Latest creation time (Unix ms) of a RUNNING instance: the zone's last success.
@@ -51,16 +109,29 @@ impl ZoneView {
         }
     }
 
+    /// The number of observed instances in `status`.
+    pub fn count(&self, status: ObservedStatus) -> u64 {
+        let n = self
+            .instances
+            .values()
+            .filter(|i| i.status == status)
+            .count();
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
     fn set_instance(&mut self, name: &str, instance: Option<&ObservedInstance>) {
-        let live = instance.is_some_and(is_live);
-        let before = match instance {
-            Some(_) => self.instances.insert(name.to_string(), live),
+        let summary = instance.map(|i| InstanceSummary {
+            live: is_live(i),
+            status: ObservedStatus::of(i),
+        });
+        let before = match summary {
+            Some(s) => self.instances.insert(name.to_string(), s),
             None => self.instances.remove(name),
         };
-        if before == Some(true) {
+        if before.is_some_and(|b| b.live) {
             self.live -= 1;
         }
-        if instance.is_some() && live {
+        if summary.is_some_and(|s| s.live) {
             self.live += 1;
         }
         if let Some(i) = instance {
@@ -348,9 +419,17 @@ mod tests {
                 mod_revision: 4,
             },
         ];
+        let z1 = &m.pools["web"].zones["z1"];
+        assert_eq!(
+            ObservedStatus::ALL.map(|s| z1.count(s)),
+            [1, 1, 1, 0],
+            "running, starting, lost, deleting"
+        );
         m.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
         assert_eq!(m.pools["web"].zones["z1"].live, 0);
         assert_eq!(m.pools["web"].zones["z1"].instances.len(), 2);
+        let z1 = &m.pools["web"].zones["z1"];
+        assert_eq!(ObservedStatus::ALL.map(|s| z1.count(s)), [0, 0, 1, 1]);
         assert!(m.take_dirty().contains("web"));
     }
 

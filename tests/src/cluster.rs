@@ -1,5 +1,6 @@
 //! The whole system on one machine: a real etcd, gce-sim, and `pm-scheduler` and
-//! `pm-agent` as separate processes, so tests can SIGKILL any of them.
+//! `pm-agent` as separate processes, so tests can SIGKILL any of them. Every daemon
+//! serves its metrics on a free port (`--metrics 127.0.0.1:0`), found from its log.
 //!
 //! ```no_run
 //! # async fn f() {
@@ -8,6 +9,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,7 +243,32 @@ impl Cluster {
             self.prefix.clone(),
             "--lease-ttl".into(),
             format!("{}s", self.settings.lease_ttl.as_secs()),
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
         ]
+    }
+
+    /// Where the metrics server of the scheduler started as `index` listens, once it
+    /// has logged it.
+    pub async fn scheduler_metrics(&self, index: usize) -> SocketAddr {
+        let daemon = &self.schedulers[index];
+        self.wait(
+            &format!("{} logs its metrics address", daemon.name()),
+            Duration::from_secs(10),
+            || async { metrics_addr(&daemon.log()) },
+        )
+        .await
+    }
+
+    /// Where the metrics server of agent `index` of `zone` listens, once it has logged it.
+    pub async fn agent_metrics(&self, zone: &str, index: usize) -> SocketAddr {
+        let daemon = &self.agents[zone][index];
+        self.wait(
+            &format!("{} logs its metrics address", daemon.name()),
+            Duration::from_secs(10),
+            || async { metrics_addr(&daemon.log()) },
+        )
+        .await
     }
 
     /// Starts one more scheduler replica; returns its index.
@@ -403,4 +430,27 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The address in a daemon's `metrics listening on ADDR` log line, if it is there.
+pub fn metrics_addr(log: &str) -> Option<SocketAddr> {
+    const MARK: &str = "metrics listening on ";
+    let start = log.find(MARK)? + MARK.len();
+    let addr: String = log[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse().ok()
+}
+
+/// `GET http://ADDR/PATH`: the status code and body, or `None` when nothing answers.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
 }

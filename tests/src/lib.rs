@@ -272,22 +272,28 @@ impl EtcdCluster {
     }
 }
 
-/// Path of a binary of this workspace (`pm-scheduler`, `pm-agent`, `pmctl`, `gce-sim`),
-/// next to the test executable's `deps/` directory. Build them first
-/// (`cargo build --workspace --bins`; `./test.sh` does).
+/// Path of a binary of this workspace (`pm-scheduler`, `pm-agent`, `pmctl`, `gce-sim`):
+/// beside the running executable (a binary such as `pm-bench`) or beside its `deps/`
+/// directory (a test). Build them first (`cargo build --workspace --bins`; `./test.sh`
+/// does).
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing next to {}: run `cargo build --workspace --bins` first",
+                exe.display()
+            )
+        })
 }
 
 /// A pm binary running as its own process, its output in a log file; SIGKILLed on drop.

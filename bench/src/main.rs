@@ -1,0 +1,73 @@
+//! pm-bench: runs the whole system against gce-sim with GCE-like delays and reports how
+//! fast and how cheap pm is: converge, heal, exhaustion, failover, cost, footprint.
+//!
+//! `pm-bench` runs the full set (tens of minutes); `pm-bench --quick` a small one that
+//! proves the harness works (CI runs it). Both print a table and write a JSON report.
+//! Build everything first: `cargo build --release --workspace --bins`.
+
+mod measure;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use scenarios::Profile;
+
+/// Command line of pm-bench.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pm-bench",
+    about = "Benchmarks pm end to end against gce-sim",
+    after_help = "Example:\n  cargo build --release --workspace --bins && target/release/pm-bench --json bench.json"
+)]
+struct Args {
+    /// Small sizes and short delays: proves the harness works in a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Only the converge runs with at most this many instances (full mode).
+    #[arg(long)]
+    max_instances: Option<u64>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut profile = if args.quick {
+        Profile::quick()
+    } else {
+        Profile::full()
+    };
+    if let Some(max) = args.max_instances {
+        profile.converge.retain(|(n, _)| *n <= max);
+    }
+    let mut report = report::Report::new(&profile);
+    for &(n, zones) in &profile.converge {
+        eprintln!("converge: {n} instances over {zones} zones");
+        report
+            .converge
+            .push(scenarios::converge(&profile, n, zones).await?);
+    }
+    eprintln!("heal: {} instances", profile.heal.0);
+    report.heal = scenarios::heal(&profile).await?;
+    eprintln!("exhaustion");
+    report.exhaustion = Some(scenarios::exhaustion(&profile).await?);
+    eprintln!("failover: scheduler");
+    report
+        .failover
+        .push(scenarios::scheduler_failover(&profile).await?);
+    eprintln!("failover: agent");
+    report
+        .failover
+        .push(scenarios::agent_failover(&profile).await?);
+    print!("{}", report.table());
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("JSON report written to {}", path.display());
+    }
+    Ok(())
+}

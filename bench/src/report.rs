@@ -1,0 +1,172 @@
+//! The report: a table for people, JSON for tools, and the targets of issue 8.
+
+use serde::Serialize;
+
+use crate::scenarios::{Converge, Exhaustion, Failover, Heal, Profile};
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The machine: cores and memory, from /proc.
+    pub machine: String,
+    /// The delays and sizes used.
+    pub profile: Profile,
+    /// Converge runs.
+    pub converge: Vec<Converge>,
+    /// Heal runs.
+    pub heal: Vec<Heal>,
+    /// The exhaustion run.
+    pub exhaustion: Option<Exhaustion>,
+    /// Failover runs.
+    pub failover: Vec<Failover>,
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024 / 1024);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} GiB")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+impl Report {
+    /// An empty report for `profile`.
+    pub fn new(profile: &Profile) -> Self {
+        Self {
+            machine: machine(),
+            profile: profile.clone(),
+            converge: Vec::new(),
+            heal: Vec::new(),
+            exhaustion: None,
+            failover: Vec::new(),
+        }
+    }
+
+    /// The table printed at the end.
+    pub fn table(&self) -> String {
+        let p = &self.profile;
+        let mut out = format!(
+            "pm-bench on {}; gce-sim operation delay {:?}, boot delay {:?}, secondsToRest {}\n\n",
+            self.machine, p.op_delay, p.boot_delay, p.rest_seconds
+        );
+        out.push_str("| converge | time | x ideal | GCE calls/instance (bound) | etcd writes/lifecycle | steady etcd writes/min | steady GCE calls/min | scheduler CPU steady | agent CPU steady | scheduler RSS | agent RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for c in &self.converge {
+            out.push_str(&format!(
+                "| {} over {} zones | {:.1} s | {:.2} | {:.2} ({:.2}) | {:.1} | {:.1} | {:.0} | {:.2}% | {:.2}% | {:.1} MiB | {:.1} MiB |\n",
+                c.instances, c.zones, c.seconds, c.ratio_to_ideal, c.gce_calls_per_instance, c.gce_lower_bound_per_instance,
+                c.etcd_writes_per_lifecycle, c.steady_etcd_writes_per_minute, c.steady_gce_calls_per_minute,
+                c.scheduler_steady_cpu_percent, c.agent_steady_cpu_percent, c.scheduler_peak_rss_mib, c.agent_peak_rss_mib
+            ));
+        }
+        out.push_str(
+            "\n| heal | preempted | created p50 / p99 | RUNNING p50 / p99 |\n|---|---|---|---|\n",
+        );
+        for h in &self.heal {
+            out.push_str(&format!(
+                "| {:.0}% of {} | {} | {:.2} s / {:.2} s | {:.2} s / {:.2} s |\n",
+                h.fraction * 100.0,
+                h.instances,
+                h.preempted,
+                h.created_p50_seconds,
+                h.created_p99_seconds,
+                h.running_p50_seconds,
+                h.running_p99_seconds
+            ));
+        }
+        if let Some(x) = &self.exhaustion {
+            out.push_str(&format!(
+                "\nexhaustion: a zone of a {}-instance pool stocks out with {} to replace; deficit created elsewhere {:.2} s after the first stockout\n",
+                x.instances, x.deficit, x.deficit_elsewhere_seconds
+            ));
+        }
+        out.push_str(
+            "\n| failover (kill -9) | lease TTL | takeover | creations done |\n|---|---|---|---|\n",
+        );
+        for f in &self.failover {
+            out.push_str(&format!(
+                "| {} | {:.0} s | {:.2} s | {:.2} s |\n",
+                f.component, f.lease_ttl_seconds, f.takeover_seconds, f.creations_done_seconds
+            ));
+        }
+        out.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
+        for f in &self.failover {
+            let ok = f.takeover_seconds < f.lease_ttl_seconds + 0.5;
+            out.push_str(&format!(
+                "| {} failover < TTL + 0.5 s | {:.2} s | {} |\n",
+                f.component,
+                f.takeover_seconds,
+                verdict(ok)
+            ));
+        }
+        let resync = f64::from(p.rest_seconds);
+        if let Some(h) = self
+            .heal
+            .iter()
+            .max_by(|a, b| a.created_p99_seconds.total_cmp(&b.created_p99_seconds))
+        {
+            let ok = h.created_p99_seconds < resync + 0.5 + p.op_delay.as_secs_f64();
+            out.push_str(&format!(
+                "| replacement created < resync + 0.5 s (+ op delay until GCE shows it) | p99 {:.2} s | {} |\n",
+                h.created_p99_seconds, verdict(ok)
+            ));
+        }
+        if let Some(x) = &self.exhaustion {
+            let ok = x.deficit_elsewhere_seconds < 1.0 + p.op_delay.as_secs_f64();
+            out.push_str(&format!(
+                "| stockout deficit created elsewhere < 1 s (+ op delay) | {:.2} s | {} |\n",
+                x.deficit_elsewhere_seconds,
+                verdict(ok)
+            ));
+        }
+        for c in &self.converge {
+            let ratio = c.gce_calls_per_instance / c.gce_lower_bound_per_instance;
+            out.push_str(&format!(
+                "| GCE calls ≤ 1.2 × bound ({} instances) | {:.2} × | {} |\n",
+                c.instances,
+                ratio,
+                verdict(ratio <= 1.2)
+            ));
+            out.push_str(&format!(
+                "| steady etcd writes = 0 ({} instances) | {:.1}/min | {} |\n",
+                c.instances,
+                c.steady_etcd_writes_per_minute,
+                verdict(c.steady_etcd_writes_per_minute == 0.0)
+            ));
+            if c.instances >= 10_000 {
+                out.push_str(&format!(
+                    "| scheduler CPU < 5% at 10,000 | {:.2}% | {} |\n",
+                    c.scheduler_steady_cpu_percent,
+                    verdict(c.scheduler_steady_cpu_percent < 5.0)
+                ));
+                out.push_str(&format!(
+                    "| agent RSS < 64 MiB at 10,000 | {:.1} MiB | {} |\n",
+                    c.agent_peak_rss_mib,
+                    verdict(c.agent_peak_rss_mib < 64.0)
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,311 @@
+//! pm-scheduler's metrics: whether this replica leads and, while it does, every pool's
+//! and zone's numbers as the leader's view holds them. A replica that does not lead
+//! exports no per-pool series, so a dashboard sees each number once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pm_telemetry::{EtcdErrorLabels, GaugeSet, MetricDef, ETCD_ERRORS};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::{Model, ObservedStatus};
+
+/// `pm_scheduler_leader`: 1 while this replica leads.
+pub const LEADER: MetricDef = MetricDef::gauge(
+    "pm_scheduler_leader",
+    "1 while this scheduler replica is the elected leader, else 0",
+);
+/// `pm_pool_target_instances{pool}`.
+pub const POOL_TARGET: MetricDef = MetricDef::gauge(
+    "pm_pool_target_instances",
+    "targetVMCount of each pool (0 while a deleted pool drains), exported by the leader",
+);
+/// `pm_zone_desired_instances{pool,zone}`.
+pub const ZONE_DESIRED: MetricDef = MetricDef::gauge(
+    "pm_zone_desired_instances",
+    "Desired instances of each pool in each zone, as the leader placed them",
+);
+/// `pm_zone_instances{pool,zone,status}`.
+pub const ZONE_INSTANCES: MetricDef = MetricDef::gauge(
+    "pm_zone_instances",
+    "Observed instances of each pool in each zone by status: running, starting (provisioning, staging, unknown), lost (preempted, stopping, terminated), deleting",
+);
+/// `pm_zone_exhausted{pool,zone}`.
+pub const ZONE_EXHAUSTED: MetricDef = MetricDef::gauge(
+    "pm_zone_exhausted",
+    "1 while the zone is exhausted for the pool (its exhausted key exists), else 0",
+);
+/// `pm_zone_exhaustion_remaining_seconds{pool,zone}`.
+pub const ZONE_EXHAUSTION_REMAINING: MetricDef = MetricDef::gauge(
+    "pm_zone_exhaustion_remaining_seconds",
+    "Seconds left of the zone's exhaustion back-off for the pool; 0 when it is not exhausted",
+);
+/// `pm_zone_agents{zone}`.
+pub const ZONE_AGENTS: MetricDef = MetricDef::gauge(
+    "pm_zone_agents",
+    "Agents registered for each zone that a pool allows or that has agents (active and standby)",
+);
+
+/// Every metric pm-scheduler exports: what dashboards and alert rules may use.
+pub const METRICS: &[MetricDef] = &[
+    LEADER,
+    POOL_TARGET,
+    ZONE_DESIRED,
+    ZONE_INSTANCES,
+    ZONE_EXHAUSTED,
+    ZONE_EXHAUSTION_REMAINING,
+    ZONE_AGENTS,
+    ETCD_ERRORS,
+];
+
+/// Labels of per-pool series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Pool name.
+    pub pool: String,
+}
+
+/// Labels of per-pool, per-zone series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PoolZoneLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Zone name.
+    pub zone: String,
+}
+
+/// Labels of instance counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Pool name.
+    pub pool: String,
+    /// Zone name.
+    pub zone: String,
+    /// `running`, `starting`, `lost` or `deleting`.
+    pub status: &'static str,
+}
+
+/// Labels of per-zone series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ZoneLabels {
+    /// Zone name.
+    pub zone: String,
+}
+
+/// The scheduler's metrics, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct SchedulerMetrics {
+    /// 1 while leading.
+    pub leader: Gauge,
+    /// etcd failures.
+    pub etcd_errors: Family<EtcdErrorLabels, Counter>,
+    /// Pool targets.
+    target: GaugeSet<PoolLabels>,
+    /// Desired counts.
+    desired: GaugeSet<PoolZoneLabels>,
+    /// Observed counts by status.
+    instances: GaugeSet<StatusLabels>,
+    /// Exhausted zones.
+    exhausted: GaugeSet<PoolZoneLabels>,
+    /// Remaining back-off.
+    remaining: GaugeSet<PoolZoneLabels>,
+    /// Agents per zone.
+    agents: GaugeSet<ZoneLabels>,
+}
+
+impl SchedulerMetrics {
+    /// Registers every metric of [`METRICS`] in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let leader = Gauge::default();
+        LEADER.register(registry, leader.clone());
+        let etcd_errors = Family::default();
+        ETCD_ERRORS.register(registry, etcd_errors.clone());
+        Self {
+            leader,
+            etcd_errors,
+            target: GaugeSet::register(&POOL_TARGET, registry),
+            desired: GaugeSet::register(&ZONE_DESIRED, registry),
+            instances: GaugeSet::register(&ZONE_INSTANCES, registry),
+            exhausted: GaugeSet::register(&ZONE_EXHAUSTED, registry),
+            remaining: GaugeSet::register(&ZONE_EXHAUSTION_REMAINING, registry),
+            agents: GaugeSet::register(&ZONE_AGENTS, registry),
+        }
+    }
+
+    /// Shows the leader's view at `now_ms` (Unix ms): one series per pool, per zone the
+    /// pool allows or has keys in, and per zone that any pool allows or that has agents.
+    /// Series of pools and zones no longer in the view are removed.
+    pub fn publish(&self, model: &Model, now_ms: i64) {
+        let mut target = Vec::new();
+        let mut desired = Vec::new();
+        let mut instances = Vec::new();
+        let mut exhausted = Vec::new();
+        let mut remaining = Vec::new();
+        let mut agent_zones: BTreeSet<&str> = model.agents.keys().map(String::as_str).collect();
+        for (pool, view) in &model.pools {
+            let config = view.config.as_ref().filter(|c| !c.deleted);
+            let allowed: &[String] = config.map_or(&[], |c| &c.allowed_zones);
+            agent_zones.extend(allowed.iter().map(String::as_str));
+            target.push((
+                PoolLabels { pool: pool.clone() },
+                config.map_or(0.0, |c| c.target_vm_count as f64),
+            ));
+            let mut zones: BTreeMap<&str, Option<&crate::model::ZoneView>> =
+                allowed.iter().map(|z| (z.as_str(), None)).collect();
+            zones.extend(view.zones.iter().map(|(z, v)| (z.as_str(), Some(v))));
+            for (zone, zv) in zones {
+                let labels = PoolZoneLabels {
+                    pool: pool.clone(),
+                    zone: zone.to_string(),
+                };
+                let count = zv.and_then(|v| v.desired.as_ref()).map_or(0, |d| d.count);
+                desired.push((labels.clone(), count as f64));
+                for status in ObservedStatus::ALL {
+                    let n = zv.map_or(0, |v| v.count(status));
+                    let labels = StatusLabels {
+                        pool: pool.clone(),
+                        zone: zone.to_string(),
+                        status: status.word(),
+                    };
+                    instances.push((labels, n as f64));
+                }
+                let exhaustion = zv.and_then(|v| v.exhausted.as_ref());
+                let left_ms = exhaustion.map_or(0, |x| x.until_unix_ms.saturating_sub(now_ms));
+                exhausted.push((labels.clone(), f64::from(u8::from(exhaustion.is_some()))));
+                remaining.push((labels, left_ms.max(0) as f64 / 1000.0));
+            }
+        }
+        self.target.replace(target);
+        self.desired.replace(desired);
+        self.instances.replace(instances);
+        self.exhausted.replace(exhausted);
+        self.remaining.replace(remaining);
+        self.agents.replace(agent_zones.into_iter().map(|zone| {
+            let n = model.agents.get(zone).map_or(0, BTreeSet::len);
+            (
+                ZoneLabels {
+                    zone: zone.to_string(),
+                },
+                n as f64,
+            )
+        }));
+    }
+
+    /// Removes every per-pool and per-zone series: this replica no longer leads.
+    pub fn clear_view(&self) {
+        self.target.clear();
+        self.desired.clear();
+        self.instances.clear();
+        self.exhausted.clear();
+        self.remaining.clear();
+        self.agents.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pm_etcd::{Keyspace, StoredKey, WatchBatch, WatchEvent};
+    use pm_proto::{InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion};
+    use prometheus_client::encoding::text::encode;
+    use prost::Message;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn put(key: String, value: Vec<u8>) -> WatchEvent {
+        WatchEvent::Put(StoredKey {
+            key,
+            value,
+            mod_revision: 1,
+            create_revision: 1,
+            lease: 0,
+        })
+    }
+
+    #[test]
+    fn every_listed_metric_is_registered_and_nothing_else() {
+        let mut registry = Registry::default();
+        SchedulerMetrics::new(&mut registry);
+        let exposed: BTreeSet<(String, String)> = pm_telemetry::exposed_families(&text(&registry))
+            .into_iter()
+            .collect();
+        let listed: BTreeSet<(String, String)> = METRICS
+            .iter()
+            .map(|m| (m.name.to_string(), m.kind.as_str().to_string()))
+            .collect();
+        assert_eq!(exposed, listed);
+        assert_eq!(listed.len(), METRICS.len(), "each name listed once");
+    }
+
+    #[test]
+    fn the_view_is_published_and_deleted_pools_disappear() {
+        let keys = Keyspace::default();
+        let mut model = Model::default();
+        let config = PoolConfig {
+            target_vm_count: 3,
+            allowed_zones: vec!["z1".into(), "z2".into()],
+            ..Default::default()
+        };
+        let running = ObservedInstance {
+            state: InstanceState::Running as i32,
+            ..Default::default()
+        };
+        let events = vec![
+            put(keys.pool_config("web").unwrap(), config.encode_to_vec()),
+            put(
+                keys.zone_desired("web", "z1").unwrap(),
+                ZoneDesired {
+                    count: 3,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            put(
+                keys.instance("web", "z1", "web-a").unwrap(),
+                running.encode_to_vec(),
+            ),
+            put(
+                keys.exhausted("web", "z2").unwrap(),
+                ZoneExhaustion {
+                    until_unix_ms: 61_000,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            put(keys.agent_member("z1", "a1").unwrap(), Vec::new()),
+        ];
+        model.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
+        let mut registry = Registry::default();
+        let metrics = SchedulerMetrics::new(&mut registry);
+        metrics.publish(&model, 1_000);
+        let out = text(&registry);
+        for line in [
+            "pm_pool_target_instances{pool=\"web\"} 3.0",
+            "pm_zone_desired_instances{pool=\"web\",zone=\"z1\"} 3.0",
+            "pm_zone_desired_instances{pool=\"web\",zone=\"z2\"} 0.0",
+            "pm_zone_instances{pool=\"web\",zone=\"z1\",status=\"running\"} 1.0",
+            "pm_zone_instances{pool=\"web\",zone=\"z1\",status=\"lost\"} 0.0",
+            "pm_zone_exhausted{pool=\"web\",zone=\"z2\"} 1.0",
+            "pm_zone_exhausted{pool=\"web\",zone=\"z1\"} 0.0",
+            "pm_zone_exhaustion_remaining_seconds{pool=\"web\",zone=\"z2\"} 60.0",
+            "pm_zone_agents{zone=\"z1\"} 1.0",
+            "pm_zone_agents{zone=\"z2\"} 0.0",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        model.pools.remove("web");
+        metrics.publish(&model, 2_000);
+        let out = text(&registry);
+        assert!(!out.contains("web"), "{out}");
+        assert!(out.contains("pm_zone_agents{zone=\"z1\"} 1.0"), "{out}");
+        metrics.clear_view();
+        assert!(!text(&registry).contains("zone=\"z1\""));
+    }
+}
