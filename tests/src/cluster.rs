@@ -36,10 +36,25 @@ pub const TEMPLATE: &str = r#"{
   "labels": {"team": "test"}
 }"#;
 
+/// The name of zone `index`: `zone-a` ... `zone-z`, then `zone-aa`, `zone-ab`, ...
+pub fn zone_name(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut i = index;
+    loop {
+        letters.push(char::from(b'a' + u8::try_from(i % 26).unwrap_or(0)));
+        if i < 26 {
+            break;
+        }
+        i = i / 26 - 1;
+    }
+    letters.reverse();
+    format!("zone-{}", letters.into_iter().collect::<String>())
+}
+
 /// Settings of a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
-    /// Number of zones, named `zone-a`, `zone-b`, ...
+    /// Number of zones, named by [`zone_name`].
     zones: usize,
     /// Agents started per zone (one active, the others standby).
     agents: usize,
@@ -113,14 +128,7 @@ impl ClusterBuilder {
     /// Starts etcd, gce-sim, the schedulers and the agents.
     pub async fn start(self) -> Cluster {
         let etcd = EtcdCluster::start(1).await;
-        let zones: Vec<String> = (0..self.zones)
-            .map(|i| {
-                format!(
-                    "zone-{}",
-                    char::from(b'a' + u8::try_from(i % 26).unwrap_or(0))
-                )
-            })
-            .collect();
+        let zones: Vec<String> = (0..self.zones).map(zone_name).collect();
         let sim = Sim::builder()
             .zones(zones.clone())
             .capacity(self.capacity)

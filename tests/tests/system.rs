@@ -470,3 +470,19 @@ async fn quota_and_permanent_errors_do_not_spin() {
         after_failure - before
     );
 }
+
+#[test]
+fn zone_names_stay_unique_past_twenty_six() {
+    use pm_tests::cluster::zone_name;
+    let names: BTreeSet<String> = (0..60).map(zone_name).collect();
+    assert_eq!(names.len(), 60);
+    assert_eq!(
+        (zone_name(0), zone_name(25), zone_name(26), zone_name(27)),
+        (
+            "zone-a".into(),
+            "zone-z".into(),
+            "zone-aa".into(),
+            "zone-ab".into()
+        )
+    );
+}
