@@ -110,6 +110,9 @@ struct PoolState {
     next_sync: Instant,
     /// The last problem reported as an event, so it is reported once, not every sync.
     reported: Option<String>,
+    /// Fresh creates still waiting for a slot give up when this fires (a stockout in the
+    /// zone): their inserts would only fail too. Replaced after it fires.
+    create_gate: CancellationToken,
 }
 
 impl PoolState {
@@ -125,6 +128,7 @@ impl PoolState {
             retry: CREATE_BACKOFF.attempts(),
             next_sync: Instant::now(),
             reported: None,
+            create_gate: CancellationToken::new(),
         }
     }
 
@@ -152,6 +156,33 @@ impl PoolState {
     }
 }
 
+/// An operation to run on one instance.
+enum Op {
+    /// `instances.insert` with the instance's requestId.
+    Insert {
+        /// Derived from the name; GCE de-duplicates retries with it.
+        request_id: String,
+        /// The rendered instance.
+        instance: Instance,
+        /// For fresh creates: skip the insert if this fired while waiting for a slot.
+        gate: Option<CancellationToken>,
+    },
+    /// `instances.delete`.
+    Delete,
+    /// `instances.start`.
+    Start,
+}
+
+impl Op {
+    fn kind(&self) -> InFlight {
+        match self {
+            Op::Insert { .. } => InFlight::Creating,
+            Op::Delete => InFlight::Deleting,
+            Op::Start => InFlight::Starting,
+        }
+    }
+}
+
 /// What an operation task reports back.
 #[derive(Debug)]
 struct OpResult {
@@ -161,8 +192,19 @@ struct OpResult {
     name: String,
     /// What it did.
     kind: InFlight,
-    /// The outcome: for a finished create, GCE's id of the new instance, if told.
-    result: Result<Option<String>, GceError>,
+    /// The outcome.
+    result: Outcome,
+}
+
+/// How an operation ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Done; for a create, GCE's id of the new instance, if told.
+    Done(Option<String>),
+    /// GCE refused it or it failed.
+    Failed(GceError),
+    /// A fresh create gave up before calling GCE (its pool's zone stocked out).
+    NotSent,
 }
 
 /// The active agent for one term.
@@ -821,20 +863,30 @@ impl<'a> ActiveAgent<'a> {
         for (name, _, _) in creates.iter().chain(resumes.iter()) {
             state.in_flight.insert(name.clone(), InFlight::Creating);
         }
-        for name in decision.delete {
-            self.spawn_op(pool, project, name, InFlight::Deleting, None);
+        // Creates first: replacing lost capacity matters more than cleaning up.
+        let gate = state.create_gate.clone();
+        for (name, request_id, instance) in creates {
+            let op = Op::Insert {
+                request_id,
+                instance,
+                gate: Some(gate.clone()),
+            };
+            self.spawn_op(pool, project, name, op);
+        }
+        for (name, request_id, instance) in resumes {
+            // A resumed insert may have reached GCE in an earlier term: always send it.
+            let op = Op::Insert {
+                request_id,
+                instance,
+                gate: None,
+            };
+            self.spawn_op(pool, project, name, op);
         }
         for name in decision.restart {
-            self.spawn_op(pool, project, name, InFlight::Starting, None);
+            self.spawn_op(pool, project, name, Op::Start);
         }
-        for (name, request_id, instance) in creates.into_iter().chain(resumes) {
-            self.spawn_op(
-                pool,
-                project,
-                name,
-                InFlight::Creating,
-                Some((request_id, instance)),
-            );
+        for name in decision.delete {
+            self.spawn_op(pool, project, name, Op::Delete);
         }
         Ok(())
     }
@@ -913,14 +965,9 @@ impl<'a> ActiveAgent<'a> {
         }
     }
 
-    fn spawn_op(
-        &self,
-        pool: &str,
-        project: &str,
-        name: String,
-        kind: InFlight,
-        insert: Option<(String, Instance)>,
-    ) {
+    /// Runs one operation in the background: the call to GCE holds one of the
+    /// `--max-concurrent` slots; waiting for the operation to finish does not.
+    fn spawn_op(&self, pool: &str, project: &str, name: String, op: Op) {
         let compute = self.ctx.compute.clone();
         let slots = self.slots.clone();
         let tx = self.results_tx.clone();
@@ -929,26 +976,43 @@ impl<'a> ActiveAgent<'a> {
         let project = project.to_string();
         let pool = pool.to_string();
         let timeout = self.ctx.operation_timeout;
+        let kind = op.kind();
         tokio::spawn(async move {
-            let Ok(_permit) = slots.acquire_owned().await else {
-                return;
-            };
             let work = async {
-                let op = match (&kind, &insert) {
-                    (InFlight::Creating, Some((request_id, instance))) => Some(
-                        compute
-                            .insert(&project, &zone, instance, request_id)
-                            .await?,
-                    ),
-                    (InFlight::Deleting, _) => compute.delete(&project, &zone, &name).await?,
-                    (InFlight::Starting, _) => Some(compute.start(&project, &zone, &name).await?),
-                    (InFlight::Creating, None) => None,
+                let started = {
+                    let Ok(_permit) = slots.acquire_owned().await else {
+                        return Outcome::NotSent;
+                    };
+                    let call = match &op {
+                        Op::Insert {
+                            request_id,
+                            instance,
+                            gate,
+                        } => {
+                            if gate.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                                return Outcome::NotSent;
+                            }
+                            compute
+                                .insert(&project, &zone, instance, request_id)
+                                .await
+                                .map(Some)
+                        }
+                        Op::Delete => compute.delete(&project, &zone, &name).await,
+                        Op::Start => compute.start(&project, &zone, &name).await.map(Some),
+                    };
+                    match call {
+                        Ok(started) => started,
+                        Err(e) => return Outcome::Failed(e),
+                    }
                 };
-                match op {
-                    Some(op) => wait_until_done(compute.as_ref(), &project, op, timeout)
-                        .await
-                        .map(|done| done.target_id),
-                    None => Ok(None),
+                match started {
+                    Some(op) => {
+                        match wait_until_done(compute.as_ref(), &project, op, timeout).await {
+                            Ok(done) => Outcome::Done(done.target_id),
+                            Err(e) => Outcome::Failed(e),
+                        }
+                    }
+                    None => Outcome::Done(None),
                 }
             };
             let result = tokio::select! {
@@ -978,7 +1042,7 @@ impl<'a> ActiveAgent<'a> {
         let project = self.project_of(&config).unwrap_or_default();
         let pool = r.pool.clone();
         match (r.kind, r.result) {
-            (InFlight::Creating, Ok(target_id)) => {
+            (InFlight::Creating, Outcome::Done(target_id)) => {
                 // The insert is done: record it, so that an instance missing from GCE
                 // from now on is a loss, not an insert to resume.
                 let recorded = self.pools.get_mut(&pool).and_then(|state| {
@@ -1005,7 +1069,7 @@ impl<'a> ActiveAgent<'a> {
                     .await;
                 self.run_hook(&pool, &project, &config, HookEvent::Create, &r.name);
             }
-            (InFlight::Deleting, Ok(_)) => {
+            (InFlight::Deleting, Outcome::Done(_)) => {
                 self.write_observed(&pool, BTreeMap::from([(r.name.clone(), None)]))
                     .await?;
                 self.ctx.metrics.count(PoolCount::Deleted, &pool, &zone);
@@ -1022,7 +1086,7 @@ impl<'a> ActiveAgent<'a> {
                     .await;
                 self.run_hook(&pool, &project, &config, HookEvent::Delete, &r.name);
             }
-            (InFlight::Starting, Ok(_)) => {
+            (InFlight::Starting, Outcome::Done(_)) => {
                 self.ctx
                     .events
                     .emit(
@@ -1035,7 +1099,12 @@ impl<'a> ActiveAgent<'a> {
                     )
                     .await;
             }
-            (kind, Err(e)) => {
+            (InFlight::Creating, Outcome::NotSent) => {
+                self.write_observed(&pool, BTreeMap::from([(r.name.clone(), None)]))
+                    .await?;
+            }
+            (InFlight::Deleting | InFlight::Starting, Outcome::NotSent) => {}
+            (kind, Outcome::Failed(e)) => {
                 self.handle_failure(&pool, &project, &config, kind, &r.name, e)
                     .await?
             }
@@ -1086,6 +1155,9 @@ impl<'a> ActiveAgent<'a> {
             .map_or(Duration::from_secs(1), |s| s.retry.next_delay());
         match class {
             ErrorClass::Stockout if creating => {
+                if let Some(state) = self.pools.get_mut(pool) {
+                    std::mem::replace(&mut state.create_gate, CancellationToken::new()).cancel();
+                }
                 let report = ExhaustionReport {
                     observed_unix_ms: now_unix_ms(),
                     code: stockout_code(&e),

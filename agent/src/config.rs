@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pm_etcd::cli::{default_id, parse_duration, EtcdArgs, LogFormat};
+use pm_etcd::cli::{parse_duration, DaemonArgs};
 
 /// The default Compute API root.
 pub const DEFAULT_GCE_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
@@ -20,9 +20,9 @@ pub struct AgentConfig {
     /// The zone this agent serves.
     #[arg(long, env = "PM_ZONE")]
     pub zone: String,
-    /// How to reach etcd.
+    /// etcd, id, lease, events, metrics, logs.
     #[command(flatten)]
-    pub etcd: EtcdArgs,
+    pub daemon: DaemonArgs,
     /// GCE project of pools that name none.
     #[arg(long, env = "PM_PROJECT")]
     pub project: Option<String>,
@@ -45,12 +45,6 @@ pub struct AgentConfig {
     /// Hooks running at once; more wait their turn (reconciling never waits).
     #[arg(long, env = "PM_HOOK_CONCURRENCY", default_value_t = 4)]
     pub hook_concurrency: usize,
-    /// This agent's id; default host name and pid.
-    #[arg(long, env = "PM_ID")]
-    pub id: Option<String>,
-    /// TTL of the agent's lease: a dead active agent is replaced within about this long.
-    #[arg(long, env = "PM_LEASE_TTL", value_parser = parse_duration, default_value = "3s")]
-    pub lease_ttl: Duration,
     /// GCE creates and deletes in flight at once, over all pools.
     #[arg(long, env = "PM_MAX_CONCURRENT", default_value_t = 32)]
     pub max_concurrent: usize,
@@ -60,34 +54,12 @@ pub struct AgentConfig {
     /// Timeout of each GCE call.
     #[arg(long, env = "PM_GCE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub gce_timeout: Duration,
-    /// How long events are kept.
-    #[arg(long, env = "PM_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
-    pub event_retention: Duration,
-    /// Serve /metrics, /healthz and /readyz on this address (port 0: any free port,
-    /// logged); no server when absent.
-    #[arg(long, env = "PM_METRICS", value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
-    /// Log format; the level comes from RUST_LOG (default info).
-    #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 impl AgentConfig {
-    /// The id to register and campaign with.
-    pub fn id(&self) -> String {
-        self.id.clone().unwrap_or_else(default_id)
-    }
-
     /// Checks the settings that clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         pm_etcd::keys::validate_zone(&self.zone).map_err(|e| format!("--zone: {e}"))?;
-        pm_etcd::keys::validate_agent_id(&self.id()).map_err(|e| format!("--id: {e}"))?;
-        if self.lease_ttl < Duration::from_secs(1) {
-            return Err(format!(
-                "--lease-ttl {:?} is below etcd's minimum of 1s",
-                self.lease_ttl
-            ));
-        }
         if self.max_concurrent == 0 {
             return Err("--max-concurrent must be at least 1".into());
         }
@@ -109,8 +81,7 @@ impl AgentConfig {
         if self.no_auth && self.credentials.is_some() {
             return Err("--no-auth and --credentials exclude each other".into());
         }
-        self.etcd.options().map_err(|e| e.to_string())?;
-        self.etcd.keyspace().map_err(|e| e.to_string())?;
+        self.daemon.validate()?;
         Ok(())
     }
 }

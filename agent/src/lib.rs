@@ -95,22 +95,22 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     config.validate().map_err(AgentError::Config)?;
-    let id = config.id();
+    let id = config.daemon.id();
     let mut retry = RETRY.attempts();
     let mut registry = Registry::default();
     let metrics = AgentMetrics::new(&mut registry, &config.zone);
     let readiness = Readiness::new();
     readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
     readiness.unmet(AGENT_CONDITION, "not registered yet");
-    if let Some(addr) = config.metrics {
+    if let Some(addr) = config.daemon.metrics {
         pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
     }
-    let Some(store) = config.etcd.store_when_reachable(&shutdown).await else {
+    let Some(store) = config.daemon.etcd.store_when_reachable(&shutdown).await else {
         return Ok(());
     };
-    if config.metrics.is_some() {
+    if config.daemon.metrics.is_some() {
         tokio::spawn(pm_telemetry::probe_etcd(
             store.clone(),
             readiness.clone(),
@@ -121,7 +121,7 @@ pub async fn run_with(
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),
-        config.event_retention,
+        config.daemon.event_retention,
     ));
     let hooks = HookRunner::new(
         config.hooks_dir.clone(),
@@ -145,7 +145,7 @@ pub async fn run_with(
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
     while !shutdown.is_cancelled() {
-        match term(&ctx, config.lease_ttl, &shutdown).await {
+        match term(&ctx, config.daemon.lease_ttl, &shutdown).await {
             Ok(()) => retry.reset(),
             Err(e) => {
                 ctx.metrics

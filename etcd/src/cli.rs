@@ -199,6 +199,53 @@ impl EtcdArgs {
     }
 }
 
+/// The settings every pm daemon (pm-scheduler, pm-agent) shares; flattened into their
+/// flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// How to reach etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// TTL of the daemon's lease: a dead leader (or active agent) is replaced within about
+    /// this long.
+    #[arg(long, env = "PM_LEASE_TTL", value_parser = parse_duration, default_value = "3s")]
+    pub lease_ttl: Duration,
+    /// This process's id in elections and events; default host name and pid.
+    #[arg(long, env = "PM_ID")]
+    pub id: Option<String>,
+    /// How long events are kept.
+    #[arg(long, env = "PM_EVENT_RETENTION", value_parser = parse_duration, default_value = "24h")]
+    pub event_retention: Duration,
+    /// Serve /metrics, /healthz and /readyz on this address (port 0: any free port,
+    /// logged); no server when absent.
+    #[arg(long, env = "PM_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl DaemonArgs {
+    /// The id to campaign and record events with.
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(default_id)
+    }
+
+    /// Checks what clap cannot: the lease TTL, the id, the etcd settings.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "--lease-ttl {:?} is below etcd's minimum of 1s",
+                self.lease_ttl
+            ));
+        }
+        crate::keys::validate_agent_id(&self.id()).map_err(|e| format!("--id: {e}"))?;
+        self.etcd.options().map_err(|e| e.to_string())?;
+        self.etcd.keyspace().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
 /// Finds `--config FILE` in `args`, else `PM_CONFIG`.
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
     let mut iter = args.iter().skip(1);

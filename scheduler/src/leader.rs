@@ -334,7 +334,7 @@ impl Term<'_> {
         let mut desired = zv.desired.clone().unwrap_or_default();
         desired.backoff_multiplier = backoff.multiplier;
         desired.last_exhausted_until_unix_ms = backoff.until_unix_ms;
-        desired.capacity_hint = Some(zv.live);
+        desired.capacity_hint = Some(zv.live_confirmed());
         desired.accept_new = false;
         desired.updated_unix_ms = now;
         desired.scheduler_id = self.settings.id.clone();
@@ -449,7 +449,12 @@ impl Term<'_> {
             states.push(ZoneState {
                 zone: zone.clone(),
                 allowed: is_allowed,
-                live: zv.live,
+                // An exhausted zone keeps what GCE has, not the inserts about to fail.
+                live: if zv.exhausted.is_some() {
+                    zv.live_confirmed()
+                } else {
+                    zv.live
+                },
                 usable,
                 capacity,
                 last_success_unix_ms: zv.last_success_unix_ms,

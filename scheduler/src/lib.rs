@@ -59,8 +59,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
     config.validate().map_err(SchedulerError::Config)?;
-    let id = config.id();
-    pm_etcd::keys::validate_agent_id(&id).map_err(|e| SchedulerError::Config(e.to_string()))?;
+    let id = config.daemon.id();
     let settings = LeaderSettings {
         id: id.clone(),
         agent_grace: config.agent_grace,
@@ -70,16 +69,16 @@ pub async fn run(
     let metrics = SchedulerMetrics::new(&mut registry);
     let readiness = Readiness::new();
     readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
-    if let Some(addr) = config.metrics {
+    if let Some(addr) = config.daemon.metrics {
         pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
             .await
             .map_err(|source| SchedulerError::Metrics { addr, source })?;
     }
     let mut retry = RETRY.attempts();
-    let Some(store) = config.etcd.store_when_reachable(&shutdown).await else {
+    let Some(store) = config.daemon.etcd.store_when_reachable(&shutdown).await else {
         return Ok(());
     };
-    if config.metrics.is_some() {
+    if config.daemon.metrics.is_some() {
         tokio::spawn(pm_telemetry::probe_etcd(
             store.clone(),
             readiness,
@@ -90,16 +89,16 @@ pub async fn run(
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),
-        config.event_retention,
+        config.daemon.event_retention,
     ));
-    tracing::info!(%id, prefix = %config.etcd.prefix, "scheduler started");
+    tracing::info!(%id, prefix = %config.daemon.etcd.prefix, "scheduler started");
     while !shutdown.is_cancelled() {
         let ended = term(
             &store,
             &events,
             &settings,
             &metrics,
-            config.lease_ttl,
+            config.daemon.lease_ttl,
             &shutdown,
         )
         .await;

@@ -78,6 +78,10 @@ pub struct InstanceSummary {
     pub live: bool,
     /// How it shows in status counts.
     pub status: ObservedStatus,
+    /// Whether GCE has it: its insert finished, or a list showed it past PROVISIONING.
+    /// An unconfirmed one is an insert in flight, which in a stocked-out zone is about
+    /// to fail.
+    pub confirmed: bool,
 }
 
 /// One zone of one pool.
@@ -109,6 +113,17 @@ impl ZoneView {
         }
     }
 
+    /// Live instances GCE confirmed: what an exhausted zone really keeps, since its inserts
+    /// in flight will fail.
+    pub fn live_confirmed(&self) -> u64 {
+        let n = self
+            .instances
+            .values()
+            .filter(|i| i.live && i.confirmed)
+            .count();
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
     /// The number of observed instances in `status`.
     pub fn count(&self, status: ObservedStatus) -> u64 {
         let n = self
@@ -123,6 +138,11 @@ impl ZoneView {
         let summary = instance.map(|i| InstanceSummary {
             live: is_live(i),
             status: ObservedStatus::of(i),
+            confirmed: !i.gce_id.is_empty()
+                || !matches!(
+                    i.state(),
+                    InstanceState::Provisioning | InstanceState::Unknown
+                ),
         });
         let before = match summary {
             Some(s) => self.instances.insert(name.to_string(), s),

@@ -542,3 +542,56 @@ async fn a_standby_takes_over_after_the_leader_is_killed() {
         "a stopped leader resigns"
     );
 }
+
+#[tokio::test]
+async fn inserts_in_flight_in_a_stocked_out_zone_do_not_hold_its_share() {
+    let s = setup().await;
+    set_config(&s.store, "web", &pool_config(6, &ZONES)).await;
+    start_scheduler(&s, "s1");
+    wait_counts(
+        &s.store,
+        "web",
+        &[("zone-a", 2), ("zone-b", 2), ("zone-c", 2)],
+    )
+    .await;
+    // zone-a's agent recorded two inserts (not confirmed by GCE yet), then a stockout.
+    observe(
+        &s.store,
+        "web",
+        "zone-a",
+        &["web-1", "web-2"],
+        InstanceState::Provisioning,
+    )
+    .await;
+    observe(
+        &s.store,
+        "web",
+        "zone-b",
+        &["web-3", "web-4"],
+        InstanceState::Running,
+    )
+    .await;
+    observe(
+        &s.store,
+        "web",
+        "zone-c",
+        &["web-5", "web-6"],
+        InstanceState::Running,
+    )
+    .await;
+    let report = ExhaustionReport {
+        code: "ZONE_RESOURCE_POOL_EXHAUSTED".into(),
+        ..Default::default()
+    };
+    s.store
+        .put(&s.store.keys().report("web", "zone-a").unwrap(), &report, 0)
+        .await
+        .unwrap();
+    // The deficit moves at once, without waiting for the doomed inserts to fail.
+    wait_counts(
+        &s.store,
+        "web",
+        &[("zone-a", 0), ("zone-b", 3), ("zone-c", 3)],
+    )
+    .await;
+}
