@@ -163,7 +163,7 @@ enum Op {
         /// Derived from the name; GCE de-duplicates retries with it.
         request_id: String,
         /// The rendered instance.
-        instance: Instance,
+        instance: Box<Instance>,
         /// For fresh creates: skip the insert if this fired while waiting for a slot.
         gate: Option<CancellationToken>,
     },
@@ -868,7 +868,7 @@ impl<'a> ActiveAgent<'a> {
         for (name, request_id, instance) in creates {
             let op = Op::Insert {
                 request_id,
-                instance,
+                instance: Box::new(instance),
                 gate: Some(gate.clone()),
             };
             self.spawn_op(pool, project, name, op);
@@ -877,7 +877,7 @@ impl<'a> ActiveAgent<'a> {
             // A resumed insert may have reached GCE in an earlier term: always send it.
             let op = Op::Insert {
                 request_id,
-                instance,
+                instance: Box::new(instance),
                 gate: None,
             };
             self.spawn_op(pool, project, name, op);
