@@ -32,6 +32,29 @@ struct Args {
     /// Only the converge runs with at most this many instances (full mode).
     #[arg(long)]
     max_instances: Option<u64>,
+    /// Converge runs to do instead of the profile's, as INSTANCESxZONES (e.g. 2000x10);
+    /// repeatable.
+    #[arg(long, value_name = "NxZ", value_parser = parse_size)]
+    converge: Vec<(u64, usize)>,
+    /// Run only the converge scenario.
+    #[arg(long)]
+    converge_only: bool,
+}
+
+fn parse_size(text: &str) -> Result<(u64, usize), String> {
+    let (n, z) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not INSTANCESxZONES, e.g. 2000x10"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number of instances"))?;
+    let z: usize = z
+        .parse()
+        .map_err(|_| format!("{z:?} is not a number of zones"))?;
+    if z == 0 {
+        return Err("at least one zone".into());
+    }
+    Ok((n, z))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -45,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(max) = args.max_instances {
         profile.converge.retain(|(n, _)| *n <= max);
     }
+    if !args.converge.is_empty() {
+        profile.converge = args.converge.clone();
+    }
     let mut report = report::Report::new(&profile);
     for &(n, zones) in &profile.converge {
         eprintln!("converge: {n} instances over {zones} zones");
@@ -52,22 +78,30 @@ async fn main() -> anyhow::Result<()> {
             .converge
             .push(scenarios::converge(&profile, n, zones).await?);
     }
-    eprintln!("heal: {} instances", profile.heal.0);
-    report.heal = scenarios::heal(&profile).await?;
-    eprintln!("exhaustion");
-    report.exhaustion = Some(scenarios::exhaustion(&profile).await?);
-    eprintln!("failover: scheduler");
-    report
-        .failover
-        .push(scenarios::scheduler_failover(&profile).await?);
-    eprintln!("failover: agent");
-    report
-        .failover
-        .push(scenarios::agent_failover(&profile).await?);
+    if !args.converge_only {
+        run_the_rest(&profile, &mut report).await?;
+    }
     print!("{}", report.table());
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("JSON report written to {}", path.display());
     }
+    Ok(())
+}
+
+/// Heal, exhaustion and failover.
+async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow::Result<()> {
+    eprintln!("heal: {} instances", profile.heal.0);
+    report.heal = scenarios::heal(profile).await?;
+    eprintln!("exhaustion");
+    report.exhaustion = Some(scenarios::exhaustion(profile).await?);
+    eprintln!("failover: scheduler");
+    report
+        .failover
+        .push(scenarios::scheduler_failover(profile).await?);
+    eprintln!("failover: agent");
+    report
+        .failover
+        .push(scenarios::agent_failover(profile).await?);
     Ok(())
 }

@@ -4,7 +4,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{Sim, SimConfig, SimConfigError};
@@ -69,8 +68,7 @@ pub async fn run(
         .config(config)
         .build()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = super::listen(listen)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();

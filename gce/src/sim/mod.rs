@@ -312,9 +312,25 @@ impl Sim {
 
     /// Serves on a free port of 127.0.0.1 in a background task.
     pub async fn start_local(self) -> io::Result<RunningSim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         self.spawn(listener)
     }
+}
+
+/// Connections waiting to be accepted before new ones are refused; tokio's default of
+/// 1024 drops connection attempts when thousands of agent requests arrive at once, and
+/// the clients' SYN retries then take up to a minute.
+const LISTEN_BACKLOG: u32 = 16_384;
+
+/// A listener on `addr` with a deep accept backlog.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Draws random preemptions until the server stops.
