@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pm_backoff::Backoff;
 use pm_etcd::{now_unix_ms, Election, EventLog, Session, Store};
 use pm_gce::compute::Compute;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
@@ -38,9 +37,6 @@ use metrics::AgentMetrics;
 /// The readiness condition of the agent's role: met while it stands by registered, or
 /// while it is active and has listed GCE in this term (or no pool uses its zone).
 pub const AGENT_CONDITION: &str = "agent";
-
-/// Delays between attempts to reach etcd, register or campaign after a failure.
-const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +92,6 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     config.validate().map_err(AgentError::Config)?;
     let id = config.daemon.id();
-    let mut retry = RETRY.attempts();
     let mut registry = Registry::default();
     let metrics = AgentMetrics::new(&mut registry, &config.zone);
     let readiness = Readiness::new();
@@ -144,23 +139,16 @@ pub async fn run_with(
         operation_timeout: config.operation_timeout,
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
-    while !shutdown.is_cancelled() {
-        match term(&ctx, config.daemon.lease_ttl, &shutdown).await {
-            Ok(()) => retry.reset(),
-            Err(e) => {
-                ctx.metrics
-                    .etcd_errors
-                    .get_or_create(&EtcdErrorLabels { op: "term" })
-                    .inc();
-                let delay = retry.next_delay();
-                tracing::warn!(error = %e, ?delay, "agent session failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    let count_error = |_: &pm_etcd::Error| {
+        ctx.metrics
+            .etcd_errors
+            .get_or_create(&EtcdErrorLabels { op: "term" })
+            .inc();
+    };
+    pm_etcd::cli::run_terms(&shutdown, count_error, || {
+        term(&ctx, config.daemon.lease_ttl, &shutdown)
+    })
+    .await;
     tracing::info!(%id, "agent stopped");
     Ok(())
 }

@@ -76,6 +76,36 @@ pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     shutdown.cancel();
 }
 
+/// Runs `term` (one session of a daemon: campaign, act, lose) again and again until
+/// `shutdown` fires. A term that fails is retried after a growing, jittered delay, reset
+/// by a term that ends well; `on_error` sees each failure first (to count it).
+pub async fn run_terms<F, Fut>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut on_error: impl FnMut(&crate::Error),
+    mut term: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    const RETRY: pm_backoff::Backoff =
+        pm_backoff::Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
+    let mut retry = RETRY.attempts();
+    while !shutdown.is_cancelled() {
+        match term().await {
+            Ok(()) => retry.reset(),
+            Err(e) => {
+                on_error(&e);
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, ?delay, "session failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Parses a duration such as `3s`, `500ms` or `2m`.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(text.trim())

@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pm_backoff::Backoff;
 use pm_etcd::{Election, EventLog, Session, Store};
 use pm_telemetry::{EtcdErrorLabels, Readiness, ETCD_CONDITION};
 use prometheus_client::registry::Registry;
@@ -29,9 +28,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::SchedulerConfig;
 use leader::{lead, LeaderSettings, TermEnd};
 use metrics::SchedulerMetrics;
-
-/// Delays between attempts to reach etcd, grant a lease or campaign after a failure.
-const RETRY: Backoff = Backoff::from_consts(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why the scheduler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +70,6 @@ pub async fn run(
             .await
             .map_err(|source| SchedulerError::Metrics { addr, source })?;
     }
-    let mut retry = RETRY.attempts();
     let Some(store) = config.daemon.etcd.store_when_reachable(&shutdown).await else {
         return Ok(());
     };
@@ -92,8 +87,14 @@ pub async fn run(
         config.daemon.event_retention,
     ));
     tracing::info!(%id, prefix = %config.daemon.etcd.prefix, "scheduler started");
-    while !shutdown.is_cancelled() {
-        let ended = term(
+    let count_error = |_: &pm_etcd::Error| {
+        metrics
+            .etcd_errors
+            .get_or_create(&EtcdErrorLabels { op: "term" })
+            .inc();
+    };
+    pm_etcd::cli::run_terms(&shutdown, count_error, || {
+        term(
             &store,
             &events,
             &settings,
@@ -101,23 +102,8 @@ pub async fn run(
             config.daemon.lease_ttl,
             &shutdown,
         )
-        .await;
-        match ended {
-            Ok(()) => retry.reset(),
-            Err(e) => {
-                metrics
-                    .etcd_errors
-                    .get_or_create(&EtcdErrorLabels { op: "term" })
-                    .inc();
-                let delay = retry.next_delay();
-                tracing::warn!(error = %e, ?delay, "election round failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    })
+    .await;
     tracing::info!(%id, "scheduler stopped");
     Ok(())
 }
