@@ -93,11 +93,13 @@ struct Member {
     peer_port: u16,
     /// The running process; `None` while stopped.
     child: Option<Child>,
+    /// `https` when the cluster serves clients over TLS, else `http`.
+    scheme: &'static str,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -113,22 +115,37 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// `--initial-cluster` value shared by every member.
     initial_cluster: String,
+    /// The PKI when clients must use TLS with a client certificate.
+    tls: Option<tls::TlsMaterial>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster serves linearizable reads.
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, false).await
+    }
+
+    /// Starts one member that serves clients over TLS only and requires a client
+    /// certificate signed by its CA ([`EtcdCluster::tls`] has the files).
+    pub async fn start_tls() -> Self {
+        Self::start_with(1, true).await
+    }
+
+    async fn start_with(size: usize, with_tls: bool) -> Self {
         assert!(size >= 1, "an etcd cluster needs a member");
         let dir = tempfile::Builder::new()
             .prefix("pm-etcd-")
             .tempdir()
             .expect("temp dir");
+        let tls = with_tls.then(|| tls::generate(&dir.path().join("tls")));
+        let scheme = if with_tls { "https" } else { "http" };
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                scheme,
             })
             .collect();
         let initial_cluster = members
@@ -140,6 +157,7 @@ impl EtcdCluster {
             dir,
             members,
             initial_cluster,
+            tls,
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -166,7 +184,18 @@ impl EtcdCluster {
             .expect("etcd log file");
         let member = &self.members[index];
         let state = if data_dir.exists() { "existing" } else { "new" };
-        let child = Command::new(etcd_bin())
+        let mut command = Command::new(etcd_bin());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -196,6 +225,23 @@ impl EtcdCluster {
         self.members[index].child = Some(child);
     }
 
+    /// The PKI of a TLS cluster.
+    pub fn tls(&self) -> Option<&tls::TlsMaterial> {
+        self.tls.as_ref()
+    }
+
+    /// Connection options for `endpoints` of this cluster, with its client certificate
+    /// when it requires one.
+    pub fn options(&self, endpoints: Vec<String>) -> pm_etcd::EtcdOptions {
+        let mut options = pm_etcd::EtcdOptions::new(endpoints);
+        options.tls = self.tls.as_ref().map(|t| pm_etcd::TlsFiles {
+            ca: Some(t.ca.clone()),
+            cert: Some(t.client_cert.clone()),
+            key: Some(t.client_key.clone()),
+        });
+        options
+    }
+
     /// Client URLs of every member, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
@@ -208,7 +254,8 @@ impl EtcdCluster {
 
     /// A client of all members.
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), None)
+        self.options(self.endpoints())
+            .connect()
             .await
             .expect("connect to etcd")
     }
@@ -231,10 +278,10 @@ impl EtcdCluster {
                 || {
                     let url = url.clone();
                     async move {
-                        let options = etcd_client::ConnectOptions::new()
-                            .with_connect_timeout(Duration::from_millis(500))
-                            .with_timeout(Duration::from_millis(1000));
-                        let mut client = Client::connect([url], Some(options)).await.ok()?;
+                        let mut options = self.options(vec![url]);
+                        options.connect_timeout = Duration::from_millis(500);
+                        options.request_timeout = Duration::from_millis(1000);
+                        let mut client = options.connect().await.ok()?;
                         client.get("pm-harness-health", None).await.ok().map(|_| ())
                     }
                 },
@@ -384,4 +431,5 @@ impl Daemon {
 }
 
 pub mod cluster;
+pub mod tls;
 pub use cluster::{Cluster, ClusterBuilder};
