@@ -70,6 +70,8 @@ pub struct ClusterBuilder {
     hooks_dir: Option<PathBuf>,
     /// Lease TTL of every daemon.
     lease_ttl: Duration,
+    /// Members of the etcd cluster.
+    etcd_members: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -83,6 +85,7 @@ impl Default for ClusterBuilder {
             boot_delay: Duration::from_millis(100),
             hooks_dir: None,
             lease_ttl: Duration::from_secs(2),
+            etcd_members: 1,
         }
     }
 }
@@ -125,9 +128,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Members of the etcd cluster (default 1).
+    pub fn etcd_members(mut self, members: usize) -> Self {
+        self.etcd_members = members;
+        self
+    }
+
     /// Starts etcd, gce-sim, the schedulers and the agents.
     pub async fn start(self) -> Cluster {
-        let etcd = EtcdCluster::start(1).await;
+        let etcd = EtcdCluster::start(self.etcd_members).await;
         let zones: Vec<String> = (0..self.zones).map(zone_name).collect();
         let sim = Sim::builder()
             .zones(zones.clone())

@@ -486,3 +486,48 @@ fn zone_names_stay_unique_past_twenty_six() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_quorum_pm_pauses_safely_and_resumes() {
+    let mut c = Cluster::builder().zones(1).etcd_members(3).start().await;
+    c.set_pool("q", c.pool_config("q-", 3)).await;
+    wait_running(&c, "q", 3).await;
+    let calls = |s: &pm_gce::sim::SimStats| {
+        s.count("compute.instances.insert") + s.count("compute.instances.delete")
+    };
+
+    // Two of three members die: no quorum. A preemption now must not lead to a create or
+    // a delete decided on state pm can no longer record.
+    c.etcd().kill(1).await;
+    c.etcd().kill(2).await;
+    let before = calls(&c.sim().stats().await.unwrap());
+    c.sim().preempt_count("zone-a", 1).await.unwrap();
+    let acted = pm_tests::poll_until(Duration::from_secs(8), || async {
+        let now = calls(&c.sim().stats().await.unwrap());
+        (now > before).then_some(now)
+    })
+    .await;
+    assert_eq!(
+        acted,
+        None,
+        "pm created or deleted without etcd quorum\n{}",
+        c.logs()
+    );
+
+    // Quorum returns: pm resumes and heals.
+    c.etcd().restart(1);
+    c.etcd().restart(2);
+    c.etcd().wait_ready().await;
+    wait_running(&c, "q", 3).await;
+    // The test's own client may hold connections the restarts broke: let it reconnect.
+    c.wait("the test's etcd client works again", BOUND, || async {
+        c.store().list_keys(c.prefix()).await.ok()
+    })
+    .await;
+    c.wait("every instance recorded again", BOUND, || async {
+        let names: usize = c.observed("q").await.values().map(Vec::len).sum();
+        (names == 3).then_some(())
+    })
+    .await;
+    assert_no_leaks(&c, "q").await;
+}
