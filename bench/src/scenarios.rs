@@ -96,6 +96,20 @@ impl Profile {
             .await
     }
 
+    /// Creates the benchmark pool of `n` instances and waits until all are RUNNING.
+    async fn create_pool(&self, c: &Cluster, n: u64) -> anyhow::Result<Duration> {
+        c.set_pool(POOL, self.pool(c, n)).await;
+        let (took, _) = until(
+            "pool RUNNING",
+            self.bound(n),
+            POLL,
+            || measure::state(c),
+            |s| measure::running(s) == n,
+        )
+        .await?;
+        Ok(took)
+    }
+
     fn bound(&self, n: u64) -> Duration {
         Duration::from_secs(120 + n / 20) + self.ideal() * 20
     }
@@ -149,15 +163,7 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
     let agent = c.agent(&first_zone, 0).pid();
     let rev0 = measure::etcd_revision(&c).await?;
     let stats0 = measure::stats(&c).await?;
-    c.set_pool(POOL, p.pool(&c, n)).await;
-    let (took, _) = until(
-        "all instances RUNNING",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::running(s) == n,
-    )
-    .await?;
+    let took = p.create_pool(&c, n).await?;
     // Let the agents record RUNNING before counting what creating cost.
     measure::quiescent(
         &c,
@@ -246,15 +252,7 @@ pub struct Heal {
 pub async fn heal(p: &Profile) -> anyhow::Result<Vec<Heal>> {
     let (n, zones) = p.heal;
     let c = p.cluster(zones, n * 2, 1, 1).await;
-    c.set_pool(POOL, p.pool(&c, n)).await;
-    until(
-        "pool RUNNING",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::running(s) == n,
-    )
-    .await?;
+    p.create_pool(&c, n).await?;
     let mut out = Vec::new();
     for &fraction in &p.heal_fractions {
         // Start from a settled system, not right after the agents' last sync.
@@ -325,15 +323,7 @@ pub struct Exhaustion {
 pub async fn exhaustion(p: &Profile) -> anyhow::Result<Exhaustion> {
     let n = p.exhaustion;
     let c = p.cluster(3, n * 2, 1, 1).await;
-    c.set_pool(POOL, p.pool(&c, n)).await;
-    until(
-        "pool RUNNING",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::running(s) == n,
-    )
-    .await?;
+    p.create_pool(&c, n).await?;
     let zone_a = c.zones()[0].clone();
     let before = measure::state(&c).await?;
     let deficit = before.zones.get(&zone_a).map_or(0, measure::zone_live);
@@ -385,19 +375,37 @@ pub struct Failover {
     pub creations_done_seconds: f64,
 }
 
+/// The end of a failover run: the standby's takeover happened now; waits until the
+/// `target` instances exist and reports both times.
+async fn finish_failover(
+    p: &Profile,
+    c: &Cluster,
+    component: &str,
+    target: u64,
+    killed: Instant,
+) -> anyhow::Result<Failover> {
+    let takeover = killed.elapsed();
+    until(
+        "the new instances",
+        p.bound(target),
+        POLL,
+        || measure::state(c),
+        |s| measure::live(s) == target,
+    )
+    .await?;
+    Ok(Failover {
+        component: component.into(),
+        lease_ttl_seconds: 2.0,
+        takeover_seconds: takeover.as_secs_f64(),
+        creations_done_seconds: killed.elapsed().as_secs_f64(),
+    })
+}
+
 /// Kills the scheduler leader right after a scale-up and times the standby.
 pub async fn scheduler_failover(p: &Profile) -> anyhow::Result<Failover> {
     let n = 30;
     let mut c = p.cluster(3, 200, 1, 2).await;
-    c.set_pool(POOL, p.pool(&c, n)).await;
-    until(
-        "pool RUNNING",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::running(s) == n,
-    )
-    .await?;
+    p.create_pool(&c, n).await?;
     let election = Election::new(
         c.store().client().clone(),
         &c.store().keys().scheduler_election(),
@@ -407,7 +415,7 @@ pub async fn scheduler_failover(p: &Profile) -> anyhow::Result<Failover> {
         .await?
         .map(|l| l.value)
         .unwrap_or_default();
-    let index = usize::from(leader.ends_with('2'));
+    let index = usize::from(c.scheduler(1).name() == leader);
     c.scheduler(index).kill9().await;
     let killed = Instant::now();
     c.set_pool(POOL, p.pool(&c, n + 6)).await;
@@ -419,36 +427,14 @@ pub async fn scheduler_failover(p: &Profile) -> anyhow::Result<Failover> {
         |t| *t == (n + 6) as i64,
     )
     .await?;
-    let takeover = killed.elapsed();
-    until(
-        "the new instances",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::live(s) == n + 6,
-    )
-    .await?;
-    Ok(Failover {
-        component: "scheduler".into(),
-        lease_ttl_seconds: 2.0,
-        takeover_seconds: takeover.as_secs_f64(),
-        creations_done_seconds: killed.elapsed().as_secs_f64(),
-    })
+    finish_failover(p, &c, "scheduler", n + 6, killed).await
 }
 
 /// Kills the active agent of a zone right after a scale-up and times the standby.
 pub async fn agent_failover(p: &Profile) -> anyhow::Result<Failover> {
     let n = 10;
     let mut c = p.cluster(1, 200, 2, 1).await;
-    c.set_pool(POOL, p.pool(&c, n)).await;
-    until(
-        "pool RUNNING",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::running(s) == n,
-    )
-    .await?;
+    p.create_pool(&c, n).await?;
     let zone = c.zones()[0].clone();
     let election = Election::new(
         c.store().client().clone(),
@@ -474,19 +460,5 @@ pub async fn agent_failover(p: &Profile) -> anyhow::Result<Failover> {
         |s| inserts(s) > before,
     )
     .await?;
-    let takeover = killed.elapsed();
-    until(
-        "the new instances",
-        p.bound(n),
-        POLL,
-        || measure::state(&c),
-        |s| measure::live(s) == n + 5,
-    )
-    .await?;
-    Ok(Failover {
-        component: "agent".into(),
-        lease_ttl_seconds: 2.0,
-        takeover_seconds: takeover.as_secs_f64(),
-        creations_done_seconds: killed.elapsed().as_secs_f64(),
-    })
+    finish_failover(p, &c, "agent", n + 5, killed).await
 }

@@ -195,9 +195,10 @@ impl Term<'_> {
     }
 
     /// Whether `zone` may receive new instances as far as agents go.
-    fn agent_ok(&mut self, zone: &str, now: i64) -> bool {
+    /// `agent_seen_ms` is brought up to date for zones with agents at the start of each
+    /// pass ([`Term::reconcile_dirty`]).
+    fn agent_ok(&self, zone: &str, now: i64) -> bool {
         if self.model.agents.contains_key(zone) {
-            self.agent_seen_ms.insert(zone.to_string(), now);
             return true;
         }
         let seen = self
