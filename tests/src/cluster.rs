@@ -72,6 +72,8 @@ pub struct ClusterBuilder {
     lease_ttl: Duration,
     /// Members of the etcd cluster.
     etcd_members: usize,
+    /// The agents' `--operation-timeout`.
+    operation_timeout: Duration,
 }
 
 impl Default for ClusterBuilder {
@@ -86,6 +88,7 @@ impl Default for ClusterBuilder {
             hooks_dir: None,
             lease_ttl: Duration::from_secs(2),
             etcd_members: 1,
+            operation_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -131,6 +134,12 @@ impl ClusterBuilder {
     /// Members of the etcd cluster (default 1).
     pub fn etcd_members(mut self, members: usize) -> Self {
         self.etcd_members = members;
+        self
+    }
+
+    /// The agents' `--operation-timeout` (default 30 s).
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
         self
     }
 
@@ -252,10 +261,10 @@ impl Cluster {
         self.compute.as_ref()
     }
 
-    fn common_args(&self) -> Vec<String> {
+    fn common_args(&self, etcd: &str) -> Vec<String> {
         vec![
             "--etcd".into(),
-            self.etcd_endpoints(),
+            etcd.to_string(),
             "--prefix".into(),
             self.prefix.clone(),
             "--lease-ttl".into(),
@@ -292,7 +301,7 @@ impl Cluster {
     pub fn start_scheduler(&mut self) -> usize {
         self.started += 1;
         let id = format!("scheduler-{}", self.started);
-        let mut args = self.common_args();
+        let mut args = self.common_args(&self.etcd_endpoints());
         args.extend([
             "--id".into(),
             id.clone(),
@@ -308,9 +317,16 @@ impl Cluster {
 
     /// Starts one more agent for `zone`; returns its index in the zone.
     pub fn start_agent(&mut self, zone: &str) -> usize {
+        let etcd = self.etcd_endpoints();
+        self.start_agent_via(zone, &etcd)
+    }
+
+    /// Starts one more agent for `zone` that reaches etcd at `etcd` (comma-separated
+    /// client URLs, e.g. through a [`crate::TcpProxy`]); returns its index in the zone.
+    pub fn start_agent_via(&mut self, zone: &str, etcd: &str) -> usize {
         self.started += 1;
         let id = format!("agent-{zone}-{}", self.started);
-        let mut args = self.common_args();
+        let mut args = self.common_args(etcd);
         args.extend([
             "--zone".into(),
             zone.into(),
@@ -325,6 +341,8 @@ impl Cluster {
             "10s".into(),
             "--hook-timeout".into(),
             "5s".into(),
+            "--operation-timeout".into(),
+            format!("{}ms", self.settings.operation_timeout.as_millis()),
         ]);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);

@@ -431,5 +431,7 @@ impl Daemon {
 }
 
 pub mod cluster;
+pub mod proxy;
 pub mod tls;
 pub use cluster::{Cluster, ClusterBuilder};
+pub use proxy::TcpProxy;

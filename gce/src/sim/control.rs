@@ -38,6 +38,15 @@ pub struct Faults {
     /// every compute method. Latency applies to all of them either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
+    /// Milliseconds that operations started while this is set take from PENDING to
+    /// DONE, in place of `--op-delay-ms` (slow operations). What they do to instances
+    /// keeps its usual pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_delay_ms: Option<u64>,
+    /// Operations started while this is true never reach DONE (they stay RUNNING), as
+    /// when GCE loses track of one; what they do to instances still happens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hang_operations: bool,
 }
 
 fn default_fault_status() -> u16 {
@@ -52,6 +61,8 @@ impl Default for Faults {
             latency_ms: 0,
             reason: None,
             methods: None,
+            op_delay_ms: None,
+            hang_operations: false,
         }
     }
 }
@@ -59,6 +70,9 @@ impl Default for Faults {
 impl Faults {
     /// Longest latency accepted, so a typo cannot hang every client for hours.
     pub const MAX_LATENCY_MS: u64 = 600_000;
+
+    /// Longest operation delay accepted.
+    pub const MAX_OP_DELAY_MS: u64 = 3_600_000;
 
     /// Whether errors are injected into calls of `method`.
     pub fn targets(&self, method: &str) -> bool {
@@ -83,6 +97,12 @@ impl Faults {
                 "latencyMs {} exceeds {}",
                 self.latency_ms,
                 Self::MAX_LATENCY_MS
+            ));
+        }
+        if let Some(op_delay) = self.op_delay_ms.filter(|ms| *ms > Self::MAX_OP_DELAY_MS) {
+            return Err(format!(
+                "opDelayMs {op_delay} exceeds {}; use hangOperations for operations that never finish",
+                Self::MAX_OP_DELAY_MS
             ));
         }
         Ok(())
@@ -148,6 +168,32 @@ pub struct SimState {
     pub counters: Counters,
     /// Current fault injection.
     pub faults: Faults,
+}
+
+/// One instance in the reply to `GET /sim/v1/instances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    /// Its project.
+    pub project: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its name.
+    pub name: String,
+    /// Its id, which changes when an instance of the same name is created again.
+    pub id: String,
+    /// Its status (`PROVISIONING`, `RUNNING`, `TERMINATED`, ...).
+    pub status: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Body of `GET /sim/v1/instances`: every instance of every project and zone, read
+/// past fault injection and latency, for tests that watch what GCE holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstancesReport {
+    /// The instances, by zone, project and name.
+    pub instances: Vec<InstanceReport>,
 }
 
 /// Body of `GET /sim/v1/stats`.
@@ -227,6 +273,11 @@ pub(super) async fn state(State(sim): State<Arc<Shared>>) -> Response {
         counters,
         faults,
     }))
+}
+
+pub(super) async fn instances(State(sim): State<Arc<Shared>>) -> Response {
+    let instances = sim.world().instance_reports();
+    reply(Ok(InstancesReport { instances }))
 }
 
 pub(super) async fn set_capacity(
@@ -385,6 +436,12 @@ impl SimControl {
     /// `GET /sim/v1/state`.
     pub async fn state(&self) -> Result<SimState, SimControlError> {
         self.call("state", None).await
+    }
+
+    /// `GET /sim/v1/instances`.
+    pub async fn instances(&self) -> Result<Vec<InstanceReport>, SimControlError> {
+        let report: InstancesReport = self.call("instances", None).await?;
+        Ok(report.instances)
     }
 
     /// `GET /sim/v1/stats`.

@@ -38,8 +38,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use control::{
-    CapacityRequest, Counters, Faults, PreemptRequest, PreemptResponse, SimControl,
-    SimControlError, SimState, SimStats, ZoneReport,
+    CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PreemptRequest,
+    PreemptResponse, SimControl, SimControlError, SimState, SimStats, ZoneReport,
 };
 pub use world::URL_ROOT;
 
@@ -265,6 +265,7 @@ impl Sim {
         ));
         let control = Router::new()
             .route("/sim/v1/state", get(control::state))
+            .route("/sim/v1/instances", get(control::instances))
             .route("/sim/v1/zones/{zone}", post(control::set_capacity))
             .route("/sim/v1/preempt", post(control::preempt))
             .route("/sim/v1/faults", post(control::set_faults))

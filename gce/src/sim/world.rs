@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::clock::{operation_name, resource_id, rfc3339, system_event_name};
-use super::control::{Counters, Faults, ZoneReport};
+use super::control::{Counters, Faults, InstanceReport, ZoneReport};
 use super::SimConfig;
 use crate::compute::{is_valid_request_id, MAX_PAGE_SIZE};
 use crate::filter::Filter;
@@ -156,6 +156,10 @@ struct Failure {
     http_status: u16,
     http_message: &'static str,
 }
+
+/// The delay of an operation that hangs: far beyond any run, yet small enough that
+/// adding it to a clock reading cannot overflow.
+const HUNG_OPERATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 struct SimOperation {
     id: u64,
@@ -561,6 +565,29 @@ impl World {
         (zones, self.counters.clone())
     }
 
+    /// Every instance of every project and zone, as the control API lists them.
+    pub fn instance_reports(&mut self) -> Vec<InstanceReport> {
+        let now = Instant::now();
+        let boot = self.config.boot_delay;
+        let mut out = Vec::new();
+        for (zone_name, zone) in &mut self.zones {
+            zone.sweep(now);
+            for (project, pz) in &zone.projects {
+                for (name, instance) in &pz.instances {
+                    out.push(InstanceReport {
+                        project: project.clone(),
+                        zone: zone_name.clone(),
+                        name: name.clone(),
+                        id: instance.id.to_string(),
+                        status: instance.status(now, boot).as_str().to_string(),
+                        labels: instance.labels.iter().cloned().collect(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn zone_mut(&mut self, project: &str, zone: &str) -> Result<&mut Zone, ApiError> {
         let found = self
             .zones
@@ -588,7 +615,7 @@ impl World {
             status_message: None,
             inserted: wall,
             inserted_at: Instant::now(),
-            delay: self.config.op_delay,
+            delay: self.operation_delay(),
             failure,
         };
         (name, op)
@@ -610,6 +637,18 @@ impl World {
             .operations
             .insert(name, op);
         Ok(view)
+    }
+
+    /// How long an operation started now takes: the configured delay, unless the
+    /// faults slow operations down or hang them.
+    fn operation_delay(&self) -> Duration {
+        if self.faults.hang_operations {
+            HUNG_OPERATION
+        } else {
+            self.faults
+                .op_delay_ms
+                .map_or(self.config.op_delay, Duration::from_millis)
+        }
     }
 
     /// The operation a repeated `requestId` refers to, if any.
@@ -1767,6 +1806,42 @@ mod tests {
         let (zones, counters) = w.report();
         assert_eq!(zones["z1"].live, 3);
         assert_eq!(counters.stockouts, 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn faults_slow_down_or_hang_operations_but_not_instances() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        w.set_faults(Faults {
+            op_delay_ms: Some(60_000),
+            ..Faults::default()
+        });
+        let slow = w.insert("p", "z1", &body("slow"), None).expect("insert");
+        let remaining = w
+            .operation_remaining("p", "z1", &slow.name)
+            .expect("operation");
+        assert!(remaining > Duration::from_secs(50), "{remaining:?}");
+        w.set_faults(Faults {
+            hang_operations: true,
+            ..Faults::default()
+        });
+        let hung = w.insert("p", "z1", &body("hung"), None).expect("insert");
+        assert!(
+            w.operation_remaining("p", "z1", &hung.name)
+                .expect("operation")
+                > HUNG_OPERATION / 2
+        );
+        assert_ne!(
+            w.get_operation("p", "z1", &hung.name).expect("get").status,
+            OperationStatus::Done
+        );
+        assert_eq!(status_of(&mut w, "hung"), "RUNNING");
+        w.set_faults(Faults::default());
+        let quick = w.insert("p", "z1", &body("quick"), None).expect("insert");
+        assert_eq!(quick.status, OperationStatus::Done);
+        assert_ne!(
+            w.get_operation("p", "z1", &hung.name).expect("get").status,
+            OperationStatus::Done
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
