@@ -353,6 +353,16 @@ impl Cluster {
         list.len() - 1
     }
 
+    /// Schedulers started so far, running or not.
+    pub fn scheduler_count(&self) -> usize {
+        self.schedulers.len()
+    }
+
+    /// Agents started so far for `zone`, running or not.
+    pub fn agent_count(&self, zone: &str) -> usize {
+        self.agents.get(zone).map_or(0, Vec::len)
+    }
+
     /// The scheduler started as `index`.
     pub fn scheduler(&mut self, index: usize) -> &mut Daemon {
         &mut self.schedulers[index]
@@ -488,4 +498,57 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
+}
+
+/// One sample of an exposition: family-suffixed name, labels, value.
+#[derive(Debug)]
+pub struct Sample {
+    /// The series name, e.g. `pm_instances_created_total`.
+    pub name: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// The samples of an OpenMetrics/Prometheus text exposition (our label values hold no
+/// quotes or commas).
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
 }

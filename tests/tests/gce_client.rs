@@ -91,7 +91,7 @@ async fn inject(control: &SimControl, status: u16, reason: Option<&str>) {
             status,
             latency_ms: 0,
             reason: reason.map(str::to_string),
-            methods: None,
+            ..Faults::default()
         })
         .await
         .expect("faults");

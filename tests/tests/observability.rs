@@ -1,67 +1,17 @@
 //! `--metrics` of the daemons in an end-to-end run: the counters and gauges follow what
 //! the system does, and `/healthz` and `/readyz` answer while etcd is down.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use pm_proto::{Event, Hooks};
 use pm_telemetry::MetricDef;
-use pm_tests::cluster::http_get;
+use pm_tests::cluster::{http_get, metric_sum as sum};
 use pm_tests::Cluster;
 
 const BOUND: Duration = Duration::from_secs(45);
-
-/// One sample of an exposition: family-suffixed name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// The samples of an OpenMetrics/Prometheus text exposition (our label values hold no
-/// quotes or commas).
-fn samples(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => (name, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split(',')
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    Some((k.to_string(), v.trim_matches('"').to_string()))
-                })
-                .collect();
-            Some(Sample {
-                name: name.to_string(),
-                labels,
-                value: value.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// The sum of the samples named `name` whose labels include `labels`.
-fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
 
 /// `/metrics` of a daemon (panics when it does not answer 200).
 async fn scrape(addr: SocketAddr) -> String {
