@@ -458,14 +458,15 @@ impl Cluster {
 
     /// The observed instance names in etcd, per zone.
     pub async fn observed(&self, pool: &str) -> BTreeMap<String, Vec<String>> {
+        self.try_observed(pool).await.expect("list observed")
+    }
+
+    /// The observed instance names in etcd, per zone, or the error etcd gave.
+    pub async fn try_observed(&self, pool: &str) -> pm_etcd::Result<BTreeMap<String, Vec<String>>> {
         let mut out = BTreeMap::new();
         for zone in &self.zones {
-            let prefix = self
-                .store
-                .keys()
-                .instances_prefix(pool, zone)
-                .expect("names");
-            let keys = self.store.list_keys(&prefix).await.expect("list observed");
+            let prefix = self.store.keys().instances_prefix(pool, zone)?;
+            let keys = self.store.list_keys(&prefix).await?;
             out.insert(
                 zone.clone(),
                 keys.into_iter()
@@ -473,7 +474,7 @@ impl Cluster {
                     .collect(),
             );
         }
-        out
+        Ok(out)
     }
 }
 

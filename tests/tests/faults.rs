@@ -212,7 +212,19 @@ struct RunReport {
     faults: usize,
     samples: u64,
     max_live: usize,
-    converged_in: Duration,
+    /// How long the pool took to converge after a fault ended, for the faults whose
+    /// end it was given time to converge after (the others overlap the next fault);
+    /// `None` stands for the end of the whole run.
+    recoveries: Vec<(Option<Kind>, Duration)>,
+}
+
+impl RunReport {
+    fn worst(&self) -> Option<(Option<Kind>, Duration)> {
+        self.recoveries
+            .iter()
+            .copied()
+            .max_by_key(|(_, took)| *took)
+    }
 }
 
 /// The system under faults, and the run's record.
@@ -415,10 +427,10 @@ impl System {
                 (z.clone(), names.collect())
             })
             .collect();
-        let etcd: BTreeMap<String, BTreeSet<String>> = self
-            .c
-            .observed(POOL)
-            .await
+        let Ok(observed) = self.c.try_observed(POOL).await else {
+            return false;
+        };
+        let etcd: BTreeMap<String, BTreeSet<String>> = observed
             .into_iter()
             .map(|(z, names)| (z, names.into_iter().collect()))
             .collect();
@@ -571,9 +583,15 @@ impl System {
             Kind::LoseEtcdQuorum => self.lose_etcd_quorum().await,
             Kind::CutAgentFromEtcd => self.cut_agent_from_etcd().await,
             Kind::GceErrors => {
-                let status = *[500, 502, 503, 429]
-                    .choose(&mut self.rng)
-                    .expect("statuses");
+                let (status, reason) = *[
+                    (500, None),
+                    (502, None),
+                    (503, None),
+                    (429, None),
+                    (403, Some("quotaExceeded")),
+                ]
+                .choose(&mut self.rng)
+                .expect("statuses");
                 let error_rate = self.rng.random_range(0.3..0.7);
                 let methods = self.rng.random_bool(0.5).then(|| {
                     vec![
@@ -584,15 +602,17 @@ impl System {
                 });
                 let hold = self.pause(2000, 6000);
                 self.note(format!(
-                    "GCE answers {:.0}% of {} with HTTP {status} for {hold:?}",
+                    "GCE answers {:.0}% of {} with HTTP {status} {} for {hold:?}",
                     error_rate * 100.0,
                     methods
                         .as_ref()
-                        .map_or("all calls".into(), |m| m.join(", "))
+                        .map_or("all calls".into(), |m| m.join(", ")),
+                    reason.unwrap_or("")
                 ));
                 self.set_faults(Faults {
                     error_rate,
                     status,
+                    reason: reason.map(str::to_string),
                     methods,
                     ..Faults::default()
                 })
@@ -855,9 +875,16 @@ async fn run(seed: u64, etcd_members: usize, steps: Option<usize>) -> RunReport 
     sys.note(format!(
         "{etcd_members} etcd member(s); {steps} faults: {plan:?}"
     ));
+    let mut recoveries = Vec::new();
     for (i, kind) in plan.iter().enumerate() {
         sys.note(format!("fault {}/{steps}: {kind:?}", i + 1));
         sys.inject(*kind).await;
+        if sys.rng.random_bool(0.5) {
+            let what = format!("the pool converges after {kind:?}");
+            let took = sys.wait_converged(&what, CONVERGE_BOUND).await;
+            sys.note(format!("  converged {took:.1?} after the fault ended"));
+            recoveries.push((Some(*kind), took));
+        }
         let gap = sys.pause(0, 1500);
         tokio::time::sleep(gap).await;
     }
@@ -870,6 +897,7 @@ async fn run(seed: u64, etcd_members: usize, steps: Option<usize>) -> RunReport 
     sys.note(format!(
         "converged {converged_in:.1?} after the faults stopped"
     ));
+    recoveries.push((None, converged_in));
     sys.hooks_misbehave_harmlessly().await;
     let findings = checker.finish().await;
     sys.assert_nothing_crashed();
@@ -885,7 +913,7 @@ async fn run(seed: u64, etcd_members: usize, steps: Option<usize>) -> RunReport 
         faults: steps,
         samples: findings.samples,
         max_live: findings.max_live,
-        converged_in,
+        recoveries,
     }
 }
 
@@ -926,25 +954,29 @@ async fn suite(etcd_members: usize, defaults: &[u64]) {
         println!("fault suite: seed {seed}, {etcd_members} etcd member(s)");
         reports.push(run(seed, etcd_members, steps()).await);
     }
-    let worst = reports
-        .iter()
-        .map(|r| r.converged_in)
-        .max()
-        .unwrap_or_default();
+    let what = |kind: Option<Kind>| kind.map_or("the run".to_string(), |k| format!("{k:?}"));
     for r in &reports {
+        let (kind, took) = r.worst().unwrap_or_default();
         println!(
-            "fault suite: seed {} passed: {} faults, {} checks, at most {} live (bound {}), converged {:.1?} after",
+            "fault suite: seed {} passed: {} faults, {} checks, at most {} live (bound {}), {} convergences timed, the slowest {took:.1?} after {}",
             r.seed,
             r.faults,
             r.samples,
             r.max_live,
             TARGET + ZONES,
-            r.converged_in
+            r.recoveries.len(),
+            what(kind)
         );
     }
+    let (kind, took) = reports
+        .iter()
+        .filter_map(RunReport::worst)
+        .max_by_key(|(_, took)| *took)
+        .unwrap_or_default();
     println!(
-        "fault suite: {} runs with {etcd_members} etcd member(s) passed; worst convergence after faults {worst:.1?}",
-        reports.len()
+        "fault suite: {} runs with {etcd_members} etcd member(s) passed; worst convergence {took:.1?}, after {}",
+        reports.len(),
+        what(kind)
     );
 }
 

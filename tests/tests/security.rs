@@ -112,15 +112,22 @@ async fn etcd_with_client_certificates() {
     assert_eq!(scheduler.terminate(BOUND).await, Some(0));
 }
 
-#[tokio::test]
-async fn etcd_with_user_and_password() {
+/// A one-node etcd with its root user added (auth not enabled yet), a fresh prefix, its
+/// keyspace, and a client to set up users and roles with.
+async fn etcd_with_root() -> (EtcdCluster, String, Keyspace, Client) {
     let etcd = EtcdCluster::start(1).await;
     let prefix = unique_prefix();
     let keys = Keyspace::new(&prefix).unwrap();
-    // Enable auth: root, and a role over pm's prefix only.
     let mut admin = etcd.client().await;
     admin.user_add("root", "root-password", None).await.unwrap();
     admin.user_grant_role("root", "root").await.unwrap();
+    (etcd, prefix, keys, admin)
+}
+
+#[tokio::test]
+async fn etcd_with_user_and_password() {
+    // Auth: root, and a role over pm's prefix only.
+    let (etcd, prefix, keys, mut admin) = etcd_with_root().await;
     admin.role_add("pm").await.unwrap();
     admin
         .role_grant_permission("pm", Permission::read_write(keys.root()).with_prefix())
@@ -331,14 +338,8 @@ where
 /// zone's keys, nor read them; the scheduler cannot write agent keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_roles_per_component() {
-    let etcd = EtcdCluster::start(1).await;
-    let prefix = unique_prefix();
-    let keys = Keyspace::new(&prefix).unwrap();
-
     // Auth on, with root and one user per component, each with its own role.
-    let mut admin = etcd.client().await;
-    admin.user_add("root", "root-password", None).await.unwrap();
-    admin.user_grant_role("root", "root").await.unwrap();
+    let (etcd, prefix, keys, mut admin) = etcd_with_root().await;
     for (user, permissions) in least_privilege_roles(&keys) {
         admin.role_add(user).await.unwrap();
         for permission in permissions {
