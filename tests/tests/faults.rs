@@ -560,20 +560,23 @@ impl System {
 
     async fn inject(&mut self, kind: Kind) {
         match kind {
-            Kind::KillScheduler => {
-                let name = self.kill_scheduler_leader().await;
-                self.note(format!("kill -9 the scheduler leader {name}"));
-            }
-            Kind::KillAgent => {
+            Kind::KillScheduler | Kind::KillAgent | Kind::KillSchedulerAndAgent => {
+                // Each round kills whoever leads once a successor took over.
+                let rounds = self.rng.random_range(1..=3);
                 let zone = self.random_zone();
-                let name = self.kill_active_agent(&zone).await;
-                self.note(format!("kill -9 the active agent {name} of {zone}"));
-            }
-            Kind::KillSchedulerAndAgent => {
-                let zone = self.random_zone();
-                let scheduler = self.kill_scheduler_leader().await;
-                let agent = self.kill_active_agent(&zone).await;
-                self.note(format!("kill -9 the scheduler leader {scheduler} and the active agent {agent} of {zone}"));
+                for round in 1..=rounds {
+                    let mut killed = Vec::new();
+                    if kind != Kind::KillAgent {
+                        killed.push(self.kill_scheduler_leader().await);
+                    }
+                    if kind != Kind::KillScheduler {
+                        killed.push(self.kill_active_agent(&zone).await);
+                    }
+                    self.note(format!(
+                        "kill -9 round {round}/{rounds}: {}",
+                        killed.join(" and ")
+                    ));
+                }
             }
             Kind::RestartEtcd => {
                 self.note("restart the whole etcd cluster".into());
@@ -602,12 +605,12 @@ impl System {
                 });
                 let hold = self.pause(2000, 6000);
                 self.note(format!(
-                    "GCE answers {:.0}% of {} with HTTP {status} {} for {hold:?}",
+                    "GCE answers {:.0}% of {} with HTTP {status}{} for {hold:?}",
                     error_rate * 100.0,
                     methods
                         .as_ref()
                         .map_or("all calls".into(), |m| m.join(", ")),
-                    reason.unwrap_or("")
+                    reason.map(|r| format!(" {r}")).unwrap_or_default()
                 ));
                 self.set_faults(Faults {
                     error_rate,
