@@ -1145,6 +1145,24 @@ impl<'a> ActiveAgent<'a> {
             self.write_observed(pool, BTreeMap::from([(name.to_string(), None)]))
                 .await?;
         }
+        if let GceError::OperationTimeout { .. } = &e {
+            // GCE took the call; only its operation is slow to finish. The next lists
+            // show what it did (an insert's key stays, so it is adopted or resumed with
+            // its requestId). Backing off creates would only stall the pool: GCE's
+            // operations can lag for minutes while the instances are long up.
+            self.ctx
+                .events
+                .emit(
+                    pool,
+                    &format!("{what}-slow"),
+                    Severity::Warning,
+                    &zone,
+                    name,
+                    format!("{what} of {name} not finished yet; following it in the lists: {e}"),
+                )
+                .await;
+            return Ok(());
+        }
         let base = self
             .pools
             .get(pool)

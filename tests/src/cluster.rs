@@ -137,6 +137,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every daemon's `--lease-ttl` (default 2 s; whole seconds).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
     /// The agents' `--operation-timeout` (default 30 s).
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;

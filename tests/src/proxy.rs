@@ -1,23 +1,33 @@
 //! A TCP proxy that a test can cut: it forwards connections to one upstream address
-//! until [`TcpProxy::cut`], which drops every open connection and refuses new ones
-//! (accepted, then closed at once) until [`TcpProxy::restore`]. Put it between a
-//! daemon and etcd to cut the daemon off from etcd while it still reaches everything
-//! else.
+//! until [`TcpProxy::cut`] (every open connection is dropped, new ones are closed at
+//! once: the peer sees resets) or [`TcpProxy::blackhole`] (connections stay open but
+//! nothing gets through: the peer sees silence, like a network partition), and again
+//! after [`TcpProxy::restore`]. Put it between a daemon and etcd to cut the daemon off
+//! from etcd while it still reaches everything else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Cut,
+    Blackhole,
+}
+
 /// A running proxy; it stops when dropped.
 pub struct TcpProxy {
     /// Where it listens.
     addr: SocketAddr,
-    /// `true` while cut; every connection task watches it.
-    cut: Arc<watch::Sender<bool>>,
+    /// The mode; every connection task watches it.
+    mode: Arc<watch::Sender<Mode>>,
     /// The accept loop.
     task: JoinHandle<()>,
 }
@@ -29,9 +39,9 @@ impl TcpProxy {
             .await
             .expect("proxy listens");
         let addr = listener.local_addr().expect("proxy address");
-        let cut = Arc::new(watch::Sender::new(false));
-        let task = tokio::spawn(accept_loop(listener, upstream, cut.clone()));
-        TcpProxy { addr, cut, task }
+        let mode = Arc::new(watch::Sender::new(Mode::Forward));
+        let task = tokio::spawn(accept_loop(listener, upstream, mode.clone()));
+        TcpProxy { addr, mode, task }
     }
 
     /// Forwards to the host and port of an `http://HOST:PORT` URL.
@@ -48,44 +58,65 @@ impl TcpProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Drops every open connection and refuses new ones.
+    /// Drops every open connection and closes new ones at once.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.mode.send_replace(Mode::Cut);
     }
 
-    /// Forwards again.
+    /// Stops forwarding but keeps connections open, and accepts new ones that go
+    /// nowhere: requests hang until the client gives up.
+    pub fn blackhole(&self) {
+        self.mode.send_replace(Mode::Blackhole);
+    }
+
+    /// Forwards again; connections held by a blackhole are closed, so clients reconnect.
     pub fn restore(&self) {
-        self.cut.send_replace(false);
-    }
-
-    /// Whether it is cut.
-    pub fn is_cut(&self) -> bool {
-        *self.cut.borrow()
+        self.mode.send_replace(Mode::Forward);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.cut.send_replace(true);
+        self.mode.send_replace(Mode::Cut);
         self.task.abort();
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cut: Arc<watch::Sender<bool>>) {
-    while let Ok((client, _)) = listener.accept().await {
-        if *cut.borrow() {
-            drop(client);
-            continue;
-        }
-        let mut cut_rx = cut.subscribe();
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, mode: Arc<watch::Sender<Mode>>) {
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            // Out of descriptors, or a connection reset before it was accepted: go on.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut rx = mode.subscribe();
         tokio::spawn(async move {
+            let current = *rx.borrow_and_update();
+            match current {
+                Mode::Cut => return,
+                Mode::Blackhole => {
+                    // Hold it, silent, until the mode changes; then close it.
+                    let _held = client;
+                    rx.changed().await.ok();
+                    return;
+                }
+                Mode::Forward => {}
+            }
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
+            client.set_nodelay(true).ok();
+            server.set_nodelay(true).ok();
             let (mut client, mut server) = (client, server);
-            tokio::select! {
-                _ = copy_bidirectional(&mut client, &mut server) => {}
-                _ = cut_rx.wait_for(|cut| *cut) => {}
+            let stopped = tokio::select! {
+                _ = copy_bidirectional(&mut client, &mut server) => None,
+                m = rx.wait_for(|m| *m != Mode::Forward) => m.ok().map(|m| *m),
+            };
+            if stopped == Some(Mode::Blackhole) {
+                rx.wait_for(|m| *m != Mode::Blackhole).await.ok();
             }
         });
     }
@@ -130,13 +161,31 @@ mod tests {
         assert!(round_trip(&mut open).await);
 
         proxy.cut();
-        assert!(proxy.is_cut());
         assert!(!round_trip(&mut open).await, "open connections are dropped");
         let mut refused = TcpStream::connect(addr).await.unwrap();
         assert!(!round_trip(&mut refused).await, "new ones are closed");
 
         proxy.restore();
         let mut again = TcpStream::connect(addr).await.unwrap();
+        assert!(round_trip(&mut again).await);
+    }
+
+    #[tokio::test]
+    async fn a_blackhole_holds_connections_silent_until_restored() {
+        let proxy = TcpProxy::start(echo_server().await).await;
+        let mut open = TcpStream::connect(proxy.addr).await.unwrap();
+        assert!(round_trip(&mut open).await);
+
+        proxy.blackhole();
+        let mut held = TcpStream::connect(proxy.addr).await.unwrap();
+        for stream in [&mut open, &mut held] {
+            let silent = tokio::time::timeout(Duration::from_millis(300), round_trip(stream)).await;
+            assert!(silent.is_err(), "no answer, and no close either");
+        }
+
+        proxy.restore();
+        assert!(!round_trip(&mut open).await, "held connections close");
+        let mut again = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(round_trip(&mut again).await);
     }
 }

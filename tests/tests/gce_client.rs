@@ -438,6 +438,93 @@ async fn stuck_operation_hits_the_wait_bound_then_the_deadline() {
 }
 
 #[tokio::test]
+async fn hung_operations_and_what_the_control_api_reports() {
+    let s = setup().await;
+    create(s.compute.as_ref(), "web-1").await;
+    create(s.compute.as_ref(), "web-2").await;
+
+    // Operations started while they hang stay RUNNING past any wait, yet the instance
+    // is created; once the fault ends, new operations finish again.
+    s.control
+        .set_faults(&Faults {
+            hang_operations: true,
+            ..Faults::default()
+        })
+        .await
+        .expect("faults");
+    let hung = s
+        .compute
+        .insert(PROJECT, ZONE, &instance("web-3"), &request_id_for("web-3"))
+        .await
+        .expect("insert");
+    let error = wait_until_done(
+        s.compute.as_ref(),
+        PROJECT,
+        hung,
+        Duration::from_millis(2500),
+    )
+    .await
+    .expect_err("never done");
+    assert!(
+        matches!(&error, GceError::OperationTimeout { last_status, .. } if last_status == "RUNNING"),
+        "{error:?}"
+    );
+    s.control
+        .set_faults(&Faults::default())
+        .await
+        .expect("faults");
+    eventually("web-3 runs", BOUND, || async {
+        let i = s.compute.get(PROJECT, ZONE, "web-3").await.ok()??;
+        (i.status == Some(InstanceStatus::Running)).then_some(())
+    })
+    .await;
+
+    // A delete refused by an injected error (tried ATTEMPTS times) still counts as
+    // changes to web-1; the
+    // preemption and the delete of web-2 bring the pool's live count down, not its peak.
+    inject(&s.control, 503, None).await;
+    assert!(s.compute.delete(PROJECT, ZONE, "web-1").await.is_err());
+    s.control
+        .set_faults(&Faults::default())
+        .await
+        .expect("faults");
+    s.control.preempt_names(&["web-3"]).await.expect("preempt");
+    s.compute
+        .delete(PROJECT, ZONE, "web-2")
+        .await
+        .expect("delete");
+    let report = s.control.instances().await.expect("instances");
+    let web1 = report
+        .instances
+        .iter()
+        .find(|i| i.name == "web-1")
+        .expect("web-1 is still there");
+    assert_eq!(web1.status, "RUNNING");
+    assert_eq!(
+        web1.changes.get("compute.instances.delete"),
+        Some(&u64::from(ATTEMPTS)),
+        "{web1:?}"
+    );
+    let web3 = report
+        .instances
+        .iter()
+        .find(|i| i.name == "web-3")
+        .expect("web-3");
+    assert!(web3.changes.is_empty(), "a preemption is no call: {web3:?}");
+    assert_eq!(report.pools.len(), 1, "{:?}", report.pools);
+    let pool = &report.pools[0];
+    assert_eq!(
+        (
+            pool.project.as_str(),
+            pool.pool.as_str(),
+            pool.live,
+            pool.peak
+        ),
+        (PROJECT, "web", 1, 3)
+    );
+}
+
+#[tokio::test]
 async fn pagination_pages_and_list_all() {
     let s = setup().await;
     let names: Vec<String> = (1..=5).map(|i| format!("web-{i}")).collect();

@@ -1,8 +1,8 @@
 //! etcd with TLS client certificates and with user/password auth, end to end: the etcd
 //! layer and a real pm-scheduler process reach it through their flags, the wrong
 //! credentials are refused, and the password never shows in logs. With auth on, each
-//! component works under the least-privilege role INSTALL.md section 6 documents, and
-//! nothing more is granted than it needs.
+//! component works under the least-privilege role INSTALL.md section 6 documents, and is
+//! refused a sample of what that role leaves out (see `least_privilege_roles_per_component`).
 
 use std::collections::BTreeSet;
 use std::process::{Output, Stdio};
@@ -333,9 +333,13 @@ where
 }
 
 /// The per-component roles of INSTALL.md section 6 are enough for a real scheduler, agent
-/// and operator's pmctl to converge a pool (events and readiness included), and no more:
-/// the viewer cannot write, the agent cannot touch the scheduler's election or another
-/// zone's keys, nor read them; the scheduler cannot write agent keys.
+/// and operator's pmctl to converge a pool (events and readiness included), and refuse
+/// what they leave out: the viewer cannot write; the agent of zone-a cannot write the
+/// scheduler's election nor zone-b's agent membership and election keys, nor read the
+/// scheduler's keys or zone-b's agent members; the scheduler cannot write an agent's
+/// membership key, nor the operator that or the scheduler's election. The agent's role
+/// has readwrite on all of `pools/` (etcd grants key ranges, and a pool's keys start with
+/// its name), so it is not checked to be kept out of other zones' keys there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_roles_per_component() {
     // Auth on, with root and one user per component, each with its own role.
@@ -539,8 +543,9 @@ async fn least_privilege_roles_per_component() {
         .unwrap()
         .is_none());
 
-    // The agent cannot write the scheduler's election nor another zone's keys, nor read
-    // anything but its own zone's agent keys and the pools.
+    // The agent cannot write the scheduler's election nor zone-b's agent membership and
+    // election keys, nor read the scheduler's keys or zone-b's agent members. (Its
+    // readwrite on all of pools/ also covers other zones' keys there.)
     let agent_store = store_as(&etcd, &keys, "pm-agent-zone-a").await;
     let scheduler_election = format!("{}/intruder", keys.scheduler_election());
     let zone_b_member = keys.agent_member("zone-b", "intruder").unwrap();
@@ -558,7 +563,7 @@ async fn least_privilege_roles_per_component() {
             .await,
     );
     assert_denied(
-        "agent of zone-a reads zone-b's agent keys",
+        "agent of zone-a reads zone-b's agent members",
         agent_store
             .list_keys(&keys.agent_members_prefix("zone-b").unwrap())
             .await,
@@ -568,8 +573,8 @@ async fn least_privilege_roles_per_component() {
         .await
         .unwrap()
         .is_some());
-    // The scheduler cannot write agent keys; the operator neither those nor the
-    // scheduler's.
+    // The scheduler cannot write an agent's membership key; the operator neither that
+    // nor the scheduler's election.
     let scheduler_store = store_as(&etcd, &keys, "pm-scheduler").await;
     let zone_a_member = keys.agent_member("zone-a", "intruder").unwrap();
     assert_denied(

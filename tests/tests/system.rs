@@ -406,6 +406,71 @@ async fn wait_syncs(c: &Cluster, more: u64) {
     .await;
 }
 
+/// GCE operations that never finish: the instances come up anyway and pm follows them
+/// in its lists; once operations finish again, a preempted VM is replaced at once, not
+/// after a back-off grown on the slow operations (it would be a minute by then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_that_never_finish_do_not_stall_creates() {
+    let c = Cluster::builder()
+        .zones(1)
+        .operation_timeout(Duration::from_secs(1))
+        .start()
+        .await;
+    c.set_pool("web", c.pool_config("web-", 8)).await;
+    wait_running(&c, "web", 8).await;
+    c.sim()
+        .set_faults(&pm_gce::sim::Faults {
+            hang_operations: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<String> = c.gce_instances("web").await["zone-a"]
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    c.sim().preempt_names(&names).await.unwrap();
+    c.wait("8 creates outlive the operation timeout", BOUND, || async {
+        let slow = events(&c, "web")
+            .await
+            .iter()
+            .filter(|e| e.kind == "create-slow")
+            .count();
+        (slow >= 8).then_some(())
+    })
+    .await;
+    wait_running(&c, "web", 8).await;
+    c.wait("etcd drops the deleted VMs", BOUND, || async {
+        let gce: BTreeSet<String> = c.gce_instances("web").await["zone-a"]
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
+        let etcd: BTreeSet<String> = c.observed("web").await["zone-a"].iter().cloned().collect();
+        (gce == etcd).then_some(())
+    })
+    .await;
+
+    c.sim()
+        .set_faults(&pm_gce::sim::Faults::default())
+        .await
+        .unwrap();
+    let victim = c.gce_instances("web").await["zone-a"][0].name.clone();
+    c.sim().preempt_names(&[victim.as_str()]).await.unwrap();
+    c.wait(
+        "the preempted VM is replaced without a back-off",
+        Duration::from_secs(15),
+        || async {
+            let list = &c.gce_instances("web").await["zone-a"];
+            let running = list
+                .iter()
+                .filter(|i| i.status.map(|s| s.as_str()) == Some("RUNNING"));
+            (running.filter(|i| i.name != victim).count() == 8).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_and_permanent_errors_do_not_spin() {
     let c = Cluster::builder().zones(1).start().await;

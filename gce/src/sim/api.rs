@@ -86,6 +86,8 @@ pub(super) async fn faults_and_stats(
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
+    let path = request.uri().path().to_string();
+    let changed = changed_instance(method, &path);
     let (latency, injected) = {
         let mut world = sim.world();
         let faults = world.faults().clone();
@@ -108,9 +110,32 @@ pub(super) async fn faults_and_stats(
         ),
         None => next.run(request).await,
     };
-    sim.world()
-        .count_request(method, response.status().as_str());
+    let mut world = sim.world();
+    world.count_request(method, response.status().as_str());
+    if let Some((project, zone, name)) = changed {
+        world.count_change(project, zone, name, method);
+    }
+    drop(world);
     response
+}
+
+/// (project, zone, instance) of a call that changes an existing instance, from its path
+/// `/compute/v1/projects/P/zones/Z/instances/NAME[/VERB]`.
+fn changed_instance<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+    if !matches!(
+        method,
+        "compute.instances.delete"
+            | "compute.instances.start"
+            | "compute.instances.stop"
+            | "compute.instances.setLabels"
+    ) {
+        return None;
+    }
+    let mut parts = path.strip_prefix("/compute/v1/projects/")?.split('/');
+    let project = parts.next()?;
+    let zone = parts.nth(1)?;
+    let name = parts.nth(1)?;
+    Some((project, zone, name))
 }
 
 /// An [`ApiError`] in GCE's error envelope.

@@ -186,6 +186,25 @@ pub struct InstanceReport {
     pub status: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Calls naming it that change an instance (`compute.instances.delete`, `.start`,
+    /// `.stop`, `.setLabels`) by method, whatever their outcome, injected errors
+    /// included; an instance deleted and created again under its name keeps the count.
+    #[serde(default)]
+    pub changes: BTreeMap<String, u64>,
+}
+
+/// Live instances of one pool (a value of the `pm-pool` label) in one project.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolReport {
+    /// The project.
+    pub project: String,
+    /// The `pm-pool` label's value.
+    pub pool: String,
+    /// Instances that are PROVISIONING, STAGING or RUNNING now.
+    pub live: u64,
+    /// The most that ever were at once, since start or the last reset.
+    pub peak: u64,
 }
 
 /// Body of `GET /sim/v1/instances`: every instance of every project and zone, read
@@ -194,6 +213,10 @@ pub struct InstanceReport {
 pub struct InstancesReport {
     /// The instances, by zone, project and name.
     pub instances: Vec<InstanceReport>,
+    /// Live instances now and at most, per pool, so a test sees a peak however briefly
+    /// it lasted.
+    #[serde(default)]
+    pub pools: Vec<PoolReport>,
 }
 
 /// Body of `GET /sim/v1/stats`.
@@ -276,8 +299,10 @@ pub(super) async fn state(State(sim): State<Arc<Shared>>) -> Response {
 }
 
 pub(super) async fn instances(State(sim): State<Arc<Shared>>) -> Response {
-    let instances = sim.world().instance_reports();
-    reply(Ok(InstancesReport { instances }))
+    let mut world = sim.world();
+    let instances = world.instance_reports();
+    let pools = world.pool_reports();
+    reply(Ok(InstancesReport { instances, pools }))
 }
 
 pub(super) async fn set_capacity(
@@ -439,9 +464,8 @@ impl SimControl {
     }
 
     /// `GET /sim/v1/instances`.
-    pub async fn instances(&self) -> Result<Vec<InstanceReport>, SimControlError> {
-        let report: InstancesReport = self.call("instances", None).await?;
-        Ok(report.instances)
+    pub async fn instances(&self) -> Result<InstancesReport, SimControlError> {
+        self.call("instances", None).await
     }
 
     /// `GET /sim/v1/stats`.

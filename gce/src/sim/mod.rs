@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use control::{
-    CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PreemptRequest,
+    CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PoolReport, PreemptRequest,
     PreemptResponse, SimControl, SimControlError, SimState, SimStats, ZoneReport,
 };
 pub use world::URL_ROOT;

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::clock::{operation_name, resource_id, rfc3339, system_event_name};
-use super::control::{Counters, Faults, InstanceReport, ZoneReport};
+use super::control::{Counters, Faults, InstanceReport, PoolReport, ZoneReport};
 use super::SimConfig;
 use crate::compute::{is_valid_request_id, MAX_PAGE_SIZE};
 use crate::filter::Filter;
@@ -157,10 +157,6 @@ struct Failure {
     http_message: &'static str,
 }
 
-/// The delay of an operation that hangs: far beyond any run, yet small enough that
-/// adding it to a clock reading cannot overflow.
-const HUNG_OPERATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 struct SimOperation {
     id: u64,
     operation_type: &'static str,
@@ -171,13 +167,15 @@ struct SimOperation {
     inserted: SystemTime,
     inserted_at: Instant,
     delay: Duration,
+    /// Started while operations hang: RUNNING after half its delay, never DONE.
+    hung: bool,
     failure: Option<Failure>,
 }
 
 impl SimOperation {
     fn status(&self, now: Instant) -> OperationStatus {
         let elapsed = now.saturating_duration_since(self.inserted_at);
-        if elapsed >= self.delay {
+        if !self.hung && elapsed >= self.delay {
             OperationStatus::Done
         } else if elapsed >= self.delay / 2 {
             OperationStatus::Running
@@ -186,8 +184,9 @@ impl SimOperation {
         }
     }
 
-    fn done_at(&self) -> Instant {
-        self.inserted_at + self.delay
+    /// When it is DONE; never for a hung one.
+    fn done_at(&self) -> Option<Instant> {
+        (!self.hung).then(|| self.inserted_at + self.delay)
     }
 }
 
@@ -242,6 +241,39 @@ pub struct World {
     faults: Faults,
     /// method → outcome → count.
     stats: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Live instances now and at most, per project and value of the `pm-pool` label.
+    pools: BTreeMap<(String, String), PoolReport>,
+    /// Calls that change an existing instance (delete, start, stop, setLabels), whatever
+    /// their outcome, per (project, zone, instance) and method.
+    changes: HashMap<(String, String, String), BTreeMap<String, u64>>,
+}
+
+/// The label whose values [`World`] counts live instances by: pm's pool label.
+const POOL_LABEL: &str = "pm-pool";
+
+/// The `pm-pool` label among sorted `labels`.
+fn pool_of(labels: &[(String, String)]) -> Option<String> {
+    labels
+        .iter()
+        .find(|(k, _)| k == POOL_LABEL)
+        .map(|(_, v)| v.clone())
+}
+
+/// Counts an instance of `pool` in `project` becoming live (`up`) or not live any more.
+fn count_live(
+    pools: &mut BTreeMap<(String, String), PoolReport>,
+    project: &str,
+    pool: Option<String>,
+    up: bool,
+) {
+    let Some(pool) = pool else { return };
+    let entry = pools.entry((project.to_string(), pool)).or_default();
+    if up {
+        entry.live += 1;
+        entry.peak = entry.peak.max(entry.live);
+    } else {
+        entry.live = entry.live.saturating_sub(1);
+    }
 }
 
 /// Validated instance fields of an insert.
@@ -480,6 +512,8 @@ impl World {
             counters: Counters::default(),
             faults: Faults::default(),
             stats: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            changes: HashMap::new(),
         }
     }
 
@@ -581,11 +615,39 @@ impl World {
                         id: instance.id.to_string(),
                         status: instance.status(now, boot).as_str().to_string(),
                         labels: instance.labels.iter().cloned().collect(),
+                        changes: self
+                            .changes
+                            .get(&(project.clone(), zone_name.clone(), name.clone()))
+                            .cloned()
+                            .unwrap_or_default(),
                     });
                 }
             }
         }
         out
+    }
+
+    /// Live instances now and at most per project and `pm-pool` label, since start or
+    /// the last reset.
+    pub fn pool_reports(&self) -> Vec<PoolReport> {
+        self.pools
+            .iter()
+            .map(|((project, pool), report)| PoolReport {
+                project: project.clone(),
+                pool: pool.clone(),
+                ..report.clone()
+            })
+            .collect()
+    }
+
+    /// Counts a call of `method` that changes instance `name`, whatever its outcome.
+    pub fn count_change(&mut self, project: &str, zone: &str, name: &str, method: &str) {
+        *self
+            .changes
+            .entry((project.to_string(), zone.to_string(), name.to_string()))
+            .or_default()
+            .entry(method.to_string())
+            .or_default() += 1;
     }
 
     fn zone_mut(&mut self, project: &str, zone: &str) -> Result<&mut Zone, ApiError> {
@@ -615,7 +677,11 @@ impl World {
             status_message: None,
             inserted: wall,
             inserted_at: Instant::now(),
-            delay: self.operation_delay(),
+            delay: self
+                .faults
+                .op_delay_ms
+                .map_or(self.config.op_delay, Duration::from_millis),
+            hung: self.faults.hang_operations,
             failure,
         };
         (name, op)
@@ -637,18 +703,6 @@ impl World {
             .operations
             .insert(name, op);
         Ok(view)
-    }
-
-    /// How long an operation started now takes: the configured delay, unless the
-    /// faults slow operations down or hang them.
-    fn operation_delay(&self) -> Duration {
-        if self.faults.hang_operations {
-            HUNG_OPERATION
-        } else {
-            self.faults
-                .op_delay_ms
-                .map_or(self.config.op_delay, Duration::from_millis)
-        }
     }
 
     /// The operation a repeated `requestId` refers to, if any.
@@ -755,6 +809,7 @@ impl World {
             phase_since: Instant::now(),
             delete_on_preempt: spec.delete_on_preempt,
         };
+        let pool = pool_of(&instance.labels);
         let z = self.zone_mut(project, zone)?;
         z.live += 1;
         z.projects
@@ -762,6 +817,7 @@ impl World {
             .or_default()
             .instances
             .insert(spec.name.clone(), instance);
+        count_live(&mut self.pools, project, pool, true);
         self.counters.inserted += 1;
         Ok(())
     }
@@ -1097,6 +1153,7 @@ impl World {
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
         let was_live = instance.is_live();
+        let pool = pool_of(&instance.labels);
         if instance.phase != Phase::Deleting {
             instance.phase = Phase::Deleting;
             instance.phase_since = Instant::now();
@@ -1106,6 +1163,9 @@ impl World {
             }
             z.removals
                 .insert((remove_at, project.to_string(), name.to_string()));
+            if was_live {
+                count_live(&mut self.pools, project, pool, false);
+            }
             self.counters.deleted += 1;
         }
         let (op_name, op) = self.new_operation("delete", name, id, None);
@@ -1129,6 +1189,7 @@ impl World {
         let now = Instant::now();
         let (instance, live, capacity) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
+        let pool = pool_of(&instance.labels);
         let failure = match (instance.phase, instance.status(now, boot)) {
             (Phase::Booting, _) => None,
             (Phase::Stopping, InstanceStatus::Terminated) if live < capacity => {
@@ -1136,6 +1197,7 @@ impl World {
                 instance.phase_since = now;
                 instance.last_start = SystemTime::now();
                 self.zone_mut(project, zone)?.live += 1;
+                count_live(&mut self.pools, project, pool, true);
                 self.counters.started += 1;
                 None
             }
@@ -1166,6 +1228,7 @@ impl World {
         }
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
+        let pool = pool_of(&instance.labels);
         match instance.phase {
             Phase::Booting => {
                 instance.phase = Phase::Stopping;
@@ -1173,6 +1236,7 @@ impl World {
                 instance.last_stop = Some(SystemTime::now());
                 let z = self.zone_mut(project, zone)?;
                 z.live = z.live.saturating_sub(1);
+                count_live(&mut self.pools, project, pool, false);
                 self.counters.stopped += 1;
             }
             Phase::Stopping => {}
@@ -1255,7 +1319,10 @@ impl World {
         z.projects
             .get(project)
             .and_then(|pz| pz.operations.get(name))
-            .map(|op| op.done_at().saturating_duration_since(now))
+            .map(|op| {
+                op.done_at()
+                    .map_or(Duration::MAX, |done| done.saturating_duration_since(now))
+            })
             .ok_or_else(|| {
                 ApiError::not_found(&format!(
                     "projects/{project}/zones/{zone}/operations/{name}"
@@ -1418,6 +1485,7 @@ impl World {
         };
         let id = instance.id;
         z.live = z.live.saturating_sub(1);
+        count_live(&mut self.pools, project, pool_of(&instance.labels), false);
         self.counters.preempted += 1;
         let op_name = system_event_name(&mut self.rng, wall);
         let op = SimOperation {
@@ -1430,6 +1498,7 @@ impl World {
             inserted: wall,
             inserted_at: now,
             delay: Duration::ZERO,
+            hung: false,
             failure: None,
         };
         z.projects
@@ -1825,22 +1894,22 @@ mod tests {
             ..Faults::default()
         });
         let hung = w.insert("p", "z1", &body("hung"), None).expect("insert");
-        assert!(
+        assert_eq!(
             w.operation_remaining("p", "z1", &hung.name)
-                .expect("operation")
-                > HUNG_OPERATION / 2
+                .expect("operation"),
+            Duration::MAX
         );
-        assert_ne!(
+        assert_eq!(
             w.get_operation("p", "z1", &hung.name).expect("get").status,
-            OperationStatus::Done
+            OperationStatus::Running
         );
         assert_eq!(status_of(&mut w, "hung"), "RUNNING");
         w.set_faults(Faults::default());
         let quick = w.insert("p", "z1", &body("quick"), None).expect("insert");
         assert_eq!(quick.status, OperationStatus::Done);
-        assert_ne!(
+        assert_eq!(
             w.get_operation("p", "z1", &hung.name).expect("get").status,
-            OperationStatus::Done
+            OperationStatus::Running
         );
     }
 
