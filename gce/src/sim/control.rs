@@ -1,5 +1,6 @@
-//! gce-sim's control API (`/sim/v1/...`, fixed by DESIGN.md): its message types, its
-//! handlers, and [`SimControl`], a client for tests and tools.
+//! gce-sim's control API (`/sim/v1/...`): the endpoints DESIGN.md fixes, plus
+//! `GET /sim/v1/instances` for tests that watch every instance past fault injection.
+//! Its message types, its handlers, and [`SimControl`], a client for tests and tools.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
