@@ -450,9 +450,14 @@ impl Term<'_> {
             states.push(ZoneState {
                 zone: zone.clone(),
                 allowed: is_allowed,
-                // An exhausted zone keeps what GCE has, not the inserts about to fail.
+                // An exhausted zone keeps what GCE has, not the inserts about to fail. A
+                // usable zone keeps what its agent was told to reach: the agent may be
+                // creating those instances already, so handing them to another zone
+                // before it records them would have two agents create them.
                 live: if zv.exhausted.is_some() {
                     zv.live_confirmed()
+                } else if usable {
+                    zv.live.max(zv.committed())
                 } else {
                     zv.live
                 },
