@@ -24,7 +24,7 @@ use pm_etcd::{now_unix_ms, Election, EventLog, Session, Store};
 use pm_gce::compute::Compute;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
 use pm_proto::AgentInfo;
-use pm_telemetry::{EtcdErrorLabels, Readiness, ETCD_CONDITION};
+use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -95,24 +95,20 @@ pub async fn run_with(
     let mut registry = Registry::default();
     let metrics = AgentMetrics::new(&mut registry, &config.zone);
     let readiness = Readiness::new();
-    readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
     readiness.unmet(AGENT_CONDITION, "not registered yet");
-    if let Some(addr) = config.daemon.metrics {
-        pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
-            .await
-            .map_err(|source| AgentError::Metrics { addr, source })?;
-    }
-    let Some(store) = config.daemon.etcd.store_when_reachable(&shutdown).await else {
+    let Some(store) = pm_telemetry::serve_then_connect(
+        config.daemon.metrics,
+        registry,
+        &readiness,
+        metrics.etcd_errors.clone(),
+        &config.daemon.etcd,
+        &shutdown,
+    )
+    .await
+    .map_err(|(addr, source)| AgentError::Metrics { addr, source })?
+    else {
         return Ok(());
     };
-    if config.daemon.metrics.is_some() {
-        tokio::spawn(pm_telemetry::probe_etcd(
-            store.clone(),
-            readiness.clone(),
-            metrics.etcd_errors.clone(),
-            shutdown.clone(),
-        ));
-    }
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pm_etcd::{Election, EventLog, Session, Store};
-use pm_telemetry::{EtcdErrorLabels, Readiness, ETCD_CONDITION};
+use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -64,23 +64,19 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = SchedulerMetrics::new(&mut registry);
     let readiness = Readiness::new();
-    readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
-    if let Some(addr) = config.daemon.metrics {
-        pm_telemetry::serve(addr, registry, readiness.clone(), shutdown.clone())
-            .await
-            .map_err(|source| SchedulerError::Metrics { addr, source })?;
-    }
-    let Some(store) = config.daemon.etcd.store_when_reachable(&shutdown).await else {
+    let Some(store) = pm_telemetry::serve_then_connect(
+        config.daemon.metrics,
+        registry,
+        &readiness,
+        metrics.etcd_errors.clone(),
+        &config.daemon.etcd,
+        &shutdown,
+    )
+    .await
+    .map_err(|(addr, source)| SchedulerError::Metrics { addr, source })?
+    else {
         return Ok(());
     };
-    if config.daemon.metrics.is_some() {
-        tokio::spawn(pm_telemetry::probe_etcd(
-            store.clone(),
-            readiness,
-            metrics.etcd_errors.clone(),
-            shutdown.clone(),
-        ));
-    }
     let events = Arc::new(EventLog::new(
         store.clone(),
         id.clone(),

@@ -6,6 +6,7 @@
 //! - [`Readiness`]: the conditions a daemon must meet to be ready, set as they change.
 //! - [`probe_etcd`]: a background request to etcd that keeps the `etcd` condition true.
 //! - [`serve`]: the HTTP server of `--metrics ADDR`: `/metrics`, `/healthz`, `/readyz`.
+//! - [`serve_then_connect`]: a daemon's start, with both of the above.
 
 mod metric;
 mod probe;
@@ -13,6 +14,6 @@ mod readiness;
 mod server;
 
 pub use metric::{exposed_families, EtcdErrorLabels, GaugeSet, MetricDef, MetricKind, ETCD_ERRORS};
-pub use probe::{probe_etcd, ETCD_CONDITION, PROBE_INTERVAL};
+pub use probe::{probe_etcd, serve_then_connect, ETCD_CONDITION, PROBE_INTERVAL};
 pub use readiness::Readiness;
 pub use server::serve;

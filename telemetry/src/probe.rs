@@ -1,11 +1,15 @@
 //! The readiness probe of etcd: a cheap read, repeated, that sets the `etcd` condition.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use pm_etcd::cli::EtcdArgs;
 use pm_etcd::etcd_client::GetOptions;
 use pm_etcd::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::metric::EtcdErrorLabels;
@@ -52,4 +56,36 @@ pub async fn probe_etcd(
             }
         }
     }
+}
+
+/// How a daemon starts: it serves `/metrics`, `/healthz` and `/readyz` at `metrics` when
+/// given, waits until etcd answers, and from then on keeps the `etcd` readiness condition
+/// following etcd. `Ok(None)`: `shutdown` fired before etcd answered. `Err`: the
+/// `metrics` address could not be bound.
+pub async fn serve_then_connect(
+    metrics: Option<SocketAddr>,
+    registry: Registry,
+    readiness: &Readiness,
+    etcd_errors: Family<EtcdErrorLabels, Counter>,
+    etcd: &EtcdArgs,
+    shutdown: &CancellationToken,
+) -> Result<Option<Store>, (SocketAddr, io::Error)> {
+    readiness.unmet(ETCD_CONDITION, "not connected to etcd yet");
+    if let Some(addr) = metrics {
+        crate::serve(addr, registry, readiness.clone(), shutdown.clone())
+            .await
+            .map_err(|source| (addr, source))?;
+    }
+    let Some(store) = etcd.store_when_reachable(shutdown).await else {
+        return Ok(None);
+    };
+    if metrics.is_some() {
+        tokio::spawn(probe_etcd(
+            store.clone(),
+            readiness.clone(),
+            etcd_errors,
+            shutdown.clone(),
+        ));
+    }
+    Ok(Some(store))
 }

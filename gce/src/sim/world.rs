@@ -650,6 +650,25 @@ impl World {
             .or_default() += 1;
     }
 
+    /// An instance of `pool` in `zone` became live (`up`) or stopped being live: counts
+    /// it against the zone's capacity and in the pool's live count and peak.
+    fn live_changed(
+        &mut self,
+        project: &str,
+        zone: &str,
+        pool: Option<String>,
+        up: bool,
+    ) -> Result<(), ApiError> {
+        let z = self.zone_mut(project, zone)?;
+        z.live = if up {
+            z.live + 1
+        } else {
+            z.live.saturating_sub(1)
+        };
+        count_live(&mut self.pools, project, pool, up);
+        Ok(())
+    }
+
     fn zone_mut(&mut self, project: &str, zone: &str) -> Result<&mut Zone, ApiError> {
         let found = self
             .zones
@@ -687,13 +706,14 @@ impl World {
         (name, op)
     }
 
-    /// Stores an operation and returns its view.
+    /// Stores an operation made by [`World::new_operation`], remembers it under the
+    /// call's `requestId`, and returns its view.
     fn store_operation(
         &mut self,
         project: &str,
         zone: &str,
-        name: String,
-        op: SimOperation,
+        request_id: Option<&str>,
+        (name, op): (String, SimOperation),
     ) -> Result<Operation, ApiError> {
         let view = operation_view(project, zone, &name, &op, Instant::now());
         self.zone_mut(project, zone)?
@@ -701,7 +721,17 @@ impl World {
             .entry(project.to_string())
             .or_default()
             .operations
-            .insert(name, op);
+            .insert(name.clone(), op);
+        if let Some(request_id) = request_id {
+            self.request_ids.insert(
+                (
+                    project.to_string(),
+                    zone.to_string(),
+                    request_id.to_string(),
+                ),
+                name,
+            );
+        }
         Ok(view)
     }
 
@@ -733,19 +763,6 @@ impl World {
                 self.get_operation(project, zone, &op_name).map(Some)
             }
             None => Ok(None),
-        }
-    }
-
-    fn remember(&mut self, project: &str, zone: &str, request_id: Option<&str>, op: &Operation) {
-        if let Some(request_id) = request_id {
-            self.request_ids.insert(
-                (
-                    project.to_string(),
-                    zone.to_string(),
-                    request_id.to_string(),
-                ),
-                op.name.clone(),
-            );
         }
     }
 
@@ -783,10 +800,8 @@ impl World {
             self.create(project, zone, id, &spec)?;
             None
         };
-        let (name, op) = self.new_operation("insert", &spec.name, id, failure);
-        let view = self.store_operation(project, zone, name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("insert", &spec.name, id, failure);
+        self.store_operation(project, zone, request_id, op)
     }
 
     fn create(
@@ -810,14 +825,13 @@ impl World {
             delete_on_preempt: spec.delete_on_preempt,
         };
         let pool = pool_of(&instance.labels);
-        let z = self.zone_mut(project, zone)?;
-        z.live += 1;
-        z.projects
+        self.zone_mut(project, zone)?
+            .projects
             .entry(project.to_string())
             .or_default()
             .instances
             .insert(spec.name.clone(), instance);
-        count_live(&mut self.pools, project, pool, true);
+        self.live_changed(project, zone, pool, true)?;
         self.counters.inserted += 1;
         Ok(())
     }
@@ -890,10 +904,8 @@ impl World {
             }
             None
         };
-        let (name, op) = self.new_operation("bulkInsert", &first, 0, failure);
-        let view = self.store_operation(project, zone, name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("bulkInsert", &first, 0, failure);
+        self.store_operation(project, zone, request_id, op)
     }
 
     /// The names a bulk insert creates: the explicit ones, then from the pattern.
@@ -1157,21 +1169,18 @@ impl World {
         if instance.phase != Phase::Deleting {
             instance.phase = Phase::Deleting;
             instance.phase_since = Instant::now();
-            let z = self.zone_mut(project, zone)?;
+            self.zone_mut(project, zone)?.removals.insert((
+                remove_at,
+                project.to_string(),
+                name.to_string(),
+            ));
             if was_live {
-                z.live = z.live.saturating_sub(1);
-            }
-            z.removals
-                .insert((remove_at, project.to_string(), name.to_string()));
-            if was_live {
-                count_live(&mut self.pools, project, pool, false);
+                self.live_changed(project, zone, pool, false)?;
             }
             self.counters.deleted += 1;
         }
-        let (op_name, op) = self.new_operation("delete", name, id, None);
-        let view = self.store_operation(project, zone, op_name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("delete", name, id, None);
+        self.store_operation(project, zone, request_id, op)
     }
 
     /// `instances.start`: a TERMINATED instance boots again if the zone has room.
@@ -1196,8 +1205,7 @@ impl World {
                 instance.phase = Phase::Booting;
                 instance.phase_since = now;
                 instance.last_start = SystemTime::now();
-                self.zone_mut(project, zone)?.live += 1;
-                count_live(&mut self.pools, project, pool, true);
+                self.live_changed(project, zone, pool, true)?;
                 self.counters.started += 1;
                 None
             }
@@ -1209,10 +1217,8 @@ impl World {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         };
-        let (op_name, op) = self.new_operation("start", name, id, failure);
-        let view = self.store_operation(project, zone, op_name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("start", name, id, failure);
+        self.store_operation(project, zone, request_id, op)
     }
 
     /// `instances.stop`.
@@ -1234,9 +1240,7 @@ impl World {
                 instance.phase = Phase::Stopping;
                 instance.phase_since = Instant::now();
                 instance.last_stop = Some(SystemTime::now());
-                let z = self.zone_mut(project, zone)?;
-                z.live = z.live.saturating_sub(1);
-                count_live(&mut self.pools, project, pool, false);
+                self.live_changed(project, zone, pool, false)?;
                 self.counters.stopped += 1;
             }
             Phase::Stopping => {}
@@ -1244,10 +1248,8 @@ impl World {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         }
-        let (op_name, op) = self.new_operation("stop", name, id, None);
-        let view = self.store_operation(project, zone, op_name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("stop", name, id, None);
+        self.store_operation(project, zone, request_id, op)
     }
 
     /// `instances.setLabels`: 412 `conditionNotMet` on a stale fingerprint.
@@ -1281,10 +1283,8 @@ impl World {
         instance.label_fingerprint = label_fingerprint(&labels);
         instance.labels = labels.into_iter().collect();
         let id = instance.id;
-        let (op_name, op) = self.new_operation("setLabels", name, id, None);
-        let view = self.store_operation(project, zone, op_name, op)?;
-        self.remember(project, zone, request_id, &view);
-        Ok(view)
+        let op = self.new_operation("setLabels", name, id, None);
+        self.store_operation(project, zone, request_id, op)
     }
 
     /// `zoneOperations.get`.
