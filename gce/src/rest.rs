@@ -364,6 +364,15 @@ fn encode_segment(segment: &str) -> String {
     out
 }
 
+/// A call's result with "not found" as `None`: what `get` and `delete` promise.
+fn absent_if_not_found<T>(result: Result<T, GceError>) -> Result<Option<T>, GceError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.class() == ErrorClass::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 impl Compute for RestCompute {
     fn insert<'a>(
         &'a self,
@@ -405,14 +414,10 @@ impl Compute for RestCompute {
     ) -> BoxFuture<'a, Result<Option<Instance>, GceError>> {
         Box::pin(async move {
             let url = self.zone_url(project, zone, &["instances", name]);
-            match self
-                .send(self.request(ApiCall::Get, Method::GET, url))
-                .await
-            {
-                Ok(instance) => Ok(Some(instance)),
-                Err(error) if error.class() == ErrorClass::NotFound => Ok(None),
-                Err(error) => Err(error),
-            }
+            absent_if_not_found(
+                self.send(self.request(ApiCall::Get, Method::GET, url))
+                    .await,
+            )
         })
     }
 
@@ -453,14 +458,10 @@ impl Compute for RestCompute {
     ) -> BoxFuture<'a, Result<Option<Operation>, GceError>> {
         Box::pin(async move {
             let url = self.zone_url(project, zone, &["instances", name]);
-            match self
-                .send(self.request(ApiCall::Delete, Method::DELETE, url))
-                .await
-            {
-                Ok(op) => Ok(Some(op)),
-                Err(error) if error.class() == ErrorClass::NotFound => Ok(None),
-                Err(error) => Err(error),
-            }
+            absent_if_not_found(
+                self.send(self.request(ApiCall::Delete, Method::DELETE, url))
+                    .await,
+            )
         })
     }
 
