@@ -27,8 +27,8 @@ use tracing::Instrument;
 use crate::decide::{decide, InFlight, Listed, PoolInputs};
 use crate::hooks::{HookCall, HookEvent, HookRunner};
 use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
-use crate::naming::{is_pool_member, new_instance_name, pool_filter};
 use crate::AGENT_CONDITION;
+use pm_pool::{is_pool_member, new_instance_name, pool_filter};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pm_etcd::EventLog;
+use pm_pool::is_plain_hook_name;
+pub use pm_pool::HookEvent;
 use pm_proto::Severity;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,47 +24,6 @@ const MAX_LOGGED_LINES: usize = 200;
 
 /// Longest logged line, in bytes.
 const MAX_LINE_BYTES: usize = 2048;
-
-/// Which hook fires, with DESIGN.md's `EVENT` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookEvent {
-    /// An instance was created.
-    Create,
-    /// pm deleted an instance.
-    Delete,
-    /// An instance vanished without pm deleting it.
-    Vanished,
-    /// A create failed with a stockout.
-    Exhausted,
-    /// An instance was preempted.
-    Preempted,
-}
-
-impl HookEvent {
-    /// The `EVENT` value: `create`, `delete`, `vanished`, `exhausted`, `preempted`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookEvent::Create => "create",
-            HookEvent::Delete => "delete",
-            HookEvent::Vanished => "vanished",
-            HookEvent::Exhausted => "exhausted",
-            HookEvent::Preempted => "preempted",
-        }
-    }
-
-    /// The hook name a pool configured for this event.
-    pub fn configured(self, hooks: Option<&pm_proto::Hooks>) -> Option<String> {
-        let hooks = hooks?;
-        let name = match self {
-            HookEvent::Create => &hooks.create,
-            HookEvent::Delete => &hooks.delete,
-            HookEvent::Vanished => &hooks.vanished,
-            HookEvent::Exhausted => &hooks.exhausted,
-            HookEvent::Preempted => &hooks.preempted,
-        };
-        (!name.is_empty()).then(|| name.clone())
-    }
-}
 
 /// Why a hook did not run or failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -121,15 +82,6 @@ pub struct HookRunLabels {
     pub event: &'static str,
     /// `ok` or [`HookError::result_label`].
     pub result: &'static str,
-}
-
-/// Whether `name` may name a hook: `[A-Za-z0-9._-]+`, not starting with `.`.
-pub fn is_plain_hook_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// What one hook run is about.

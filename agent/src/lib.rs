@@ -5,7 +5,6 @@
 //! - [`decide`]: the pure decision for one pool.
 //! - [`active`]: the active agent's loop: watches, reconciles, operations.
 //! - [`hooks`]: the hook runner.
-//! - [`naming`]: instance names and pool membership.
 //! - [`metrics`]: what `--metrics` exports; [`metered`] measures the GCE client.
 
 pub mod active;
@@ -14,7 +13,6 @@ pub mod decide;
 pub mod hooks;
 pub mod metered;
 pub mod metrics;
-pub mod naming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use pm_etcd::cli::{parse_duration, EtcdArgs};
 
 use crate::config_file::Format;
 use crate::output::OutputFormat;
-use crate::validation::MAX_TARGET_VM_COUNT;
+use pm_pool::fields::MAX_TARGET_VM_COUNT;
 
 /// Longest manual exhaustion: a week. Longer is a config change (`allowedZones`), not a
 /// back-off.

@@ -189,7 +189,7 @@ mod tests {
             for format in [Format::Auto, Format::Hjson, Format::Json, Format::Yaml] {
                 if let Ok(value) = parse(text, format) {
                     // Whatever parsed must validate without panicking, too.
-                    let _ = crate::validation::validate("web", &value);
+                    let _ = pm_pool::validate("web", &value);
                 }
             }
         }
@@ -205,7 +205,7 @@ mod tests {
         fn no_input_panics(text in "\\PC{0,200}") {
             for format in [Format::Auto, Format::Hjson, Format::Yaml] {
                 if let Ok(value) = parse(&text, format) {
-                    let _ = crate::validation::validate("web", &value);
+                    let _ = pm_pool::validate("web", &value);
                 }
             }
         }
@@ -214,9 +214,96 @@ mod tests {
         fn no_structured_input_panics(text in "[{}\\[\\]:,\"' a-z0-9\\n#-]{0,120}") {
             for format in [Format::Auto, Format::Hjson, Format::Yaml] {
                 if let Ok(value) = parse(&text, format) {
-                    let _ = crate::validation::validate("web", &value);
+                    let _ = pm_pool::validate("web", &value);
                 }
             }
         }
+    }
+}
+
+/// Config files as pmctl reads them, through to the stored config pm-pool builds.
+#[cfg(test)]
+mod end_to_end_tests {
+    use pm_pool::{validate, ConfigDocument};
+    use pm_proto::{Distribution, OnPreempted, PoolConfig};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// prevmtable's README example, verbatim.
+    const PREVMTABLE_EXAMPLE: &str = include_str!("../testdata/prevmtable-example.rjson");
+
+    fn minimal() -> Value {
+        json!({
+            "targetVMCount": 2,
+            "allowedZones": ["us-central1-a", "us-central1-b"],
+            "prefix": "web-",
+            "instance": {"machineType": "zones/{zone}/machineTypes/e2-small"}
+        })
+    }
+
+    #[test]
+    fn prevmtable_example_is_accepted_verbatim_and_mapped() {
+        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
+        let config = validate("web", &value).expect("valid");
+        assert_eq!(config.target_vm_count, 1);
+        assert_eq!(config.allowed_zones, vec!["us-central1-b"]);
+        assert_eq!(config.prefix, "delete-");
+        assert_eq!(config.seconds_to_rest, 30);
+        assert_eq!(config.seconds_for_exhaustion, 120);
+        assert_eq!(config.hooks, None);
+        assert_eq!(config.project, "");
+        assert_eq!(config.distribution(), Distribution::Even);
+        assert_eq!(config.on_preempted(), OnPreempted::Delete);
+        assert!(!config.deleted);
+        let instance: Value = serde_json::from_str(&config.instance_json).expect("JSON text");
+        assert_eq!(instance["name"], "{name}");
+        assert_eq!(instance["scheduling"]["preemptible"], true);
+        assert_eq!(
+            instance["metadata"]["items"][0]["value"],
+            "docker run --rm -p 8080:8080 skelterjohn/http"
+        );
+        assert_eq!(instance["disks"][0]["initializeParams"]["sourceImage"],
+            "https://www.googleapis.com/compute/v1/projects/coreos-cloud/global/images/coreos-stable-647-0-0-v20150512");
+    }
+
+    #[test]
+    fn stored_configs_round_trip_through_the_document() {
+        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
+        let config = validate("web", &value).expect("valid");
+        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
+        assert_eq!(document["allowedZones"], json!(["us-central1-b"]));
+        assert_eq!(validate("web", &document), Ok(config));
+        let mut full = minimal();
+        full["hooks"] = json!({"create": "on-create.sh", "preempted": "on_preempt"});
+        full["project"] = json!("my-project");
+        full["distribution"] = json!("balanced");
+        full["onPreempted"] = json!("restart");
+        let config = validate("web", &full).expect("valid");
+        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
+        assert_eq!(validate("web", &document), Ok(config));
+    }
+
+    #[test]
+    fn json_yaml_and_hjson_give_the_same_config() {
+        let json_text = r#"{"targetVMCount": 3, "allowedZones": ["zone-a"], "prefix": "w-",
+            "instance": {"machineType": "m", "scheduling": {"preemptible": true}},
+            "hooks": {"create": "c.sh"}, "distribution": "any"}"#;
+        let yaml_text = "targetVMCount: 3\nallowedZones:\n  - zone-a\nprefix: w-\ninstance:\n  machineType: m\n  scheduling:\n    preemptible: true\nhooks:\n  create: c.sh\ndistribution: any\n";
+        let hjson_text = "{\n  targetVMCount: 3\n  allowedZones: [\"zone-a\"]\n  prefix: \"w-\"\n  instance: {\n    machineType: \"m\"\n    scheduling: { preemptible: true }\n  }\n  hooks: { create: \"c.sh\" }\n  distribution: \"any\"\n}\n";
+        let configs: Vec<PoolConfig> = [json_text, yaml_text, hjson_text]
+            .iter()
+            .map(|text| {
+                let value = parse(text, Format::Auto).expect("parses");
+                validate("web", &value).expect("valid")
+            })
+            .collect();
+        assert_eq!(configs[0], configs[1]);
+        assert_eq!(configs[0], configs[2]);
+        assert_eq!(configs[0].distribution(), Distribution::Any);
+        assert_eq!(
+            configs[0].hooks.as_ref().map(|h| h.create.as_str()),
+            Some("c.sh")
+        );
     }
 }

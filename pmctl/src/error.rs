@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::validation::Problem;
+use pm_pool::Problem;
 
 /// Exit code of a successful command.
 pub const EXIT_OK: i32 = 0;

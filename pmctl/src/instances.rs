@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::output::{self, Align, OutputFormat, Render, Table};
-use crate::snapshot::{self, state_name, Liveness};
+use pm_pool::ObservedStatus;
+
+use crate::snapshot::{self, state_name};
 
 /// One observed instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -16,7 +18,7 @@ pub struct InstanceRow {
     /// Its GCE name.
     pub name: String,
     /// How it counts: running, starting, lost or deleting.
-    pub status: Liveness,
+    pub status: ObservedStatus,
     /// The state the agent last observed: RUNNING, STAGING, TERMINATED, ...
     pub state: &'static str,
     /// Whether it was seen preempted.
@@ -36,7 +38,7 @@ impl InstanceRow {
         Self {
             zone: zone.to_string(),
             name: name.to_string(),
-            status: Liveness::of(instance),
+            status: ObservedStatus::of(instance),
             state: state_name(instance.state()),
             preempted: instance.preempted,
             gce_id: instance.gce_id.clone(),

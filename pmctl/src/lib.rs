@@ -3,8 +3,9 @@
 //! only, so it works while no scheduler leads.
 //!
 //! - [`cli`]: the command line. [`run`] dispatches it.
-//! - [`config_file`], [`yaml`], [`validation`], [`instance_template`], [`document`]: pool
-//!   config files (prevmtable's rjson, Hjson, JSON, YAML) in, checked, and written back.
+//! - [`config_file`], [`yaml`]: pool config files (prevmtable's rjson, Hjson, JSON,
+//!   YAML) parsed; what they mean, their checks and their written-back form are
+//!   [`pm_pool`]'s.
 //! - [`pool_config`], [`zone`]: the writes, all compare-and-swap or lease-bound.
 //! - [`snapshot`], [`status`], [`instances`], [`events`], [`agents`]: the reads.
 //! - [`output`]: tables, JSON, times.
@@ -13,16 +14,13 @@ pub mod agents;
 pub mod cli;
 pub mod config_file;
 pub mod connect;
-pub mod document;
 pub mod error;
 pub mod events;
-pub mod instance_template;
 pub mod instances;
 pub mod output;
 pub mod pool_config;
 pub mod snapshot;
 pub mod status;
-pub mod validation;
 pub mod yaml;
 pub mod zone;
 

@@ -9,15 +9,15 @@
 use std::path::Path;
 
 use pm_etcd::{Store, Versioned};
+use pm_pool::fields::{DEFAULT_SECONDS_FOR_EXHAUSTION, DEFAULT_SECONDS_TO_REST};
+use pm_pool::ConfigDocument;
 use pm_proto::{PoolConfig, Severity};
 use serde::Serialize;
 
 use crate::config_file::{self, Format};
-use crate::document::ConfigDocument;
 use crate::error::{Error, Result};
 use crate::events::record;
 use crate::output::{self, OutputFormat, Render};
-use crate::validation;
 
 /// Attempts of a read-modify-write (`scale`, `config delete`) before giving up.
 const RMW_ATTEMPTS: usize = 5;
@@ -30,7 +30,7 @@ pub fn load(pool: &str, path: &Path, format: Format) -> Result<PoolConfig> {
         path: shown.clone(),
         message,
     })?;
-    validation::validate(pool, &value).map_err(|problems| Error::InvalidConfig {
+    pm_pool::validate(pool, &value).map_err(|problems| Error::InvalidConfig {
         path: shown,
         problems,
     })
@@ -219,10 +219,13 @@ impl Render for GetView {
             ),
             ("distribution", c.distribution.to_string()),
             ("onPreempted", c.on_preempted.to_string()),
-            ("secondsToRest", or_default(c.seconds_to_rest, 5)),
+            (
+                "secondsToRest",
+                or_default(c.seconds_to_rest, DEFAULT_SECONDS_TO_REST),
+            ),
             (
                 "secondsForExhaustion",
-                or_default(c.seconds_for_exhaustion, 120),
+                or_default(c.seconds_for_exhaustion, DEFAULT_SECONDS_FOR_EXHAUSTION),
             ),
             ("hooks", hooks),
         ];

@@ -7,51 +7,8 @@ use pm_etcd::{decode, Election, Key, LeaderInfo, Store};
 use pm_proto::{
     AgentInfo, InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion,
 };
-use serde::Serialize;
 
 use crate::error::Result;
-
-/// How an observed instance counts toward a zone's numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Liveness {
-    /// RUNNING and not preempted.
-    Running,
-    /// PROVISIONING, STAGING, or in an unknown state (a call about it in flight).
-    Starting,
-    /// Preempted, STOPPING or TERMINATED.
-    Lost,
-    /// pm is deleting it.
-    Deleting,
-}
-
-impl Liveness {
-    /// How `instance` counts.
-    pub fn of(instance: &ObservedInstance) -> Self {
-        let state = instance.state();
-        if instance.preempted && state != InstanceState::Deleting {
-            return Liveness::Lost;
-        }
-        match state {
-            InstanceState::Running => Liveness::Running,
-            InstanceState::Provisioning | InstanceState::Staging | InstanceState::Unknown => {
-                Liveness::Starting
-            }
-            InstanceState::Stopping | InstanceState::Terminated => Liveness::Lost,
-            InstanceState::Deleting => Liveness::Deleting,
-        }
-    }
-
-    /// The word shown in tables.
-    pub fn word(self) -> &'static str {
-        match self {
-            Liveness::Running => "running",
-            Liveness::Starting => "starting",
-            Liveness::Lost => "lost",
-            Liveness::Deleting => "deleting",
-        }
-    }
-}
 
 /// GCE's word for an observed state: `RUNNING`, `TERMINATED`, ...
 pub fn state_name(state: InstanceState) -> &'static str {
@@ -239,35 +196,9 @@ pub async fn read(store: &Store, pool: Option<&str>) -> Result<Snapshot> {
 mod tests {
     use super::*;
 
-    fn instance(state: InstanceState, preempted: bool) -> ObservedInstance {
-        ObservedInstance {
-            state: state as i32,
-            preempted,
-            ..Default::default()
-        }
-    }
-
     #[test]
-    fn instances_count_as_the_design_says() {
-        use InstanceState::*;
-        for (state, preempted, expected) in [
-            (Running, false, Liveness::Running),
-            (Running, true, Liveness::Lost),
-            (Provisioning, false, Liveness::Starting),
-            (Staging, false, Liveness::Starting),
-            (Unknown, false, Liveness::Starting),
-            (Stopping, false, Liveness::Lost),
-            (Terminated, false, Liveness::Lost),
-            (Terminated, true, Liveness::Lost),
-            (Deleting, false, Liveness::Deleting),
-            (Deleting, true, Liveness::Deleting),
-        ] {
-            assert_eq!(
-                Liveness::of(&instance(state, preempted)),
-                expected,
-                "{state:?} preempted={preempted}"
-            );
-        }
-        assert_eq!(state_name(Terminated), "TERMINATED");
+    fn states_have_gce_names() {
+        assert_eq!(state_name(InstanceState::Terminated), "TERMINATED");
+        assert_eq!(state_name(InstanceState::Running), "RUNNING");
     }
 }

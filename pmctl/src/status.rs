@@ -8,10 +8,12 @@ use pm_etcd::{now_unix_ms, ResumableWatch, Store, WatchRange};
 use pm_proto::{ObservedInstance, ZoneExhaustion};
 use serde::Serialize;
 
-use crate::document::distribution_name;
 use crate::error::{Error, Result};
 use crate::output::{self, Align, OutputFormat, Render, Table};
-use crate::snapshot::{self, Liveness, PoolState, Snapshot, ZoneAgents};
+use pm_pool::fields::distribution_name;
+use pm_pool::ObservedStatus;
+
+use crate::snapshot::{self, PoolState, Snapshot, ZoneAgents};
 
 /// How often `--watch` redraws when nothing changes.
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
@@ -33,11 +35,11 @@ pub struct Counts {
 
 impl Counts {
     fn count(&mut self, instance: &ObservedInstance) {
-        match Liveness::of(instance) {
-            Liveness::Running => self.running += 1,
-            Liveness::Starting => self.starting += 1,
-            Liveness::Lost => self.lost += 1,
-            Liveness::Deleting => self.deleting += 1,
+        match ObservedStatus::of(instance) {
+            ObservedStatus::Running => self.running += 1,
+            ObservedStatus::Starting => self.starting += 1,
+            ObservedStatus::Lost => self.lost += 1,
+            ObservedStatus::Deleting => self.deleting += 1,
         }
     }
 

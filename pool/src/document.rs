@@ -1,11 +1,11 @@
 //! A stored [`PoolConfig`] written back as the config document `pmctl config set` accepts,
 //! with DESIGN.md's field names, so `config get -o json | jq .config` round-trips.
 
-use pm_proto::{Distribution, Hooks, OnPreempted, PoolConfig};
+use pm_proto::{Hooks, PoolConfig};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::validation::{DISTRIBUTIONS, ON_PREEMPTED};
+use crate::fields::{distribution_name, on_preempted_name};
 
 /// A pool config document. Fields left at their default in the stored config are left
 /// out, so the document reads back into the same stored value.
@@ -65,22 +65,6 @@ pub struct HooksDocument {
 
 fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
-}
-
-/// The config-file name of a distribution.
-pub fn distribution_name(distribution: Distribution) -> &'static str {
-    DISTRIBUTIONS
-        .iter()
-        .find(|(_, d)| *d == distribution)
-        .map_or("even", |(name, _)| name)
-}
-
-/// The config-file name of an `onPreempted` action.
-pub fn on_preempted_name(action: OnPreempted) -> &'static str {
-    ON_PREEMPTED
-        .iter()
-        .find(|(_, a)| *a == action)
-        .map_or("delete", |(name, _)| name)
 }
 
 impl HooksDocument {

@@ -1,4 +1,6 @@
-//! Checking a parsed pool config document and turning it into a [`PoolConfig`].
+//! Checking a parsed pool config document and turning it into a [`PoolConfig`], and
+//! checking a stored [`PoolConfig`] with the same rules ([`check_stored`]), so pmctl and
+//! the daemons agree on what a valid config is.
 //!
 //! The document is prevmtable's (DESIGN.md "Pool config"): field names match
 //! case-insensitively, as Go's decoder does, but unknown fields are errors. Every problem
@@ -9,144 +11,21 @@
 //! project", as Go's decoder would read it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::RangeInclusive;
 
+use pm_gce::template::TemplateVars;
 use pm_proto::{Distribution, Hooks, OnPreempted, PoolConfig};
 use serde_json::{Map, Value};
 
-use pm_gce::template::TemplateVars;
-
+use crate::document::ConfigDocument;
+use crate::fields::{
+    DISTRIBUTIONS, FIELDS, MAX_TARGET_VM_COUNT, ON_PREEMPTED, REQUIRED, SECONDS_FOR_EXHAUSTION,
+    SECONDS_TO_REST,
+};
+use crate::hooks::{check_hook_name, HookEvent, HOOKS};
 use crate::instance_template;
-
-/// Length of the unique suffix agents append to a pool's prefix: `<prefix><8 of [a-z0-9]>`.
-pub const NAME_SUFFIX_LEN: usize = 8;
-
-pub use pm_gce::template::MAX_NAME_LEN;
-
-/// Longest prefix: a full name must still fit in [`MAX_NAME_LEN`].
-pub const MAX_PREFIX_LEN: usize = MAX_NAME_LEN - NAME_SUFFIX_LEN;
-
-/// Largest `targetVMCount` accepted: far beyond any real pool, low enough to catch a typo.
-pub const MAX_TARGET_VM_COUNT: i64 = 100_000;
-
-/// Accepted `secondsToRest`: the agent's resync period.
-pub const SECONDS_TO_REST: RangeInclusive<i64> = 1..=3600;
-
-/// Accepted `secondsForExhaustion`: the base back-off of an exhausted zone.
-pub const SECONDS_FOR_EXHAUSTION: RangeInclusive<i64> = 1..=86_400;
-
-/// Longest hook name.
-const MAX_HOOK_LEN: usize = 255;
-
-/// The fields of a pool config, by canonical (DESIGN.md) name.
-pub const FIELDS: [&str; 10] = [
-    "targetVMCount",
-    "allowedZones",
-    "prefix",
-    "instance",
-    "secondsToRest",
-    "secondsForExhaustion",
-    "hooks",
-    "project",
-    "distribution",
-    "onPreempted",
-];
-
-/// The hooks, by name.
-pub const HOOKS: [&str; 5] = ["create", "delete", "vanished", "exhausted", "preempted"];
-
-/// The values of `distribution`, as written in a config.
-pub const DISTRIBUTIONS: [(&str, Distribution); 3] = [
-    ("even", Distribution::Even),
-    ("balanced", Distribution::Balanced),
-    ("any", Distribution::Any),
-];
-
-/// The values of `onPreempted`, as written in a config.
-pub const ON_PREEMPTED: [(&str, OnPreempted); 2] = [
-    ("delete", OnPreempted::Delete),
-    ("restart", OnPreempted::Restart),
-];
-
-/// One thing wrong with a config, and where.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Problem {
-    /// Path of the field, e.g. `allowedZones[1]` or `hooks.create`; `(document)` for the
-    /// document as a whole.
-    pub field: String,
-    /// What is wrong, e.g. `"US-central" is not a valid zone`.
-    pub message: String,
-}
-
-impl Problem {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The problems as an indented list, one per line.
-    pub fn list(problems: &[Problem]) -> String {
-        problems
-            .iter()
-            .map(|p| format!("  - {p}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// "a string", "an object", ...: how a JSON type is named in messages.
-pub fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A value as JSON, cut short when long, for quoting in a message.
-fn shown(value: &Value) -> String {
-    let text = value.to_string();
-    if text.chars().count() > 60 {
-        format!("{}...", text.chars().take(57).collect::<String>())
-    } else {
-        text
-    }
-}
-
-/// The candidate closest to `name` (case-insensitively), when it is close enough to be a
-/// likely typo.
-pub fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let lower = name.to_ascii_lowercase();
-    candidates
-        .iter()
-        .map(|c| {
-            let distance = pm_etcd::cli::strsim_distance(&lower, &c.to_ascii_lowercase());
-            (distance, *c)
-        })
-        .filter(|(d, c)| *d <= if c.len() <= 6 { 2 } else { 3 })
-        .min()
-        .map(|(_, c)| c)
-}
-
-/// An unknown name, with a suggestion or the list of known ones.
-fn unknown(what: &str, name: &str, known: &[&str]) -> String {
-    match did_you_mean(name, known) {
-        Some(close) => format!("unknown {what} (did you mean {close:?}?)"),
-        None => format!("unknown {what}; known: {}", known.join(", ")),
-    }
-}
+use crate::naming::{check_prefix, is_valid_zone, MAX_NAME_LEN, NAME_SUFFIX_LEN};
+use crate::problem::{did_you_mean, json_type, shown, unknown, Problem};
 
 /// The fields of an object matched case-insensitively to `known` names. Unknown and
 /// repeated names become problems; `null` values are left out.
@@ -215,70 +94,6 @@ fn string<'v>(value: &'v Value, expected: &str) -> Result<&'v str, String> {
             shown(value)
         )
     })
-}
-
-/// Whether `zone` looks like a GCE zone: lowercase letters, digits and `-`, starting with
-/// a letter and ending in `-` and a letter (`us-central1-a`). Short test zones such as
-/// `zone-a` pass too, so gce-sim's zones work.
-pub fn is_valid_zone(zone: &str) -> bool {
-    let bytes = zone.as_bytes();
-    let n = bytes.len();
-    (3..=MAX_NAME_LEN).contains(&n)
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[n - 2] == b'-'
-        && bytes[n - 1].is_ascii_lowercase()
-        && pm_etcd::keys::validate_zone(zone).is_ok()
-}
-
-/// Problems of a name prefix: instance names are `prefix` + [`NAME_SUFFIX_LEN`] of
-/// `[a-z0-9]`, and must be valid GCE names.
-fn check_prefix(prefix: &str) -> Result<(), String> {
-    let len = prefix.chars().count();
-    if len == 0 {
-        return Err("must not be empty: instance names start with it".into());
-    }
-    if len > MAX_PREFIX_LEN {
-        return Err(format!(
-            "{prefix:?} is {len} characters long; names are the prefix plus {NAME_SUFFIX_LEN} characters and GCE allows {MAX_NAME_LEN}, so at most {MAX_PREFIX_LEN}"
-        ));
-    }
-    if !prefix.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(format!(
-            "{prefix:?} must start with a lowercase letter (GCE names match [a-z]([-a-z0-9]*[a-z0-9])?)"
-        ));
-    }
-    if let Some(c) = prefix
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "{prefix:?} holds {c:?}; GCE names allow only lowercase letters, digits and '-'"
-        ));
-    }
-    Ok(())
-}
-
-/// Problems of a hook name: a plain file name in the agent's `--hooks-dir`.
-fn check_hook(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty; leave the hook out for none".into());
-    }
-    let plain = name.len() <= MAX_HOOK_LEN
-        && !name.starts_with('-')
-        && !name.contains("..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if plain {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a plain file name in the agent's --hooks-dir (letters, digits, '.', '_' and '-'; no '/', no '..', not starting with '-')"
-        ))
-    }
 }
 
 /// Problems of a GCE project id (loosely: `[a-z][-a-z0-9.:]*`, at most 63 characters, so
@@ -368,7 +183,7 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
             problems.push(Problem::new(field, message));
         }
     };
-    for required in ["targetVMCount", "allowedZones", "prefix", "instance"] {
+    for required in REQUIRED {
         if !fields.contains_key(required) {
             report(required, Err("is required".into()));
         }
@@ -483,6 +298,39 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
     }
 }
 
+/// Checks a config read back from etcd with the rules `pmctl config set` applies, so a
+/// value that another writer (or an older pm) stored and pmctl would refuse is refused by
+/// the daemons too, with the same problems. Enum fields must hold known values.
+pub fn check_stored(pool: &str, config: &PoolConfig) -> Result<(), Vec<Problem>> {
+    let mut problems = Vec::new();
+    if Distribution::try_from(config.distribution).is_err() {
+        problems.push(Problem::new(
+            "distribution",
+            format!("holds the unknown value {}", config.distribution),
+        ));
+    }
+    if OnPreempted::try_from(config.on_preempted).is_err() {
+        problems.push(Problem::new(
+            "onPreempted",
+            format!("holds the unknown value {}", config.on_preempted),
+        ));
+    }
+    let document = ConfigDocument::from_config(config);
+    match serde_json::to_value(&document) {
+        Ok(value) => {
+            if let Err(found) = validate(pool, &value) {
+                problems.extend(found);
+            }
+        }
+        Err(e) => problems.push(Problem::new("(document)", e.to_string())),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// The hooks object: names matched case-insensitively, each a plain file name.
 fn check_hooks(value: &Value, problems: &mut Vec<Problem>) -> Option<Hooks> {
     let Value::Object(object) = value else {
@@ -509,7 +357,7 @@ fn check_hooks(value: &Value, problems: &mut Vec<Problem>) -> Option<Hooks> {
             value,
             "the name of an executable in the agent's --hooks-dir",
         )
-        .and_then(|text| check_hook(text).map(|()| text.to_string()));
+        .and_then(|text| check_hook_name(text).map(|()| text.to_string()));
         let text = match checked {
             Ok(text) => text,
             Err(message) => {
@@ -517,13 +365,8 @@ fn check_hooks(value: &Value, problems: &mut Vec<Problem>) -> Option<Hooks> {
                 continue;
             }
         };
-        match name {
-            "create" => hooks.create = text,
-            "delete" => hooks.delete = text,
-            "vanished" => hooks.vanished = text,
-            "exhausted" => hooks.exhausted = text,
-            // The one name of HOOKS left.
-            _ => hooks.preempted = text,
+        if let Some(event) = HookEvent::ALL.iter().find(|e| e.as_str() == name) {
+            *event.slot(&mut hooks) = text;
         }
     }
     (hooks != Hooks::default()).then_some(hooks)
@@ -534,11 +377,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config_file::{parse, Format};
-    use crate::document::ConfigDocument;
-
-    /// prevmtable's README example, verbatim.
-    const PREVMTABLE_EXAMPLE: &str = include_str!("../testdata/prevmtable-example.rjson");
 
     fn problems_of(document: Value) -> Vec<Problem> {
         validate("web", &document).expect_err("invalid")
@@ -555,71 +393,6 @@ mod tests {
             "prefix": "web-",
             "instance": {"machineType": "zones/{zone}/machineTypes/e2-small"}
         })
-    }
-
-    #[test]
-    fn prevmtable_example_is_accepted_verbatim_and_mapped() {
-        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
-        let config = validate("web", &value).expect("valid");
-        assert_eq!(config.target_vm_count, 1);
-        assert_eq!(config.allowed_zones, vec!["us-central1-b"]);
-        assert_eq!(config.prefix, "delete-");
-        assert_eq!(config.seconds_to_rest, 30);
-        assert_eq!(config.seconds_for_exhaustion, 120);
-        assert_eq!(config.hooks, None);
-        assert_eq!(config.project, "");
-        assert_eq!(config.distribution(), Distribution::Even);
-        assert_eq!(config.on_preempted(), OnPreempted::Delete);
-        assert!(!config.deleted);
-        let instance: Value = serde_json::from_str(&config.instance_json).expect("JSON text");
-        assert_eq!(instance["name"], "{name}");
-        assert_eq!(instance["scheduling"]["preemptible"], true);
-        assert_eq!(
-            instance["metadata"]["items"][0]["value"],
-            "docker run --rm -p 8080:8080 skelterjohn/http"
-        );
-        assert_eq!(instance["disks"][0]["initializeParams"]["sourceImage"],
-            "https://www.googleapis.com/compute/v1/projects/coreos-cloud/global/images/coreos-stable-647-0-0-v20150512");
-    }
-
-    #[test]
-    fn stored_configs_round_trip_through_the_document() {
-        let value = parse(PREVMTABLE_EXAMPLE, Format::Auto).expect("parses");
-        let config = validate("web", &value).expect("valid");
-        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
-        assert_eq!(document["allowedZones"], json!(["us-central1-b"]));
-        assert_eq!(validate("web", &document), Ok(config));
-        let mut full = minimal();
-        full["hooks"] = json!({"create": "on-create.sh", "preempted": "on_preempt"});
-        full["project"] = json!("my-project");
-        full["distribution"] = json!("balanced");
-        full["onPreempted"] = json!("restart");
-        let config = validate("web", &full).expect("valid");
-        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
-        assert_eq!(validate("web", &document), Ok(config));
-    }
-
-    #[test]
-    fn json_yaml_and_hjson_give_the_same_config() {
-        let json_text = r#"{"targetVMCount": 3, "allowedZones": ["zone-a"], "prefix": "w-",
-            "instance": {"machineType": "m", "scheduling": {"preemptible": true}},
-            "hooks": {"create": "c.sh"}, "distribution": "any"}"#;
-        let yaml_text = "targetVMCount: 3\nallowedZones:\n  - zone-a\nprefix: w-\ninstance:\n  machineType: m\n  scheduling:\n    preemptible: true\nhooks:\n  create: c.sh\ndistribution: any\n";
-        let hjson_text = "{\n  targetVMCount: 3\n  allowedZones: [\"zone-a\"]\n  prefix: \"w-\"\n  instance: {\n    machineType: \"m\"\n    scheduling: { preemptible: true }\n  }\n  hooks: { create: \"c.sh\" }\n  distribution: \"any\"\n}\n";
-        let configs: Vec<PoolConfig> = [json_text, yaml_text, hjson_text]
-            .iter()
-            .map(|text| {
-                let value = parse(text, Format::Auto).expect("parses");
-                validate("web", &value).expect("valid")
-            })
-            .collect();
-        assert_eq!(configs[0], configs[1]);
-        assert_eq!(configs[0], configs[2]);
-        assert_eq!(configs[0].distribution(), Distribution::Any);
-        assert_eq!(
-            configs[0].hooks.as_ref().map(|h| h.create.as_str()),
-            Some("c.sh")
-        );
     }
 
     #[test]
@@ -713,6 +486,12 @@ mod tests {
                 json!({"delete": "bin/x"}),
                 "hooks.delete",
                 "no '/'",
+            ),
+            (
+                "hooks",
+                json!({"create": ".on-create"}),
+                "hooks.create",
+                "not starting with '.'",
             ),
             (
                 "hooks",
@@ -836,20 +615,44 @@ mod tests {
     #[test]
     fn names_at_full_length_fit_gce() {
         let mut document = minimal();
-        document["prefix"] = json!("a".repeat(MAX_PREFIX_LEN));
+        document["prefix"] = json!("a".repeat(crate::naming::MAX_PREFIX_LEN));
         assert!(validate("web", &document).is_ok());
-        assert!(is_valid_zone("us-central1-a"));
-        assert!(is_valid_zone("zone-a"));
-        assert!(is_valid_zone("europe-west4-c"));
-        for bad in [
-            "us-central1",
-            "a",
-            "us-central1-",
-            "-a-b",
-            "Us-central1-a",
-            "us_central1-a",
-        ] {
-            assert!(!is_valid_zone(bad), "{bad}");
-        }
+    }
+
+    #[test]
+    fn stored_configs_are_checked_with_the_same_rules() {
+        let mut full = minimal();
+        full["hooks"] = json!({"create": "on-create.sh", "preempted": "on_preempt"});
+        full["project"] = json!("my-project");
+        full["distribution"] = json!("balanced");
+        full["onPreempted"] = json!("restart");
+        let mut config = validate("web", &full).expect("valid");
+        assert_eq!(check_stored("web", &config), Ok(()));
+        let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
+        assert_eq!(validate("web", &document), Ok(config.clone()));
+        config.deleted = true;
+        assert_eq!(check_stored("web", &config), Ok(()), "a tombstone is valid");
+
+        let mut bad = config.clone();
+        bad.target_vm_count = -3;
+        bad.hooks = Some(Hooks {
+            create: ".on-create".into(),
+            ..Default::default()
+        });
+        bad.distribution = 42;
+        bad.instance_json = "not json".into();
+        let problems = check_stored("web", &bad).expect_err("invalid");
+        let mut found = fields(&problems);
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            vec!["distribution", "hooks.create", "instance", "targetVMCount"],
+            "{problems:?}"
+        );
+        let mut empty = PoolConfig::default();
+        empty.on_preempted = 9;
+        let problems = check_stored("web", &empty).expect_err("invalid");
+        assert!(fields(&problems).contains(&"onPreempted"), "{problems:?}");
+        assert!(fields(&problems).contains(&"allowedZones"), "{problems:?}");
     }
 }

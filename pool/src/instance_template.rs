@@ -15,7 +15,7 @@ use pm_gce::template::{
 };
 use serde_json::{Map, Value};
 
-use crate::validation::{json_type, Problem};
+use crate::problem::{json_type, Problem};
 
 /// Fields GCE sets and a template must not: they would be ignored or refused.
 const OUTPUT_ONLY: [&str; 7] = [
