@@ -2,17 +2,28 @@
 //! zone, and while active keeps every pool's instances in the zone at the scheduler's
 //! desired count through GCE, records what it observes, and runs the operator's hooks.
 //!
+//! - [`active`]: the active agent's loop for one term: follows etcd, runs passes when
+//!   due, carries out what they return, reacts to operations' outcomes.
+//! - [`pool_state`]: what the agent knows of each pool (fed from etcd) and when it is due.
+//! - [`reconcile`]: one pass over one pool: list GCE, decide, work out the effects.
 //! - [`decide`]: the pure decision for one pool.
-//! - [`active`]: the active agent's loop: watches, reconciles, operations.
+//! - [`effects`]: the pure effects of a decision: keys, events, hooks, calls.
+//! - [`operations`]: operations in flight, each in its own task.
+//! - [`failure`]: the pure reaction to a failed operation (error class to action).
 //! - [`hooks`]: the hook runner.
 //! - [`metrics`]: what `--metrics` exports; [`metered`] measures the GCE client.
 
 pub mod active;
 pub mod config;
 pub mod decide;
+pub mod effects;
+pub mod failure;
 pub mod hooks;
 pub mod metered;
 pub mod metrics;
+pub mod operations;
+pub mod pool_state;
+pub mod reconcile;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

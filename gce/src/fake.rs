@@ -57,6 +57,8 @@ struct FakeState {
     calls: Vec<FakeCall>,
     injected: VecDeque<(Option<ApiCall>, Injected)>,
     next_id: u64,
+    /// Operations started from now on stay RUNNING (their effect still happens).
+    hang: bool,
 }
 
 /// In-memory [`Compute`]. Instances are created with status `initial_status` (RUNNING
@@ -134,6 +136,13 @@ impl FakeCompute {
                 }],
             },
         ));
+    }
+
+    /// From now on (`true`) or no longer, operations stay RUNNING forever, as GCE's
+    /// sometimes lag: their effect on instances still happens, but no wait sees them
+    /// DONE.
+    pub fn hang_operations(&self, hang: bool) {
+        self.lock().hang = hang;
     }
 
     /// Forgets all instances, operations, calls and injected failures.
@@ -367,7 +376,11 @@ impl FakeCompute {
 
     fn finish(&self, project: &str, zone: &str, operation_type: &str, target: &str) -> Operation {
         let mut state = self.lock();
-        let op = new_operation(&mut state, project, zone, operation_type, target);
+        let mut op = new_operation(&mut state, project, zone, operation_type, target);
+        if state.hang {
+            op.status = OperationStatus::Running;
+            op.progress = Some(0);
+        }
         state
             .operations
             .insert((project.into(), zone.into(), op.name.clone()), op.clone());

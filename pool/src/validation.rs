@@ -649,8 +649,10 @@ mod tests {
             vec!["distribution", "hooks.create", "instance", "targetVMCount"],
             "{problems:?}"
         );
-        let mut empty = PoolConfig::default();
-        empty.on_preempted = 9;
+        let empty = PoolConfig {
+            on_preempted: 9,
+            ..Default::default()
+        };
         let problems = check_stored("web", &empty).expect_err("invalid");
         assert!(fields(&problems).contains(&"onPreempted"), "{problems:?}");
         assert!(fields(&problems).contains(&"allowedZones"), "{problems:?}");

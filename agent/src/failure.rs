@@ -1,0 +1,288 @@
+//! The pure reaction to a failed operation: the kind of operation and GCE's error in,
+//! what happens next out. This is the one place a failure maps to an action; the loop
+//! in [`crate::active`] only carries the action out.
+
+use std::time::Duration;
+
+use pm_gce::error::{ErrorClass, GceError};
+use pm_proto::Severity;
+
+use crate::decide::InFlight;
+
+/// How long a permanent error (a bad template) pauses creates unless the config changes.
+pub const PERMANENT_PAUSE: Duration = Duration::from_secs(300);
+
+/// What a failure leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The insert certainly failed and left no instance: remove its observed key. An
+    /// insert whose outcome is unknown keeps its key, to be resumed with its requestId.
+    pub forget_intent: bool,
+    /// What else to do.
+    pub action: Action,
+}
+
+/// The action part of a [`Reaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// GCE took the call and only its operation is slow to finish: follow the instance in
+    /// the lists, without backing off (GCE's operations can lag for minutes while the
+    /// instances are long up).
+    FollowInLists,
+    /// The zone is out of capacity: cancel the creates still queued, report the
+    /// stockout to the scheduler, pause creates for the pool's exhaustion base, and run
+    /// the exhausted hook.
+    Stockout,
+    /// A quota, rate-limit or transient failure: pause creates for `delay` (when the
+    /// operation was a create or restart) and hold the next list for at least
+    /// `min(delay, secondsToRest)`.
+    BackOff {
+        /// The next delay of the pool's create back-off.
+        delay: Duration,
+        /// Whether creates pause.
+        pause_creates: bool,
+    },
+    /// Retrying cannot help (a bad template, a missing resource): pause creates for
+    /// [`PERMANENT_PAUSE`] (when the operation was a create or restart).
+    Permanent {
+        /// Whether creates pause.
+        pause_creates: bool,
+    },
+    /// The instance already exists: the next list adopts it.
+    Adopt,
+}
+
+/// What the operation was, in messages.
+pub fn what(kind: InFlight) -> &'static str {
+    match kind {
+        InFlight::Creating => "create",
+        InFlight::Deleting => "delete",
+        InFlight::Starting => "restart",
+    }
+}
+
+/// The reaction to `error` of an operation of `kind`. `next_delay` advances the pool's
+/// create back-off; it is called for every failure except a slow operation.
+pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Duration) -> Reaction {
+    let class = error.class();
+    let creating = matches!(kind, InFlight::Creating | InFlight::Starting);
+    let forget_intent = kind == InFlight::Creating
+        && match class {
+            ErrorClass::Stockout
+            | ErrorClass::Quota
+            | ErrorClass::RateLimit
+            | ErrorClass::Permanent
+            | ErrorClass::NotFound => true,
+            ErrorClass::Retryable | ErrorClass::AlreadyExists => false,
+        };
+    let action = if let GceError::OperationTimeout { .. } = error {
+        Action::FollowInLists
+    } else {
+        let delay = next_delay();
+        match class {
+            ErrorClass::Stockout if creating => Action::Stockout,
+            ErrorClass::Quota
+            | ErrorClass::RateLimit
+            | ErrorClass::Retryable
+            | ErrorClass::Stockout => Action::BackOff {
+                delay,
+                pause_creates: creating,
+            },
+            ErrorClass::Permanent | ErrorClass::NotFound => Action::Permanent {
+                pause_creates: creating,
+            },
+            ErrorClass::AlreadyExists => Action::Adopt,
+        }
+    };
+    Reaction {
+        forget_intent,
+        action,
+    }
+}
+
+/// The event a reaction records: kind, severity and message; `None` for an adoption,
+/// which is only logged.
+pub fn event(
+    kind: InFlight,
+    name: &str,
+    error: &GceError,
+    action: &Action,
+) -> Option<(String, Severity, String)> {
+    let what = what(kind);
+    let class = error.class();
+    match action {
+        Action::FollowInLists => Some((
+            format!("{what}-slow"),
+            Severity::Warning,
+            format!("{what} of {name} not finished yet; following it in the lists: {error}"),
+        )),
+        Action::Stockout => Some((
+            "stockout".into(),
+            Severity::Warning,
+            format!("{what} of {name} failed: zone out of capacity: {error}"),
+        )),
+        Action::BackOff { delay, .. } => Some((
+            format!("{what}-failed"),
+            Severity::Warning,
+            format!("{what} of {name} failed ({class:?}), backing off {delay:?}: {error}"),
+        )),
+        Action::Permanent { .. } => Some((
+            format!("{what}-failed"),
+            Severity::Error,
+            format!("{what} of {name} failed permanently: {error}"),
+        )),
+        Action::Adopt => None,
+    }
+}
+
+/// The GCE error code of a stockout, for the scheduler's report.
+pub fn stockout_code(error: &GceError) -> String {
+    match error {
+        GceError::OperationFailed { errors, .. } => errors
+            .iter()
+            .map(|x| x.code.clone())
+            .find(|c| c.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED"))
+            .unwrap_or_else(|| "ZONE_RESOURCE_POOL_EXHAUSTED".into()),
+        _ => "ZONE_RESOURCE_POOL_EXHAUSTED".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pm_gce::compute::ApiCall;
+
+    use super::*;
+
+    const DELAY: Duration = Duration::from_secs(4);
+
+    fn stockout_operation() -> GceError {
+        GceError::OperationFailed {
+            operation: "op-1".into(),
+            operation_type: "insert".into(),
+            target: "w-a".into(),
+            http_status: Some(503),
+            http_message: Some("Service Unavailable".into()),
+            errors: vec![pm_gce::OperationErrorItem {
+                code: "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS".into(),
+                message: Some("no capacity".into()),
+                location: None,
+                error_details: Vec::new(),
+            }],
+        }
+    }
+
+    fn timeout() -> GceError {
+        GceError::OperationTimeout {
+            operation: "op-1".into(),
+            waited: Duration::from_secs(60),
+            last_status: "RUNNING".into(),
+        }
+    }
+
+    #[test]
+    fn a_stockout_of_a_create_reports_the_zone_and_forgets_the_intent() {
+        let r = react(InFlight::Creating, &stockout_operation(), || DELAY);
+        assert_eq!(
+            r,
+            Reaction {
+                forget_intent: true,
+                action: Action::Stockout
+            }
+        );
+        assert_eq!(
+            stockout_code(&stockout_operation()),
+            "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
+        );
+        let (kind, severity, message) =
+            event(InFlight::Creating, "w-a", &stockout_operation(), &r.action).expect("event");
+        assert_eq!((kind.as_str(), severity), ("stockout", Severity::Warning));
+        assert!(message.contains("zone out of capacity"), "{message}");
+        let restart = react(InFlight::Starting, &stockout_operation(), || DELAY);
+        assert_eq!(restart.action, Action::Stockout);
+        assert!(!restart.forget_intent, "a restart has no intent to forget");
+    }
+
+    #[test]
+    fn quota_and_rate_limits_back_off_creates() {
+        for error in [
+            GceError::http(ApiCall::Insert, 403, "quotaExceeded", "quota"),
+            GceError::http(ApiCall::Insert, 429, "rateLimitExceeded", "slow down"),
+            GceError::http(ApiCall::Insert, 403, "rateLimitExceeded", "slow down"),
+        ] {
+            let r = react(InFlight::Creating, &error, || DELAY);
+            assert!(r.forget_intent, "{error}");
+            assert_eq!(
+                r.action,
+                Action::BackOff {
+                    delay: DELAY,
+                    pause_creates: true
+                },
+                "{error}"
+            );
+            let (kind, _, message) =
+                event(InFlight::Creating, "w-a", &error, &r.action).expect("event");
+            assert_eq!(kind, "create-failed");
+            assert!(message.contains("backing off 4s"), "{message}");
+        }
+        let delete = react(
+            InFlight::Deleting,
+            &GceError::http(ApiCall::Delete, 429, "rateLimitExceeded", "slow down"),
+            || DELAY,
+        );
+        assert_eq!(
+            delete,
+            Reaction {
+                forget_intent: false,
+                action: Action::BackOff {
+                    delay: DELAY,
+                    pause_creates: false
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_slow_operation_is_followed_without_back_off() {
+        let r = react(InFlight::Creating, &timeout(), || {
+            panic!("a slow operation must not advance the back-off")
+        });
+        assert_eq!(
+            r,
+            Reaction {
+                forget_intent: false,
+                action: Action::FollowInLists
+            }
+        );
+        let (kind, ..) = event(InFlight::Creating, "w-a", &timeout(), &r.action).expect("event");
+        assert_eq!(kind, "create-slow");
+    }
+
+    #[test]
+    fn permanent_errors_pause_creates_and_existing_instances_are_adopted() {
+        let bad = GceError::http(ApiCall::Insert, 400, "invalid", "bad machine type");
+        let r = react(InFlight::Creating, &bad, || DELAY);
+        assert_eq!(
+            r,
+            Reaction {
+                forget_intent: true,
+                action: Action::Permanent {
+                    pause_creates: true
+                }
+            }
+        );
+        let (_, severity, _) = event(InFlight::Creating, "w-a", &bad, &r.action).expect("event");
+        assert_eq!(severity, Severity::Error);
+        let exists = GceError::http(ApiCall::Insert, 409, "alreadyExists", "exists");
+        let r = react(InFlight::Creating, &exists, || DELAY);
+        assert_eq!(
+            r,
+            Reaction {
+                forget_intent: false,
+                action: Action::Adopt
+            }
+        );
+        assert_eq!(event(InFlight::Creating, "w-a", &exists, &r.action), None);
+        let transient = GceError::http(ApiCall::Insert, 500, "backendError", "oops");
+        assert!(!react(InFlight::Creating, &transient, || DELAY).forget_intent);
+    }
+}

@@ -1,0 +1,317 @@
+//! Operations in flight: each insert, delete or start runs in its own task, holding one
+//! of `--max-concurrent` slots for the call (not for the wait), and reports its outcome
+//! back to the loop. Every task ends when the term does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_gce::compute::{wait_until_done, Compute};
+use pm_gce::error::GceError;
+use pm_gce::resources::Instance;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::decide::InFlight;
+
+/// An operation to run on one instance.
+#[derive(Debug)]
+pub enum Op {
+    /// `instances.insert` with the instance's requestId.
+    Insert {
+        /// Derived from the name; GCE de-duplicates retries with it.
+        request_id: String,
+        /// The rendered instance.
+        instance: Box<Instance>,
+        /// For fresh creates: skip the insert if this fired while waiting for a slot (the
+        /// zone stocked out meanwhile). Resumed inserts have none: they are always sent.
+        gate: Option<CancellationToken>,
+    },
+    /// `instances.delete`.
+    Delete,
+    /// `instances.start`.
+    Start,
+}
+
+impl Op {
+    /// What the operation does, as the decisions count it.
+    pub fn kind(&self) -> InFlight {
+        match self {
+            Op::Insert { .. } => InFlight::Creating,
+            Op::Delete => InFlight::Deleting,
+            Op::Start => InFlight::Starting,
+        }
+    }
+}
+
+/// What an operation task reports back.
+#[derive(Debug)]
+pub struct OpResult {
+    /// Pool.
+    pub pool: String,
+    /// Instance.
+    pub name: String,
+    /// What it did.
+    pub kind: InFlight,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// How an operation ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done; for a create, GCE's id of the new instance, if told.
+    Done(Option<String>),
+    /// GCE refused it or it failed.
+    Failed(GceError),
+    /// A fresh create gave up before calling GCE (its pool's zone stocked out).
+    NotSent,
+}
+
+/// Runs `op` on instance `name`: the call holds a slot of `slots`, waiting for its
+/// operation (at most `timeout`) does not.
+pub async fn run(
+    compute: &dyn Compute,
+    slots: Arc<Semaphore>,
+    project: &str,
+    zone: &str,
+    name: &str,
+    op: &Op,
+    timeout: Duration,
+) -> Outcome {
+    let started = {
+        let Ok(_permit) = slots.acquire_owned().await else {
+            return Outcome::NotSent;
+        };
+        let call = match op {
+            Op::Insert {
+                request_id,
+                instance,
+                gate,
+            } => {
+                if gate.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                    return Outcome::NotSent;
+                }
+                compute
+                    .insert(project, zone, instance, request_id)
+                    .await
+                    .map(Some)
+            }
+            Op::Delete => compute.delete(project, zone, name).await,
+            Op::Start => compute.start(project, zone, name).await.map(Some),
+        };
+        match call {
+            Ok(started) => started,
+            Err(e) => return Outcome::Failed(e),
+        }
+    };
+    match started {
+        Some(op) => match wait_until_done(compute, project, op, timeout).await {
+            Ok(done) => Outcome::Done(done.target_id),
+            Err(e) => Outcome::Failed(e),
+        },
+        None => Outcome::Done(None),
+    }
+}
+
+/// The operations of one term: spawns them and hands their results to the loop.
+pub struct Operations {
+    /// GCE.
+    compute: Arc<dyn Compute>,
+    /// Permits for calls in flight (`--max-concurrent`).
+    slots: Arc<Semaphore>,
+    /// Results arrive here.
+    results_tx: mpsc::UnboundedSender<OpResult>,
+    /// Receiving end of `results_tx`; one result per spawned operation, so it holds at
+    /// most as many as are in flight.
+    results_rx: mpsc::UnboundedReceiver<OpResult>,
+    /// Fires when the term ends; every operation task stops then.
+    term: CancellationToken,
+    /// The zone served.
+    zone: String,
+    /// Longest wait for one operation.
+    timeout: Duration,
+}
+
+impl Operations {
+    /// Operations against `compute` in `zone`, at most `max_concurrent` calls at once,
+    /// ending when `term` fires.
+    pub fn new(
+        compute: Arc<dyn Compute>,
+        max_concurrent: usize,
+        zone: &str,
+        timeout: Duration,
+        term: CancellationToken,
+    ) -> Self {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        Self {
+            compute,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            results_tx,
+            results_rx,
+            term,
+            zone: zone.to_string(),
+            timeout,
+        }
+    }
+
+    /// Runs `op` on `name` of `pool` in the background.
+    pub fn spawn(&self, pool: &str, project: &str, name: String, op: Op) {
+        let compute = self.compute.clone();
+        let slots = self.slots.clone();
+        let tx = self.results_tx.clone();
+        let term = self.term.clone();
+        let zone = self.zone.clone();
+        let project = project.to_string();
+        let pool = pool.to_string();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let work = run(
+                compute.as_ref(),
+                slots,
+                &project,
+                &zone,
+                &name,
+                &op,
+                timeout,
+            );
+            let outcome = tokio::select! {
+                _ = term.cancelled() => return,
+                outcome = work => outcome,
+            };
+            tx.send(OpResult {
+                pool,
+                name,
+                kind: op.kind(),
+                outcome,
+            })
+            .ok();
+        });
+    }
+
+    /// The next result; pending while nothing is in flight.
+    pub async fn next(&mut self) -> Option<OpResult> {
+        self.results_rx.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pm_gce::compute::ApiCall;
+    use pm_gce::error::ErrorClass;
+    use pm_gce::fake::FakeCompute;
+
+    use super::*;
+
+    fn insert(name: &str, gate: Option<CancellationToken>) -> Op {
+        let instance: Instance =
+            serde_json::from_value(serde_json::json!({ "name": name })).expect("instance");
+        Op::Insert {
+            request_id: pm_gce::request_id_for(name),
+            instance: Box::new(instance),
+            gate,
+        }
+    }
+
+    fn slots() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_insert_is_done() {
+        let fake = FakeCompute::new();
+        let op = insert("w-a", None);
+        let outcome = run(
+            &fake,
+            slots(),
+            "p",
+            "z-a",
+            "w-a",
+            &op,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+        assert_eq!(fake.instances("p", "z-a").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stockout_in_the_operation_fails_the_insert() {
+        let fake = FakeCompute::new();
+        fake.fail_next_operation(ApiCall::Insert, "ZONE_RESOURCE_POOL_EXHAUSTED", 503);
+        let op = insert("w-a", None);
+        let outcome = run(
+            &fake,
+            slots(),
+            "p",
+            "z-a",
+            "w-a",
+            &op,
+            Duration::from_secs(5),
+        )
+        .await;
+        let Outcome::Failed(e) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(e.class(), ErrorClass::Stockout);
+        assert!(fake.instances("p", "z-a").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_that_never_finishes_times_out() {
+        let fake = FakeCompute::new();
+        fake.hang_operations(true);
+        let op = insert("w-a", None);
+        let outcome = run(
+            &fake,
+            slots(),
+            "p",
+            "z-a",
+            "w-a",
+            &op,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Outcome::Failed(GceError::OperationTimeout { .. })),
+            "{outcome:?}"
+        );
+        assert!(fake.calls_of(ApiCall::WaitOperation).len() > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_gated_by_a_stockout_is_never_sent() {
+        let fake = FakeCompute::new();
+        let gate = CancellationToken::new();
+        gate.cancel();
+        let op = insert("w-a", Some(gate));
+        let outcome = run(
+            &fake,
+            slots(),
+            "p",
+            "z-a",
+            "w-a",
+            &op,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(matches!(outcome, Outcome::NotSent), "{outcome:?}");
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_come_back_and_stop_with_the_term() {
+        let fake = Arc::new(FakeCompute::new());
+        let term = CancellationToken::new();
+        let mut ops = Operations::new(fake.clone(), 2, "z-a", Duration::from_secs(5), term.clone());
+        ops.spawn("web", "p", "w-a".into(), insert("w-a", None));
+        let result = ops.next().await.expect("a result");
+        assert_eq!((result.pool.as_str(), result.name.as_str()), ("web", "w-a"));
+        assert_eq!(result.kind, InFlight::Creating);
+        fake.hang_operations(true);
+        ops.spawn("web", "p", "w-b".into(), insert("w-b", None));
+        tokio::task::yield_now().await;
+        term.cancel();
+        let waited = tokio::time::timeout(Duration::from_secs(60), ops.next()).await;
+        assert!(waited.is_err(), "a cancelled operation reports nothing");
+    }
+}

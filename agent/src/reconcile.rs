@@ -1,0 +1,223 @@
+//! One reconcile pass over one pool in the zone: list the pool's instances in GCE,
+//! decide ([`crate::decide`]) and work out the effects ([`crate::effects`]). A pass
+//! calls GCE only to read; it returns what to write and do, and when the pool is due
+//! next, so it is tested against the in-process fake without etcd.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pm_etcd::now_unix_ms;
+use pm_gce::compute::Compute;
+use pm_gce::resources::Operation;
+use pm_pool::{is_pool_member, new_instance_name, pool_filter};
+use pm_proto::{InstanceState, Severity};
+use tokio::time::Instant;
+
+use crate::decide::{decide, is_stopped, Listed, PoolInputs};
+use crate::effects::{effects, EffectInputs, Effects};
+use crate::pool_state::PoolState;
+
+/// What a pass needs besides the pool's state.
+pub struct PassContext<'a> {
+    /// GCE.
+    pub compute: &'a dyn Compute,
+    /// The zone served.
+    pub zone: &'a str,
+    /// This agent's id.
+    pub agent_id: &'a str,
+    /// Project of pools naming none (`--project`).
+    pub default_project: Option<&'a str>,
+    /// Longest wait for one operation; an insert not visible after twice this is
+    /// given up.
+    pub operation_timeout: Duration,
+}
+
+/// A problem to report as an event, once while it lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The event's kind.
+    pub kind: &'static str,
+    /// Its severity.
+    pub severity: Severity,
+    /// Its message.
+    pub message: String,
+}
+
+/// What one pass found.
+#[derive(Debug)]
+pub struct Pass {
+    /// Whether GCE was listed (the agent's readiness).
+    pub listed: bool,
+    /// Problems to report once.
+    pub reports: Vec<Report>,
+    /// What to do, with the pool's project; `None` when nothing can be done.
+    pub effects: Option<(String, Effects)>,
+    /// When the pool is due next.
+    pub next_sync: Instant,
+}
+
+fn report(kind: &'static str, severity: Severity, message: String) -> Report {
+    Report {
+        kind,
+        severity,
+        message,
+    }
+}
+
+/// One pass over `pool`. It updates what only the pass decides in `state` (an expired
+/// pause is lifted; a failed list advances the back-off) and returns the rest.
+pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolState) -> Pass {
+    let mut pass = Pass {
+        listed: false,
+        reports: Vec::new(),
+        effects: None,
+        next_sync: Instant::now() + state.rest(),
+    };
+    if let Some(problem) = &state.config_problem {
+        if !state.config_problem_reported {
+            state.config_problem_reported = true;
+            pass.reports.push(report(
+                "invalid-config",
+                Severity::Error,
+                format!(
+                    "the stored config is refused, the pool keeps its last valid config: {problem}"
+                ),
+            ));
+        }
+    }
+    let Some(config) = state.config.clone() else {
+        return pass;
+    };
+    if !state.concerns(ctx.zone) {
+        return pass;
+    }
+    let Some(project) = pm_pool::project_or(&config, ctx.default_project) else {
+        pass.reports.push(report(
+            "no-project",
+            Severity::Error,
+            "the pool names no project and the agent has no --project".into(),
+        ));
+        return pass;
+    };
+    let filter = pool_filter(pool);
+    let listed = match ctx.compute.list(&project, ctx.zone, Some(&filter)).await {
+        Ok(list) => list,
+        Err(e) => {
+            let delay = state.retry.next_delay();
+            pass.next_sync = Instant::now() + delay;
+            tracing::warn!(error = %e, ?delay, "cannot list instances");
+            pass.reports.push(report(
+                "gce-error",
+                Severity::Warning,
+                format!("cannot list instances: {e}"),
+            ));
+            return pass;
+        }
+    };
+    pass.listed = true;
+    let listed: BTreeMap<String, Listed> = listed
+        .into_iter()
+        .filter(|i| is_pool_member(i, pool, &config.prefix))
+        .filter_map(|i| {
+            let status = i.status?;
+            Some((
+                i.name.clone(),
+                Listed {
+                    name: i.name.clone(),
+                    status,
+                    id: i.id.clone().unwrap_or_default(),
+                    created: i.creation_timestamp.clone().unwrap_or_default(),
+                },
+            ))
+        })
+        .collect();
+    if state
+        .pause
+        .as_ref()
+        .is_some_and(|p| p.until <= Instant::now())
+    {
+        state.pause = None;
+    }
+    let may_create = state.desired.as_ref().is_some_and(|d| d.accept_new)
+        && !state.exhausted
+        && state.pause.is_none()
+        && !config.deleted;
+    let observed: BTreeMap<_, _> = state
+        .observed
+        .iter()
+        .map(|(n, (o, _))| (n.clone(), o.clone()))
+        .collect();
+    let inputs = PoolInputs {
+        desired: state.desired.as_ref().map_or(-1, |d| d.count),
+        may_create,
+        on_preempted: config.on_preempted(),
+        listed: listed.clone(),
+        observed: observed.clone(),
+        in_flight: state.in_flight.clone(),
+        now_ms: now_unix_ms(),
+        insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
+    };
+    let mut decision = decide(&inputs);
+    if let Some(pause) = &state.pause {
+        if decision.live < inputs.desired {
+            tracing::info!(reason = %pause.reason, deficit = inputs.desired - decision.live, "creates paused");
+        }
+    }
+    if state.desired.is_none() {
+        // Not placed here by the scheduler: never scale down on a guess.
+        decision.delete.retain(|n| {
+            listed.get(n).is_some_and(|l| is_stopped(l.status))
+                || observed
+                    .get(n)
+                    .is_some_and(|o| o.state() == InstanceState::Deleting)
+        });
+    }
+    let preempted_ops = if decision.lost.is_empty() {
+        Vec::new()
+    } else {
+        preemption_operations(ctx, &project, &mut pass.reports).await
+    };
+    let inputs = EffectInputs {
+        pool,
+        project: &project,
+        zone: ctx.zone,
+        agent_id: ctx.agent_id,
+        now_ms: now_unix_ms(),
+        config: &config,
+        listed: &listed,
+        observed: &observed,
+        preempted_ops: &preempted_ops,
+    };
+    let fx = effects(&decision, &inputs, || new_instance_name(&config.prefix));
+    pass.effects = Some((project, fx));
+    pass
+}
+
+/// The zone's preemption operations; on failure, a report and none (losses are then
+/// reported as vanished).
+async fn preemption_operations(
+    ctx: &PassContext<'_>,
+    project: &str,
+    reports: &mut Vec<Report>,
+) -> Vec<Operation> {
+    let filter = "operationType = \"compute.instances.preempted\"";
+    match ctx
+        .compute
+        .list_operations(project, ctx.zone, Some(filter))
+        .await
+    {
+        Ok(ops) => ops,
+        Err(e) => {
+            reports.push(report(
+                "gce-error",
+                Severity::Warning,
+                format!("cannot list preemption operations; losses are reported as vanished: {e}"),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,366 @@
+//! Reconcile passes against the in-process fake, with paused time: each test drives a
+//! pass, runs its operations as the loop does, and feeds failures to the reaction.
+
+use std::sync::Arc;
+
+use pm_gce::compute::ApiCall;
+use pm_gce::error::{ErrorClass, GceError};
+use pm_gce::fake::FakeCompute;
+use pm_gce::resources::{Instance, InstanceStatus};
+use pm_pool::HookEvent;
+use pm_proto::{Hooks, ObservedInstance, OnPreempted, PoolConfig, ZoneDesired};
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::decide::InFlight;
+use crate::failure::{react, Action};
+use crate::operations::{run, Op, Outcome};
+
+const ZONE: &str = "zone-a";
+const PROJECT: &str = "proj";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config(on_preempted: OnPreempted) -> PoolConfig {
+    PoolConfig {
+        target_vm_count: 2,
+        allowed_zones: vec![ZONE.into()],
+        prefix: "w-".into(),
+        instance_json: r#"{"machineType": "zones/{zone}/machineTypes/e2-small"}"#.into(),
+        project: PROJECT.into(),
+        on_preempted: on_preempted as i32,
+        ..Default::default()
+    }
+}
+
+fn state(desired: i64, on_preempted: OnPreempted) -> PoolState {
+    PoolState {
+        config: Some(config(on_preempted)),
+        desired: Some(ZoneDesired {
+            count: desired,
+            accept_new: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn observe(state: &mut PoolState, name: &str, o: ObservedInstance) {
+    state.observed.insert(name.into(), (o, 1));
+}
+
+fn running(name: &str) -> ObservedInstance {
+    ObservedInstance {
+        state: InstanceState::Running as i32,
+        gce_id: format!("id-{name}"),
+        ..Default::default()
+    }
+}
+
+fn put(fake: &FakeCompute, name: &str, status: InstanceStatus) {
+    let mut instance: Instance =
+        serde_json::from_value(serde_json::json!({ "name": name })).expect("instance");
+    instance.labels.insert("pm-pool".into(), "web".into());
+    instance.status = Some(status);
+    instance.id = Some(format!("id-{name}"));
+    fake.put_instance(PROJECT, ZONE, instance);
+}
+
+async fn pass(fake: &FakeCompute, state: &mut PoolState) -> Pass {
+    let ctx = PassContext {
+        compute: fake,
+        zone: ZONE,
+        agent_id: "agent-1",
+        default_project: None,
+        operation_timeout: TIMEOUT,
+    };
+    reconcile_pool(&ctx, "web", state).await
+}
+
+async fn effects_of(fake: &FakeCompute, state: &mut PoolState) -> Effects {
+    let pass = pass(fake, state).await;
+    assert!(pass.listed, "{:?}", pass.reports);
+    let (project, fx) = pass.effects.expect("effects");
+    assert_eq!(project, PROJECT);
+    fx
+}
+
+/// Runs the operations of `fx` as the loop does, one slot, and returns their outcomes.
+async fn operate(fake: &FakeCompute, fx: Effects) -> Vec<(String, InFlight, Outcome)> {
+    let slots = Arc::new(Semaphore::new(1));
+    let mut ops: Vec<(String, Op)> = Vec::new();
+    for insert in fx.creates.into_iter().chain(fx.resumes) {
+        let op = Op::Insert {
+            request_id: insert.request_id,
+            instance: Box::new(insert.instance),
+            gate: None,
+        };
+        ops.push((insert.name, op));
+    }
+    ops.extend(fx.restarts.into_iter().map(|n| (n, Op::Start)));
+    ops.extend(fx.deletes.into_iter().map(|n| (n, Op::Delete)));
+    let mut outcomes = Vec::new();
+    for (name, op) in ops {
+        let outcome = run(fake, slots.clone(), PROJECT, ZONE, &name, &op, TIMEOUT).await;
+        outcomes.push((name, op.kind(), outcome));
+    }
+    outcomes
+}
+
+fn failure(outcome: &Outcome) -> &GceError {
+    match outcome {
+        Outcome::Failed(e) => e,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stockout_in_the_operation_reports_the_zone_and_forgets_the_intent() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Delete);
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.creates.len(), 1);
+    let intent = fx.writes[&fx.creates[0].name].clone().expect("intent");
+    assert_eq!(intent.request_id, fx.creates[0].request_id);
+    fake.fail_next_operation(ApiCall::Insert, "ZONE_RESOURCE_POOL_EXHAUSTED", 503);
+    let outcomes = operate(&fake, fx).await;
+    let error = failure(&outcomes[0].2);
+    assert_eq!(error.class(), ErrorClass::Stockout);
+    let reaction = react(outcomes[0].1, error, || Duration::from_secs(1));
+    assert_eq!(reaction.action, Action::Stockout);
+    assert!(reaction.forget_intent);
+    assert!(fake.instances(PROJECT, ZONE).is_empty());
+
+    pool.pause_creates(pool.exhaustion_base(), "stockout".into(), true);
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty(), "creates stay paused");
+    tokio::time::advance(pool.exhaustion_base()).await;
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(
+        fx.creates.len(),
+        1,
+        "the pause ends with the exhaustion base"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn quota_pauses_creates_for_the_back_off() {
+    let fake = FakeCompute::new();
+    let mut pool = state(2, OnPreempted::Delete);
+    let fx = effects_of(&fake, &mut pool).await;
+    fake.fail_next(
+        Some(ApiCall::Insert),
+        GceError::http(
+            ApiCall::Insert,
+            403,
+            "quotaExceeded",
+            "Quota 'CPUS' exceeded",
+        ),
+    );
+    let outcomes = operate(&fake, fx).await;
+    let error = failure(&outcomes[0].2);
+    assert_eq!(error.class(), ErrorClass::Quota);
+    assert!(matches!(outcomes[1].2, Outcome::Done(_)));
+    let reaction = react(InFlight::Creating, error, || pool.retry.next_delay());
+    let Action::BackOff {
+        delay,
+        pause_creates: true,
+    } = reaction.action
+    else {
+        panic!("{reaction:?}")
+    };
+    assert!(
+        delay <= Duration::from_secs(1),
+        "first delay of the back-off"
+    );
+    pool.pause_creates(delay, "Quota".into(), false);
+    assert!(pool.next_sync <= tokio::time::Instant::now() + delay);
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty(), "paused");
+    tokio::time::advance(delay).await;
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(
+        fx.creates.len(),
+        1,
+        "the one missing is created after the back-off"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_list_backs_the_pass_off() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Delete);
+    fake.fail_next(
+        Some(ApiCall::List),
+        GceError::http(
+            ApiCall::List,
+            429,
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+        ),
+    );
+    let now = tokio::time::Instant::now();
+    let first = pass(&fake, &mut pool).await;
+    assert!(!first.listed && first.effects.is_none());
+    assert_eq!(first.reports[0].kind, "gce-error");
+    assert!(first.next_sync <= now + Duration::from_secs(1));
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.creates.len(), 1, "the next pass lists and creates");
+    fake.fail_next(
+        Some(ApiCall::Insert),
+        GceError::http(
+            ApiCall::Insert,
+            429,
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+        ),
+    );
+    let outcomes = operate(&fake, fx).await;
+    let reaction = react(InFlight::Creating, failure(&outcomes[0].2), || {
+        Duration::from_secs(2)
+    });
+    assert_eq!(
+        reaction.action,
+        Action::BackOff {
+            delay: Duration::from_secs(2),
+            pause_creates: true
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_insert_is_followed_in_the_lists_not_repeated() {
+    let fake = FakeCompute::new();
+    fake.hang_operations(true);
+    let mut pool = state(1, OnPreempted::Delete);
+    let fx = effects_of(&fake, &mut pool).await;
+    let intent = fx.writes.clone();
+    let name = fx.creates[0].name.clone();
+    let outcomes = operate(&fake, fx).await;
+    let error = failure(&outcomes[0].2);
+    assert!(
+        matches!(error, GceError::OperationTimeout { .. }),
+        "{error}"
+    );
+    let reaction = react(InFlight::Creating, error, || panic!("no back-off"));
+    assert_eq!(reaction.action, Action::FollowInLists);
+    assert!(!reaction.forget_intent, "the intent stays");
+    for (n, o) in intent {
+        observe(&mut pool, &n, o.expect("intent"));
+    }
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty() && fx.resumes.is_empty(), "{fx:?}");
+    let recorded = fx.writes[&name].clone().expect("updated");
+    assert_eq!(recorded.state(), InstanceState::Running, "seen in the list");
+    assert_eq!(fake.calls_of(ApiCall::Insert).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_delete_is_finished() {
+    let fake = FakeCompute::new();
+    let mut pool = state(0, OnPreempted::Delete);
+    put(&fake, "w-a", InstanceStatus::Running);
+    let mut deleting = running("w-a");
+    deleting.state = InstanceState::Deleting as i32;
+    observe(&mut pool, "w-a", deleting.clone());
+    observe(&mut pool, "w-b", deleting);
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.deletes, ["w-a"]);
+    assert_eq!(fx.writes["w-b"], None, "the delete that finished unseen");
+    assert_eq!(fx.notices[0].hook, Some(HookEvent::Delete));
+    let outcomes = operate(&fake, fx).await;
+    assert!(matches!(outcomes[0].2, Outcome::Done(_)));
+    assert!(fake.instances(PROJECT, ZONE).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_from_an_earlier_term_is_resumed_or_adopted() {
+    let fake = FakeCompute::new();
+    let mut pool = state(2, OnPreempted::Delete);
+    let intent = |name: &str| ObservedInstance {
+        state: InstanceState::Provisioning as i32,
+        request_id: pm_gce::request_id_for(name),
+        created_unix_ms: now_unix_ms(),
+        ..Default::default()
+    };
+    observe(&mut pool, "w-a", intent("w-a"));
+    put(&fake, "w-b", InstanceStatus::Staging);
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty(), "no duplicate: {fx:?}");
+    assert_eq!(fx.resumes.len(), 1);
+    assert_eq!(fx.resumes[0].request_id, pm_gce::request_id_for("w-a"));
+    let adopted = fx.writes["w-b"].clone().expect("adopted");
+    assert_eq!(
+        (adopted.state(), adopted.gce_id.as_str()),
+        (InstanceState::Staging, "id-w-b")
+    );
+    operate(&fake, fx).await;
+    let resumed = fake.calls_of(ApiCall::Insert);
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        resumed[0].request_id.as_deref(),
+        Some(pm_gce::request_id_for("w-a").as_str())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_mode_starts_a_preempted_instance_without_a_replacement() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Restart);
+    put(&fake, "w-a", InstanceStatus::Running);
+    observe(&mut pool, "w-a", running("w-a"));
+    assert!(fake.record_preemption(PROJECT, ZONE, "w-a"));
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.restarts, ["w-a"]);
+    assert!(fx.creates.is_empty() && fx.deletes.is_empty());
+    assert_eq!(fx.notices[0].kind, "preempted");
+    assert!(fx.writes["w-a"].as_ref().is_some_and(|o| o.preempted));
+    let outcomes = operate(&fake, fx).await;
+    assert!(matches!(outcomes[0].2, Outcome::Done(_)));
+    assert_eq!(fake.calls_of(ApiCall::Start).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
+    let fake = FakeCompute::new();
+    let mut pools = crate::pool_state::Pools::new(ZONE, pm_etcd::Keyspace::default());
+    let keys = pm_etcd::Keyspace::default();
+    let key = keys.pool_config("web").expect("key");
+    let stored = |config: &PoolConfig, revision: i64| pm_etcd::StoredKey {
+        key: key.clone(),
+        value: prost::Message::encode_to_vec(config),
+        mod_revision: revision,
+        create_revision: 1,
+        lease: 0,
+    };
+    let good = config(OnPreempted::Delete);
+    pools.apply_put(&stored(&good, 2));
+    let mut bad = good.clone();
+    bad.hooks = Some(Hooks {
+        create: "../escape".into(),
+        ..Default::default()
+    });
+    pools.apply_put(&stored(&bad, 3));
+    let undecodable = pm_etcd::StoredKey {
+        value: b"\xff\xff garbage".to_vec(),
+        ..stored(&good, 4)
+    };
+    let state = pools.pools.get_mut("web").expect("pool");
+    assert_eq!(
+        state.config.as_ref(),
+        Some(&good),
+        "the last valid config stays"
+    );
+    let first = pass(&fake, state).await;
+    assert_eq!(first.reports.len(), 1, "{:?}", first.reports);
+    assert_eq!(first.reports[0].kind, "invalid-config");
+    assert!(first.reports[0].message.contains("hooks.create"));
+    let second = pass(&fake, state).await;
+    assert!(second.reports.is_empty(), "reported once");
+    pools.apply_put(&undecodable);
+    let state = pools.pools.get_mut("web").expect("pool");
+    assert_eq!(state.config.as_ref(), Some(&good));
+    let third = pass(&fake, state).await;
+    assert_eq!(third.reports.len(), 1, "a new problem is reported");
+    pools.apply_put(&stored(&good, 5));
+    assert!(pools.pools["web"].config_problem.is_none());
+}
