@@ -16,16 +16,16 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::clock::{operation_name, resource_id, rfc3339, system_event_name};
-use super::control::{Counters, Faults, InstanceReport, PoolReport, ZoneReport};
-use super::SimConfig;
-use crate::compute::{is_valid_request_id, MAX_PAGE_SIZE};
-use crate::filter::Filter;
-use crate::resources::{
+use crate::clock::{operation_name, resource_id, rfc3339, system_event_name};
+use crate::control::{Counters, Faults, InstanceReport, PoolReport, ZoneReport};
+use crate::SimConfig;
+use pm_gce::compute::{is_valid_request_id, MAX_PAGE_SIZE};
+use pm_gce::filter::Filter;
+use pm_gce::resources::{
     BulkInsertRequest, Instance, InstanceStatus, Operation, OperationError, OperationErrorItem,
     OperationStatus,
 };
-use crate::template::{
+use pm_gce::template::{
     validate_label_key, validate_label_value, validate_name, validate_resource_name,
 };
 
@@ -2029,7 +2029,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn request_ids_and_pagination() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
-        let rid = crate::compute::request_id_for("a");
+        let rid = pm_gce::compute::request_id_for("a");
         let first = w.insert("p", "z1", &body("a"), Some(&rid)).expect("insert");
         let again = w.insert("p", "z1", &body("a"), Some(&rid)).expect("replay");
         assert_eq!(first.name, again.name);
