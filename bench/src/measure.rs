@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pm_gce::sim::{SimState, SimStats, ZoneReport};
+use gce_sim::{SimState, SimStats, ZoneReport};
 use pm_proto::ZoneDesired;
 use pm_tests::Cluster;
 

@@ -447,7 +447,7 @@ pub async fn agent_failover(p: &Profile) -> anyhow::Result<Failover> {
         .unwrap_or_default();
     let first = c.agent(&zone, 0).name().to_string();
     let index = usize::from(active != first);
-    let inserts = |s: &pm_gce::sim::SimStats| s.count("compute.instances.insert");
+    let inserts = |s: &gce_sim::SimStats| s.count("compute.instances.insert");
     let before = inserts(&measure::stats(&c).await?);
     c.agent(&zone, index).kill9().await;
     let killed = Instant::now();

@@ -1,5 +1,5 @@
 //! The narrow Compute interface `pm` needs, implemented over REST ([`crate::rest`]),
-//! in memory ([`crate::fake`]), and served by gce-sim ([`crate::sim`]).
+//! in memory ([`crate::fake`]), and served by gce-sim (the `gce-sim` crate).
 
 use std::fmt;
 use std::future::Future;

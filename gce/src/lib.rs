@@ -1,6 +1,6 @@
 //! Compute Engine for `pm`: the narrow [`Compute`] trait, its REST client, the one place
-//! GCE errors are classified, instance-template rendering, an in-process fake, and the
-//! gce-sim server ([`sim`]).
+//! GCE errors are classified, instance-template rendering, and an in-process fake. The
+//! gce-sim server lives in its own crate, `gce-sim`, which uses these types.
 
 #![warn(missing_docs)]
 
@@ -10,7 +10,6 @@ pub mod fake;
 pub mod filter;
 pub mod resources;
 pub mod rest;
-pub mod sim;
 pub mod template;
 
 pub use compute::{

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gce_sim::{RunningSim, Sim, SimControl};
 use pm_etcd::{EtcdOptions, Keyspace, Store};
 use pm_gce::compute::Compute;
 use pm_gce::resources::Instance;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
-use pm_gce::sim::{RunningSim, Sim, SimControl};
 use pm_proto::PoolConfig;
 
 use crate::{unique_prefix, Daemon, EtcdCluster};

@@ -32,9 +32,9 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use gce_sim::{Faults, InstanceReport, InstancesReport, PoolReport, SimControl, SimStats};
 use pm_etcd::Election;
 use pm_gce::compute::request_id_for;
-use pm_gce::sim::{Faults, InstanceReport, InstancesReport, PoolReport, SimControl, SimStats};
 use pm_proto::Hooks;
 use pm_tests::cluster::{metric_sum, zone_name, PROJECT, TEMPLATE};
 use pm_tests::{Cluster, TcpProxy};

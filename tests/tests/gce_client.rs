@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pm_gce::sim::{Faults, RunningSim, Sim, SimControl};
+use gce_sim::{Faults, RunningSim, Sim, SimControl};
 use pm_gce::{
     request_id_for, wait_until_done, Auth, Backoff, Compute, ErrorClass, GceError, Instance,
     InstanceStatus, OperationStatus, PageRequest, RestCompute, RestConfig,

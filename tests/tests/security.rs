@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, Permission};
+use gce_sim::Sim;
 use pm_etcd::{EtcdOptions, Keyspace, Secret, Store, TlsFiles};
 use pm_gce::compute::Compute;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
-use pm_gce::sim::Sim;
 use pm_proto::{AgentInfo, Event, PoolConfig, ZoneDesired};
 use pm_tests::cluster::{http_get, metrics_addr, PROJECT, TEMPLATE};
 use pm_tests::{bin_path, eventually, poll_until, unique_prefix, Daemon, EtcdCluster};

@@ -419,7 +419,7 @@ async fn operations_that_never_finish_do_not_stall_creates() {
     c.set_pool("web", c.pool_config("web-", 8)).await;
     wait_running(&c, "web", 8).await;
     c.sim()
-        .set_faults(&pm_gce::sim::Faults {
+        .set_faults(&gce_sim::Faults {
             hang_operations: true,
             ..Default::default()
         })
@@ -452,7 +452,7 @@ async fn operations_that_never_finish_do_not_stall_creates() {
     .await;
 
     c.sim()
-        .set_faults(&pm_gce::sim::Faults::default())
+        .set_faults(&gce_sim::Faults::default())
         .await
         .unwrap();
     let victim = c.gce_instances("web").await["zone-a"][0].name.clone();
@@ -478,7 +478,7 @@ async fn quota_and_permanent_errors_do_not_spin() {
 
     // Quota: every insert is refused; the agent backs off instead of retrying at once.
     c.sim()
-        .set_faults(&pm_gce::sim::Faults {
+        .set_faults(&gce_sim::Faults {
             error_rate: 1.0,
             status: 403,
             reason: Some("quotaExceeded".into()),
@@ -498,7 +498,7 @@ async fn quota_and_permanent_errors_do_not_spin() {
         "{inserts} inserts in 5 syncs: the agent spins on quota errors"
     );
     c.sim()
-        .set_faults(&pm_gce::sim::Faults::default())
+        .set_faults(&gce_sim::Faults::default())
         .await
         .unwrap();
     wait_running(&c, "q", 3).await;
@@ -557,7 +557,7 @@ async fn without_etcd_quorum_pm_pauses_safely_and_resumes() {
     let mut c = Cluster::builder().zones(1).etcd_members(3).start().await;
     c.set_pool("q", c.pool_config("q-", 3)).await;
     wait_running(&c, "q", 3).await;
-    let calls = |s: &pm_gce::sim::SimStats| {
+    let calls = |s: &gce_sim::SimStats| {
         s.count("compute.instances.insert") + s.count("compute.instances.delete")
     };
 

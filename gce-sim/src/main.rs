@@ -1,9 +1,9 @@
-//! gce-sim: a local Compute Engine v1 server (see `pm_gce::sim`).
+//! gce-sim: a local Compute Engine v1 server (see the `gce_sim` library).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use pm_gce::sim::cli::{run, Args};
+use gce_sim::cli::{run, Args};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

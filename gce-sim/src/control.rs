@@ -13,9 +13,9 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::api::error_response;
-use super::world::ApiError;
-use super::Shared;
+use crate::api::error_response;
+use crate::world::ApiError;
+use crate::Shared;
 
 /// Fault injection for the compute API (`POST /sim/v1/faults` replaces all of it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

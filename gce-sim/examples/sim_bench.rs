@@ -5,7 +5,7 @@
 //! it over HTTP. Build both in release mode first:
 //!
 //! ```text
-//! cargo build --release -p pm-gce --bin gce-sim --example sim_bench
+//! cargo build --release -p gce-sim --bin gce-sim --example sim_bench
 //! target/release/examples/sim_bench [--sim target/release/gce-sim] [--instances 20000]
 //! ```
 

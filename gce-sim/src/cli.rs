@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Sim, SimConfig, SimConfigError};
+use crate::{Sim, SimConfig, SimConfigError};
 
 /// gce-sim: a local Compute Engine v1 API with zone capacity, preemption and faults.
 #[derive(Debug, Clone, clap::Parser)]
@@ -68,7 +68,7 @@ pub async fn run(
         .config(config)
         .build()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = super::listen(listen)
+    let listener = crate::listen(listen)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();

@@ -55,7 +55,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let name = operation_name(&mut rng, time);
         assert!(name.starts_with("operation-1714539967123-"), "{name}");
-        assert!(crate::template::validate_name(&name).is_ok(), "{name}");
+        assert!(pm_gce::template::validate_name(&name).is_ok(), "{name}");
         assert!(system_event_name(&mut rng, time).starts_with("systemevent-1714539967123-"));
         assert!(resource_id(&mut rng) > 0);
     }

@@ -5,7 +5,7 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::time::Duration;
-//! let sim = pm_gce::sim::Sim::builder()
+//! let sim = gce_sim::Sim::builder()
 //!     .zones(["us-central1-a", "us-central1-b"])
 //!     .capacity(10)
 //!     .op_delay(Duration::from_millis(50))
@@ -101,7 +101,7 @@ pub enum SimConfigError {
     NoZones,
     /// A zone name breaks GCE's naming rules.
     #[error("invalid zone name")]
-    BadZone(#[source] crate::template::NameError),
+    BadZone(#[source] pm_gce::template::NameError),
     /// A per-zone capacity names a zone that is not served.
     #[error("capacity given for zone {0:?}, which is not in the zone list")]
     UnknownZone(String),
@@ -123,7 +123,7 @@ impl SimConfig {
             return Err(SimConfigError::NoZones);
         }
         for (i, zone) in self.zones.iter().enumerate() {
-            crate::template::validate_resource_name("zone name", zone)
+            pm_gce::template::validate_resource_name("zone name", zone)
                 .map_err(SimConfigError::BadZone)?;
             if self.zones[..i].contains(zone) {
                 return Err(SimConfigError::DuplicateZone(zone.clone()));

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
-use super::world::ApiError;
-use super::Shared;
+use crate::world::ApiError;
+use crate::Shared;
 
 const ZONES: &str = "/compute/v1/projects/{project}/zones";
 const ZONE: &str = "/compute/v1/projects/{project}/zones/{zone}";

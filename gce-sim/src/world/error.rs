@@ -1,0 +1,58 @@
+//! [`ApiError`]: a synchronous Compute API error as gce-sim answers it, and the
+//! kinds of it the world raises.
+
+/// A synchronous API error, rendered in GCE's error envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// `errors[].reason`.
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 `invalid` with `message`.
+    pub(super) fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            reason: "invalid",
+            message: message.into(),
+        }
+    }
+
+    /// 400 `invalid` naming the field, the value sent and what is wrong with it.
+    pub(super) fn invalid_field(field: &str, value: &str, problem: &str) -> ApiError {
+        ApiError::invalid(format!(
+            "Invalid value for field '{field}': '{value}'. {problem}"
+        ))
+    }
+
+    /// 404 `notFound` for `resource`.
+    pub(super) fn not_found(resource: &str) -> ApiError {
+        ApiError {
+            status: 404,
+            reason: "notFound",
+            message: format!("The resource '{resource}' was not found"),
+        }
+    }
+
+    /// 409 `alreadyExists` for `resource`.
+    pub(super) fn already_exists(resource: &str) -> ApiError {
+        ApiError {
+            status: 409,
+            reason: "alreadyExists",
+            message: format!("The resource '{resource}' already exists"),
+        }
+    }
+
+    /// 400 `resourceNotReady` for `resource`.
+    pub(super) fn not_ready(resource: &str) -> ApiError {
+        ApiError {
+            status: 400,
+            reason: "resourceNotReady",
+            message: format!("The resource '{resource}' is not ready"),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The body of an instance insert validated as GCE would: name, labels, machine type
+//! and scheduling, keeping the client's other fields as compact JSON.
+
+use std::collections::BTreeMap;
+
+use pm_gce::resources::Instance;
+use pm_gce::template::{validate_label_key, validate_label_value, validate_name};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::{ApiError, URL_ROOT};
+
+/// Fields of an instance that the server owns; whatever a client sends for them is
+/// replaced.
+const SERVER_FIELDS: [&str; 12] = [
+    "kind",
+    "id",
+    "name",
+    "zone",
+    "status",
+    "statusMessage",
+    "selfLink",
+    "creationTimestamp",
+    "labels",
+    "labelFingerprint",
+    "lastStartTimestamp",
+    "lastStopTimestamp",
+];
+
+/// Most labels one resource may carry.
+const MAX_LABELS: usize = 64;
+
+/// Validated instance fields of an insert.
+pub(super) struct InstanceSpec {
+    pub(super) name: String,
+    pub(super) body: Box<[(Box<str>, Box<RawValue>)]>,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) delete_on_preempt: bool,
+}
+
+/// Validates the labels object at `field` (absent means none).
+pub(super) fn parse_labels(
+    value: Option<&Value>,
+    field: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid_field(
+            field,
+            &value.to_string(),
+            "Labels must be an object.",
+        ));
+    };
+    if map.len() > MAX_LABELS {
+        return Err(ApiError::invalid_field(
+            field,
+            &map.len().to_string(),
+            "At most 64 labels are allowed.",
+        ));
+    }
+    let mut labels = BTreeMap::new();
+    for (key, value) in map {
+        let Value::String(text) = value else {
+            return Err(ApiError::invalid_field(
+                &format!("{field}.{key}"),
+                &value.to_string(),
+                "Label values must be strings.",
+            ));
+        };
+        validate_label_key(key)
+            .and_then(|()| validate_label_value(text))
+            .map_err(|e| {
+                ApiError::invalid_field(&format!("{field}.{key}"), text, &e.to_string())
+            })?;
+        labels.insert(key.clone(), text.clone());
+    }
+    Ok(labels)
+}
+
+/// Validates an instance body as GCE would and keeps the client's fields.
+/// `bare_machine_type` accepts `e2-small` (instance properties of a bulk insert).
+pub(super) fn parse_instance(
+    value: Value,
+    project: &str,
+    zone: &str,
+    bare_machine_type: bool,
+) -> Result<InstanceSpec, ApiError> {
+    let Value::Object(mut body) = value else {
+        return Err(ApiError::invalid(
+            "The instance resource must be a JSON object.",
+        ));
+    };
+    let name = match body.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "resource.name",
+                &other.to_string(),
+                "Must be a string.",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_field(
+                "resource.name",
+                "",
+                "Must be a match of regex '[a-z]([-a-z0-9]*[a-z0-9])?'",
+            ))
+        }
+    };
+    validate_name(&name).map_err(|e| {
+        ApiError::invalid_field(
+            "resource.name",
+            &name,
+            &format!("Must be a match of regex '[a-z]([-a-z0-9]*[a-z0-9])?' ({e})"),
+        )
+    })?;
+    let labels = parse_labels(body.get("labels"), "resource.labels")?;
+    let machine_type = match body.get("machineType") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(other) => {
+            return Err(ApiError::invalid_field(
+                "resource.machineType",
+                &other.to_string(),
+                "Invalid machine type.",
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid_field(
+                "resource.machineType",
+                "",
+                "Machine type is required.",
+            ))
+        }
+    };
+    let expanded = expand_machine_type(&machine_type, project, zone, bare_machine_type)
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "resource.machineType",
+                &machine_type,
+                "Expected a URL or a partial URL like zones/ZONE/machineTypes/TYPE.",
+            )
+        })?;
+    body.insert("machineType".into(), Value::String(expanded));
+    let typed: Instance =
+        serde_path_to_error::deserialize(Value::Object(body.clone())).map_err(|e| {
+            ApiError::invalid(format!(
+                "Invalid value for field 'resource.{}': {}",
+                e.path(),
+                e.inner()
+            ))
+        })?;
+    let mut scheduling = typed.scheduling.unwrap_or_default();
+    let spot = scheduling.preemptible == Some(true)
+        || scheduling.provisioning_model.as_deref() == Some("SPOT");
+    if spot {
+        if scheduling.on_host_maintenance.as_deref() == Some("MIGRATE") {
+            return Err(ApiError::invalid(
+                "Scheduling must have preemptible be false when OnHostMaintenance isn't TERMINATE.",
+            ));
+        }
+        if scheduling.automatic_restart == Some(true) {
+            return Err(ApiError::invalid(
+                "Scheduling must have preemptible be false when AutomaticRestart is true.",
+            ));
+        }
+        scheduling.on_host_maintenance = Some("TERMINATE".into());
+        scheduling.automatic_restart = Some(false);
+    } else {
+        scheduling
+            .on_host_maintenance
+            .get_or_insert_with(|| "MIGRATE".into());
+        scheduling.automatic_restart.get_or_insert(true);
+    }
+    scheduling.preemptible.get_or_insert(false);
+    scheduling
+        .provisioning_model
+        .get_or_insert_with(|| "STANDARD".into());
+    let delete_on_preempt = scheduling.instance_termination_action.as_deref() == Some("DELETE");
+    let scheduling =
+        serde_json::to_value(&scheduling).map_err(|e| ApiError::invalid(e.to_string()))?;
+    body.insert("scheduling".into(), scheduling);
+    for field in SERVER_FIELDS {
+        body.remove(field);
+    }
+    let body = body
+        .into_iter()
+        .map(
+            |(key, value)| match serde_json::value::to_raw_value(&value) {
+                Ok(raw) => Ok((key.into_boxed_str(), raw)),
+                Err(e) => Err(ApiError::invalid(format!("field {key:?}: {e}"))),
+            },
+        )
+        .collect::<Result<_, _>>()?;
+    Ok(InstanceSpec {
+        name,
+        body,
+        labels,
+        delete_on_preempt,
+    })
+}
+
+/// A machine type as the full URL GCE returns, or `None` if it is not one.
+fn expand_machine_type(
+    machine_type: &str,
+    project: &str,
+    zone: &str,
+    bare_ok: bool,
+) -> Option<String> {
+    if machine_type.starts_with("https://") || machine_type.starts_with("http://") {
+        return machine_type
+            .contains("/machineTypes/")
+            .then(|| machine_type.to_string());
+    }
+    if let Some(rest) = machine_type.strip_prefix("projects/") {
+        return rest
+            .contains("/machineTypes/")
+            .then(|| format!("{URL_ROOT}{machine_type}"));
+    }
+    if machine_type.starts_with("zones/") {
+        return machine_type
+            .contains("/machineTypes/")
+            .then(|| format!("{URL_ROOT}projects/{project}/{machine_type}"));
+    }
+    if bare_ok && validate_name(machine_type).is_ok() {
+        return Some(format!(
+            "{URL_ROOT}projects/{project}/zones/{zone}/machineTypes/{machine_type}"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::world::test_support::{body, world};
+    use serde_json::json;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn validation_errors() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([]), "JSON object"),
+            (
+                json!({"machineType": "zones/z1/machineTypes/x"}),
+                "resource.name",
+            ),
+            (
+                json!({"name": "Bad_Name", "machineType": "zones/z1/machineTypes/x"}),
+                "resource.name",
+            ),
+            (json!({"name": "a"}), "resource.machineType"),
+            (
+                json!({"name": "a", "machineType": "e2-small"}),
+                "resource.machineType",
+            ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "labels": {"k": 1}}),
+                "resource.labels.k",
+            ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"preemptible": "yes"}}),
+                "resource.scheduling.preemptible",
+            ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"preemptible": true, "onHostMaintenance": "MIGRATE"}}),
+                "OnHostMaintenance",
+            ),
+        ];
+        for (value, expected) in cases {
+            let bytes = serde_json::to_vec(&value).expect("json");
+            let error = w.insert("p", "z1", &bytes, None).expect_err("invalid");
+            assert_eq!(error.status, 400, "{value}");
+            assert!(
+                error.message.contains(expected),
+                "{} lacks {expected}",
+                error.message
+            );
+        }
+        let error = w.insert("p", "z1", b"{not json", None).expect_err("parse");
+        assert_eq!((error.status, error.reason), (400, "parseError"));
+        let error = w
+            .insert("p", "nowhere", &body("a"), None)
+            .expect_err("zone");
+        assert_eq!(error.status, 404);
+        let error = w
+            .insert("p", "z1", &body("a"), Some("abc"))
+            .expect_err("request id");
+        assert!(error.message.contains("requestId"));
+    }
+}

@@ -1,0 +1,356 @@
+//! Instances: their lifecycle phases (status computed from timestamps), and the
+//! calls that create and change one: `insert`, `delete`, `start`, `stop`,
+//! `setLabels`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use pm_gce::resources::{InstanceStatus, Operation};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::capacity::{pool_of, stockout};
+use super::instance_spec::{parse_instance, parse_labels, InstanceSpec};
+use super::{instance_path, ApiError, World};
+use crate::clock::resource_id;
+
+/// How an instance is doing; with the time it entered the phase this gives its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// PROVISIONING, then STAGING, then RUNNING (each boot-delay half).
+    Booting,
+    /// STOPPING for the boot delay, then TERMINATED.
+    Stopping,
+    /// STOPPING until it is removed (delete, or preemption with action DELETE).
+    Deleting,
+}
+
+/// One instance, as the world keeps it.
+pub(super) struct SimInstance {
+    pub(super) id: u64,
+    /// The client's fields minus `instance_spec::SERVER_FIELDS`,
+    /// machineType expanded to a URL, each kept as compact JSON text: a tenth of the
+    /// memory of a `serde_json::Map`.
+    pub(super) body: Box<[(Box<str>, Box<RawValue>)]>,
+    /// Sorted by key.
+    pub(super) labels: Box<[(String, String)]>,
+    pub(super) label_fingerprint: String,
+    pub(super) created: SystemTime,
+    pub(super) last_start: SystemTime,
+    pub(super) last_stop: Option<SystemTime>,
+    pub(super) phase: Phase,
+    pub(super) phase_since: Instant,
+    pub(super) delete_on_preempt: bool,
+}
+
+impl SimInstance {
+    pub(super) fn status(&self, now: Instant, boot_delay: Duration) -> InstanceStatus {
+        let elapsed = now.saturating_duration_since(self.phase_since);
+        match self.phase {
+            Phase::Booting if elapsed >= boot_delay => InstanceStatus::Running,
+            Phase::Booting if elapsed >= boot_delay / 2 => InstanceStatus::Staging,
+            Phase::Booting => InstanceStatus::Provisioning,
+            Phase::Stopping if elapsed >= boot_delay => InstanceStatus::Terminated,
+            Phase::Stopping | Phase::Deleting => InstanceStatus::Stopping,
+        }
+    }
+
+    /// Counts against the zone's capacity.
+    pub(super) fn is_live(&self) -> bool {
+        self.phase == Phase::Booting
+    }
+}
+
+/// Labels' fingerprint: 8 bytes of a hash of the sorted labels, base64 like GCE's.
+fn label_fingerprint(labels: &BTreeMap<String, String>) -> String {
+    use base64::Engine;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (key, value) in labels {
+        for byte in key.bytes().chain([0]).chain(value.bytes()).chain([0]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode(hash.to_be_bytes())
+}
+
+impl World {
+    /// `instances.insert`.
+    pub fn insert(
+        &mut self,
+        project: &str,
+        zone: &str,
+        body: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<Operation, ApiError> {
+        if let Some(op) = self.replay(project, zone, request_id)? {
+            return Ok(op);
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
+            status: 400,
+            reason: "parseError",
+            message: format!("Invalid JSON payload received. {e}"),
+        })?;
+        let spec = parse_instance(value, project, zone, false)?;
+        let id = resource_id(&mut self.rng);
+        let z = self.zone_mut(project, zone)?;
+        if z.projects
+            .get(project)
+            .is_some_and(|pz| pz.instances.contains_key(&spec.name))
+        {
+            return Err(ApiError::already_exists(&instance_path(
+                project, zone, &spec.name,
+            )));
+        }
+        let failure = if z.live >= z.capacity {
+            self.counters.stockouts += 1;
+            Some(stockout(project, zone))
+        } else {
+            self.create(project, zone, id, &spec)?;
+            None
+        };
+        let op = self.new_operation("insert", &spec.name, id, failure);
+        self.store_operation(project, zone, request_id, op)
+    }
+
+    /// Creates the instance `spec` describes, live from now.
+    pub(super) fn create(
+        &mut self,
+        project: &str,
+        zone: &str,
+        id: u64,
+        spec: &InstanceSpec,
+    ) -> Result<(), ApiError> {
+        let wall = SystemTime::now();
+        let instance = SimInstance {
+            id,
+            body: spec.body.clone(),
+            label_fingerprint: label_fingerprint(&spec.labels),
+            labels: spec.labels.clone().into_iter().collect(),
+            created: wall,
+            last_start: wall,
+            last_stop: None,
+            phase: Phase::Booting,
+            phase_since: Instant::now(),
+            delete_on_preempt: spec.delete_on_preempt,
+        };
+        let pool = pool_of(&instance.labels);
+        self.zone_mut(project, zone)?
+            .projects
+            .entry(project.to_string())
+            .or_default()
+            .instances
+            .insert(spec.name.clone(), instance);
+        self.live_changed(project, zone, pool, true)?;
+        self.counters.inserted += 1;
+        Ok(())
+    }
+
+    /// An instance with its zone's live count and capacity.
+    fn instance_mut(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<(&mut SimInstance, u64, u64), ApiError> {
+        let z = self.zone_mut(project, zone)?;
+        let (live, capacity) = (z.live, z.capacity);
+        z.projects
+            .get_mut(project)
+            .and_then(|pz| pz.instances.get_mut(name))
+            .map(|i| (i, live, capacity))
+            .ok_or_else(|| ApiError::not_found(&instance_path(project, zone, name)))
+    }
+
+    /// `instances.delete`.
+    pub fn delete(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        request_id: Option<&str>,
+    ) -> Result<Operation, ApiError> {
+        if let Some(op) = self.replay(project, zone, request_id)? {
+            return Ok(op);
+        }
+        let remove_at = Instant::now() + self.config.op_delay;
+        let (instance, _, _) = self.instance_mut(project, zone, name)?;
+        let id = instance.id;
+        let was_live = instance.is_live();
+        let pool = pool_of(&instance.labels);
+        if instance.phase != Phase::Deleting {
+            instance.phase = Phase::Deleting;
+            instance.phase_since = Instant::now();
+            self.zone_mut(project, zone)?.removals.insert((
+                remove_at,
+                project.to_string(),
+                name.to_string(),
+            ));
+            if was_live {
+                self.live_changed(project, zone, pool, false)?;
+            }
+            self.counters.deleted += 1;
+        }
+        let op = self.new_operation("delete", name, id, None);
+        self.store_operation(project, zone, request_id, op)
+    }
+
+    /// `instances.start`: a TERMINATED instance boots again if the zone has room.
+    pub fn start(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        request_id: Option<&str>,
+    ) -> Result<Operation, ApiError> {
+        if let Some(op) = self.replay(project, zone, request_id)? {
+            return Ok(op);
+        }
+        let boot = self.config.boot_delay;
+        let now = Instant::now();
+        let (instance, live, capacity) = self.instance_mut(project, zone, name)?;
+        let id = instance.id;
+        let pool = pool_of(&instance.labels);
+        let failure = match (instance.phase, instance.status(now, boot)) {
+            (Phase::Booting, _) => None,
+            (Phase::Stopping, InstanceStatus::Terminated) if live < capacity => {
+                instance.phase = Phase::Booting;
+                instance.phase_since = now;
+                instance.last_start = SystemTime::now();
+                self.live_changed(project, zone, pool, true)?;
+                self.counters.started += 1;
+                None
+            }
+            (Phase::Stopping, InstanceStatus::Terminated) => {
+                self.counters.stockouts += 1;
+                Some(stockout(project, zone))
+            }
+            (Phase::Stopping | Phase::Deleting, _) => {
+                return Err(ApiError::not_ready(&instance_path(project, zone, name)))
+            }
+        };
+        let op = self.new_operation("start", name, id, failure);
+        self.store_operation(project, zone, request_id, op)
+    }
+
+    /// `instances.stop`.
+    pub fn stop(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        request_id: Option<&str>,
+    ) -> Result<Operation, ApiError> {
+        if let Some(op) = self.replay(project, zone, request_id)? {
+            return Ok(op);
+        }
+        let (instance, _, _) = self.instance_mut(project, zone, name)?;
+        let id = instance.id;
+        let pool = pool_of(&instance.labels);
+        match instance.phase {
+            Phase::Booting => {
+                instance.phase = Phase::Stopping;
+                instance.phase_since = Instant::now();
+                instance.last_stop = Some(SystemTime::now());
+                self.live_changed(project, zone, pool, false)?;
+                self.counters.stopped += 1;
+            }
+            Phase::Stopping => {}
+            Phase::Deleting => {
+                return Err(ApiError::not_ready(&instance_path(project, zone, name)))
+            }
+        }
+        let op = self.new_operation("stop", name, id, None);
+        self.store_operation(project, zone, request_id, op)
+    }
+
+    /// `instances.setLabels`: 412 `conditionNotMet` on a stale fingerprint.
+    pub fn set_labels(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        body: &[u8],
+        request_id: Option<&str>,
+    ) -> Result<Operation, ApiError> {
+        if let Some(op) = self.replay(project, zone, request_id)? {
+            return Ok(op);
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
+            status: 400,
+            reason: "parseError",
+            message: format!("Invalid JSON payload received. {e}"),
+        })?;
+        let labels = parse_labels(value.get("labels"), "labels")?;
+        let fingerprint = value.get("labelFingerprint").and_then(Value::as_str);
+        let (instance, _, _) = self.instance_mut(project, zone, name)?;
+        if fingerprint != Some(instance.label_fingerprint.as_str()) {
+            return Err(ApiError {
+                status: 412,
+                reason: "conditionNotMet",
+                message: "Labels fingerprint either invalid or resource labels have changed"
+                    .to_string(),
+            });
+        }
+        instance.label_fingerprint = label_fingerprint(&labels);
+        instance.labels = labels.into_iter().collect();
+        let id = instance.id;
+        let op = self.new_operation("setLabels", name, id, None);
+        self.store_operation(project, zone, request_id, op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::test_support::{body, status_of, world};
+    use pm_gce::resources::OperationStatus;
+    use serde_json::json;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn lifecycle_follows_the_delays() {
+        let mut w = world(Duration::from_millis(200), Duration::from_millis(200));
+        let op = w.insert("p", "z1", &body("a"), None).expect("insert");
+        assert_eq!(op.status, OperationStatus::Pending);
+        assert_eq!(status_of(&mut w, "a"), "PROVISIONING");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(status_of(&mut w, "a"), "STAGING");
+        let op = w.get_operation("p", "z1", &op.name).expect("op");
+        assert_eq!(op.status, OperationStatus::Running);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status_of(&mut w, "a"), "RUNNING");
+        let op = w.get_operation("p", "z1", &op.name).expect("op");
+        assert_eq!(op.status, OperationStatus::Done);
+        assert!(op.end_time.is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn set_labels_checks_the_fingerprint() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        w.insert("p", "z1", &body("a"), None).expect("insert");
+        let current = w.get_instance("p", "z1", "a").expect("get")["labelFingerprint"].clone();
+        let stale = json!({"labels": {"x": "y"}, "labelFingerprint": "stale"});
+        let error = w
+            .set_labels(
+                "p",
+                "z1",
+                "a",
+                &serde_json::to_vec(&stale).expect("json"),
+                None,
+            )
+            .expect_err("stale");
+        assert_eq!((error.status, error.reason), (412, "conditionNotMet"));
+        let fresh = json!({"labels": {"x": "y"}, "labelFingerprint": current});
+        w.set_labels(
+            "p",
+            "z1",
+            "a",
+            &serde_json::to_vec(&fresh).expect("json"),
+            None,
+        )
+        .expect("set");
+        let got = w.get_instance("p", "z1", "a").expect("get");
+        assert_eq!(got["labels"], json!({"x": "y"}));
+        assert_ne!(got["labelFingerprint"], current);
+    }
+}

@@ -1,0 +1,359 @@
+//! Operations: their status over time (slowed or hung by faults), storing and
+//! replaying them by `requestId`, and `zoneOperations.get` / `.list` with the wait
+//! bound's remaining time.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::time::{Duration, SystemTime};
+
+use pm_gce::compute::is_valid_request_id;
+use pm_gce::resources::{Operation, OperationError, OperationErrorItem, OperationStatus};
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::paging::{decode_token, page_size, paginate, parse_filter};
+use super::{zone_url, ApiError, World};
+use crate::clock::{operation_name, resource_id, rfc3339};
+
+/// An operation failure as GCE reports it in the operation.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    pub(super) http_status: u16,
+    pub(super) http_message: &'static str,
+}
+
+/// One operation, as the world keeps it.
+pub(super) struct SimOperation {
+    pub(super) id: u64,
+    pub(super) operation_type: &'static str,
+    pub(super) target_name: String,
+    pub(super) target_id: u64,
+    pub(super) user: &'static str,
+    pub(super) status_message: Option<&'static str>,
+    pub(super) inserted: SystemTime,
+    pub(super) inserted_at: Instant,
+    pub(super) delay: Duration,
+    /// Started while operations hang: RUNNING after half its delay, never DONE.
+    pub(super) hung: bool,
+    pub(super) failure: Option<Failure>,
+}
+
+impl SimOperation {
+    fn status(&self, now: Instant) -> OperationStatus {
+        let elapsed = now.saturating_duration_since(self.inserted_at);
+        if !self.hung && elapsed >= self.delay {
+            OperationStatus::Done
+        } else if elapsed >= self.delay / 2 {
+            OperationStatus::Running
+        } else {
+            OperationStatus::Pending
+        }
+    }
+
+    /// When it is DONE; never for a hung one.
+    fn done_at(&self) -> Option<Instant> {
+        (!self.hung).then(|| self.inserted_at + self.delay)
+    }
+}
+
+impl World {
+    /// A new operation and its name, taking the delay and hang faults now set.
+    pub(super) fn new_operation(
+        &mut self,
+        operation_type: &'static str,
+        target_name: &str,
+        target_id: u64,
+        failure: Option<Failure>,
+    ) -> (String, SimOperation) {
+        let wall = SystemTime::now();
+        let name = operation_name(&mut self.rng, wall);
+        let op = SimOperation {
+            id: resource_id(&mut self.rng),
+            operation_type,
+            target_name: target_name.to_string(),
+            target_id,
+            user: "pm@gce-sim",
+            status_message: None,
+            inserted: wall,
+            inserted_at: Instant::now(),
+            delay: self
+                .faults
+                .op_delay_ms
+                .map_or(self.config.op_delay, Duration::from_millis),
+            hung: self.faults.hang_operations,
+            failure,
+        };
+        (name, op)
+    }
+
+    /// Stores an operation made by [`World::new_operation`], remembers it under the
+    /// call's `requestId`, and returns its view.
+    pub(super) fn store_operation(
+        &mut self,
+        project: &str,
+        zone: &str,
+        request_id: Option<&str>,
+        (name, op): (String, SimOperation),
+    ) -> Result<Operation, ApiError> {
+        let view = operation_view(project, zone, &name, &op, Instant::now());
+        self.zone_mut(project, zone)?
+            .projects
+            .entry(project.to_string())
+            .or_default()
+            .operations
+            .insert(name.clone(), op);
+        if let Some(request_id) = request_id {
+            self.request_ids.insert(
+                (
+                    project.to_string(),
+                    zone.to_string(),
+                    request_id.to_string(),
+                ),
+                name,
+            );
+        }
+        Ok(view)
+    }
+
+    /// The operation a repeated `requestId` refers to, if any.
+    pub(super) fn replay(
+        &mut self,
+        project: &str,
+        zone: &str,
+        request_id: Option<&str>,
+    ) -> Result<Option<Operation>, ApiError> {
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        if !is_valid_request_id(request_id) {
+            return Err(ApiError::invalid_field(
+                "requestId",
+                request_id,
+                "The request ID must be a valid UUID with the exception that zero UUID is not supported.",
+            ));
+        }
+        let key = (
+            project.to_string(),
+            zone.to_string(),
+            request_id.to_string(),
+        );
+        match self.request_ids.get(&key) {
+            Some(op_name) => {
+                let op_name = op_name.clone();
+                self.get_operation(project, zone, &op_name).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `zoneOperations.get`.
+    pub fn get_operation(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<Operation, ApiError> {
+        let now = Instant::now();
+        let z = self.zone_mut(project, zone)?;
+        z.projects
+            .get(project)
+            .and_then(|pz| pz.operations.get(name))
+            .map(|op| operation_view(project, zone, name, op, now))
+            .ok_or_else(|| {
+                ApiError::not_found(&format!(
+                    "projects/{project}/zones/{zone}/operations/{name}"
+                ))
+            })
+    }
+
+    /// How long until the operation is DONE (zero if it is).
+    pub fn operation_remaining(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<Duration, ApiError> {
+        let now = Instant::now();
+        let z = self.zone_mut(project, zone)?;
+        z.projects
+            .get(project)
+            .and_then(|pz| pz.operations.get(name))
+            .map(|op| {
+                op.done_at()
+                    .map_or(Duration::MAX, |done| done.saturating_duration_since(now))
+            })
+            .ok_or_else(|| {
+                ApiError::not_found(&format!(
+                    "projects/{project}/zones/{zone}/operations/{name}"
+                ))
+            })
+    }
+
+    /// `zoneOperations.list`.
+    pub fn list_operations(
+        &mut self,
+        project: &str,
+        zone: &str,
+        filter: Option<&str>,
+        max_results: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let filter = parse_filter(filter)?;
+        let size = page_size(max_results)?;
+        let after = page_token.map(decode_token).transpose()?;
+        let now = Instant::now();
+        let z = self.zone_mut(project, zone)?;
+        let empty = BTreeMap::new();
+        let operations = z.projects.get(project).map_or(&empty, |pz| &pz.operations);
+        let lower = match &after {
+            Some(after) => Bound::Excluded(after.as_str()),
+            None => Bound::Unbounded,
+        };
+        let views = operations
+            .range::<str, _>((lower, Bound::Unbounded))
+            .filter(|(name, op)| {
+                filter.matches(|field| operation_field(project, zone, name, op, now, field))
+            })
+            .map(|(name, op)| (name.clone(), operation_view(project, zone, name, op, now)));
+        let (items, next_page_token) = paginate(views, size);
+        let self_link = format!("{}/operations", zone_url(project, zone));
+        let mut result = json!({
+            "kind": "compute#operationList",
+            "id": format!("projects/{project}/zones/{zone}/operations"),
+            "items": items,
+            "selfLink": self_link,
+        });
+        if let (Some(token), Value::Object(map)) = (next_page_token, &mut result) {
+            map.insert("nextPageToken".into(), Value::String(token));
+        }
+        Ok(result)
+    }
+}
+
+/// An operation as GCE renders it at `now`.
+fn operation_view(
+    project: &str,
+    zone: &str,
+    name: &str,
+    op: &SimOperation,
+    now: Instant,
+) -> Operation {
+    let status = op.status(now);
+    let zone_link = zone_url(project, zone);
+    let started = op.inserted + op.delay / 2;
+    let ended = op.inserted + op.delay;
+    let done = status == OperationStatus::Done;
+    let failure = op.failure.as_ref().filter(|_| done);
+    Operation {
+        kind: Some("compute#operation".into()),
+        id: Some(op.id.to_string()),
+        name: name.to_string(),
+        zone: Some(zone_link.clone()),
+        operation_type: Some(op.operation_type.into()),
+        target_link: Some(format!("{zone_link}/instances/{}", op.target_name)),
+        target_id: Some(op.target_id.to_string()),
+        status,
+        status_message: op.status_message.map(str::to_string),
+        progress: Some(match status {
+            OperationStatus::Pending => 0,
+            OperationStatus::Running => 50,
+            OperationStatus::Done => 100,
+        }),
+        insert_time: Some(rfc3339(op.inserted)),
+        start_time: (status != OperationStatus::Pending).then(|| rfc3339(started)),
+        end_time: done.then(|| rfc3339(ended)),
+        self_link: Some(format!("{zone_link}/operations/{name}")),
+        user: Some(op.user.into()),
+        error: failure.map(|f| OperationError {
+            errors: vec![OperationErrorItem {
+                code: f.code.into(),
+                message: Some(f.message.clone()),
+                location: None,
+                error_details: Vec::new(),
+            }],
+        }),
+        http_error_status_code: failure.map(|f| f.http_status),
+        http_error_message: failure.map(|f| f.http_message.into()),
+        extra: Map::new(),
+    }
+}
+
+/// A field of an operation for list filters.
+fn operation_field<'a>(
+    project: &str,
+    zone: &str,
+    name: &'a str,
+    op: &'a SimOperation,
+    now: Instant,
+    field: &str,
+) -> Option<Cow<'a, str>> {
+    match field {
+        "name" => Some(Cow::Borrowed(name)),
+        "operationType" => Some(Cow::Borrowed(op.operation_type)),
+        "status" => Some(Cow::Borrowed(op.status(now).as_str())),
+        "targetId" => Some(Cow::Owned(op.target_id.to_string())),
+        "targetLink" => Some(Cow::Owned(format!(
+            "{}/instances/{}",
+            zone_url(project, zone),
+            op.target_name
+        ))),
+        "user" => Some(Cow::Borrowed(op.user)),
+        "id" => Some(Cow::Owned(op.id.to_string())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Faults;
+    use crate::world::test_support::{body, status_of, world};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn faults_slow_down_or_hang_operations_but_not_instances() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        w.set_faults(Faults {
+            op_delay_ms: Some(60_000),
+            ..Faults::default()
+        });
+        let slow = w.insert("p", "z1", &body("slow"), None).expect("insert");
+        let remaining = w
+            .operation_remaining("p", "z1", &slow.name)
+            .expect("operation");
+        assert!(remaining > Duration::from_secs(50), "{remaining:?}");
+        w.set_faults(Faults {
+            hang_operations: true,
+            ..Faults::default()
+        });
+        let hung = w.insert("p", "z1", &body("hung"), None).expect("insert");
+        assert_eq!(
+            w.operation_remaining("p", "z1", &hung.name)
+                .expect("operation"),
+            Duration::MAX
+        );
+        assert_eq!(
+            w.get_operation("p", "z1", &hung.name).expect("get").status,
+            OperationStatus::Running
+        );
+        assert_eq!(status_of(&mut w, "hung"), "RUNNING");
+        w.set_faults(Faults::default());
+        let quick = w.insert("p", "z1", &body("quick"), None).expect("insert");
+        assert_eq!(quick.status, OperationStatus::Done);
+        assert_eq!(
+            w.get_operation("p", "z1", &hung.name).expect("get").status,
+            OperationStatus::Running
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn request_ids_replay_the_first_operation() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        let rid = pm_gce::compute::request_id_for("a");
+        let first = w.insert("p", "z1", &body("a"), Some(&rid)).expect("insert");
+        let again = w.insert("p", "z1", &body("a"), Some(&rid)).expect("replay");
+        assert_eq!(first.name, again.name);
+    }
+}

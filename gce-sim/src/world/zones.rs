@@ -1,0 +1,109 @@
+//! Zones: the per-zone, per-project stores of instances and operations, the sweep
+//! that removes deleted instances once due, and `zones.list` / `zones.get`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::instances::SimInstance;
+use super::operations::SimOperation;
+use super::{zone_url, ApiError, World, URL_ROOT};
+
+/// One project's instances and operations in a zone.
+#[derive(Default)]
+pub(super) struct ProjectZone {
+    pub(super) instances: BTreeMap<String, SimInstance>,
+    pub(super) operations: BTreeMap<String, SimOperation>,
+}
+
+/// One zone: its capacity, live count and every project's resources.
+pub(super) struct Zone {
+    pub(super) capacity: u64,
+    /// Number of instances with `is_live()`, over all projects.
+    pub(super) live: u64,
+    pub(super) projects: BTreeMap<String, ProjectZone>,
+    /// (when, project, name) of instances in
+    /// [`Phase::Deleting`](super::instances::Phase::Deleting), removed once due.
+    pub(super) removals: BTreeSet<(Instant, String, String)>,
+}
+
+impl Zone {
+    /// An empty zone of `capacity`.
+    pub(super) fn new(capacity: u64) -> Zone {
+        Zone {
+            capacity,
+            live: 0,
+            projects: BTreeMap::new(),
+            removals: BTreeSet::new(),
+        }
+    }
+
+    /// Removes the instances whose deletion is due.
+    pub(super) fn sweep(&mut self, now: Instant) {
+        while let Some(first) = self.removals.first() {
+            if first.0 > now {
+                break;
+            }
+            if let Some((_, project, name)) = self.removals.pop_first() {
+                if let Some(pz) = self.projects.get_mut(&project) {
+                    pz.instances.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+impl World {
+    /// A served zone, swept of due deletions.
+    pub(super) fn zone_mut(&mut self, project: &str, zone: &str) -> Result<&mut Zone, ApiError> {
+        let found = self
+            .zones
+            .get_mut(zone)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project}/zones/{zone}")))?;
+        found.sweep(Instant::now());
+        Ok(found)
+    }
+
+    /// `zones.list`.
+    pub fn list_zones(&self, project: &str) -> Value {
+        let items: Vec<Value> = self
+            .zones
+            .keys()
+            .map(|zone| zone_resource(project, zone))
+            .collect();
+        json!({
+            "kind": "compute#zoneList",
+            "id": format!("projects/{project}/zones"),
+            "items": items,
+            "selfLink": format!("{URL_ROOT}projects/{project}/zones"),
+        })
+    }
+
+    /// `zones.get`.
+    pub fn get_zone(&self, project: &str, zone: &str) -> Result<Value, ApiError> {
+        if self.zones.contains_key(zone) {
+            Ok(zone_resource(project, zone))
+        } else {
+            Err(ApiError::not_found(&format!(
+                "projects/{project}/zones/{zone}"
+            )))
+        }
+    }
+}
+
+/// A zone as GCE renders it.
+fn zone_resource(project: &str, zone: &str) -> Value {
+    let region = zone.rsplit_once('-').map_or(zone, |(region, _)| region);
+    json!({
+        "kind": "compute#zone",
+        "id": format!("{}", 2000 + zone.len()),
+        "creationTimestamp": "1969-12-31T16:00:00.000-08:00",
+        "name": zone,
+        "description": zone,
+        "status": "UP",
+        "region": format!("{URL_ROOT}projects/{project}/regions/{region}"),
+        "selfLink": zone_url(project, zone),
+        "supportsPzs": false,
+    })
+}
