@@ -20,8 +20,9 @@ pub use error::{ErrorClass, GceError};
 pub use fake::{FakeCall, FakeCompute};
 pub use pm_backoff::{Backoff, BackoffError};
 pub use resources::{
-    BulkInsertRequest, Instance, InstanceList, InstanceStatus, Operation, OperationError,
-    OperationErrorItem, OperationList, OperationStatus, Scheduling,
+    BulkInsertRequest, Instance, InstanceList, InstanceStatus, Metadata, MetadataItem,
+    OnHostMaintenance, Operation, OperationError, OperationErrorItem, OperationList,
+    OperationStatus, ProvisioningModel, Scheduling, Tags, TerminationAction,
 };
 pub use rest::{Auth, RestCompute, RestConfig, DEFAULT_BASE_URL};
 pub use template::{render, render_text, TemplateError, TemplateVars, POOL_LABEL};

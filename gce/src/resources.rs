@@ -44,12 +44,113 @@ pub struct Instance {
     /// Scheduling options: preemptible/Spot, termination action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduling: Option<Scheduling>,
+    /// Machine type URL (`zones/ZONE/machineTypes/TYPE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Minimum CPU platform, e.g. `Intel Cascade Lake`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cpu_platform: Option<String>,
+    /// Custom hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Whether the instance may send packets with other source addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_ip_forward: Option<bool>,
+    /// Whether deletes are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+    /// Attached disks (kept as GCE's objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<Map<String, Value>>>,
+    /// Network interfaces (kept as GCE's objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_interfaces: Option<Vec<Map<String, Value>>>,
+    /// Service accounts (kept as GCE's objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<Vec<Map<String, Value>>>,
+    /// Accelerators (kept as GCE's objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_accelerators: Option<Vec<Map<String, Value>>>,
+    /// Metadata: key/value items for the guest (startup scripts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Network tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Tags>,
     /// Canonical URL of the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_link: Option<String>,
-    /// Every other field, kept as sent (machineType, disks, networkInterfaces, ...).
+    /// Every other field, kept as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// An instance's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// The items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<MetadataItem>>,
+    /// Every other field (`fingerprint`, `kind`), kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One metadata entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataItem {
+    /// The key.
+    pub key: String,
+    /// The value; GCE allows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// An instance's network tags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tags {
+    /// The tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Vec<String>>,
+    /// Every other field (`fingerprint`), kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `scheduling.provisioningModel`, as the discovery document lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProvisioningModel {
+    /// Spot VM.
+    Spot,
+    /// A standard VM (or a legacy preemptible one with `preemptible: true`).
+    Standard,
+}
+
+/// `scheduling.instanceTerminationAction`: what a preemption does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TerminationAction {
+    /// Stop it: it stays TERMINATED and can be started again.
+    Stop,
+    /// Delete it.
+    Delete,
+}
+
+/// `scheduling.onHostMaintenance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OnHostMaintenance {
+    /// Live-migrate to another host.
+    Migrate,
+    /// Stop (the only choice for preemptible and Spot VMs).
+    Terminate,
 }
 
 /// Status of an instance, as listed in the Compute v1 discovery document.
@@ -111,16 +212,16 @@ pub struct Scheduling {
     pub preemptible: Option<bool>,
     /// `SPOT` or `STANDARD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provisioning_model: Option<String>,
+    pub provisioning_model: Option<ProvisioningModel>,
     /// What a preemption does: `STOP` (keep it TERMINATED) or `DELETE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_termination_action: Option<String>,
+    pub instance_termination_action: Option<TerminationAction>,
     /// Restart after a host failure (must be false for preemptible VMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_restart: Option<bool>,
     /// `MIGRATE` or `TERMINATE` (must be TERMINATE for preemptible VMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_host_maintenance: Option<String>,
+    pub on_host_maintenance: Option<OnHostMaintenance>,
     /// Every other scheduling field, kept as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

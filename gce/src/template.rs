@@ -300,15 +300,15 @@ mod tests {
             Some("infra")
         );
         assert_eq!(
-            instance.extra["machineType"],
+            instance.machine_type.as_deref().unwrap_or_default(),
             "zones/us-central1-a/machineTypes/e2-small"
         );
         assert_eq!(
-            instance.extra["disks"][0]["initializeParams"]["diskName"],
+            instance.disks.as_ref().expect("disks")[0]["initializeParams"]["diskName"],
             "web-0001-boot"
         );
         assert_eq!(
-            instance.extra["disks"][0]["initializeParams"]["sourceImage"],
+            instance.disks.as_ref().expect("disks")[0]["initializeParams"]["sourceImage"],
             "projects/proj/global/images/x"
         );
         assert_eq!(instance.scheduling.and_then(|s| s.preemptible), Some(true));

@@ -2,18 +2,19 @@
 //!
 //! The agent's own renderer, [`pm_gce::template::render`], must accept the template:
 //! `{project}`, `{zone}` and `{name}` replaced in every string, the name set by pm, the
-//! label `pm-pool=<pool>` added, and the result a valid Instance. Where it refuses a field,
-//! that field is left out and the template rendered again, so one run reports every field
-//! it refuses. On top, pmctl checks what the renderer lets through but GCE or pm would not
-//! (output-only fields, a `pm-pool` label naming another pool, the types of fields the
-//! Instance keeps untyped), reporting each label on its own. GCE itself still judges the
+//! label `pm-pool=<pool>` added, and the result a valid, typed Instance (so the types of
+//! `machineType`, `disks`, `metadata.items`, `scheduling.provisioningModel`, ... are
+//! checked by its fields' types). Where it refuses a field, that field is left out and the
+//! template rendered again, so one run reports every field it refuses. On top, this
+//! checks what the renderer lets through but GCE or pm would not (output-only fields, a
+//! `pm-pool` label naming another pool), reporting each label on its own. GCE itself still judges the
 //! rest (machine types, images) on insert.
 
 use pm_gce::template::{
     render, substitute, validate_label_key, validate_label_value, TemplateError, TemplateVars,
     POOL_LABEL,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::problem::{json_type, Problem};
 
@@ -27,56 +28,6 @@ const OUTPUT_ONLY: [&str; 7] = [
     "lastStopTimestamp",
     "labelFingerprint",
 ];
-
-/// Checks that `object[field]`, when present, satisfies `ok`.
-fn typed(
-    object: &Map<String, Value>,
-    path: &str,
-    field: &str,
-    expected: &str,
-    ok: fn(&Value) -> bool,
-    problems: &mut Vec<Problem>,
-) {
-    if let Some(value) = object.get(field) {
-        if !ok(value) {
-            problems.push(Problem {
-                field: format!("{path}.{field}"),
-                message: format!("must be {expected}, found {}", json_type(value)),
-            });
-        }
-    }
-}
-
-fn is_list_of_objects(value: &Value) -> bool {
-    value
-        .as_array()
-        .is_some_and(|items| items.iter().all(Value::is_object))
-}
-
-fn is_list_of_strings(value: &Value) -> bool {
-    value
-        .as_array()
-        .is_some_and(|items| items.iter().all(Value::is_string))
-}
-
-/// Checks a string field against the values GCE accepts.
-fn one_of(
-    object: &Map<String, Value>,
-    path: &str,
-    field: &str,
-    allowed: &[&str],
-    problems: &mut Vec<Problem>,
-) {
-    let Some(value) = object.get(field) else {
-        return;
-    };
-    if !value.as_str().is_some_and(|v| allowed.contains(&v)) {
-        problems.push(Problem {
-            field: format!("{path}.{field}"),
-            message: format!("must be one of {}, found {value}", allowed.join(", ")),
-        });
-    }
-}
 
 /// Removes the field at `path` (`a.b.c`) from `template`; false when there is none.
 fn remove(template: &mut Value, path: &str) -> bool {
@@ -104,7 +55,8 @@ fn render_problems(template: &Value, vars: TemplateVars<'_>) -> Vec<Problem> {
         let path = match &error {
             TemplateError::NameMismatch { .. } => "name",
             TemplateError::Labels { .. } | TemplateError::Name(_) => "labels",
-            TemplateError::Field { path, .. } => path.as_str(),
+            // A problem inside a list is reported on (and removes) the whole list.
+            TemplateError::Field { path, .. } => path.split('[').next().unwrap_or_default(),
             TemplateError::Json(_) | TemplateError::NotAnObject { .. } => "",
         }
         .to_string();
@@ -182,91 +134,6 @@ fn own_problems(template: &Value, vars: TemplateVars<'_>) -> Vec<Problem> {
             }
         }
     }
-    // Fields the Instance keeps untyped in `extra`.
-    let path = "instance";
-    for field in ["machineType", "description", "minCpuPlatform", "hostname"] {
-        typed(
-            &object,
-            path,
-            field,
-            "a string",
-            Value::is_string,
-            &mut problems,
-        );
-    }
-    for field in ["canIpForward", "deletionProtection"] {
-        typed(
-            &object,
-            path,
-            field,
-            "true or false",
-            Value::is_boolean,
-            &mut problems,
-        );
-    }
-    for field in [
-        "disks",
-        "networkInterfaces",
-        "serviceAccounts",
-        "guestAccelerators",
-    ] {
-        typed(
-            &object,
-            path,
-            field,
-            "a list of objects",
-            is_list_of_objects,
-            &mut problems,
-        );
-    }
-    for field in ["metadata", "tags"] {
-        typed(
-            &object,
-            path,
-            field,
-            "an object",
-            Value::is_object,
-            &mut problems,
-        );
-    }
-    if let Some(Value::Object(metadata)) = object.get("metadata") {
-        typed(
-            metadata,
-            "instance.metadata",
-            "items",
-            "a list of {key, value} objects",
-            |items| {
-                items.as_array().is_some_and(|items| {
-                    items.iter().all(|item| {
-                        item.get("key").is_some_and(Value::is_string)
-                            && item.get("value").is_none_or(Value::is_string)
-                    })
-                })
-            },
-            &mut problems,
-        );
-    }
-    if let Some(Value::Object(tags)) = object.get("tags") {
-        typed(
-            tags,
-            "instance.tags",
-            "items",
-            "a list of strings",
-            is_list_of_strings,
-            &mut problems,
-        );
-    }
-    // The renderer checks these are strings, not which.
-    if let Some(Value::Object(scheduling)) = object.get("scheduling") {
-        let path = "instance.scheduling";
-        for (field, allowed) in [
-            ("provisioningModel", ["SPOT", "STANDARD"]),
-            ("instanceTerminationAction", ["STOP", "DELETE"]),
-            ("onHostMaintenance", ["MIGRATE", "TERMINATE"]),
-        ] {
-            one_of(scheduling, path, field, &allowed, &mut problems);
-        }
-    }
     problems
 }
 
@@ -335,19 +202,27 @@ mod tests {
             "tags": {"items": ["ok", 2]},
             "scheduling": {"preemptible": "yes", "provisioningModel": "spot"}
         });
+        let mut found = fields(&template);
+        found.sort_unstable();
         assert_eq!(
-            fields(&template),
+            found,
             vec![
-                "instance.name",
+                "instance.disks",
                 "instance.id",
                 "instance.machineType",
-                "instance.disks",
                 "instance.metadata.items",
-                "instance.tags.items",
-                "instance.scheduling.provisioningModel",
+                "instance.name",
                 "instance.scheduling.preemptible",
+                "instance.scheduling.provisioningModel",
+                "instance.tags.items",
             ]
         );
+        let problems = check(&template, VARS);
+        let model = problems
+            .iter()
+            .find(|p| p.field == "instance.scheduling.provisioningModel")
+            .expect("reported");
+        assert!(model.message.contains("SPOT"), "{model:?}");
         assert_eq!(fields(&json!("x")), vec!["instance"]);
     }
 

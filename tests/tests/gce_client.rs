@@ -353,7 +353,7 @@ async fn invalid_instances_are_permanent_and_not_retried() {
     let mut bad_name = instance("web-1");
     bad_name.name = "Bad_Name".into();
     let mut no_machine = instance("web-2");
-    no_machine.extra.remove("machineType");
+    no_machine.machine_type = None;
     for (body, field) in [
         (bad_name, "resource.name"),
         (no_machine, "resource.machineType"),

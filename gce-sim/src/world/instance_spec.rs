@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use pm_gce::resources::Instance;
+use pm_gce::resources::{Instance, OnHostMaintenance, ProvisioningModel, TerminationAction};
 use pm_gce::template::{validate_label_key, validate_label_value, validate_name};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -153,9 +153,9 @@ pub(super) fn parse_instance(
         })?;
     let mut scheduling = typed.scheduling.unwrap_or_default();
     let spot = scheduling.preemptible == Some(true)
-        || scheduling.provisioning_model.as_deref() == Some("SPOT");
+        || scheduling.provisioning_model == Some(ProvisioningModel::Spot);
     if spot {
-        if scheduling.on_host_maintenance.as_deref() == Some("MIGRATE") {
+        if scheduling.on_host_maintenance == Some(OnHostMaintenance::Migrate) {
             return Err(ApiError::invalid(
                 "Scheduling must have preemptible be false when OnHostMaintenance isn't TERMINATE.",
             ));
@@ -165,19 +165,20 @@ pub(super) fn parse_instance(
                 "Scheduling must have preemptible be false when AutomaticRestart is true.",
             ));
         }
-        scheduling.on_host_maintenance = Some("TERMINATE".into());
+        scheduling.on_host_maintenance = Some(OnHostMaintenance::Terminate);
         scheduling.automatic_restart = Some(false);
     } else {
         scheduling
             .on_host_maintenance
-            .get_or_insert_with(|| "MIGRATE".into());
+            .get_or_insert(OnHostMaintenance::Migrate);
         scheduling.automatic_restart.get_or_insert(true);
     }
     scheduling.preemptible.get_or_insert(false);
     scheduling
         .provisioning_model
-        .get_or_insert_with(|| "STANDARD".into());
-    let delete_on_preempt = scheduling.instance_termination_action.as_deref() == Some("DELETE");
+        .get_or_insert(ProvisioningModel::Standard);
+    let delete_on_preempt =
+        scheduling.instance_termination_action == Some(TerminationAction::Delete);
     let scheduling =
         serde_json::to_value(&scheduling).map_err(|e| ApiError::invalid(e.to_string()))?;
     body.insert("scheduling".into(), scheduling);
