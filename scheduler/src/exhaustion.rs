@@ -1,8 +1,24 @@
-//! Back-off of exhausted zones: doubling on repeated stockouts, reset after health.
+//! Exhaustion of a zone, from an agent's stockout report to the lease running out.
+//!
+//! - A report is consumed by [`consume_report`]: [`decide_report`] drops it (the zone is
+//!   exhausted already or no longer in use) or grants an [`ExhaustionGrant`]; the grant's
+//!   `exhausted` key is written bound to an etcd lease of the back-off, in one fenced
+//!   transaction with the report's deletion and the zone's `desired` (no new instances,
+//!   the back-off and capacity hint remembered).
+//! - The back-off doubles on repeated stockouts up to [`MAX_MULTIPLIER`] and resets after
+//!   [`HEALTHY_AFTER_BASES`] healthy bases ([`next_backoff`]).
+//! - On expiry etcd deletes the key with its lease; the view notices
+//!   ([`crate::model::Notice::ZoneUsable`]), the zone is usable again at the next
+//!   placement, and [`usable_again`] is the event.
 
 use std::time::Duration;
 
-use pm_proto::ZoneDesired;
+use etcd_client::TxnOp;
+use pm_etcd::{put_op, Fence, Store};
+use pm_proto::{ExhaustionReport, PoolConfig, Severity, ZoneDesired, ZoneExhaustion};
+
+use crate::model::{PoolView, ZoneView};
+use crate::pool_event::PoolEvent;
 
 /// The largest back-off multiplier: 16 × `secondsForExhaustion`.
 pub const MAX_MULTIPLIER: u32 = 16;
@@ -53,6 +69,159 @@ pub fn next_backoff(base: Duration, last: Option<&ZoneDesired>, now_ms: i64) -> 
     }
 }
 
+/// The pool's base back-off: its `secondsForExhaustion`, or [`DEFAULT_BASE`] when unset.
+pub fn base_backoff(config: Option<&PoolConfig>) -> Duration {
+    match config.map(|c| c.seconds_for_exhaustion) {
+        Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
+        _ => DEFAULT_BASE,
+    }
+}
+
+/// An exhaustion to record for a zone after a stockout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExhaustionGrant {
+    /// How long the exhaustion lasts.
+    pub backoff: ExhaustionBackoff,
+    /// The `exhausted` key, bound to a lease of `backoff.ttl`.
+    pub exhaustion: ZoneExhaustion,
+    /// The zone's next `desired`: no new instances, the back-off and the capacity hint
+    /// (the live instances GCE confirmed) remembered for the next stockout.
+    pub desired: ZoneDesired,
+}
+
+impl ExhaustionGrant {
+    /// Records the written grant in the leader's view of the zone: exhausted, the report
+    /// consumed, `desired` as of `revision`.
+    pub fn apply(&self, zone: &mut ZoneView, revision: i64) {
+        zone.exhausted = Some(self.exhaustion.clone());
+        zone.report = None;
+        zone.set_desired(Some(self.desired.clone()), revision);
+    }
+
+    /// The `zone-exhausted` event.
+    pub fn event(&self, pool: &str, zone: &str) -> PoolEvent {
+        PoolEvent::zone(
+            pool,
+            "zone-exhausted",
+            Severity::Warning,
+            zone,
+            format!(
+                "zone exhausted for {}s (back-off x{}) after a stockout: {}",
+                self.backoff.ttl.as_secs(),
+                self.backoff.multiplier,
+                self.exhaustion.reason
+            ),
+        )
+    }
+}
+
+/// What to do with a zone's stockout report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportDecision {
+    /// Delete the report: the zone is exhausted already, or the pool no longer uses it.
+    Drop,
+    /// Exhaust the zone.
+    Exhaust(ExhaustionGrant),
+}
+
+/// Decides on the report of `zone` in `view` seen at `now_ms`; `None` when the zone has
+/// no report. The grant is signed `scheduler_id`.
+pub fn decide_report(
+    view: &PoolView,
+    zone: &str,
+    scheduler_id: &str,
+    now_ms: i64,
+) -> Option<ReportDecision> {
+    let zv = view.zones.get(zone)?;
+    let report = zv.report.as_ref()?;
+    let allowed = view
+        .config
+        .as_ref()
+        .is_some_and(|c| !c.deleted && c.allowed_zones.iter().any(|z| z == zone));
+    if !allowed || zv.exhausted.is_some() {
+        return Some(ReportDecision::Drop);
+    }
+    let backoff = next_backoff(
+        base_backoff(view.config.as_ref()),
+        zv.desired.as_ref(),
+        now_ms,
+    );
+    let exhaustion = ZoneExhaustion {
+        since_unix_ms: now_ms,
+        until_unix_ms: backoff.until_unix_ms,
+        backoff_multiplier: backoff.multiplier,
+        reason: reason(report),
+        set_by: scheduler_id.to_string(),
+    };
+    let mut desired = zv.desired.clone().unwrap_or_default();
+    desired.backoff_multiplier = backoff.multiplier;
+    desired.last_exhausted_until_unix_ms = backoff.until_unix_ms;
+    desired.capacity_hint = Some(zv.live_confirmed());
+    desired.accept_new = false;
+    desired.updated_unix_ms = now_ms;
+    desired.scheduler_id = scheduler_id.to_string();
+    Some(ReportDecision::Exhaust(ExhaustionGrant {
+        backoff,
+        exhaustion,
+        desired,
+    }))
+}
+
+/// The exhaustion's reason: the report's message, after its GCE code when it has one.
+fn reason(report: &ExhaustionReport) -> String {
+    if report.code.is_empty() {
+        report.message.clone()
+    } else {
+        format!("{}: {}", report.code, report.message)
+    }
+}
+
+/// Consumes the stockout report of `zone` in `pool` (whose view is `view`) at `now_ms`:
+/// drops it or exhausts the zone, fenced by `fence`, and updates `view` to match. Returns
+/// the event to record, if any.
+pub async fn consume_report(
+    store: &Store,
+    fence: &Fence,
+    scheduler_id: &str,
+    pool: &str,
+    zone: &str,
+    view: &mut PoolView,
+    now_ms: i64,
+) -> pm_etcd::Result<Option<PoolEvent>> {
+    let keys = store.keys();
+    let report_key = keys.report(pool, zone)?;
+    match decide_report(view, zone, scheduler_id, now_ms) {
+        None => Ok(None),
+        Some(ReportDecision::Drop) => {
+            store.delete_fenced(fence, &report_key).await?;
+            view.zone_mut(zone).report = None;
+            Ok(None)
+        }
+        Some(ReportDecision::Exhaust(grant)) => {
+            let lease = store.grant_lease(grant.backoff.ttl).await?;
+            let ops = vec![
+                put_op(&keys.exhausted(pool, zone)?, &grant.exhaustion, lease),
+                TxnOp::delete(report_key.as_str(), None),
+                put_op(&keys.zone_desired(pool, zone)?, &grant.desired, 0),
+            ];
+            let revision = store.txn_fenced(fence, ops).await?;
+            grant.apply(view.zone_mut(zone), revision);
+            Ok(Some(grant.event(pool, zone)))
+        }
+    }
+}
+
+/// The event of an exhaustion that ended: its lease ran out or the key was cleared.
+pub fn usable_again(pool: &str, zone: &str) -> PoolEvent {
+    PoolEvent::zone(
+        pool,
+        "zone-usable",
+        Severity::Info,
+        zone,
+        "zone is usable again",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +266,124 @@ mod tests {
         assert_eq!(c.multiplier, 1);
         let d = next_backoff(BASE, Some(&after(b)), healthy - 1);
         assert_eq!(d.multiplier, 4);
+    }
+
+    fn pool_with_report(allowed: bool, seconds_for_exhaustion: u32) -> PoolView {
+        let mut view = PoolView {
+            config: Some(PoolConfig {
+                allowed_zones: if allowed {
+                    vec!["z1".into()]
+                } else {
+                    Vec::new()
+                },
+                seconds_for_exhaustion,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let zone = view.zone_mut("z1");
+        zone.report = Some(ExhaustionReport {
+            code: "ZONE_RESOURCE_POOL_EXHAUSTED".into(),
+            message: "no capacity".into(),
+            ..Default::default()
+        });
+        zone.set_desired(
+            Some(ZoneDesired {
+                count: 5,
+                accept_new: true,
+                ..Default::default()
+            }),
+            1,
+        );
+        view
+    }
+
+    fn granted(view: &PoolView, now_ms: i64) -> ExhaustionGrant {
+        match decide_report(view, "z1", "s1", now_ms) {
+            Some(ReportDecision::Exhaust(grant)) => grant,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_base_is_the_pools_or_the_default() {
+        assert_eq!(base_backoff(None), DEFAULT_BASE);
+        let config = PoolConfig {
+            seconds_for_exhaustion: 60,
+            ..Default::default()
+        };
+        assert_eq!(base_backoff(Some(&config)), BASE);
+        assert_eq!(base_backoff(Some(&PoolConfig::default())), DEFAULT_BASE);
+    }
+
+    #[test]
+    fn a_report_of_an_allowed_zone_exhausts_it_and_stops_its_growth() {
+        let mut view = pool_with_report(true, 60);
+        let grant = granted(&view, 1_000);
+        assert_eq!(grant.backoff, next_backoff(BASE, None, 1_000));
+        assert_eq!(
+            grant.exhaustion.reason,
+            "ZONE_RESOURCE_POOL_EXHAUSTED: no capacity"
+        );
+        assert_eq!(
+            (
+                grant.exhaustion.since_unix_ms,
+                grant.exhaustion.until_unix_ms
+            ),
+            (1_000, 61_000)
+        );
+        assert_eq!(grant.exhaustion.set_by, "s1");
+        let d = &grant.desired;
+        assert_eq!(
+            (d.count, d.accept_new, d.capacity_hint),
+            (5, false, Some(0))
+        );
+        assert_eq!(
+            (d.backoff_multiplier, d.last_exhausted_until_unix_ms),
+            (1, 61_000)
+        );
+        let event = grant.event("web", "z1");
+        assert_eq!((event.kind, event.zone.as_str()), ("zone-exhausted", "z1"));
+        assert!(event
+            .message
+            .starts_with("zone exhausted for 60s (back-off x1)"));
+
+        let zone = view.zone_mut("z1");
+        grant.apply(zone, 2);
+        assert!(zone.report.is_none());
+        assert_eq!(zone.exhausted.as_ref(), Some(&grant.exhaustion));
+        assert_eq!(zone.desired.as_ref(), Some(&grant.desired));
+        assert_eq!(decide_report(&view, "z1", "s1", 2_000), None, "consumed");
+    }
+
+    #[test]
+    fn a_second_stockout_after_expiry_doubles_the_back_off() {
+        let mut view = pool_with_report(true, 60);
+        let first = granted(&view, 0);
+        first.apply(view.zone_mut("z1"), 2);
+        // The lease runs out: etcd deletes the key, and another report comes.
+        let zone = view.zone_mut("z1");
+        zone.exhausted = None;
+        zone.report = Some(ExhaustionReport::default());
+        let second = granted(&view, first.backoff.until_unix_ms + 1);
+        assert_eq!(second.backoff.multiplier, 2);
+        assert_eq!(second.exhaustion.reason, "");
+        assert_eq!(usable_again("web", "z1").kind, "zone-usable");
+    }
+
+    #[test]
+    fn a_report_of_an_exhausted_or_unused_zone_is_dropped() {
+        let view = pool_with_report(false, 60);
+        assert_eq!(
+            decide_report(&view, "z1", "s1", 0),
+            Some(ReportDecision::Drop)
+        );
+        let mut view = pool_with_report(true, 60);
+        view.zone_mut("z1").exhausted = Some(ZoneExhaustion::default());
+        assert_eq!(
+            decide_report(&view, "z1", "s1", 0),
+            Some(ReportDecision::Drop)
+        );
+        assert_eq!(decide_report(&view, "z2", "s1", 0), None);
     }
 }

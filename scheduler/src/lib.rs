@@ -2,19 +2,28 @@
 //! pool's target over its usable zones and turns stockout reports into exhaustion leases.
 //! It never calls GCE.
 //!
-//! - [`distribution`]: the pure placement algorithm.
-//! - [`exhaustion`]: back-off of exhausted zones.
+//! - [`distribution`]: the pure placement algorithm, `compute_desired`.
+//! - [`placement`]: the rules that build its input from the view (live, committed,
+//!   usable zones) and turn its answer into the `desired` keys to write.
+//! - [`agent_presence`]: the agent grace, when a zone's agents are alive enough.
+//! - [`exhaustion`]: a stockout report's way to an exhaustion lease, its back-off, expiry.
+//! - [`placement_events`]: which events a placement pass deserves.
+//! - [`pool_event`]: an event decided by pure code, recorded by the leader.
 //! - [`model`]: the leader's view of the keyspace.
-//! - [`leader`]: the leader's work for one term.
+//! - [`leader`]: the leader's work for one term: gather facts, call the above, write.
 //! - [`metrics`]: what `--metrics` exports.
 //! - [`run`]: campaign, lead, lose, campaign again.
 
+pub mod agent_presence;
 pub mod config;
 pub mod distribution;
 pub mod exhaustion;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod placement;
+pub mod placement_events;
+pub mod pool_event;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

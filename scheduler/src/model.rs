@@ -124,15 +124,6 @@ impl ZoneView {
         u64::try_from(n).unwrap_or(u64::MAX)
     }
 
-    /// The count the zone's agent was last told to reach while it could create: it may
-    /// be creating toward it now, whatever it has recorded so far.
-    pub fn committed(&self) -> u64 {
-        self.desired
-            .as_ref()
-            .filter(|d| d.accept_new)
-            .map_or(0, |d| u64::try_from(d.count).unwrap_or(0))
-    }
-
     /// The number of observed instances in `status`.
     pub fn count(&self, status: ObservedStatus) -> u64 {
         let n = self
@@ -460,23 +451,6 @@ mod tests {
         let z1 = &m.pools["web"].zones["z1"];
         assert_eq!(ObservedStatus::ALL.map(|s| z1.count(s)), [0, 0, 1, 1]);
         assert!(m.take_dirty().contains("web"));
-    }
-
-    #[test]
-    fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
-        let mut z = ZoneView::default();
-        assert_eq!(z.committed(), 0);
-        let desired = |count, accept_new| ZoneDesired {
-            count,
-            accept_new,
-            ..Default::default()
-        };
-        z.set_desired(Some(desired(5, true)), 2);
-        assert_eq!(z.committed(), 5);
-        z.set_desired(Some(desired(3, false)), 3);
-        assert_eq!(z.committed(), 0, "an exhausted zone creates nothing");
-        z.set_desired(Some(desired(-1, true)), 4);
-        assert_eq!(z.committed(), 0);
     }
 
     #[test]

@@ -1,0 +1,538 @@
+//! Tests of the placement rules: examples of each, properties over random pools, and a
+//! simulation of zones coming and going while agents create toward what they were told.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pm_proto::{Distribution, ExhaustionReport, PoolConfig, ZoneExhaustion};
+use proptest::prelude::*;
+
+use super::*;
+use crate::agent_presence::AgentPresence;
+use crate::distribution::PlacementOutcome;
+use crate::exhaustion::{decide_report, ReportDecision};
+use crate::model::{InstanceSummary, ObservedStatus};
+
+const NOW: i64 = 1_000_000;
+
+fn desired(count: i64, accept_new: bool) -> ZoneDesired {
+    ZoneDesired {
+        count,
+        accept_new,
+        ..Default::default()
+    }
+}
+
+/// A zone with `confirmed` instances GCE has and `in_flight` inserts not yet confirmed.
+fn zone_view(confirmed: u64, in_flight: u64, desired: Option<ZoneDesired>) -> ZoneView {
+    let mut zone = ZoneView {
+        desired,
+        ..Default::default()
+    };
+    set_instances(&mut zone, confirmed, in_flight);
+    zone
+}
+
+fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
+    zone.instances = (0..confirmed + in_flight)
+        .map(|i| {
+            let summary = InstanceSummary {
+                live: true,
+                status: ObservedStatus::Running,
+                confirmed: i < confirmed,
+            };
+            (format!("vm-{i}"), summary)
+        })
+        .collect();
+    zone.live = confirmed + in_flight;
+}
+
+fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
+    PoolView {
+        config: Some(PoolConfig {
+            target_vm_count: target,
+            allowed_zones: allowed.iter().map(|z| z.to_string()).collect(),
+            distribution: policy as i32,
+            ..Default::default()
+        }),
+        zones: BTreeMap::new(),
+    }
+}
+
+fn placed(view: &PoolView, agent_ok: impl Fn(&str) -> bool) -> Placement {
+    match place(view, agent_ok, "s1", NOW) {
+        Ok(placement) => placement,
+        Err(e) => panic!("valid pool refused: {e}"),
+    }
+}
+
+fn counts(placement: &Placement) -> Vec<(String, i64)> {
+    placement
+        .plan
+        .zones
+        .iter()
+        .map(|alloc| (alloc.zone.clone(), alloc.desired))
+        .collect()
+}
+
+#[test]
+fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
+    let mut z = ZoneView::default();
+    assert_eq!(committed(&z), 0);
+    z.set_desired(Some(desired(5, true)), 2);
+    assert_eq!(committed(&z), 5);
+    z.set_desired(Some(desired(3, false)), 3);
+    assert_eq!(committed(&z), 0, "an exhausted zone creates nothing");
+    z.set_desired(Some(desired(-1, true)), 4);
+    assert_eq!(committed(&z), 0);
+}
+
+#[test]
+fn what_a_zone_keeps_depends_on_whether_it_can_create() {
+    let mut zone = zone_view(2, 1, Some(desired(6, true)));
+    assert_eq!(
+        kept(&zone, true),
+        6,
+        "usable: the count its agent creates toward"
+    );
+    assert_eq!(kept(&zone, false), 3, "agentless: its live instances");
+    zone.exhausted = Some(ZoneExhaustion::default());
+    assert_eq!(kept(&zone, false), 2, "exhausted: what GCE confirmed");
+    assert!(!is_usable(true, &zone, true));
+}
+
+#[test]
+fn a_deleted_pool_places_nothing_and_forgets_its_zones() {
+    let mut view = pool(5, Distribution::Even, &["a", "b"]);
+    view.zones
+        .insert("a".into(), zone_view(0, 0, Some(desired(3, true))));
+    if let Some(config) = view.config.as_mut() {
+        config.deleted = true;
+    }
+    assert!(allowed_zones(&view).is_empty());
+    let placement = placed(&view, |_| true);
+    assert_eq!(placement.target, 0);
+    assert_eq!(
+        placement.writes,
+        vec![DesiredWrite {
+            zone: "a".into(),
+            next: None
+        }]
+    );
+    assert!(placement.counts_changed);
+}
+
+#[test]
+fn zones_seen_only_in_observations_are_placed_and_emptied() {
+    let mut view = pool(4, Distribution::Even, &["a"]);
+    view.zones.insert("old".into(), zone_view(2, 0, None));
+    let placement = placed(&view, |_| true);
+    assert_eq!(counts(&placement), [("a".into(), 4), ("old".into(), 0)]);
+    assert_eq!(placement.summary(), "a=4 old=0");
+}
+
+#[test]
+fn an_unchanged_placement_writes_nothing() {
+    let mut view = pool(4, Distribution::Even, &["a", "b"]);
+    let first = placed(&view, |_| true);
+    for write in &first.writes {
+        view.zone_mut(&write.zone)
+            .set_desired(write.next.clone(), 1);
+    }
+    let again = placed(&view, |_| true);
+    assert!(again.writes.is_empty());
+    assert!(!again.counts_changed);
+}
+
+#[test]
+fn the_capacity_hint_holds_only_while_the_probation_lasts() {
+    let base = Duration::from_secs(120);
+    let hinted = ZoneDesired {
+        capacity_hint: Some(3),
+        last_exhausted_until_unix_ms: NOW,
+        backoff_multiplier: 1,
+        ..desired(3, true)
+    };
+    let zone = zone_view(3, 0, Some(hinted));
+    assert_eq!(capacity(&zone, base, NOW + 1), Some(3));
+    let healthy = NOW + 10 * 120_000;
+    assert_eq!(capacity(&zone, base, healthy), None);
+
+    let mut view = pool(8, Distribution::Balanced, &["a", "b"]);
+    view.zones.insert("a".into(), zone);
+    let placement = match place(&view, |_| true, "s1", healthy) {
+        Ok(placement) => placement,
+        Err(e) => panic!("{e}"),
+    };
+    let a = placement.writes.iter().find(|w| w.zone == "a");
+    let hint = a.and_then(|w| w.next.as_ref()).map(|d| d.capacity_hint);
+    assert_eq!(
+        hint,
+        Some(None),
+        "the hint is dropped once the zone is healthy"
+    );
+    assert_eq!(counts(&placement), [("a".into(), 4), ("b".into(), 4)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zone_without_agent_past_the_grace_keeps_what_it_has_and_gets_nothing_new() {
+    let grace = Duration::from_secs(30);
+    let start = tokio::time::Instant::now();
+    let now = || NOW + i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let mut presence = AgentPresence::new(grace, now());
+    let mut view = pool(6, Distribution::Even, &["a", "b"]);
+    view.zones
+        .insert("a".into(), zone_view(1, 0, Some(desired(3, true))));
+    view.zones
+        .insert("b".into(), zone_view(3, 0, Some(desired(3, true))));
+    presence.seen(&["a".to_string(), "b".to_string()], now());
+    let has_agent = |zone: &str| zone == "b";
+    let at = |presence: &AgentPresence, now: i64| {
+        let agent_ok = |zone: &str| presence.is_ok(zone, has_agent(zone), now);
+        match place(&view, agent_ok, "s1", now) {
+            Ok(placement) => placement,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    tokio::time::advance(grace - Duration::from_millis(1)).await;
+    let within = at(&presence, now());
+    assert!(
+        within.writes.is_empty(),
+        "a is committed to 3 while in grace"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let past = at(&presence, now());
+    assert_eq!(counts(&past), [("a".into(), 1), ("b".into(), 5)]);
+    let a = past.plan.zone("a").map(|alloc| alloc.accept_new);
+    assert_eq!(a, Some(false));
+}
+
+/// A random zone: (allowed, exhausted, agent ok, confirmed, in flight, desired).
+type ZoneFacts = (bool, bool, bool, u64, u64, Option<(i64, bool)>);
+
+fn zone_facts() -> impl Strategy<Value = ZoneFacts> {
+    (
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.25),
+        prop::bool::weighted(0.8),
+        0u64..15,
+        0u64..4,
+        prop::option::of((0i64..25, any::<bool>())),
+    )
+}
+
+fn policy() -> impl Strategy<Value = Distribution> {
+    prop_oneof![
+        Just(Distribution::Even),
+        Just(Distribution::Balanced),
+        Just(Distribution::Any),
+    ]
+}
+
+/// A pool with random zones, and which of its zones have an agent.
+fn random_pool() -> impl Strategy<Value = (PoolView, BTreeSet<String>)> {
+    (
+        0i64..80,
+        policy(),
+        prop::collection::vec(zone_facts(), 1..6),
+    )
+        .prop_map(|(target, policy, facts)| {
+            let mut view = pool(target, policy, &[]);
+            let mut agents = BTreeSet::new();
+            for (i, (allowed, exhausted, agent, confirmed, in_flight, d)) in
+                facts.into_iter().enumerate()
+            {
+                let name = format!("zone-{i}");
+                let mut zone = zone_view(confirmed, in_flight, d.map(|(c, a)| desired(c, a)));
+                if exhausted {
+                    zone.exhausted = Some(ZoneExhaustion::default());
+                }
+                if let (true, Some(config)) = (allowed, view.config.as_mut()) {
+                    config.allowed_zones.push(name.clone());
+                }
+                if agent {
+                    agents.insert(name.clone());
+                }
+                view.zones.insert(name, zone);
+            }
+            (view, agents)
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_input_follows_the_rules((view, agents) in random_pool()) {
+        let input = distribution_input(&view, |z| agents.contains(z), NOW);
+        let allowed = allowed_zones(&view);
+        for state in &input.zones {
+            let zone = &view.zones[&state.zone];
+            let usable = allowed.contains(&state.zone)
+                && zone.exhausted.is_none()
+                && agents.contains(&state.zone);
+            prop_assert_eq!(state.usable, usable);
+            let expected = if zone.exhausted.is_some() {
+                zone.live_confirmed()
+            } else if usable {
+                zone.live.max(committed(zone))
+            } else {
+                zone.live
+            };
+            prop_assert_eq!(state.live, expected);
+        }
+    }
+
+    #[test]
+    fn placement_keeps_the_distribution_properties((view, agents) in random_pool()) {
+        let input = distribution_input(&view, |z| agents.contains(z), NOW);
+        let placement = placed(&view, |z| agents.contains(z));
+        let kept_total: i64 = input
+            .zones
+            .iter()
+            .filter(|z| z.allowed)
+            .map(|z| z.live as i64)
+            .sum();
+        let any_usable = input.zones.iter().any(|z| z.allowed && z.usable);
+        let unbounded = input.zones.iter().all(|z| z.capacity.is_none());
+        if kept_total >= input.target || (any_usable && unbounded) {
+            prop_assert_eq!(placement.plan.outcome, PlacementOutcome::Placed);
+            prop_assert_eq!(placement.plan.total_desired(), input.target);
+        }
+        for state in &input.zones {
+            let alloc = placement.plan.zone(&state.zone);
+            let desired = alloc.map_or(0, |a| a.desired);
+            if !(state.allowed && state.usable) {
+                prop_assert!(desired <= state.live as i64, "{state:?} grew");
+            } else if kept_total <= input.target {
+                // A usable zone is never told less than it may be creating toward.
+                prop_assert!(desired as u64 >= committed(&view.zones[&state.zone]));
+            }
+        }
+    }
+
+    #[test]
+    fn even_placement_from_empty_differs_by_at_most_one(
+        target in 0i64..200,
+        zones in prop::collection::vec((any::<bool>(), any::<bool>()), 1..7),
+    ) {
+        let names: Vec<String> = (0..zones.len()).map(|i| format!("zone-{i}")).collect();
+        let allowed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut view = pool(target, Distribution::Even, &allowed);
+        let mut agents = BTreeSet::new();
+        for (name, (exhausted, agent)) in names.iter().zip(zones) {
+            let zone = view.zone_mut(name);
+            if exhausted {
+                zone.exhausted = Some(ZoneExhaustion::default());
+            }
+            if agent {
+                agents.insert(name.clone());
+            }
+        }
+        let placement = placed(&view, |z| agents.contains(z));
+        let usable: Vec<i64> = placement
+            .plan
+            .zones
+            .iter()
+            .filter(|a| a.accept_new)
+            .map(|a| a.desired)
+            .collect();
+        if let (Some(min), Some(max)) = (usable.iter().min(), usable.iter().max()) {
+            prop_assert!(max - min <= 1, "{usable:?}");
+        }
+    }
+}
+
+/// One thing that happens to a zone of the simulated pool.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The agent reports a stockout; the leader exhausts the zone and its inserts in
+    /// flight fail.
+    Stockout(usize),
+    /// The exhaustion lease runs out.
+    Expire(usize),
+    /// The zone's agents are gone past the grace; they stop creating.
+    LoseAgent(usize),
+    /// An agent is back; it has not read the zone's desired yet.
+    RegainAgent(usize),
+    /// The agent reads the zone's desired count and creates toward it from now on.
+    Read(usize),
+    /// The agent starts one insert, if below the count it creates toward.
+    Create(usize),
+    /// GCE confirms one insert in flight.
+    Confirm(usize),
+    /// A confirmed instance is preempted or vanishes.
+    Lose(usize),
+}
+
+fn step(zones: usize) -> impl Strategy<Value = Step> {
+    let z = 0..zones;
+    prop_oneof![
+        1 => z.clone().prop_map(Step::Stockout),
+        1 => z.clone().prop_map(Step::Expire),
+        1 => z.clone().prop_map(Step::LoseAgent),
+        1 => z.clone().prop_map(Step::RegainAgent),
+        3 => z.clone().prop_map(Step::Read),
+        6 => z.clone().prop_map(Step::Create),
+        3 => z.clone().prop_map(Step::Confirm),
+        1 => z.prop_map(Step::Lose),
+    ]
+}
+
+/// One simulated zone: what GCE and its agent do, and the leader's view of it.
+#[derive(Debug, Clone, Default)]
+struct SimZone {
+    /// Instances GCE has.
+    confirmed: u64,
+    /// Inserts sent, not yet confirmed.
+    in_flight: u64,
+    /// The count the agent creates toward: the desired count it last read while it could
+    /// create, 0 when it was told to create nothing or has not read since it came back.
+    toward: u64,
+    /// An agent runs in the zone.
+    agent: bool,
+    /// The leader's view of the zone.
+    view: ZoneView,
+}
+
+impl SimZone {
+    fn live(&self) -> u64 {
+        self.confirmed + self.in_flight
+    }
+}
+
+fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> Result<(), String> {
+    let names: Vec<String> = (0..count).map(|i| format!("zone-{i}")).collect();
+    let allowed: Vec<&str> = names.iter().map(String::as_str).collect();
+    let config = pool(target, policy, &allowed).config;
+    let mut zones: Vec<SimZone> = (0..count)
+        .map(|_| SimZone {
+            agent: true,
+            ..Default::default()
+        })
+        .collect();
+    let bound = u64::try_from(target).unwrap_or(0) + count as u64;
+    for (i, step) in steps.iter().enumerate() {
+        let now = NOW + 1_000 * i as i64;
+        match *step {
+            Step::Stockout(z) => {
+                let mut view = PoolView {
+                    config: config.clone(),
+                    zones: BTreeMap::new(),
+                };
+                let zone = view.zone_mut(&names[z]);
+                *zone = zones[z].view.clone();
+                zone.report = Some(ExhaustionReport::default());
+                if let Some(ReportDecision::Exhaust(grant)) =
+                    decide_report(&view, &names[z], "s1", now)
+                {
+                    let sim = &mut zones[z];
+                    sim.in_flight = 0;
+                    sim.toward = 0;
+                    set_instances(&mut sim.view, sim.confirmed, 0);
+                    grant.apply(&mut sim.view, 0);
+                }
+            }
+            Step::Expire(z) => zones[z].view.exhausted = None,
+            Step::LoseAgent(z) => {
+                zones[z].agent = false;
+                zones[z].toward = 0;
+            }
+            Step::RegainAgent(z) => zones[z].agent = true,
+            Step::Read(z) => {
+                let sim = &mut zones[z];
+                if sim.agent {
+                    sim.toward = committed(&sim.view);
+                }
+            }
+            Step::Create(z) => {
+                let sim = &mut zones[z];
+                if sim.agent && sim.view.exhausted.is_none() && sim.live() < sim.toward {
+                    sim.in_flight += 1;
+                }
+            }
+            Step::Confirm(z) => {
+                let sim = &mut zones[z];
+                if sim.in_flight > 0 {
+                    sim.in_flight -= 1;
+                    sim.confirmed += 1;
+                }
+            }
+            Step::Lose(z) => {
+                let sim = &mut zones[z];
+                sim.confirmed = sim.confirmed.saturating_sub(1);
+            }
+        }
+        for sim in &mut zones {
+            let (confirmed, in_flight) = (sim.confirmed, sim.in_flight);
+            set_instances(&mut sim.view, confirmed, in_flight);
+        }
+        let view = PoolView {
+            config: config.clone(),
+            zones: names
+                .iter()
+                .cloned()
+                .zip(zones.iter().map(|z| z.view.clone()))
+                .collect(),
+        };
+        let agent_ok = |zone: &str| {
+            names
+                .iter()
+                .position(|n| n == zone)
+                .is_some_and(|z| zones[z].agent)
+        };
+        let placement = place(&view, agent_ok, "s1", now).map_err(|e| e.to_string())?;
+        for write in placement.writes {
+            if let Some(z) = names.iter().position(|n| *n == write.zone) {
+                zones[z].view.set_desired(write.next, 0);
+            }
+        }
+        for sim in &zones {
+            if sim.view.exhausted.is_some() {
+                let told = sim.view.desired.as_ref().map_or(0, |d| d.count);
+                if told > sim.confirmed as i64 {
+                    return Err(format!("after {step:?}: exhausted zone grew: {sim:?}"));
+                }
+            }
+        }
+        let total: u64 = zones.iter().map(|z| z.live().max(z.toward)).sum();
+        if total > bound {
+            return Err(format!(
+                "after step {i} {step:?}: {total} > {bound}: {zones:#?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn no_zone_is_told_more_than_keeps_live_within_target_plus_zones(
+        (target, policy, count, steps) in (0i64..25, policy(), 2usize..5).prop_flat_map(
+            |(target, policy, count)| {
+                let steps = prop::collection::vec(step(count), 0..120);
+                (Just(target), Just(policy), Just(count), steps)
+            },
+        ),
+    ) {
+        if let Err(failure) = simulate(target, policy, count, &steps) {
+            prop_assert!(false, "{}", failure);
+        }
+    }
+}
+
+#[test]
+fn two_zones_becoming_usable_do_not_both_create_the_same_instances() {
+    use Step::*;
+    // Zone 0 alone is told 12 and its agent starts creating; then zone 1's agent is back
+    // and reads at once: zone 1 must get nothing of zone 0's share.
+    let steps = [
+        LoseAgent(1),
+        Read(0),
+        Create(0),
+        RegainAgent(1),
+        Read(1),
+        Create(1),
+        Create(0),
+        Create(0),
+    ];
+    assert_eq!(simulate(12, Distribution::Even, 2, &steps), Ok(()));
+}
