@@ -132,7 +132,7 @@ pub fn did_you_mean<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| {
-            let distance = pm_etcd::cli::strsim_distance(&lower, &c.to_ascii_lowercase());
+            let distance = strsim::levenshtein(&lower, &c.to_ascii_lowercase());
             (distance, *c)
         })
         .filter(|(d, c)| *d <= if c.len() <= 6 { 2 } else { 3 })
