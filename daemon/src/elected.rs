@@ -51,7 +51,7 @@ pub trait Candidate: Sync {
 /// the session and returns), and leads through `candidate` under a watch on `shutdown`:
 /// at shutdown it resigns and closes the session, so a standby leads at once; a lost
 /// term campaigns again; a failed one resigns, and the next term follows
-/// [`run_terms`]' back-off. `on_error` counts each failed term.
+/// `run_terms`' back-off. `on_error` counts each failed term.
 pub async fn run_elected(
     store: &Store,
     election: &str,

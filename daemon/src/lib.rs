@@ -6,7 +6,8 @@
 //!   [`DaemonArgs`]: the flags both daemons share, with [`default_id`].
 //! - [`init_logging`] and [`cancel_on_signal`]: a binary's logging and clean stop.
 //! - [`run_elected`]: an elected daemon's loop (campaign, lead, resign, campaign again),
-//!   over [`run_terms`]' retry of failed terms.
+//!   with a [`Candidate`] for what the daemon does in each phase; failed terms are
+//!   retried after a jittered back-off (`terms.rs`).
 //!
 //! The etcd layer itself (keys, store, sessions, elections) is `pm-etcd`.
 
@@ -26,4 +27,3 @@ pub use etcd_args::EtcdArgs;
 pub use layering::parse_args;
 pub use logging::{init_logging, LogFormat};
 pub use signals::cancel_on_signal;
-pub use terms::run_terms;

@@ -14,7 +14,7 @@ pub(crate) const RETRY: Backoff =
 /// Runs `term` (one session of a daemon: campaign, act, lose) again and again until
 /// `shutdown` fires. A term that fails is retried after a growing, jittered delay, reset
 /// by a term that ends well; `on_error` sees each failure first (to count it).
-pub async fn run_terms<F, Fut>(
+pub(crate) async fn run_terms<F, Fut>(
     shutdown: &CancellationToken,
     mut on_error: impl FnMut(&pm_etcd::Error),
     mut term: F,
