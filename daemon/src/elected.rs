@@ -30,8 +30,7 @@ pub trait Candidate: Sync {
 
     /// With the term's new session, before campaigning: e.g. register as a standby under
     /// the session's lease. An error fails the term.
-    fn stand_by(&self, session: &Session) -> impl Future<Output = pm_etcd::Result<()>> + Send {
-        let _ = session;
+    fn stand_by(&self, _session: &Session) -> impl Future<Output = pm_etcd::Result<()>> + Send {
         async { Ok(()) }
     }
 

@@ -124,27 +124,24 @@ impl EtcdArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use clap::{Args, FromArgMatches};
 
-    #[derive(Parser, Debug)]
-    #[command(name = "demo")]
-    struct Demo {
-        #[command(flatten)]
-        etcd: EtcdArgs,
+    fn parse(args: &[&str]) -> EtcdArgs {
+        let cmd = EtcdArgs::augment_args(clap::Command::new("demo"));
+        let matches = cmd.try_get_matches_from(args).unwrap();
+        EtcdArgs::from_arg_matches(&matches).unwrap()
     }
 
     #[test]
     fn tls_turns_endpoints_to_https_and_user_needs_a_password() {
-        let d = Demo::try_parse_from(["demo", "--etcd", "http://a:1", "--etcd-cacert", "/ca.pem"])
-            .unwrap();
-        assert_eq!(d.etcd.options().unwrap().endpoints, vec!["https://a:1"]);
+        let d = parse(&["demo", "--etcd", "http://a:1", "--etcd-cacert", "/ca.pem"]);
+        assert_eq!(d.options().unwrap().endpoints, vec!["https://a:1"]);
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "s3cret\n").unwrap();
         let p = pw.to_string_lossy().to_string();
-        let d = Demo::try_parse_from(["demo", "--etcd-user", "pm", "--etcd-password-file", &p])
-            .unwrap();
-        let (user, secret) = d.etcd.options().unwrap().user.unwrap();
+        let d = parse(&["demo", "--etcd-user", "pm", "--etcd-password-file", &p]);
+        let (user, secret) = d.options().unwrap().user.unwrap();
         assert_eq!((user.as_str(), secret.expose()), ("pm", "s3cret"));
     }
 }
