@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pm_etcd::cli::{parse_duration, DaemonArgs};
+use pm_daemon::{parse_duration, DaemonArgs};
 
 /// The default Compute API root.
 pub const DEFAULT_GCE_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";

@@ -27,9 +27,9 @@ pub mod reconcile;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use pm_etcd::{now_unix_ms, Election, EventLog, Session, Store};
+use pm_daemon::{Candidate, TermEnd};
+use pm_etcd::{now_unix_ms, EventLog, Leadership, Session};
 use pm_gce::compute::Compute;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
 use pm_proto::AgentInfo;
@@ -37,7 +37,7 @@ use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use active::{ActiveAgent, AgentContext, TermEnd};
+use active::{ActiveAgent, AgentContext};
 pub use config::AgentConfig;
 use hooks::HookRunner;
 use metered::MeteredCompute;
@@ -150,73 +150,91 @@ pub async fn run_with(
             .get_or_create(&EtcdErrorLabels { op: "term" })
             .inc();
     };
-    pm_etcd::cli::run_terms(&shutdown, count_error, || {
-        term(&ctx, config.daemon.lease_ttl, &shutdown)
-    })
+    let keys = ctx.store.keys();
+    let agent = AgentTerm {
+        member: keys
+            .agent_member(&ctx.zone, &ctx.agent_id)
+            .map_err(|e| AgentError::Config(e.to_string()))?,
+        ctx: &ctx,
+    };
+    let election = keys
+        .agent_election(&ctx.zone)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    pm_daemon::run_elected(
+        &ctx.store,
+        &election,
+        &id,
+        config.daemon.lease_ttl,
+        &shutdown,
+        count_error,
+        &agent,
+    )
     .await;
     tracing::info!(%id, "agent stopped");
     Ok(())
 }
 
-/// One session: register, campaign, act until the session or leadership is lost.
-async fn term(
-    ctx: &AgentContext,
-    lease_ttl: Duration,
-    shutdown: &CancellationToken,
-) -> pm_etcd::Result<()> {
-    let store: &Store = &ctx.store;
-    ctx.readiness.unmet(AGENT_CONDITION, "registering in etcd");
-    let session = Session::grant(store.client(), lease_ttl).await?;
-    let member = store.keys().agent_member(&ctx.zone, &ctx.agent_id)?;
-    let info = AgentInfo {
-        agent_id: ctx.agent_id.clone(),
-        zone: ctx.zone.clone(),
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        started_unix_ms: now_unix_ms(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    store.put(&member, &info, session.lease_id()).await?;
-    ctx.readiness.met(AGENT_CONDITION);
-    let election = Election::new(
-        store.client().clone(),
-        &store.keys().agent_election(&ctx.zone)?,
-    );
-    tracing::info!(zone = %ctx.zone, "registered; standing by for the zone");
-    let leadership = match election.campaign(&session, &ctx.agent_id, shutdown).await {
-        Ok(l) => l,
-        Err(pm_etcd::Error::Cancelled) => {
-            session.close().await.ok();
-            return Ok(());
+/// What the agent does in each term of [`pm_daemon::run_elected`]: registers, stands by,
+/// and acts for the zone while active.
+struct AgentTerm<'a> {
+    /// The agent's shared state.
+    ctx: &'a AgentContext,
+    /// The agent's member key, bound to each term's session.
+    member: String,
+}
+
+impl Candidate for AgentTerm<'_> {
+    fn starting(&self) {
+        self.ctx
+            .readiness
+            .unmet(AGENT_CONDITION, "registering in etcd");
+    }
+
+    async fn stand_by(&self, session: &Session) -> pm_etcd::Result<()> {
+        let ctx = self.ctx;
+        let info = AgentInfo {
+            agent_id: ctx.agent_id.clone(),
+            zone: ctx.zone.clone(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            started_unix_ms: now_unix_ms(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        ctx.store
+            .put(&self.member, &info, session.lease_id())
+            .await?;
+        ctx.readiness.met(AGENT_CONDITION);
+        tracing::info!(zone = %ctx.zone, "registered; standing by for the zone");
+        Ok(())
+    }
+
+    fn elected(&self, leadership: &Leadership) {
+        let ctx = self.ctx;
+        tracing::info!(zone = %ctx.zone, revision = leadership.fence().revision(), "active agent of the zone");
+        ctx.readiness
+            .unmet(AGENT_CONDITION, "active, and has not listed GCE yet");
+        ctx.metrics.set_active(&ctx.zone, true);
+    }
+
+    async fn lead(&self, leadership: &Leadership) -> TermEnd {
+        let agent = ActiveAgent::new(self.ctx, leadership.fence().clone(), leadership.lost());
+        match agent.run().await {
+            active::TermEnd::Lost => TermEnd::Lost,
+            active::TermEnd::Failed(e) => TermEnd::Failed(e),
         }
-        Err(e) => return Err(e),
-    };
-    tracing::info!(zone = %ctx.zone, revision = leadership.fence().revision(), "active agent of the zone");
-    ctx.readiness
-        .unmet(AGENT_CONDITION, "active, and has not listed GCE yet");
-    ctx.metrics.set_active(&ctx.zone, true);
-    let agent = ActiveAgent::new(ctx, leadership.fence().clone(), leadership.lost());
-    let end = tokio::select! {
-        end = agent.run() => Some(end),
-        _ = shutdown.cancelled() => None,
-    };
-    ctx.metrics.set_active(&ctx.zone, false);
-    match end {
-        None => {
-            tracing::info!("shutting down: handing the zone over");
-            leadership.resign().await.ok();
-            session.close().await.ok();
-            Ok(())
-        }
-        Some(TermEnd::Lost) => {
-            tracing::warn!(zone = %ctx.zone, "no longer the active agent; stopped acting, campaigning again");
-            Ok(())
-        }
-        Some(TermEnd::Failed(e)) => {
-            leadership.resign().await.ok();
-            Err(e)
+    }
+
+    fn stepped_down(&self, end: Option<&TermEnd>) {
+        let ctx = self.ctx;
+        ctx.metrics.set_active(&ctx.zone, false);
+        match end {
+            None => tracing::info!("shutting down: handing the zone over"),
+            Some(TermEnd::Lost) => {
+                tracing::warn!(zone = %ctx.zone, "no longer the active agent; stopped acting, campaigning again");
+            }
+            Some(TermEnd::Failed(_)) => {}
         }
     }
 }

@@ -8,8 +8,10 @@
 //! - [`ResumableWatch`]: a watch that resumes after errors and restarts, and re-lists
 //!   after compaction, so no change is lost or seen twice.
 //! - [`EtcdOptions`]: endpoints, TLS and user/password.
+//!
+//! The flags that fill [`EtcdOptions`] in (`EtcdArgs`) and the rest of a binary's start
+//! live in `pm-daemon`.
 
-pub mod cli;
 pub mod connect;
 pub mod election;
 pub mod error;

@@ -42,19 +42,13 @@ where
 /// Runs any request, retrying it while it could not be sent to any member.
 pub(crate) async fn unsent<T, F, Fut>(op: impl Fn() -> String, call: F) -> Result<T>
 where
-    F: Fn() -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    let mut attempts = UNSENT_BACKOFF.attempts();
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(e) if never_sent(&e) && attempts.count() + 1 < UNSENT_ATTEMPTS => {
-                tokio::time::sleep(attempts.next_delay()).await;
-            }
-            Err(e) => return Err(Error::etcd(op(), e)),
-        }
-    }
+    UNSENT_BACKOFF
+        .retry(UNSENT_ATTEMPTS, never_sent, call)
+        .await
+        .map_err(|e| Error::etcd(op(), e))
 }
 
 /// Runs a transaction, retrying it while it could not be sent to any member.

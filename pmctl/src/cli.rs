@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pm_etcd::cli::{parse_duration, EtcdArgs};
+use pm_daemon::{parse_duration, EtcdArgs};
 
 use crate::config_file::Format;
 use crate::output::OutputFormat;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pm_etcd::cli::EtcdArgs;
+use pm_daemon::EtcdArgs;
 use pm_etcd::etcd_client::{self, GetOptions};
 use pm_etcd::Store;
 

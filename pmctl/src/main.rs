@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() {
     let cli: pmctl::Cli =
-        pm_etcd::cli::parse_args(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+        pm_daemon::parse_args(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

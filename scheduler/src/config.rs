@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pm_etcd::cli::{parse_duration, DaemonArgs};
+use pm_daemon::{parse_duration, DaemonArgs};
 
 /// The elected leader that spreads pools over zones.
 #[derive(clap::Parser, Debug, Clone)]

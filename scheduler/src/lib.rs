@@ -12,7 +12,7 @@
 //! - [`model`]: the leader's view of the keyspace.
 //! - [`leader`]: the leader's work for one term: gather facts, call the above, write.
 //! - [`metrics`]: what `--metrics` exports.
-//! - [`run`]: campaign, lead, lose, campaign again.
+//! - [`run`]: campaign, lead, lose, campaign again, through [`pm_daemon::run_elected`].
 
 pub mod agent_presence;
 pub mod config;
@@ -27,15 +27,15 @@ pub mod pool_event;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use pm_etcd::{Election, EventLog, Session, Store};
+use pm_daemon::{Candidate, TermEnd};
+use pm_etcd::{EventLog, Leadership, Store};
 use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SchedulerConfig;
-use leader::{lead, LeaderSettings, TermEnd};
+use leader::{lead, LeaderSettings};
 use metrics::SchedulerMetrics;
 
 /// Why the scheduler stopped.
@@ -98,63 +98,66 @@ pub async fn run(
             .get_or_create(&EtcdErrorLabels { op: "term" })
             .inc();
     };
-    pm_etcd::cli::run_terms(&shutdown, count_error, || {
-        term(
-            &store,
-            &events,
-            &settings,
-            &metrics,
-            config.daemon.lease_ttl,
-            &shutdown,
-        )
-    })
+    let leader = SchedulerTerm {
+        store: &store,
+        events: &events,
+        settings: &settings,
+        metrics: &metrics,
+    };
+    pm_daemon::run_elected(
+        &store,
+        &store.keys().scheduler_election(),
+        &id,
+        config.daemon.lease_ttl,
+        &shutdown,
+        count_error,
+        &leader,
+    )
     .await;
     tracing::info!(%id, "scheduler stopped");
     Ok(())
 }
 
-/// One session: campaign, lead until lost or shut down.
-async fn term(
-    store: &Store,
-    events: &EventLog,
-    settings: &LeaderSettings,
-    metrics: &SchedulerMetrics,
-    lease_ttl: Duration,
-    shutdown: &CancellationToken,
-) -> pm_etcd::Result<()> {
-    let session = Session::grant(store.client(), lease_ttl).await?;
-    let election = Election::new(store.client().clone(), &store.keys().scheduler_election());
-    let leadership = match election.campaign(&session, &settings.id, shutdown).await {
-        Ok(l) => l,
-        Err(pm_etcd::Error::Cancelled) => {
-            session.close().await.ok();
-            return Ok(());
+/// What the scheduler does in each term of [`pm_daemon::run_elected`].
+struct SchedulerTerm<'a> {
+    store: &'a Store,
+    events: &'a EventLog,
+    settings: &'a LeaderSettings,
+    metrics: &'a SchedulerMetrics,
+}
+
+impl Candidate for SchedulerTerm<'_> {
+    fn elected(&self, leadership: &Leadership) {
+        tracing::info!(id = %self.settings.id, revision = leadership.fence().revision(), "elected leader");
+        self.metrics.leader.set(1);
+    }
+
+    async fn lead(&self, leadership: &Leadership) -> TermEnd {
+        match lead(
+            self.store,
+            self.events,
+            self.settings,
+            self.metrics,
+            leadership,
+        )
+        .await
+        {
+            leader::TermEnd::Lost => TermEnd::Lost,
+            leader::TermEnd::Failed(e) => TermEnd::Failed(e),
         }
-        Err(e) => return Err(e),
-    };
-    tracing::info!(id = %settings.id, revision = leadership.fence().revision(), "elected leader");
-    metrics.leader.set(1);
-    let end = tokio::select! {
-        end = lead(store, events, settings, metrics, &leadership) => Some(end),
-        _ = shutdown.cancelled() => None,
-    };
-    metrics.leader.set(0);
-    metrics.clear_view();
-    match end {
-        None => {
-            tracing::info!("shutting down: resigning leadership");
-            leadership.resign().await.ok();
-            session.close().await.ok();
-            Ok(())
-        }
-        Some(TermEnd::Lost) => {
-            tracing::warn!(id = %settings.id, "leadership lost; campaigning again");
-            Ok(())
-        }
-        Some(TermEnd::Failed(e)) => {
-            tracing::warn!(error = %e, "leader failed; resigning and campaigning again");
-            leadership.resign().await.ok();
-            Err(e)
+    }
+
+    fn stepped_down(&self, end: Option<&TermEnd>) {
+        self.metrics.leader.set(0);
+        self.metrics.clear_view();
+        match end {
+            None => tracing::info!("shutting down: resigning leadership"),
+            Some(TermEnd::Lost) => {
+                tracing::warn!(id = %self.settings.id, "leadership lost; campaigning again");
+            }
+            Some(TermEnd::Failed(e)) => {
+                tracing::warn!(error = %e, "leader failed; resigning and campaigning again");
+            }
         }
     }
 }

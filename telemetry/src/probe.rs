@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pm_etcd::cli::EtcdArgs;
+use pm_daemon::EtcdArgs;
 use pm_etcd::etcd_client::GetOptions;
 use pm_etcd::Store;
 use prometheus_client::metrics::counter::Counter;

@@ -88,7 +88,7 @@ fn start_scheduler(s: &Setup, id: &str) {
         .chain(scheduler_args(s, id))
         .map(OsString::from)
         .collect();
-    let config: SchedulerConfig = pm_etcd::cli::parse_args(args).expect("scheduler flags");
+    let config: SchedulerConfig = pm_daemon::parse_args(args).expect("scheduler flags");
     let token = s.shutdown.child_token();
     tokio::spawn(async move { pm_scheduler::run(config, token).await });
 }
