@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::TxnOp;
+use pm_daemon::TermEnd;
 use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, ResumableWatch, Store, WatchRange};
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
@@ -77,15 +78,6 @@ pub struct ActiveAgent<'a> {
     pools: Pools,
     /// Operations in flight.
     ops: Operations,
-}
-
-/// Why a term ended.
-#[derive(Debug)]
-pub enum TermEnd {
-    /// Leadership of the zone was lost.
-    Lost,
-    /// etcd failed in a way the watch could not ride out.
-    Failed(pm_etcd::Error),
 }
 
 impl<'a> ActiveAgent<'a> {

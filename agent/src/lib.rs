@@ -220,10 +220,7 @@ impl Candidate for AgentTerm<'_> {
 
     async fn lead(&self, leadership: &Leadership) -> TermEnd {
         let agent = ActiveAgent::new(self.ctx, leadership.fence().clone(), leadership.lost());
-        match agent.run().await {
-            active::TermEnd::Lost => TermEnd::Lost,
-            active::TermEnd::Failed(e) => TermEnd::Failed(e),
-        }
+        agent.run().await
     }
 
     fn stepped_down(&self, end: Option<&TermEnd>) {

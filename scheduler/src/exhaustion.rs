@@ -27,9 +27,6 @@ pub const MAX_MULTIPLIER: u32 = 16;
 /// exhaustion ended without a new stockout; its multiplier and capacity hint reset then.
 pub const HEALTHY_AFTER_BASES: u32 = 10;
 
-/// The default base back-off (`secondsForExhaustion`).
-pub const DEFAULT_BASE: Duration = Duration::from_secs(120);
-
 /// How long a new exhaustion of a zone lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExhaustionBackoff {
@@ -69,12 +66,9 @@ pub fn next_backoff(base: Duration, last: Option<&ZoneDesired>, now_ms: i64) -> 
     }
 }
 
-/// The pool's base back-off: its `secondsForExhaustion`, or [`DEFAULT_BASE`] when unset.
+/// The pool's base back-off: its `secondsForExhaustion`, the default applied.
 pub fn base_backoff(config: Option<&PoolConfig>) -> Duration {
-    match config.map(|c| c.seconds_for_exhaustion) {
-        Some(secs) if secs > 0 => Duration::from_secs(u64::from(secs)),
-        _ => DEFAULT_BASE,
-    }
+    pm_pool::exhaustion_base(config.unwrap_or(&PoolConfig::default()))
 }
 
 /// An exhaustion to record for a zone after a stockout.
@@ -307,13 +301,15 @@ mod tests {
 
     #[test]
     fn the_base_is_the_pools_or_the_default() {
-        assert_eq!(base_backoff(None), DEFAULT_BASE);
+        let default =
+            Duration::from_secs(u64::from(pm_pool::fields::DEFAULT_SECONDS_FOR_EXHAUSTION));
+        assert_eq!(base_backoff(None), default);
         let config = PoolConfig {
             seconds_for_exhaustion: 60,
             ..Default::default()
         };
         assert_eq!(base_backoff(Some(&config)), BASE);
-        assert_eq!(base_backoff(Some(&PoolConfig::default())), DEFAULT_BASE);
+        assert_eq!(base_backoff(Some(&PoolConfig::default())), default);
     }
 
     #[test]

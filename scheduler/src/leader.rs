@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, TxnOp};
+use pm_daemon::TermEnd;
 use pm_etcd::{
     now_unix_ms, put_op, EventLog, Fence, Leadership, ResumableWatch, Store, WatchRange,
 };
@@ -63,15 +64,6 @@ struct Term<'a> {
     reported: PlacementEvents,
 }
 
-/// Why a term ended.
-#[derive(Debug)]
-pub enum TermEnd {
-    /// Leadership was lost (fenced out, lease gone, resigned).
-    Lost,
-    /// etcd failed in a way watches could not ride out.
-    Failed(pm_etcd::Error),
-}
-
 /// Leads until leadership is lost. Never returns while it still leads.
 pub async fn lead(
     store: &Store,
@@ -113,6 +105,8 @@ impl Term<'_> {
         let (agents, agents_rev) = self.store.list_raw(&keys.agents_prefix()).await?;
         self.model.load_pools(&keys, &pools);
         self.model.load_agents(&keys, &agents);
+        let notices = self.model.take_notices();
+        self.announce(notices).await;
         Ok((pools_rev, agents_rev))
     }
 
@@ -172,6 +166,14 @@ impl Term<'_> {
                         .emit(self.events)
                         .await;
                 }
+                Notice::ConfigRefused { pool, problem } => {
+                    let message = format!(
+                        "the stored config is refused; the pool is left as it was: {problem}"
+                    );
+                    PoolEvent::pool(&pool, "invalid-config", Severity::Error, message)
+                        .emit(self.events)
+                        .await;
+                }
             }
         }
     }
@@ -197,6 +199,10 @@ impl Term<'_> {
         let Some(view) = self.model.pools.get(pool).cloned() else {
             return Ok(());
         };
+        if view.config.is_none() && view.config_refused {
+            // No valid config known: never treat a refused one as a deletion.
+            return Ok(());
+        }
         for (zone, zv) in &view.zones {
             if zv.report.is_some() {
                 let pool_view = self.model.pools.entry(pool.to_string()).or_default();

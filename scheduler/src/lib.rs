@@ -133,7 +133,7 @@ impl Candidate for SchedulerTerm<'_> {
     }
 
     async fn lead(&self, leadership: &Leadership) -> TermEnd {
-        match lead(
+        lead(
             self.store,
             self.events,
             self.settings,
@@ -141,10 +141,6 @@ impl Candidate for SchedulerTerm<'_> {
             leadership,
         )
         .await
-        {
-            leader::TermEnd::Lost => TermEnd::Lost,
-            leader::TermEnd::Failed(e) => TermEnd::Failed(e),
-        }
     }
 
     fn stepped_down(&self, end: Option<&TermEnd>) {

@@ -250,7 +250,9 @@ mod tests {
         let mut model = Model::default();
         let config = PoolConfig {
             target_vm_count: 3,
-            allowed_zones: vec!["z1".into(), "z2".into()],
+            allowed_zones: vec!["zone-a".into(), "zone-b".into()],
+            prefix: "web-".into(),
+            instance_json: "{}".into(),
             ..Default::default()
         };
         let running = ObservedInstance {
@@ -260,7 +262,7 @@ mod tests {
         let events = vec![
             put(keys.pool_config("web").unwrap(), config.encode_to_vec()),
             put(
-                keys.zone_desired("web", "z1").unwrap(),
+                keys.zone_desired("web", "zone-a").unwrap(),
                 ZoneDesired {
                     count: 3,
                     ..Default::default()
@@ -268,18 +270,18 @@ mod tests {
                 .encode_to_vec(),
             ),
             put(
-                keys.instance("web", "z1", "web-a").unwrap(),
+                keys.instance("web", "zone-a", "web-a").unwrap(),
                 running.encode_to_vec(),
             ),
             put(
-                keys.exhausted("web", "z2").unwrap(),
+                keys.exhausted("web", "zone-b").unwrap(),
                 ZoneExhaustion {
                     until_unix_ms: 61_000,
                     ..Default::default()
                 }
                 .encode_to_vec(),
             ),
-            put(keys.agent_member("z1", "a1").unwrap(), Vec::new()),
+            put(keys.agent_member("zone-a", "a1").unwrap(), Vec::new()),
         ];
         model.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
         let mut registry = Registry::default();
@@ -288,15 +290,15 @@ mod tests {
         let out = text(&registry);
         for line in [
             "pm_pool_target_instances{pool=\"web\"} 3.0",
-            "pm_zone_desired_instances{pool=\"web\",zone=\"z1\"} 3.0",
-            "pm_zone_desired_instances{pool=\"web\",zone=\"z2\"} 0.0",
-            "pm_zone_instances{pool=\"web\",zone=\"z1\",status=\"running\"} 1.0",
-            "pm_zone_instances{pool=\"web\",zone=\"z1\",status=\"lost\"} 0.0",
-            "pm_zone_exhausted{pool=\"web\",zone=\"z2\"} 1.0",
-            "pm_zone_exhausted{pool=\"web\",zone=\"z1\"} 0.0",
-            "pm_zone_exhaustion_remaining_seconds{pool=\"web\",zone=\"z2\"} 60.0",
-            "pm_zone_agents{zone=\"z1\"} 1.0",
-            "pm_zone_agents{zone=\"z2\"} 0.0",
+            "pm_zone_desired_instances{pool=\"web\",zone=\"zone-a\"} 3.0",
+            "pm_zone_desired_instances{pool=\"web\",zone=\"zone-b\"} 0.0",
+            "pm_zone_instances{pool=\"web\",zone=\"zone-a\",status=\"running\"} 1.0",
+            "pm_zone_instances{pool=\"web\",zone=\"zone-a\",status=\"lost\"} 0.0",
+            "pm_zone_exhausted{pool=\"web\",zone=\"zone-b\"} 1.0",
+            "pm_zone_exhausted{pool=\"web\",zone=\"zone-a\"} 0.0",
+            "pm_zone_exhaustion_remaining_seconds{pool=\"web\",zone=\"zone-b\"} 60.0",
+            "pm_zone_agents{zone=\"zone-a\"} 1.0",
+            "pm_zone_agents{zone=\"zone-b\"} 0.0",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
@@ -304,8 +306,8 @@ mod tests {
         metrics.publish(&model, 2_000);
         let out = text(&registry);
         assert!(!out.contains("web"), "{out}");
-        assert!(out.contains("pm_zone_agents{zone=\"z1\"} 1.0"), "{out}");
+        assert!(out.contains("pm_zone_agents{zone=\"zone-a\"} 1.0"), "{out}");
         metrics.clear_view();
-        assert!(!text(&registry).contains("zone=\"z1\""));
+        assert!(!text(&registry).contains("zone=\"zone-a\""));
     }
 }

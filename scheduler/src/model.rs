@@ -11,65 +11,7 @@ use pm_proto::{
     ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion,
 };
 
-/// Whether an observed instance counts toward the zone's live instances: anything not on
-/// its way out. An instance in an unknown state counts, so pm never overshoots by
-/// replacing something that may still run.
-pub fn is_live(instance: &ObservedInstance) -> bool {
-    !instance.preempted
-        && !matches!(
-            instance.state(),
-            InstanceState::Terminated | InstanceState::Deleting
-        )
-}
-
-/// How an observed instance shows in status counts: the words of `pmctl status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObservedStatus {
-    /// RUNNING and not preempted.
-    Running,
-    /// PROVISIONING, STAGING, or in an unknown state (a call about it in flight).
-    Starting,
-    /// Preempted, STOPPING or TERMINATED.
-    Lost,
-    /// pm is deleting it.
-    Deleting,
-}
-
-impl ObservedStatus {
-    /// Every status, in the order shown.
-    pub const ALL: [ObservedStatus; 4] = [
-        ObservedStatus::Running,
-        ObservedStatus::Starting,
-        ObservedStatus::Lost,
-        ObservedStatus::Deleting,
-    ];
-
-    /// How `instance` counts.
-    pub fn of(instance: &ObservedInstance) -> Self {
-        let state = instance.state();
-        if instance.preempted && state != InstanceState::Deleting {
-            return ObservedStatus::Lost;
-        }
-        match state {
-            InstanceState::Running => ObservedStatus::Running,
-            InstanceState::Provisioning | InstanceState::Staging | InstanceState::Unknown => {
-                ObservedStatus::Starting
-            }
-            InstanceState::Stopping | InstanceState::Terminated => ObservedStatus::Lost,
-            InstanceState::Deleting => ObservedStatus::Deleting,
-        }
-    }
-
-    /// The word: `running`, `starting`, `lost` or `deleting`.
-    pub fn word(self) -> &'static str {
-        match self {
-            ObservedStatus::Running => "running",
-            ObservedStatus::Starting => "starting",
-            ObservedStatus::Lost => "lost",
-            ObservedStatus::Deleting => "deleting",
-        }
-    }
-}
+pub use pm_pool::{is_live, ObservedStatus};
 
 /// What the view keeps of one observed instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +108,11 @@ impl ZoneView {
 /// One pool.
 #[derive(Debug, Default, Clone)]
 pub struct PoolView {
-    /// The config as stored; `None` when the key is absent.
+    /// The last valid config; `None` when the key is absent (or no valid one was seen).
     pub config: Option<PoolConfig>,
+    /// Whether the stored config was refused by [`pm_pool::check_stored`]: the pool
+    /// keeps its last valid config, or, without one, is left as it is.
+    pub config_refused: bool,
     /// Zones that have any key of this pool.
     pub zones: BTreeMap<String, ZoneView>,
 }
@@ -199,6 +144,13 @@ pub enum Notice {
         /// Zone.
         zone: String,
     },
+    /// A stored config was refused (reported once per problem).
+    ConfigRefused {
+        /// Pool.
+        pool: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// The whole view.
@@ -210,12 +162,22 @@ pub struct Model {
     pub agents: BTreeMap<String, BTreeSet<String>>,
     /// Pools changed since the last `take_dirty`.
     dirty: BTreeSet<String>,
+    /// The problem of each pool's refused config, kept across reloads so that it is
+    /// reported once.
+    refused: BTreeMap<String, String>,
+    /// Notices of puts, until taken.
+    notices: Vec<Notice>,
 }
 
 impl Model {
     /// Pools whose inputs changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Notices gathered while applying puts (refused configs) since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Marks every pool for recomputation.
@@ -252,25 +214,48 @@ impl Model {
     /// Applies a watch batch of either prefix; returns what deserves an event.
     pub fn apply(&mut self, keys: &Keyspace, batch: WatchBatch, prefix: &str) -> Vec<Notice> {
         match batch {
-            WatchBatch::Events(events) => events
-                .into_iter()
-                .filter_map(|event| match event {
-                    WatchEvent::Put(kv) => {
-                        self.apply_put(keys, &kv);
-                        None
+            WatchBatch::Events(events) => {
+                for event in events {
+                    match event {
+                        WatchEvent::Put(kv) => self.apply_put(keys, &kv),
+                        WatchEvent::Delete { key, mod_revision } => {
+                            if let Some(notice) = self.apply_delete(keys, &key, mod_revision) {
+                                self.notices.push(notice);
+                            }
+                        }
                     }
-                    WatchEvent::Delete { key, mod_revision } => {
-                        self.apply_delete(keys, &key, mod_revision)
-                    }
-                })
-                .collect(),
+                }
+            }
             WatchBatch::Resync { keys: listing, .. } => {
                 if prefix == keys.agents_prefix() {
                     self.load_agents(keys, &listing);
                 } else {
                     self.load_pools(keys, &listing);
                 }
-                Vec::new()
+            }
+        }
+        self.take_notices()
+    }
+
+    fn put_config(&mut self, pool: String, config: Result<PoolConfig, String>) {
+        let config = config.and_then(|c| match pm_pool::check_stored(&pool, &c) {
+            Ok(()) => Ok(c),
+            Err(problems) => Err(pm_pool::Problem::joined(&problems)),
+        });
+        match config {
+            Ok(config) => {
+                self.refused.remove(&pool);
+                let view = self.pools.entry(pool).or_default();
+                view.config = Some(config);
+                view.config_refused = false;
+            }
+            Err(problem) => {
+                tracing::warn!(%pool, %problem, "refusing the stored config");
+                self.pools.entry(pool.clone()).or_default().config_refused = true;
+                if self.refused.get(&pool) != Some(&problem) {
+                    self.refused.insert(pool.clone(), problem.clone());
+                    self.notices.push(Notice::ConfigRefused { pool, problem });
+                }
             }
         }
     }
@@ -287,10 +272,10 @@ impl Model {
             tracing::warn!(error = %e, "skipping a value that does not decode");
         };
         match key {
-            Key::PoolConfig { pool } => match decode::<PoolConfig>(&kv.key, bytes) {
-                Ok(c) => self.pools.entry(pool).or_default().config = Some(c),
-                Err(e) => skipped(e),
-            },
+            Key::PoolConfig { pool } => {
+                let config = decode::<PoolConfig>(&kv.key, bytes).map_err(|e| e.to_string());
+                self.put_config(pool, config);
+            }
             Key::ZoneDesired { pool, zone } => match decode::<ZoneDesired>(&kv.key, bytes) {
                 Ok(d) => self
                     .pool_mut(&pool)
@@ -337,7 +322,10 @@ impl Model {
         }
         match key {
             Key::PoolConfig { pool } => {
-                self.pool_mut(&pool).config = None;
+                self.refused.remove(&pool);
+                let view = self.pool_mut(&pool);
+                view.config = None;
+                view.config_refused = false;
                 None
             }
             Key::ZoneDesired { pool, zone } => {
@@ -453,15 +441,66 @@ mod tests {
         assert!(m.take_dirty().contains("web"));
     }
 
+    fn valid_config(target: i64) -> PoolConfig {
+        PoolConfig {
+            target_vm_count: target,
+            allowed_zones: vec!["zone-a".into()],
+            prefix: "web-".into(),
+            instance_json: "{}".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_config_keeps_the_last_valid_one_and_is_noticed_once() {
+        let keys = Keyspace::default();
+        let mut m = Model::default();
+        let ck = keys.pool_config("web").unwrap();
+        let mut bad = valid_config(4);
+        bad.hooks = Some(pm_proto::Hooks {
+            create: ".on-create".into(),
+            ..Default::default()
+        });
+        m.load_pools(&keys, &[kv(ck.clone(), bad.encode_to_vec())]);
+        let view = &m.pools["web"];
+        assert!(
+            view.config.is_none() && view.config_refused,
+            "no valid config yet"
+        );
+        let notices = m.take_notices();
+        assert!(
+            matches!(&notices[..], [Notice::ConfigRefused { pool, problem }]
+                if pool == "web" && problem.contains("hooks.create")),
+            "{notices:?}"
+        );
+        m.load_pools(&keys, &[kv(ck.clone(), bad.encode_to_vec())]);
+        assert!(
+            m.take_notices().is_empty(),
+            "reported once, also across reloads"
+        );
+        let put = |value: Vec<u8>| WatchBatch::Events(vec![WatchEvent::Put(kv(ck.clone(), value))]);
+        assert!(m
+            .apply(
+                &keys,
+                put(valid_config(5).encode_to_vec()),
+                &keys.pools_prefix()
+            )
+            .is_empty());
+        let mut negative = valid_config(5);
+        negative.target_vm_count = -1;
+        let notices = m.apply(&keys, put(negative.encode_to_vec()), &keys.pools_prefix());
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        let view = &m.pools["web"];
+        assert_eq!(view.config.as_ref().map(|c| c.target_vm_count), Some(5));
+        assert!(view.config_refused);
+    }
+
     #[test]
     fn garbage_values_are_skipped_and_keep_the_last_good_value() {
         let keys = Keyspace::default();
         let mut m = Model::default();
         let ck = keys.pool_config("web").unwrap();
-        let good = PoolConfig {
-            target_vm_count: 4,
-            ..Default::default()
-        };
+        let good = valid_config(4);
         m.load_pools(&keys, &[kv(ck.clone(), good.encode_to_vec())]);
         let events = vec![
             WatchEvent::Put(kv(ck, vec![0xff, 0xff, 0xff])),

@@ -36,19 +36,15 @@ pub const TEMPLATE: &str = r#"{
   "labels": {"team": "test"}
 }"#;
 
-/// The name of zone `index`: `zone-a` ... `zone-z`, then `zone-aa`, `zone-ab`, ...
+/// The name of zone `index`: `zone-a` ... `zone-z`, then `zone1-a` ... `zone1-z`,
+/// `zone2-a`, ...: unique, and valid GCE-like zone names (ending in `-` and a letter), as
+/// pool configs require.
 pub fn zone_name(index: usize) -> String {
-    let mut letters = Vec::new();
-    let mut i = index;
-    loop {
-        letters.push(char::from(b'a' + u8::try_from(i % 26).unwrap_or(0)));
-        if i < 26 {
-            break;
-        }
-        i = i / 26 - 1;
+    let letter = char::from(b'a' + u8::try_from(index % 26).unwrap_or(0));
+    match index / 26 {
+        0 => format!("zone-{letter}"),
+        round => format!("zone{round}-{letter}"),
     }
-    letters.reverse();
-    format!("zone-{}", letters.into_iter().collect::<String>())
 }
 
 /// Settings of a [`Cluster`].

@@ -537,7 +537,7 @@ async fn quota_and_permanent_errors_do_not_spin() {
 }
 
 #[test]
-fn zone_names_stay_unique_past_twenty_six() {
+fn zone_names_stay_unique_and_valid_past_twenty_six() {
     use pm_tests::cluster::zone_name;
     let names: BTreeSet<String> = (0..60).map(zone_name).collect();
     assert_eq!(names.len(), 60);
@@ -546,9 +546,13 @@ fn zone_names_stay_unique_past_twenty_six() {
         (
             "zone-a".into(),
             "zone-z".into(),
-            "zone-aa".into(),
-            "zone-ab".into()
+            "zone1-a".into(),
+            "zone1-b".into()
         )
+    );
+    assert!(
+        names.iter().all(|z| pm_pool::naming::is_valid_zone(z)),
+        "pool configs accept every harness zone: {names:?}"
     );
 }
 

@@ -49,6 +49,7 @@ fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
 
 fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
     PoolView {
+        config_refused: false,
         config: Some(PoolConfig {
             target_vm_count: target,
             allowed_zones: allowed.iter().map(|z| z.to_string()).collect(),
@@ -415,6 +416,7 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
         match *step {
             Step::Stockout(z) => {
                 let mut view = PoolView {
+                    config_refused: false,
                     config: config.clone(),
                     zones: BTreeMap::new(),
                 };
@@ -466,6 +468,7 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
             set_instances(&mut sim.view, confirmed, in_flight);
         }
         let view = PoolView {
+            config_refused: false,
             config: config.clone(),
             zones: names
                 .iter()
