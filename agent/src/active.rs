@@ -319,6 +319,20 @@ impl<'a> ActiveAgent<'a> {
         Ok(())
     }
 
+    /// Counts a notice, records its event and runs its hook.
+    async fn count_and_notify(
+        &self,
+        pool: &str,
+        project: &str,
+        config: &PoolConfig,
+        notice: Notice,
+    ) {
+        if let Some(count) = notice.count {
+            self.ctx.metrics.count(count, pool, &self.ctx.zone);
+        }
+        self.notify(pool, project, config, notice).await;
+    }
+
     /// Records a notice's event and runs its hook.
     async fn notify(&self, pool: &str, project: &str, config: &PoolConfig, notice: Notice) {
         self.emit(
@@ -395,7 +409,6 @@ impl<'a> ActiveAgent<'a> {
     }
 
     async fn handle_result(&mut self, r: OpResult) -> pm_etcd::Result<()> {
-        let zone = self.ctx.zone.clone();
         let Some(state) = self.pools.pools.get_mut(&r.pool) else {
             return Ok(());
         };
@@ -420,29 +433,27 @@ impl<'a> ActiveAgent<'a> {
                     o.gce_id = target_id.unwrap_or_else(|| "created".into());
                     self.write_one(pool, name, Some(o)).await?;
                 }
-                self.ctx.metrics.count(PoolCount::Created, pool, &zone);
-                self.emit(
-                    pool,
-                    "created",
-                    Severity::Info,
-                    name,
-                    format!("created {name}"),
-                )
-                .await;
-                self.run_hook(pool, &project, &config, HookEvent::Create, name);
+                let notice = Notice {
+                    hook: Some(HookEvent::Create),
+                    kind: "created",
+                    instance: name.to_string(),
+                    severity: Severity::Info,
+                    message: format!("created {name}"),
+                    count: Some(PoolCount::Created),
+                };
+                self.count_and_notify(pool, &project, &config, notice).await;
             }
             (InFlight::Deleting, Outcome::Done(_)) => {
                 self.write_one(pool, name, None).await?;
-                self.ctx.metrics.count(PoolCount::Deleted, pool, &zone);
-                self.emit(
-                    pool,
-                    "deleted",
-                    Severity::Info,
-                    name,
-                    format!("deleted {name}"),
-                )
-                .await;
-                self.run_hook(pool, &project, &config, HookEvent::Delete, name);
+                let notice = Notice {
+                    hook: Some(HookEvent::Delete),
+                    kind: "deleted",
+                    instance: name.to_string(),
+                    severity: Severity::Info,
+                    message: format!("deleted {name}"),
+                    count: Some(PoolCount::Deleted),
+                };
+                self.count_and_notify(pool, &project, &config, notice).await;
             }
             (InFlight::Starting, Outcome::Done(_)) => {
                 let message = format!("restarted preempted {name}");

@@ -212,24 +212,21 @@ mod tests {
         }
     }
 
-    fn slots() -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(1))
+    /// Runs an insert of `w-a` against `fake`, one slot, waiting at most `timeout`.
+    async fn insert_outcome(
+        fake: &FakeCompute,
+        gate: Option<CancellationToken>,
+        timeout: Duration,
+    ) -> Outcome {
+        let slots = Arc::new(Semaphore::new(1));
+        let op = insert("w-a", gate);
+        run(fake, slots, "p", "z-a", "w-a", &op, timeout).await
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_insert_is_done() {
         let fake = FakeCompute::new();
-        let op = insert("w-a", None);
-        let outcome = run(
-            &fake,
-            slots(),
-            "p",
-            "z-a",
-            "w-a",
-            &op,
-            Duration::from_secs(5),
-        )
-        .await;
+        let outcome = insert_outcome(&fake, None, Duration::from_secs(5)).await;
         assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
         assert_eq!(fake.instances("p", "z-a").len(), 1);
     }
@@ -238,17 +235,7 @@ mod tests {
     async fn a_stockout_in_the_operation_fails_the_insert() {
         let fake = FakeCompute::new();
         fake.fail_next_operation(ApiCall::Insert, "ZONE_RESOURCE_POOL_EXHAUSTED", 503);
-        let op = insert("w-a", None);
-        let outcome = run(
-            &fake,
-            slots(),
-            "p",
-            "z-a",
-            "w-a",
-            &op,
-            Duration::from_secs(5),
-        )
-        .await;
+        let outcome = insert_outcome(&fake, None, Duration::from_secs(5)).await;
         let Outcome::Failed(e) = outcome else {
             panic!("{outcome:?}")
         };
@@ -260,17 +247,7 @@ mod tests {
     async fn an_operation_that_never_finishes_times_out() {
         let fake = FakeCompute::new();
         fake.hang_operations(true);
-        let op = insert("w-a", None);
-        let outcome = run(
-            &fake,
-            slots(),
-            "p",
-            "z-a",
-            "w-a",
-            &op,
-            Duration::from_secs(30),
-        )
-        .await;
+        let outcome = insert_outcome(&fake, None, Duration::from_secs(30)).await;
         assert!(
             matches!(outcome, Outcome::Failed(GceError::OperationTimeout { .. })),
             "{outcome:?}"
@@ -283,17 +260,7 @@ mod tests {
         let fake = FakeCompute::new();
         let gate = CancellationToken::new();
         gate.cancel();
-        let op = insert("w-a", Some(gate));
-        let outcome = run(
-            &fake,
-            slots(),
-            "p",
-            "z-a",
-            "w-a",
-            &op,
-            Duration::from_secs(5),
-        )
-        .await;
+        let outcome = insert_outcome(&fake, Some(gate), Duration::from_secs(5)).await;
         assert!(matches!(outcome, Outcome::NotSent), "{outcome:?}");
         assert!(fake.calls().is_empty());
     }

@@ -270,6 +270,18 @@ mod tests {
                 json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"preemptible": true, "onHostMaintenance": "MIGRATE"}}),
                 "OnHostMaintenance",
             ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"provisioningModel": "spot"}}),
+                "resource.scheduling.provisioningModel",
+            ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "metadata": {"items": [{"key": "k", "value": 1}]}}),
+                "resource.metadata.items",
+            ),
+            (
+                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "disks": {"boot": true}}),
+                "resource.disks",
+            ),
         ];
         for (value, expected) in cases {
             let bytes = serde_json::to_vec(&value).expect("json");
