@@ -242,6 +242,16 @@ impl EtcdCluster {
         options
     }
 
+    /// A store on this cluster under a fresh [`unique_prefix`], so tests never share keys.
+    pub async fn store(&self) -> pm_etcd::Store {
+        let client = pm_etcd::EtcdOptions::new(self.endpoints())
+            .connect()
+            .await
+            .expect("connect");
+        let keys = pm_etcd::Keyspace::new(&unique_prefix()).expect("prefix");
+        pm_etcd::Store::new(client, keys)
+    }
+
     /// Client URLs of every member, running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pm_daemon::{run_elected, Candidate, TermEnd};
-use pm_etcd::{Election, Error, EtcdOptions, Keyspace, LeaderInfo, Leadership, Session, Store};
-use pm_tests::{eventually, unique_prefix, EtcdCluster};
+use pm_etcd::{Election, Error, LeaderInfo, Leadership, Session, Store};
+use pm_tests::{eventually, EtcdCluster};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -129,11 +129,7 @@ impl Running {
 }
 
 async fn store(etcd: &EtcdCluster) -> Store {
-    let client = EtcdOptions::new(etcd.endpoints())
-        .connect()
-        .await
-        .expect("connect");
-    Store::new(client, Keyspace::new(&unique_prefix()).expect("prefix"))
+    etcd.store().await
 }
 
 fn election(store: &Store) -> Election {

@@ -4,21 +4,17 @@
 use std::time::Duration;
 
 use pm_etcd::{
-    Election, Error, EtcdOptions, Keyspace, ResumableWatch, Session, Store, WatchBatch, WatchEvent,
+    Election, Error, EtcdOptions, ResumableWatch, Session, Store, WatchBatch, WatchEvent,
     WatchRange,
 };
 use pm_proto::{PoolConfig, ZoneDesired};
-use pm_tests::{eventually, unique_prefix, EtcdCluster};
+use pm_tests::{eventually, EtcdCluster};
 use tokio_util::sync::CancellationToken;
 
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn store(etcd: &EtcdCluster) -> Store {
-    let client = EtcdOptions::new(etcd.endpoints())
-        .connect()
-        .await
-        .expect("connect");
-    Store::new(client, Keyspace::new(&unique_prefix()).expect("prefix"))
+    etcd.store().await
 }
 
 fn desired(count: i64) -> ZoneDesired {
