@@ -283,7 +283,7 @@ impl<'a> ActiveAgent<'a> {
         for name in &fx.deletes {
             state.in_flight.insert(name.clone(), InFlight::Deleting);
         }
-        for name in &fx.restarts {
+        for name in fx.restarts.iter().chain(fx.resumes_suspended.iter()) {
             state.in_flight.insert(name.clone(), InFlight::Starting);
         }
         for insert in fx.creates.iter().chain(fx.resumes.iter()) {
@@ -312,6 +312,9 @@ impl<'a> ActiveAgent<'a> {
         }
         for name in fx.restarts {
             self.ops.spawn(pool, project, name, Op::Start);
+        }
+        for name in fx.resumes_suspended {
+            self.ops.spawn(pool, project, name, Op::Resume);
         }
         for name in fx.deletes {
             self.ops.spawn(pool, project, name, Op::Delete);
@@ -488,7 +491,8 @@ impl<'a> ActiveAgent<'a> {
         }
         let state = self.state(pool);
         match &reaction.action {
-            Action::FollowInLists => {}
+            // The result already brings the next pass forward (SETTLE).
+            Action::FollowInLists | Action::Relist => {}
             Action::Stockout => {
                 std::mem::replace(&mut state.create_gate, CancellationToken::new()).cancel();
                 let base = state.exhaustion_base();

@@ -31,8 +31,8 @@ pub struct Listed {
     pub status: InstanceStatus,
     /// GCE's id.
     pub id: String,
-    /// RFC 3339 creation time as GCE gives it (sorts by time for one format).
-    pub created: String,
+    /// Creation time, Unix ms (0 when GCE gave none).
+    pub created_unix_ms: i64,
 }
 
 /// Everything one decision is made from.
@@ -81,6 +81,10 @@ pub struct Decision {
     pub delete: Vec<String>,
     /// Preempted instances to start again (on_preempted = restart).
     pub restart: Vec<String>,
+    /// Suspended instances to resume (on_preempted = restart).
+    pub resume: Vec<String>,
+    /// Instances in a status pm does not know: not live, left alone.
+    pub unrecognized: Vec<String>,
     /// New instances to create.
     pub create: usize,
     /// Live instances counted (GCE, plus inserts not visible yet).
@@ -95,13 +99,14 @@ pub fn is_stopped(status: InstanceStatus) -> bool {
         | InstanceStatus::Terminated
         | InstanceStatus::Suspending
         | InstanceStatus::Suspended
-        | InstanceStatus::PendingStop => true,
+        | InstanceStatus::PendingStop
+        | InstanceStatus::Deprovisioning => true,
         InstanceStatus::Provisioning
         | InstanceStatus::Staging
         | InstanceStatus::Running
         | InstanceStatus::Repairing
         | InstanceStatus::Pending
-        | InstanceStatus::Deprovisioning => false,
+        | InstanceStatus::Unrecognized => false,
     }
 }
 
@@ -118,6 +123,7 @@ pub fn state_of(status: InstanceStatus) -> InstanceState {
         InstanceStatus::Stopped | InstanceStatus::Terminated | InstanceStatus::Suspended => {
             InstanceState::Terminated
         }
+        InstanceStatus::Unrecognized => InstanceState::Unknown,
     }
 }
 
@@ -135,6 +141,11 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     let mut live = 0i64;
 
     for (name, listed) in &inputs.listed {
+        if listed.status == InstanceStatus::Unrecognized {
+            // Not live, not adopted, not lost: left alone until GCE shows a known status.
+            d.unrecognized.push(name.clone());
+            continue;
+        }
         let state = state_of(listed.status);
         let observed = inputs.observed.get(name);
         let flight = inputs.in_flight.get(name).copied();
@@ -160,8 +171,12 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
                 OnPreempted::Restart => {
                     // Coming back: counts as live so no replacement overshoots.
                     live += 1;
-                    if flight.is_none() && listed.status == InstanceStatus::Terminated {
-                        d.restart.push(name.clone());
+                    if flight.is_none() {
+                        match listed.status {
+                            InstanceStatus::Terminated => d.restart.push(name.clone()),
+                            InstanceStatus::Suspended => d.resume.push(name.clone()),
+                            _ => {}
+                        }
                     }
                 }
                 OnPreempted::Delete => {
@@ -228,7 +243,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             let running = |l: &Listed| l.status == InstanceStatus::Running;
             running(a)
                 .cmp(&running(b))
-                .then_with(|| b.created.cmp(&a.created))
+                .then_with(|| b.created_unix_ms.cmp(&a.created_unix_ms))
                 .then_with(|| b.name.cmp(&a.name))
         });
         let chosen: BTreeSet<String> = surplus_candidates
@@ -252,7 +267,7 @@ mod tests {
                 name: name.to_string(),
                 status,
                 id: format!("id-{name}"),
-                created: created.to_string(),
+                created_unix_ms: pm_gce::resources::unix_ms(created).unwrap_or_default(),
             },
         )
     }
@@ -318,6 +333,62 @@ mod tests {
         let d = decide(&i);
         assert_eq!(d.delete, vec!["w-boot".to_string(), "w-new".to_string()]);
         assert_eq!(d.create, 0);
+    }
+
+    #[test]
+    fn scale_down_compares_creation_times_not_their_text() {
+        let mut i = inputs(1);
+        // 10:00 Pacific is 17:00 UTC: the newer one, though its text sorts first.
+        i.listed.extend([
+            listed("w-pacific", S::Running, "2026-01-01T10:00:00-07:00"),
+            listed("w-utc", S::Running, "2026-01-01T12:00:00Z"),
+        ]);
+        for n in ["w-pacific", "w-utc"] {
+            i.observed.extend([observed(n, InstanceState::Running)]);
+        }
+        assert_eq!(decide(&i).delete, vec!["w-pacific".to_string()]);
+    }
+
+    #[test]
+    fn an_instance_in_an_unknown_status_is_left_alone() {
+        let mut i = inputs(1);
+        i.listed.extend([listed("w-a", S::Unrecognized, "1")]);
+        i.observed.extend([observed("w-a", InstanceState::Running)]);
+        let d = decide(&i);
+        assert_eq!(d.unrecognized, vec!["w-a".to_string()]);
+        assert!(d.lost.is_empty() && d.delete.is_empty() && d.update.is_empty());
+        assert!(d.adopt.is_empty() && d.preempted.is_empty());
+        assert_eq!((d.live, d.create), (0, 1), "not live, so it is replaced");
+    }
+
+    #[test]
+    fn deprovisioning_counts_as_stopping_and_suspended_as_lost() {
+        assert_eq!(state_of(S::Deprovisioning), InstanceState::Stopping);
+        assert!(is_stopped(S::Deprovisioning));
+        for mode in [OnPreempted::Delete, OnPreempted::Restart] {
+            let mut i = inputs(2);
+            i.on_preempted = mode;
+            i.listed.extend([
+                listed("w-a", S::Suspended, "1"),
+                listed("w-b", S::Suspending, "1"),
+            ]);
+            i.observed.extend([
+                observed("w-a", InstanceState::Running),
+                observed("w-b", InstanceState::Running),
+            ]);
+            let d = decide(&i);
+            match mode {
+                OnPreempted::Delete => {
+                    assert_eq!(d.delete, vec!["w-a".to_string(), "w-b".to_string()]);
+                    assert_eq!((d.live, d.create), (0, 2), "replaced");
+                }
+                OnPreempted::Restart => {
+                    assert_eq!(d.resume, vec!["w-a".to_string()], "resumed, not started");
+                    assert!(d.restart.is_empty() && d.delete.is_empty());
+                    assert_eq!((d.live, d.create), (2, 0), "coming back: no replacement");
+                }
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Effects {
     pub deletes: Vec<String>,
     /// Instances to start again.
     pub restarts: Vec<String>,
+    /// Suspended instances to resume.
+    pub resumes_suspended: Vec<String>,
     /// The template does not render: creates pause, the problem is reported once.
     pub template_error: Option<String>,
 }
@@ -257,6 +259,7 @@ pub fn effects(
     }
     fx.deletes = decision.delete.clone();
     fx.restarts = decision.restart.clone();
+    fx.resumes_suspended = decision.resume.clone();
     fx
 }
 
@@ -302,7 +305,7 @@ mod tests {
                 name: "w-new".into(),
                 status: InstanceStatus::Running,
                 id: "77".into(),
-                created: String::new(),
+                created_unix_ms: 0,
             },
         )]);
         let inputs = EffectInputs {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pm_gce::compute::ApiCall;
 use pm_gce::error::{ErrorClass, GceError};
 use pm_proto::Severity;
 
@@ -50,6 +51,9 @@ pub enum Action {
     },
     /// The instance already exists: the next list adopts it.
     Adopt,
+    /// The instance or operation is gone (404 on `start` or on an operation `wait`):
+    /// list again soon; creates are not paused.
+    Relist,
 }
 
 /// What the operation was, in messages.
@@ -66,6 +70,16 @@ pub fn what(kind: InFlight) -> &'static str {
 pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Duration) -> Reaction {
     let class = error.class();
     let creating = matches!(kind, InFlight::Creating | InFlight::Starting);
+    // A 404 of a start or a wait says nothing about the template: the instance or its
+    // operation is gone, and only a list tells what is left.
+    let gone = class == ErrorClass::NotFound
+        && matches!(error.call(), Some(ApiCall::Start | ApiCall::WaitOperation));
+    if gone {
+        return Reaction {
+            forget_intent: false,
+            action: Action::Relist,
+        };
+    }
     let forget_intent = kind == InFlight::Creating
         && match class {
             ErrorClass::Stockout
@@ -116,20 +130,43 @@ pub fn event(
             Severity::Warning,
             format!("{what} of {name} not finished yet; following it in the lists: {error}"),
         )),
-        Action::Stockout => Some((
-            "stockout".into(),
-            Severity::Warning,
-            format!("{what} of {name} failed: zone out of capacity: {error}"),
-        )),
+        Action::Stockout => {
+            let details = error.stockout_details().describe();
+            let details = if details.is_empty() {
+                String::new()
+            } else {
+                format!(" ({details})")
+            };
+            Some((
+                "stockout".into(),
+                Severity::Warning,
+                format!("{what} of {name} failed: zone out of capacity{details}: {error}"),
+            ))
+        }
         Action::BackOff { delay, .. } => Some((
             format!("{what}-failed"),
             Severity::Warning,
             format!("{what} of {name} failed ({class:?}), backing off {delay:?}: {error}"),
         )),
-        Action::Permanent { .. } => Some((
-            format!("{what}-failed"),
-            Severity::Error,
-            format!("{what} of {name} failed permanently: {error}"),
+        Action::Permanent { .. } => {
+            let cause = match error.existing_resource() {
+                Some(resource) => format!(
+                    "the template names {resource}, which already exists (a fixed diskName?); "
+                ),
+                None => String::new(),
+            };
+            Some((
+                format!("{what}-failed"),
+                Severity::Error,
+                format!("{what} of {name} failed permanently: {cause}{error}"),
+            ))
+        }
+        Action::Relist => Some((
+            format!("{what}-gone"),
+            Severity::Info,
+            format!(
+                "{what} of {name}: the instance or its operation is gone; listing again: {error}"
+            ),
         )),
         Action::Adopt => None,
     }
@@ -258,6 +295,84 @@ mod tests {
     }
 
     #[test]
+    fn a_start_or_wait_that_finds_nothing_lists_again_without_pausing() {
+        for (kind, call) in [
+            (InFlight::Starting, ApiCall::Start),
+            (InFlight::Creating, ApiCall::WaitOperation),
+            (InFlight::Deleting, ApiCall::WaitOperation),
+        ] {
+            let gone = GceError::http(call, 404, "notFound", "The resource was not found");
+            let r = react(kind, &gone, || panic!("no back-off"));
+            assert_eq!(
+                r,
+                Reaction {
+                    forget_intent: false,
+                    action: Action::Relist
+                },
+                "{call}"
+            );
+            let (event, severity, _) = event(kind, "w-a", &gone, &r.action).expect("event");
+            assert!(event.ends_with("-gone"), "{event}");
+            assert_eq!(severity, Severity::Info);
+        }
+        let missing_image = GceError::http(ApiCall::Insert, 404, "notFound", "image not found");
+        let r = react(InFlight::Creating, &missing_image, || DELAY);
+        assert_eq!(
+            r.action,
+            Action::Permanent {
+                pause_creates: true
+            },
+            "a 404 of the insert itself is the template's"
+        );
+    }
+
+    #[test]
+    fn a_disk_that_exists_is_a_template_error_naming_the_disk() {
+        let disk = GceError::http(
+            ApiCall::Insert,
+            409,
+            "alreadyExists",
+            "The resource 'projects/p/zones/z/disks/web-boot' already exists",
+        );
+        let r = react(InFlight::Creating, &disk, || DELAY);
+        assert_eq!(
+            r,
+            Reaction {
+                forget_intent: true,
+                action: Action::Permanent {
+                    pause_creates: true
+                }
+            }
+        );
+        let (_, severity, message) =
+            event(InFlight::Creating, "w-a", &disk, &r.action).expect("event");
+        assert_eq!(severity, Severity::Error);
+        assert!(
+            message.contains("the template names projects/p/zones/z/disks/web-boot"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn stockout_details_are_kept_on_the_event() {
+        let mut error = stockout_operation();
+        if let GceError::OperationFailed { errors, .. } = &mut error {
+            errors[0].error_details = vec![serde_json::json!({"errorInfo": {
+                "reason": "configuration_availability",
+                "metadatas": {"zonesAvailable": "us-central1-a,us-central1-f"}
+            }})];
+        }
+        let r = react(InFlight::Creating, &error, || DELAY);
+        let (_, _, message) = event(InFlight::Creating, "w-a", &error, &r.action).expect("event");
+        assert!(
+            message.contains(
+                "(reason configuration_availability; zones with capacity: us-central1-a, us-central1-f)"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn permanent_errors_pause_creates_and_existing_instances_are_adopted() {
         let bad = GceError::http(ApiCall::Insert, 400, "invalid", "bad machine type");
         let r = react(InFlight::Creating, &bad, || DELAY);
@@ -272,7 +387,12 @@ mod tests {
         );
         let (_, severity, _) = event(InFlight::Creating, "w-a", &bad, &r.action).expect("event");
         assert_eq!(severity, Severity::Error);
-        let exists = GceError::http(ApiCall::Insert, 409, "alreadyExists", "exists");
+        let exists = GceError::http(
+            ApiCall::Insert,
+            409,
+            "alreadyExists",
+            "The resource 'projects/p/zones/z/instances/w-a' already exists",
+        );
         let r = react(InFlight::Creating, &exists, || DELAY);
         assert_eq!(
             r,

@@ -162,6 +162,16 @@ impl Compute for MeteredCompute {
         self.record(ApiCall::Start, zone, call, operation_outcome)
     }
 
+    fn resume<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        let call = self.inner.resume(project, zone, name);
+        self.record(ApiCall::Resume, zone, call, operation_outcome)
+    }
+
     fn wait_operation<'a>(
         &'a self,
         project: &'a str,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pm_gce::compute::{wait_until_done, Compute};
-use pm_gce::error::GceError;
+use pm_gce::error::{ErrorClass, GceError};
 use pm_gce::resources::Instance;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,8 @@ pub enum Op {
     Delete,
     /// `instances.start`.
     Start,
+    /// `instances.resume` of a suspended instance.
+    Resume,
 }
 
 impl Op {
@@ -38,7 +40,7 @@ impl Op {
         match self {
             Op::Insert { .. } => InFlight::Creating,
             Op::Delete => InFlight::Deleting,
-            Op::Start => InFlight::Starting,
+            Op::Start | Op::Resume => InFlight::Starting,
         }
     }
 }
@@ -98,6 +100,7 @@ pub async fn run(
             }
             Op::Delete => compute.delete(project, zone, name).await,
             Op::Start => compute.start(project, zone, name).await.map(Some),
+            Op::Resume => compute.resume(project, zone, name).await.map(Some),
         };
         match call {
             Ok(started) => started,
@@ -105,8 +108,14 @@ pub async fn run(
         }
     };
     match started {
-        Some(op) => match wait_until_done(compute, project, op, timeout).await {
+        Some(started) => match wait_until_done(compute, project, started, timeout).await {
             Ok(done) => Outcome::Done(done.target_id),
+            // A delete whose operation finds the instance gone did what it was for.
+            Err(e @ GceError::OperationFailed { .. })
+                if matches!(op, Op::Delete) && e.class() == ErrorClass::NotFound =>
+            {
+                Outcome::Done(None)
+            }
             Err(e) => Outcome::Failed(e),
         },
         None => Outcome::Done(None),
@@ -197,7 +206,6 @@ impl Operations {
 #[cfg(test)]
 mod tests {
     use pm_gce::compute::ApiCall;
-    use pm_gce::error::ErrorClass;
     use pm_gce::fake::FakeCompute;
 
     use super::*;
@@ -253,6 +261,65 @@ mod tests {
             "{outcome:?}"
         );
         assert!(fake.calls_of(ApiCall::WaitOperation).len() > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_whose_operation_finds_nothing_succeeded() {
+        let fake = FakeCompute::new();
+        let instance: Instance =
+            serde_json::from_value(serde_json::json!({ "name": "w-a" })).expect("instance");
+        fake.put_instance("p", "z-a", instance);
+        let not_found = |code: &str| GceError::OperationFailed {
+            operation: "op-1".into(),
+            operation_type: "delete".into(),
+            target: "w-a".into(),
+            http_status: Some(404),
+            http_message: Some("NOT FOUND".into()),
+            errors: vec![pm_gce::OperationErrorItem {
+                code: code.into(),
+                message: Some(
+                    "The resource 'projects/p/zones/z-a/instances/w-a' was not found".into(),
+                ),
+                location: None,
+                error_details: Vec::new(),
+            }],
+        };
+        fake.hang_operations(true);
+        fake.fail_next(
+            Some(ApiCall::WaitOperation),
+            not_found("RESOURCE_NOT_FOUND"),
+        );
+        let timeout = Duration::from_secs(5);
+        let outcome = run(
+            &fake,
+            Arc::new(Semaphore::new(1)),
+            "p",
+            "z-a",
+            "w-a",
+            &Op::Delete,
+            timeout,
+        )
+        .await;
+        assert!(matches!(outcome, Outcome::Done(None)), "{outcome:?}");
+        let gone = GceError::http(ApiCall::WaitOperation, 404, "notFound", "operation gone");
+        fake.fail_next(Some(ApiCall::WaitOperation), gone);
+        let instance: Instance =
+            serde_json::from_value(serde_json::json!({ "name": "w-a" })).expect("instance");
+        fake.put_instance("p", "z-a", instance);
+        let outcome = run(
+            &fake,
+            Arc::new(Semaphore::new(1)),
+            "p",
+            "z-a",
+            "w-a",
+            &Op::Delete,
+            timeout,
+        )
+        .await;
+        assert!(
+            matches!(outcome, Outcome::Failed(GceError::Http { status: 404, .. })),
+            "a lost operation is not a finished delete: {outcome:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,8 @@ pub struct PoolState {
     pub next_sync: Instant,
     /// The last problem reported as an event, so it is reported once, not every sync.
     pub reported: Option<String>,
+    /// Instances already logged for a status pm does not know (logged once each).
+    pub unrecognized_logged: BTreeSet<String>,
     /// Fresh creates still waiting for a slot give up when this fires (a stockout in the
     /// zone): their inserts would only fail too. Replaced after it fires.
     pub create_gate: CancellationToken,
@@ -80,6 +82,7 @@ impl Default for PoolState {
             retry: CREATE_BACKOFF.attempts(),
             next_sync: Instant::now(),
             reported: None,
+            unrecognized_logged: BTreeSet::new(),
             create_gate: CancellationToken::new(),
         }
     }

@@ -126,7 +126,7 @@ pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolS
                     name: i.name.clone(),
                     status,
                     id: i.id.clone().unwrap_or_default(),
-                    created: i.creation_timestamp.clone().unwrap_or_default(),
+                    created_unix_ms: i.created_unix_ms().unwrap_or_default(),
                 },
             ))
         })
@@ -158,6 +158,14 @@ pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolS
         insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
     };
     let mut decision = decide(&inputs);
+    for name in &decision.unrecognized {
+        if state.unrecognized_logged.insert(name.clone()) {
+            tracing::warn!(instance = %name, "GCE shows the instance in a status pm does not know; leaving it alone");
+        }
+    }
+    state
+        .unrecognized_logged
+        .retain(|n| decision.unrecognized.contains(n));
     if let Some(pause) = &state.pause {
         if decision.live < inputs.desired {
             tracing::info!(reason = %pause.reason, deficit = inputs.desired - decision.live, "creates paused");

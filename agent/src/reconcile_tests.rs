@@ -97,6 +97,7 @@ async fn operate(fake: &FakeCompute, fx: Effects) -> Vec<(String, InFlight, Outc
         ops.push((insert.name, op));
     }
     ops.extend(fx.restarts.into_iter().map(|n| (n, Op::Start)));
+    ops.extend(fx.resumes_suspended.into_iter().map(|n| (n, Op::Resume)));
     ops.extend(fx.deletes.into_iter().map(|n| (n, Op::Delete)));
     let mut outcomes = Vec::new();
     for (name, op) in ops {
@@ -317,6 +318,45 @@ async fn restart_mode_starts_a_preempted_instance_without_a_replacement() {
     let outcomes = operate(&fake, fx).await;
     assert!(matches!(outcomes[0].2, Outcome::Done(_)));
     assert_eq!(fake.calls_of(ApiCall::Start).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_mode_resumes_a_suspended_instance() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Restart);
+    put(&fake, "w-a", InstanceStatus::Suspended);
+    observe(&mut pool, "w-a", running("w-a"));
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.resumes_suspended, ["w-a"]);
+    assert!(fx.creates.is_empty() && fx.restarts.is_empty() && fx.deletes.is_empty());
+    let outcomes = operate(&fake, fx).await;
+    assert!(
+        matches!(outcomes[0].2, Outcome::Done(_)),
+        "{:?}",
+        outcomes[0].2
+    );
+    assert_eq!(fake.calls_of(ApiCall::Resume).len(), 1);
+    let status = fake.instances(PROJECT, ZONE)[0].status;
+    assert_eq!(status, Some(InstanceStatus::Running));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_in_an_unknown_status_is_logged_once_and_left_alone() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Delete);
+    put(&fake, "w-a", InstanceStatus::Unrecognized);
+    observe(&mut pool, "w-a", running("w-a"));
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.deletes.is_empty() && fx.restarts.is_empty(), "{fx:?}");
+    assert!(!fx.writes.contains_key("w-a"), "its key stays as it was");
+    assert_eq!(fx.creates.len(), 1, "not live: replaced");
+    assert!(pool.unrecognized_logged.contains("w-a"));
+    fake.set_status(PROJECT, ZONE, "w-a", InstanceStatus::Running);
+    effects_of(&fake, &mut pool).await;
+    assert!(
+        pool.unrecognized_logged.is_empty(),
+        "forgotten once GCE shows it known"
+    );
 }
 
 #[tokio::test(start_paused = true)]

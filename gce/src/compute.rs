@@ -28,6 +28,8 @@ pub enum ApiCall {
     Delete,
     /// `instances.start`
     Start,
+    /// `instances.resume`
+    Resume,
     /// `zoneOperations.wait`
     WaitOperation,
     /// `zoneOperations.list`
@@ -44,6 +46,7 @@ impl ApiCall {
             ApiCall::List => "compute.instances.list",
             ApiCall::Delete => "compute.instances.delete",
             ApiCall::Start => "compute.instances.start",
+            ApiCall::Resume => "compute.instances.resume",
             ApiCall::WaitOperation => "compute.zoneOperations.wait",
             ApiCall::ListOperations => "compute.zoneOperations.list",
         }
@@ -52,7 +55,7 @@ impl ApiCall {
     /// Whether the call brings instances up, so that an HTTP 503 means a stockout.
     pub fn creates_instances(self) -> bool {
         match self {
-            ApiCall::Insert | ApiCall::BulkInsert | ApiCall::Start => true,
+            ApiCall::Insert | ApiCall::BulkInsert | ApiCall::Start | ApiCall::Resume => true,
             ApiCall::Get
             | ApiCall::List
             | ApiCall::Delete
@@ -159,6 +162,16 @@ pub trait Compute: Send + Sync {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Operation, GceError>>;
 
+    /// `instances.resume` of a SUSPENDED instance: it comes back RUNNING. A missing
+    /// instance is [`crate::ErrorClass::NotFound`]; one that is not suspended is refused
+    /// (HTTP 400).
+    fn resume<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>>;
+
     /// Waits for the operation, server side, for a bounded time (GCE: about 2 minutes)
     /// and returns its state then, which may not be DONE yet. A failed operation is
     /// returned as `Ok` with `error` set: see [`operation_result`].
@@ -249,8 +262,9 @@ pub async fn wait_until_done(
     operation_result(current)
 }
 
-/// A `requestId` derived from `key` (e.g. the instance name): UUID-shaped, as GCE
-/// requires, and stable, so every retry of the same create carries the same id.
+/// A `requestId` derived from `key` (e.g. the instance name): a UUID in the version-4
+/// layout (GCE documents requestId as a UUID; Google's clients send v4), and stable, so
+/// every retry of the same create carries the same id.
 pub fn request_id_for(key: &str) -> String {
     // Two FNV-1a passes with different offsets give 128 stable bits; no secrecy needed.
     let fnv = |offset: u64| {
@@ -261,8 +275,9 @@ pub fn request_id_for(key: &str) -> String {
     let high = fnv(0xcbf2_9ce4_8422_2325);
     let low = fnv(0x8422_2325_cbf2_9ce4) | 1;
     let bits = (u128::from(high) << 64) | u128::from(low);
-    // Version 8 (custom) and the RFC 4122 variant, so the id is a well-formed UUID.
-    let bits = (bits & !(0xF << 76)) | (0x8 << 76);
+    // Version 4 and the RFC 4122 variant: the layout of a random UUID, whose 122 other
+    // bits here come from the hash instead of a random source.
+    let bits = (bits & !(0xF << 76)) | (0x4 << 76);
     let bits = (bits & !(0x3 << 62)) | (0x2 << 62);
     let hex = format!("{bits:032x}");
     format!(
@@ -298,6 +313,11 @@ mod tests {
         assert_ne!(a, request_id_for("web-0002"));
         assert!(is_valid_request_id(&a), "{a}");
         assert!(is_valid_request_id(&request_id_for("")));
+        for key in ["", "web-0001", "a-much-longer-instance-name-for-the-layout"] {
+            let id = request_id_for(key);
+            assert_eq!(&id[14..15], "4", "version 4: {id}");
+            assert!("89ab".contains(&id[19..20]), "RFC 4122 variant: {id}");
+        }
     }
 
     #[test]

@@ -42,6 +42,35 @@ impl ErrorClass {
     }
 }
 
+/// What a stockout's `errorDetails` say (GCE sends an `ErrorInfo` with `reason`
+/// `resource_availability` or `configuration_availability`, and `metadatas.zonesAvailable`
+/// such as `"us-central1-a,us-central1-f"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockoutDetails {
+    /// `resource_availability` (clears with time) or `configuration_availability` (does
+    /// not: the configuration is not offered in the zone).
+    pub reason: Option<String>,
+    /// Zones GCE says have capacity for the request.
+    pub zones_available: Vec<String>,
+}
+
+impl StockoutDetails {
+    /// The details for an event or a report: empty when GCE sent none.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(reason) = &self.reason {
+            parts.push(format!("reason {reason}"));
+        }
+        if !self.zones_available.is_empty() {
+            parts.push(format!(
+                "zones with capacity: {}",
+                self.zones_available.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 /// A failed Compute call.
 #[derive(Debug, thiserror::Error)]
 pub enum GceError {
@@ -197,9 +226,10 @@ impl GceError {
             GceError::Http {
                 call,
                 status,
+                message,
                 errors,
                 ..
-            } => classify_http(*call, *status, errors),
+            } => classify_http(*call, *status, message, errors),
             GceError::OperationFailed {
                 http_status,
                 errors,
@@ -227,6 +257,77 @@ impl GceError {
         self.class() == ErrorClass::Stockout
     }
 
+    /// The call that failed, when the error comes from one call (not an operation).
+    pub fn call(&self) -> Option<ApiCall> {
+        match self {
+            GceError::Http { call, .. }
+            | GceError::Timeout { call, .. }
+            | GceError::Transport { call, .. }
+            | GceError::Decode { call, .. }
+            | GceError::InvalidResponse { call, .. } => Some(*call),
+            GceError::OperationFailed { .. }
+            | GceError::OperationTimeout { .. }
+            | GceError::InvalidRequest { .. }
+            | GceError::Auth { .. } => None,
+        }
+    }
+
+    /// The messages GCE sent with the error.
+    fn messages(&self) -> Vec<&str> {
+        match self {
+            GceError::Http {
+                message, errors, ..
+            } => std::iter::once(message.as_str())
+                .chain(errors.iter().map(|e| e.message.as_str()))
+                .collect(),
+            GceError::OperationFailed { errors, .. } => {
+                errors.iter().filter_map(|e| e.message.as_deref()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The resource a 409 "The resource '...' already exists" names, e.g.
+    /// `projects/p/zones/z/disks/web-boot`.
+    pub fn existing_resource(&self) -> Option<String> {
+        self.messages().into_iter().find_map(|m| {
+            let (_, rest) = m.split_once("The resource '")?;
+            let (resource, tail) = rest.split_once('\'')?;
+            tail.trim_start()
+                .starts_with("already exists")
+                .then(|| resource.to_string())
+        })
+    }
+
+    /// What GCE's `errorDetails` tell about a stockout: the `ErrorInfo` reason and the
+    /// zones it says have capacity.
+    pub fn stockout_details(&self) -> StockoutDetails {
+        let GceError::OperationFailed { errors, .. } = self else {
+            return StockoutDetails::default();
+        };
+        let mut details = StockoutDetails::default();
+        for info in errors
+            .iter()
+            .flat_map(|e| e.error_details.iter())
+            .filter_map(|d| d.get("errorInfo"))
+        {
+            if let Some(reason) = info.get("reason").and_then(|r| r.as_str()) {
+                details.reason.get_or_insert_with(|| reason.to_string());
+            }
+            let zones = info
+                .get("metadatas")
+                .and_then(|m| m.get("zonesAvailable"))
+                .and_then(|z| z.as_str())
+                .unwrap_or_default();
+            for zone in zones.split(',').map(str::trim).filter(|z| !z.is_empty()) {
+                if !details.zones_available.iter().any(|z| z == zone) {
+                    details.zones_available.push(zone.to_string());
+                }
+            }
+        }
+        details
+    }
+
     /// An HTTP error in GCE's shape, with one `errors[]` entry of `reason`; for fakes
     /// and tests.
     pub fn http(call: ApiCall, status: u16, reason: &str, message: &str) -> GceError {
@@ -252,8 +353,20 @@ fn class_of_reason(reason: &str) -> Option<ErrorClass> {
         "insufficientCapacity" | "resourcePoolExhausted" => Some(ErrorClass::Stockout),
         "notFound" => Some(ErrorClass::NotFound),
         "alreadyExists" => Some(ErrorClass::AlreadyExists),
+        "resourceNotReady" => Some(ErrorClass::Retryable),
         _ => None,
     }
+}
+
+/// GCE's wording of a stockout, in a message that carries no stockout code or reason
+/// (a synchronous 503 on insert says so only in its message).
+const STOCKOUT_WORDING: &str = "does not have enough resources";
+
+/// Whether a message names an instance resource (`.../instances/NAME`): GCE's 409
+/// "The resource '...' already exists" means the instance is there only then; the same
+/// error naming a disk is a template that fixes a disk name.
+fn names_instance(message: &str) -> bool {
+    message.contains("/instances/")
 }
 
 /// Class of an operation error code (`error.errors[].code`), if it decides one.
@@ -263,20 +376,23 @@ fn class_of_code(code: &str) -> Option<ErrorClass> {
             Some(ErrorClass::Stockout)
         }
         "QUOTA_EXCEEDED" => Some(ErrorClass::Quota),
-        "RATE_LIMIT_EXCEEDED" => Some(ErrorClass::RateLimit),
         "RESOURCE_NOT_FOUND" => Some(ErrorClass::NotFound),
         "RESOURCE_ALREADY_EXISTS" => Some(ErrorClass::AlreadyExists),
+        "RESOURCE_NOT_READY" => Some(ErrorClass::Retryable),
+        // RATE_LIMIT_EXCEEDED, RESOURCE_OPERATION_RATE_EXCEEDED, ...
+        code if code.ends_with("_RATE_EXCEEDED") || code == "RATE_LIMIT_EXCEEDED" => {
+            Some(ErrorClass::RateLimit)
+        }
         _ => None,
     }
 }
 
-/// Class of a bare HTTP status on `call`.
-fn class_of_status(call: ApiCall, status: u16) -> ErrorClass {
+/// Class of a bare HTTP status.
+fn class_of_status(status: u16) -> ErrorClass {
     match status {
         429 => ErrorClass::RateLimit,
         404 => ErrorClass::NotFound,
         409 => ErrorClass::AlreadyExists,
-        503 if call.creates_instances() => ErrorClass::Stockout,
         408 | 500..=599 => ErrorClass::Retryable,
         _ => ErrorClass::Permanent,
     }
@@ -284,29 +400,50 @@ fn class_of_status(call: ApiCall, status: u16) -> ErrorClass {
 
 /// The most urgent class among several: a stockout beats a quota beats the rest.
 fn first_by_priority(classes: impl Iterator<Item = ErrorClass>) -> Option<ErrorClass> {
-    const PRIORITY: [ErrorClass; 5] = [
+    const PRIORITY: [ErrorClass; 6] = [
         ErrorClass::Stockout,
         ErrorClass::Quota,
         ErrorClass::RateLimit,
         ErrorClass::NotFound,
         ErrorClass::AlreadyExists,
+        ErrorClass::Retryable,
     ];
     let found: Vec<ErrorClass> = classes.collect();
     PRIORITY.into_iter().find(|c| found.contains(c))
 }
 
-fn classify_http(call: ApiCall, status: u16, errors: &[ErrorItem]) -> ErrorClass {
-    first_by_priority(errors.iter().filter_map(|e| class_of_reason(&e.reason)))
-        .unwrap_or_else(|| class_of_status(call, status))
+fn classify_http(call: ApiCall, status: u16, message: &str, errors: &[ErrorItem]) -> ErrorClass {
+    let messages = || std::iter::once(message).chain(errors.iter().map(|e| e.message.as_str()));
+    let class = first_by_priority(errors.iter().filter_map(|e| class_of_reason(&e.reason)))
+        .unwrap_or_else(|| {
+            if status == 503
+                && call.creates_instances()
+                && messages().any(|m| m.contains(STOCKOUT_WORDING))
+            {
+                ErrorClass::Stockout
+            } else {
+                class_of_status(status)
+            }
+        });
+    match class {
+        ErrorClass::AlreadyExists if !messages().any(names_instance) => ErrorClass::Permanent,
+        class => class,
+    }
 }
 
 fn classify_operation(http_status: Option<u16>, errors: &[OperationErrorItem]) -> ErrorClass {
-    if let Some(class) = first_by_priority(errors.iter().filter_map(|e| class_of_code(&e.code))) {
-        return class;
-    }
-    match http_status {
-        Some(500..=599) => ErrorClass::Retryable,
-        Some(_) | None => ErrorClass::Permanent,
+    let class = first_by_priority(errors.iter().filter_map(|e| class_of_code(&e.code))).unwrap_or(
+        match http_status {
+            Some(500..=599) => ErrorClass::Retryable,
+            Some(_) | None => ErrorClass::Permanent,
+        },
+    );
+    let names_instance = errors
+        .iter()
+        .any(|e| e.message.as_deref().is_some_and(names_instance));
+    match class {
+        ErrorClass::AlreadyExists if !names_instance => ErrorClass::Permanent,
+        class => class,
     }
 }
 
@@ -333,6 +470,58 @@ mod tests {
         }
     }
 
+    fn op_error_saying(http_status: Option<u16>, code: &str, message: &str) -> GceError {
+        let mut error = op_error(http_status, &[code]);
+        if let GceError::OperationFailed { errors, .. } = &mut error {
+            errors[0].message = Some(message.into());
+        }
+        error
+    }
+
+    #[test]
+    fn the_resource_that_exists_and_the_stockout_details_are_read() {
+        let disk = GceError::http(
+            ApiCall::Insert,
+            409,
+            "alreadyExists",
+            "The resource 'projects/p/zones/z/disks/web-boot' already exists",
+        );
+        assert_eq!(
+            disk.existing_resource().as_deref(),
+            Some("projects/p/zones/z/disks/web-boot")
+        );
+        assert_eq!(
+            GceError::http(ApiCall::Insert, 409, "alreadyExists", "m").existing_resource(),
+            None
+        );
+        let mut stockout = op_error_saying(
+            Some(503),
+            "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+            "The zone 'projects/p/zones/us-central1-b' does not have enough resources available to fulfill the request.",
+        );
+        if let GceError::OperationFailed { errors, .. } = &mut stockout {
+            errors[0].error_details = vec![
+                serde_json::json!({"help": {"links": []}}),
+                serde_json::json!({"errorInfo": {
+                    "domain": "compute.googleapis.com",
+                    "reason": "resource_availability",
+                    "metadatas": {"vmType": "n1-standard-4", "zone": "us-central1-b",
+                        "zonesAvailable": "us-central1-a,us-central1-f"}
+                }}),
+            ];
+        }
+        let details = stockout.stockout_details();
+        assert_eq!(details.reason.as_deref(), Some("resource_availability"));
+        assert_eq!(details.zones_available, ["us-central1-a", "us-central1-f"]);
+        assert_eq!(
+            details.describe(),
+            "reason resource_availability; zones with capacity: us-central1-a, us-central1-f"
+        );
+        assert_eq!(disk.stockout_details(), StockoutDetails::default());
+        assert_eq!(disk.call(), Some(ApiCall::Insert));
+        assert_eq!(stockout.call(), None);
+    }
+
     #[test]
     fn classification_table() {
         use ApiCall::*;
@@ -354,8 +543,23 @@ mod tests {
             (op_error(Some(503), &["UNAVAILABLE"]), Retryable),
             (
                 op_error(Some(409), &["RESOURCE_ALREADY_EXISTS"]),
+                Permanent,
+            ),
+            (
+                op_error_saying(
+                    Some(409),
+                    "RESOURCE_ALREADY_EXISTS",
+                    "The resource 'projects/p/zones/z/instances/web-1' already exists",
+                ),
                 AlreadyExists,
             ),
+            (op_error(Some(400), &["RESOURCE_NOT_READY"]), Retryable),
+            (
+                op_error(Some(403), &["RESOURCE_OPERATION_RATE_EXCEEDED"]),
+                RateLimit,
+            ),
+            (op_error(Some(403), &["RATE_LIMIT_EXCEEDED"]), RateLimit),
+            (op_error(Some(404), &["RESOURCE_NOT_FOUND"]), NotFound),
             (
                 op_error(
                     Some(403),
@@ -363,9 +567,19 @@ mod tests {
                 ),
                 Stockout,
             ),
-            (http(Insert, 503, "backendError"), Stockout),
-            (http(BulkInsert, 503, ""), Stockout),
-            (http(Start, 503, ""), Stockout),
+            (http(Insert, 503, "backendError"), Retryable),
+            (http(BulkInsert, 503, ""), Retryable),
+            (http(Start, 503, ""), Retryable),
+            (
+                GceError::http(Insert, 503, "", "The zone 'projects/p/zones/z' does not have enough resources available to fulfill the request."),
+                Stockout,
+            ),
+            (
+                GceError::http(Get, 503, "", "The zone 'projects/p/zones/z' does not have enough resources available to fulfill the request."),
+                Retryable,
+            ),
+            (http(Insert, 503, "insufficientCapacity"), Stockout),
+            (http(Start, 400, "resourceNotReady"), Retryable),
             (http(BulkInsert, 400, "insufficientCapacity"), Stockout),
             (http(Get, 503, "backendError"), Retryable),
             (http(List, 500, ""), Retryable),
@@ -376,7 +590,15 @@ mod tests {
             (http(List, 429, ""), RateLimit),
             (http(Get, 404, "notFound"), NotFound),
             (http(Get, 404, ""), NotFound),
-            (http(Insert, 409, "alreadyExists"), AlreadyExists),
+            (http(Insert, 409, "alreadyExists"), Permanent),
+            (
+                GceError::http(Insert, 409, "alreadyExists", "The resource 'projects/p/zones/z/instances/web-1' already exists"),
+                AlreadyExists,
+            ),
+            (
+                GceError::http(Insert, 409, "alreadyExists", "The resource 'projects/p/zones/z/disks/web-boot' already exists"),
+                Permanent,
+            ),
             (http(Insert, 400, "invalid"), Permanent),
             (http(Insert, 403, "forbidden"), Permanent),
             (http(Insert, 412, "conditionNotMet"), Permanent),

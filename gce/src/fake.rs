@@ -374,6 +374,27 @@ impl FakeCompute {
         Ok(())
     }
 
+    /// A start or resume: the instance gets the initial status, or the call is a 404.
+    fn bring_up(
+        &self,
+        call: ApiCall,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<Operation, GceError> {
+        if !self.set_status(project, zone, name, self.initial_status) {
+            return Err(not_found(
+                call,
+                format!("projects/{project}/zones/{zone}/instances/{name}"),
+            ));
+        }
+        let operation_type = match call {
+            ApiCall::Resume => "resume",
+            _ => "start",
+        };
+        Ok(self.finish(project, zone, operation_type, name))
+    }
+
     fn finish(&self, project: &str, zone: &str, operation_type: &str, target: &str) -> Operation {
         let mut state = self.lock();
         let mut op = new_operation(&mut state, project, zone, operation_type, target);
@@ -573,13 +594,36 @@ impl Compute for FakeCompute {
             {
                 return self.injected_outcome(injected, project, zone, "start", name);
             }
-            if !self.set_status(project, zone, name, self.initial_status) {
-                return Err(not_found(
-                    ApiCall::Start,
-                    format!("projects/{project}/zones/{zone}/instances/{name}"),
+            self.bring_up(ApiCall::Start, project, zone, name)
+        })
+    }
+
+    fn resume<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            if let Some(injected) =
+                self.begin(Self::record(ApiCall::Resume, project, zone, Some(name)))
+            {
+                return self.injected_outcome(injected, project, zone, "resume", name);
+            }
+            let status = self
+                .instances(project, zone)
+                .into_iter()
+                .find(|i| i.name == name)
+                .and_then(|i| i.status);
+            if status.is_some_and(|s| s != InstanceStatus::Suspended) {
+                return Err(GceError::http(
+                    ApiCall::Resume,
+                    400,
+                    "resourceNotReady",
+                    &format!("The instance '{name}' is not suspended"),
                 ));
             }
-            Ok(self.finish(project, zone, "start", name))
+            self.bring_up(ApiCall::Resume, project, zone, name)
         })
     }
 

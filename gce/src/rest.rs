@@ -1,7 +1,7 @@
 //! [`Compute`] over the Compute Engine v1 REST API (reqwest), against GCE or gce-sim.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gcp_auth::TokenProvider;
@@ -80,11 +80,20 @@ impl RestConfig {
 }
 
 /// The REST implementation of [`Compute`]. Cheap to clone; clones share connections.
+///
+/// It speaks HTTP/1.1 (reqwest's `http2` feature is off: Google's front end serves
+/// HTTP/1.1, gce-sim serves only it, and it keeps the dependency tree lean) with explicit
+/// framing: every POST carries `Content-Length`, `0` when it has no body, because
+/// Google's front end answers a POST without one with 411; a JSON body is sent as
+/// `application/json`.
 #[derive(Clone)]
 pub struct RestCompute {
     http: reqwest::Client,
     base_url: String,
-    tokens: Option<Arc<dyn TokenProvider>>,
+    /// Where tokens come from; replaced by a fresh one after a 401 (see [`Self::send`]).
+    tokens: Arc<RwLock<Option<Arc<dyn TokenProvider>>>>,
+    /// The credentials, to build a fresh token provider from after a 401.
+    auth: Auth,
     timeout: Duration,
     wait_timeout: Duration,
     backoff: Backoff,
@@ -96,7 +105,7 @@ impl std::fmt::Debug for RestCompute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestCompute")
             .field("base_url", &self.base_url)
-            .field("authenticated", &self.tokens.is_some())
+            .field("authenticated", &(self.auth != Auth::None))
             .field("timeout", &self.timeout)
             .field("wait_timeout", &self.wait_timeout)
             .field("backoff", &self.backoff)
@@ -139,18 +148,7 @@ impl RestCompute {
                 ),
             });
         }
-        let tokens: Option<Arc<dyn TokenProvider>> = match &config.auth {
-            Auth::None => None,
-            Auth::ApplicationDefault => Some(
-                gcp_auth::provider()
-                    .await
-                    .map_err(|source| GceError::Auth { source })?,
-            ),
-            Auth::ServiceAccountFile(path) => Some(Arc::new(
-                gcp_auth::CustomServiceAccount::from_file(path)
-                    .map_err(|source| GceError::Auth { source })?,
-            )),
-        };
+        let tokens = token_provider(&config.auth).await?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("pm-gce/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -160,12 +158,28 @@ impl RestCompute {
         Ok(RestCompute {
             http,
             base_url,
-            tokens,
+            tokens: Arc::new(RwLock::new(tokens)),
+            auth: config.auth,
             timeout: config.timeout,
             wait_timeout: config.wait_timeout,
             backoff: config.backoff,
             max_attempts: config.max_attempts,
             page_size: config.page_size,
+        })
+    }
+
+    /// A bodiless `POST .../instances/NAME/VERB` returning an operation.
+    fn instance_verb<'a>(
+        &'a self,
+        call: ApiCall,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        verb: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", name, verb]);
+            self.send(self.request(call, Method::POST, url)).await
         })
     }
 
@@ -207,8 +221,25 @@ impl RestCompute {
         Ok(request)
     }
 
-    /// Sends `request`, retrying retryable failures with the back-off.
+    /// Sends `request`, retrying retryable failures with the back-off. A 401 (an access
+    /// token revoked or expired early) replaces the token provider with a fresh one, so a
+    /// new token is fetched, and sends once more before it becomes the error.
     async fn send<T: DeserializeOwned>(&self, request: Request) -> Result<T, GceError> {
+        match self.send_with_retries(&request).await {
+            Err(GceError::Http { status: 401, .. }) if self.auth != Auth::None => {
+                tracing::info!(call = %request.call, "HTTP 401: fetching a fresh access token");
+                let fresh = token_provider(&self.auth).await?;
+                *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                self.send_with_retries(&request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_with_retries<T: DeserializeOwned>(
+        &self,
+        request: &Request,
+    ) -> Result<T, GceError> {
         self.backoff
             .retry(
                 self.max_attempts,
@@ -219,7 +250,7 @@ impl RestCompute {
                     }
                     retry
                 },
-                || self.attempt(&request),
+                || self.attempt(request),
             )
             .await
     }
@@ -232,18 +263,29 @@ impl RestCompute {
             .request(request.method.clone(), url)
             .timeout(request.timeout)
             .query(&request.query);
-        if let Some(tokens) = &self.tokens {
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(tokens) = tokens {
             let token = tokens
                 .token(&[COMPUTE_SCOPE])
                 .await
                 .map_err(|source| GceError::Auth { source })?;
             builder = builder.bearer_auth(token.as_str());
         }
-        if let Some(body) = &request.body {
-            builder = builder
+        builder = match &request.body {
+            Some(body) => builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-        }
+                .header(reqwest::header::CONTENT_LENGTH, body.len())
+                .body(body.clone()),
+            // hyper sends no length for an empty body; Google's front end wants one.
+            None if request.method == Method::POST => builder
+                .header(reqwest::header::CONTENT_LENGTH, 0)
+                .body(Vec::new()),
+            None => builder,
+        };
         let transport = |source: reqwest::Error| {
             if source.is_timeout() {
                 GceError::Timeout {
@@ -306,6 +348,22 @@ impl RestCompute {
             }
         }
     }
+}
+
+/// The token provider of `auth`, new (with an empty token cache).
+async fn token_provider(auth: &Auth) -> Result<Option<Arc<dyn TokenProvider>>, GceError> {
+    Ok(match auth {
+        Auth::None => None,
+        Auth::ApplicationDefault => Some(
+            gcp_auth::provider()
+                .await
+                .map_err(|source| GceError::Auth { source })?,
+        ),
+        Auth::ServiceAccountFile(path) => Some(Arc::new(
+            gcp_auth::CustomServiceAccount::from_file(path)
+                .map_err(|source| GceError::Auth { source })?,
+        )),
+    })
 }
 
 fn page_query(page: &PageRequest) -> Vec<(&'static str, String)> {
@@ -471,11 +529,16 @@ impl Compute for RestCompute {
         zone: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Operation, GceError>> {
-        Box::pin(async move {
-            let url = self.zone_url(project, zone, &["instances", name, "start"]);
-            self.send(self.request(ApiCall::Start, Method::POST, url))
-                .await
-        })
+        self.instance_verb(ApiCall::Start, project, zone, name, "start")
+    }
+
+    fn resume<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        self.instance_verb(ApiCall::Resume, project, zone, name, "resume")
     }
 
     fn wait_operation<'a>(
@@ -534,6 +597,103 @@ mod tests {
             br#"{"error":{"code":403,"message":"Quota","errors":[{"domain":"usageLimits","reason":"quotaExceeded","message":"q"}]}}"#,
         );
         assert_eq!(error.class(), ErrorClass::Quota);
+    }
+
+    /// A server that records each request's head (lower-cased) and answers with `reply`.
+    async fn recording_server(reply: &'static str) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/compute/v1/",
+            listener.local_addr().expect("addr")
+        );
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buffer).to_lowercase();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buffer.len() < end + 4 + length {
+                            continue;
+                        }
+                        seen.lock().expect("heads").push(text[..end].to_string());
+                        buffer.drain(..end + 4 + length);
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                        if socket.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, heads)
+    }
+
+    #[tokio::test]
+    async fn every_post_is_framed_as_googles_front_end_requires() {
+        const OPERATION: &str = r#"{"name":"op-1","status":"DONE","zone":"https://www.googleapis.com/compute/v1/projects/p/zones/z"}"#;
+        let (url, heads) = recording_server(OPERATION).await;
+        let compute = RestCompute::new(RestConfig::new(url, Auth::None).expect("config"))
+            .await
+            .expect("client");
+        compute.start("p", "z", "web-1").await.expect("start");
+        compute
+            .wait_operation("p", "z", "op-1")
+            .await
+            .expect("wait");
+        let instance: Instance =
+            serde_json::from_value(serde_json::json!({"name": "web-1"})).expect("instance");
+        compute
+            .insert("p", "z", &instance, &crate::request_id_for("web-1"))
+            .await
+            .expect("insert");
+        let heads = heads.lock().expect("heads").clone();
+        assert_eq!(heads.len(), 3, "{heads:?}");
+        for head in &heads[..2] {
+            assert!(head.starts_with("post "), "{head}");
+            assert!(
+                head.contains("\r\ncontent-length: 0"),
+                "a bodiless POST: {head}"
+            );
+        }
+        assert!(
+            heads[2].contains("\r\ncontent-type: application/json"),
+            "{}",
+            heads[2]
+        );
+        let length = format!(
+            "\r\ncontent-length: {}",
+            serde_json::to_vec(&instance).expect("json").len()
+        );
+        assert!(heads[2].contains(&length), "{}", heads[2]);
+        assert!(
+            !heads.iter().any(|h| h.contains("transfer-encoding")),
+            "{heads:?}"
+        );
     }
 
     #[tokio::test]
