@@ -1,6 +1,6 @@
 //! Capacity: how instances going live or not count against their zone's capacity
 //! and their pool's live count and peak, setting a zone's capacity, and the
-//! stockout an insert gets when the zone is full.
+//! stockout an insert or start gets (and is counted) when the zone is full.
 
 use std::collections::BTreeMap;
 
