@@ -166,17 +166,30 @@ mod tests {
             .collect()
     }
 
+    /// A config file `name` holding `text`, in a temporary directory that lives as long
+    /// as the returned guard.
+    fn config_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    /// The command line `--config FILE` plus `rest`.
+    fn with_config(file: &Path, rest: &[&str]) -> Vec<OsString> {
+        let file = file.to_string_lossy();
+        let mut list = vec!["--config", &file];
+        list.extend_from_slice(rest);
+        args(&list)
+    }
+
     #[test]
     fn config_file_values_sit_under_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pm.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
+            "pm.toml",
             "etcd = \"http://10.0.0.1:2379\"\nlease_ttl = \"7s\"\nprefix = \"/x\"\n",
-        )
-        .unwrap();
-        let f = file.to_string_lossy().to_string();
-        let d: Demo = parse_args(args(&["--config", &f, "--prefix", "/flag"])).unwrap();
+        );
+        let d: Demo = parse_args(with_config(&file, &["--prefix", "/flag"])).unwrap();
         assert_eq!(d.etcd.endpoints, "http://10.0.0.1:2379");
         assert_eq!(d.lease_ttl, Duration::from_secs(7));
         assert_eq!(d.etcd.prefix, "/flag");
@@ -184,32 +197,25 @@ mod tests {
 
     #[test]
     fn sections_hold_each_binarys_own_settings() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pm.toml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
+            "pm.toml",
             "prefix = \"/shared\"\n[demo]\nlease-ttl = \"9s\"\nprefix = \"/own\"\n[agent]\nzone = \"z\"\n",
-        )
-        .unwrap();
-        let f = file.to_string_lossy().to_string();
+        );
         let pairs = read_config_file(&file, "demo").unwrap();
         assert!(pairs.contains(&("lease-ttl".into(), "9s".into())));
         assert!(
             !pairs.iter().any(|(k, _)| k == "zone"),
             "other sections are skipped"
         );
-        let d: Demo = parse_args(args(&["--config", &f])).unwrap();
+        let d: Demo = parse_args(with_config(&file, &[])).unwrap();
         assert_eq!(d.etcd.prefix, "/own", "a section overrides shared settings");
         assert_eq!(d.lease_ttl, Duration::from_secs(9));
     }
 
     #[test]
     fn unknown_config_settings_are_rejected_with_a_hint() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("pm.yaml");
-        std::fs::write(&file, "lease-tll: 3s\n").unwrap();
-        let f = file.to_string_lossy().to_string();
-        let err = parse_args::<Demo>(args(&["--config", &f]))
+        let (_dir, file) = config_file("pm.yaml", "lease-tll: 3s\n");
+        let err = parse_args::<Demo>(with_config(&file, &[]))
             .unwrap_err()
             .to_string();
         assert!(

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::world::ApiError;
+use crate::world::{ApiError, ListQuery, Mutation};
 use crate::Shared;
 
 const ZONES: &str = "/compute/v1/projects/{project}/zones";
@@ -37,11 +37,27 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route(ZONES, get(list_zones))
         .route(ZONE, get(get_zone))
-        .route(INSTANCES, get(list_instances).post(insert))
-        .route(BULK_INSERT, post(bulk_insert))
-        .route(INSTANCE, get(get_instance).delete(delete_instance))
-        .route(START, post(start))
-        .route(STOP, post(stop))
+        .route(
+            INSTANCES,
+            get(list_instances)
+                .post(|s, p, q, b| create(|body| Mutation::Insert(body), s, p, q, b)),
+        )
+        .route(
+            BULK_INSERT,
+            post(|s, p, q, b| create(|body| Mutation::BulkInsert(body), s, p, q, b)),
+        )
+        .route(
+            INSTANCE,
+            get(get_instance).delete(|s, p, q| change(|name| Mutation::Delete(name), s, p, q)),
+        )
+        .route(
+            START,
+            post(|s, p, q| change(|name| Mutation::Start(name), s, p, q)),
+        )
+        .route(
+            STOP,
+            post(|s, p, q| change(|name| Mutation::Stop(name), s, p, q)),
+        )
         .route(SET_LABELS, post(set_labels))
         .route(AGGREGATED, get(aggregated_instances))
         .route(OPERATIONS, get(list_operations))
@@ -96,12 +112,7 @@ pub(super) async fn faults_and_stats(
         let injected = fail.then(|| (faults.status, faults.effective_reason()));
         (Duration::from_millis(faults.latency_ms), injected)
     };
-    if !latency.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(latency) => {}
-            () = sim.shutdown.cancelled() => {}
-        }
-    }
+    hold(&sim, latency).await;
     let response = match injected {
         Some((status, reason)) => envelope(
             status,
@@ -169,162 +180,148 @@ pub(super) async fn unknown_path(uri: Uri) -> Response {
     })
 }
 
-fn respond<T: Serialize>(result: Result<T, ApiError>) -> Response {
+/// Waits `pause`, or until the server stops.
+async fn hold(sim: &Shared, pause: Duration) {
+    if !pause.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = sim.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// A JSON reply of `result`, an error in GCE's envelope.
+pub(super) fn respond<T: Serialize>(result: Result<T, ApiError>) -> Response {
     match result {
         Ok(value) => Json(value).into_response(),
         Err(error) => error_response(&error),
     }
 }
 
+type SharedState = State<Arc<Shared>>;
+type ZonePath = Path<(String, String)>;
+type ResourcePath = Path<(String, String, String)>;
 type Params = Query<HashMap<String, String>>;
 
 fn param<'a>(query: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     query.get(name).map(String::as_str)
 }
 
-async fn list_zones(State(sim): State<Arc<Shared>>, Path(project): Path<String>) -> Response {
+/// The filter and paging parameters of a list call.
+fn list_query(query: &HashMap<String, String>) -> ListQuery<'_> {
+    ListQuery {
+        filter: param(query, "filter"),
+        max_results: param(query, "maxResults"),
+        page_token: param(query, "pageToken"),
+    }
+}
+
+async fn list_zones(State(sim): SharedState, Path(project): Path<String>) -> Response {
     respond(Ok(sim.world().list_zones(&project)))
 }
 
-async fn get_zone(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone)): Path<(String, String)>,
-) -> Response {
+async fn get_zone(State(sim): SharedState, Path((project, zone)): ZonePath) -> Response {
     respond(sim.world().get_zone(&project, &zone))
 }
 
-async fn insert(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone)): Path<(String, String)>,
-    Query(query): Params,
-    body: Bytes,
+/// A [`Mutation`] in a zone and its answer, once per `requestId`.
+fn mutate(
+    sim: &Shared,
+    (project, zone): (&str, &str),
+    mutation: Mutation<'_>,
+    query: &HashMap<String, String>,
 ) -> Response {
     respond(
         sim.world()
-            .insert(&project, &zone, &body, param(&query, "requestId")),
+            .mutate(project, zone, mutation, param(query, "requestId")),
     )
 }
 
-async fn bulk_insert(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone)): Path<(String, String)>,
+/// `instances.insert` and `.bulkInsert`: a body posted to a zone.
+async fn create(
+    mutation: fn(&[u8]) -> Mutation<'_>,
+    State(sim): SharedState,
+    Path((project, zone)): ZonePath,
     Query(query): Params,
     body: Bytes,
 ) -> Response {
-    respond(
-        sim.world()
-            .bulk_insert(&project, &zone, &body, param(&query, "requestId")),
-    )
+    mutate(&sim, (&project, &zone), mutation(&body), &query)
+}
+
+/// `instances.delete`, `.start` and `.stop`: a call on one instance.
+async fn change(
+    mutation: fn(&str) -> Mutation<'_>,
+    State(sim): SharedState,
+    Path((project, zone, name)): ResourcePath,
+    Query(query): Params,
+) -> Response {
+    mutate(&sim, (&project, &zone), mutation(&name), &query)
+}
+
+async fn set_labels(
+    State(sim): SharedState,
+    Path((project, zone, name)): ResourcePath,
+    Query(query): Params,
+    body: Bytes,
+) -> Response {
+    let mutation = Mutation::SetLabels(&name, &body);
+    mutate(&sim, (&project, &zone), mutation, &query)
 }
 
 async fn get_instance(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
+    State(sim): SharedState,
+    Path((project, zone, name)): ResourcePath,
 ) -> Response {
     respond(sim.world().get_instance(&project, &zone, &name))
 }
 
 async fn list_instances(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone)): Path<(String, String)>,
+    State(sim): SharedState,
+    Path((project, zone)): ZonePath,
     Query(query): Params,
 ) -> Response {
-    let page = sim.world().list_instances(
-        &project,
-        &zone,
-        param(&query, "filter"),
-        param(&query, "maxResults"),
-        param(&query, "pageToken"),
-    );
-    match page {
+    match sim
+        .world()
+        .list_instances(&project, &zone, &list_query(&query))
+    {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(error) => error_response(&error),
     }
 }
 
 async fn aggregated_instances(
-    State(sim): State<Arc<Shared>>,
+    State(sim): SharedState,
     Path(project): Path<String>,
     Query(query): Params,
 ) -> Response {
-    respond(sim.world().aggregated_instances(
-        &project,
-        param(&query, "filter"),
-        param(&query, "maxResults"),
-        param(&query, "pageToken"),
-    ))
-}
-
-async fn delete_instance(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
-    Query(query): Params,
-) -> Response {
     respond(
         sim.world()
-            .delete(&project, &zone, &name, param(&query, "requestId")),
-    )
-}
-
-async fn start(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
-    Query(query): Params,
-) -> Response {
-    respond(
-        sim.world()
-            .start(&project, &zone, &name, param(&query, "requestId")),
-    )
-}
-
-async fn stop(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
-    Query(query): Params,
-) -> Response {
-    respond(
-        sim.world()
-            .stop(&project, &zone, &name, param(&query, "requestId")),
-    )
-}
-
-async fn set_labels(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
-    Query(query): Params,
-    body: Bytes,
-) -> Response {
-    respond(
-        sim.world()
-            .set_labels(&project, &zone, &name, &body, param(&query, "requestId")),
+            .aggregated_instances(&project, &list_query(&query)),
     )
 }
 
 async fn get_operation(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
+    State(sim): SharedState,
+    Path((project, zone, name)): ResourcePath,
 ) -> Response {
     respond(sim.world().get_operation(&project, &zone, &name))
 }
 
 async fn list_operations(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone)): Path<(String, String)>,
+    State(sim): SharedState,
+    Path((project, zone)): ZonePath,
     Query(query): Params,
 ) -> Response {
-    respond(sim.world().list_operations(
-        &project,
-        &zone,
-        param(&query, "filter"),
-        param(&query, "maxResults"),
-        param(&query, "pageToken"),
-    ))
+    respond(
+        sim.world()
+            .list_operations(&project, &zone, &list_query(&query)),
+    )
 }
 
 /// Holds the request until the operation is DONE or the wait bound passes.
 async fn wait_operation(
-    State(sim): State<Arc<Shared>>,
-    Path((project, zone, name)): Path<(String, String, String)>,
+    State(sim): SharedState,
+    Path((project, zone, name)): ResourcePath,
 ) -> Response {
     let pause = {
         let mut world = sim.world();
@@ -334,11 +331,6 @@ async fn wait_operation(
             Err(error) => return error_response(&error),
         }
     };
-    if !pause.is_zero() {
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = sim.shutdown.cancelled() => {}
-        }
-    }
+    hold(&sim, pause).await;
     respond(sim.world().get_operation(&project, &zone, &name))
 }

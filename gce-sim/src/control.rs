@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::error_response;
+use crate::api::respond;
 use crate::world::ApiError;
 use crate::Shared;
 
@@ -274,25 +273,15 @@ pub struct PreemptResponse {
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError {
-        status: 400,
-        reason: "invalid",
-        message: format!("invalid request body: {e}"),
-    })
-}
-
-fn reply<T: Serialize>(result: Result<T, ApiError>) -> Response {
-    match result {
-        Ok(value) => Json(value).into_response(),
-        Err(error) => error_response(&error),
-    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
 pub(super) async fn state(State(sim): State<Arc<Shared>>) -> Response {
     let mut world = sim.world();
     let (zones, counters) = world.report();
     let faults = world.faults().clone();
-    reply(Ok(SimState {
+    respond(Ok(SimState {
         zones,
         counters,
         faults,
@@ -303,7 +292,7 @@ pub(super) async fn instances(State(sim): State<Arc<Shared>>) -> Response {
     let mut world = sim.world();
     let instances = world.instance_reports();
     let pools = world.pool_reports();
-    reply(Ok(InstancesReport { instances, pools }))
+    respond(Ok(InstancesReport { instances, pools }))
 }
 
 pub(super) async fn set_capacity(
@@ -311,7 +300,7 @@ pub(super) async fn set_capacity(
     Path(zone): Path<String>,
     body: Bytes,
 ) -> Response {
-    reply(parse_body::<CapacityRequest>(&body).and_then(|request| {
+    respond(parse_body::<CapacityRequest>(&body).and_then(|request| {
         let mut world = sim.world();
         world.set_capacity(&zone, request.capacity)?;
         let (zones, _) = world.report();
@@ -320,7 +309,7 @@ pub(super) async fn set_capacity(
 }
 
 pub(super) async fn preempt(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
-    reply(parse_body::<PreemptRequest>(&body).and_then(|request| {
+    respond(parse_body::<PreemptRequest>(&body).and_then(|request| {
         let mut world = sim.world();
         match request {
             PreemptRequest {
@@ -342,22 +331,16 @@ pub(super) async fn preempt(State(sim): State<Arc<Shared>>, body: Bytes) -> Resp
                     missing: result.missing,
                 })
             }
-            _ => Err(ApiError {
-                status: 400,
-                reason: "invalid",
-                message: "send {\"zone\": Z, \"count\": N} or {\"names\": [...]}".to_string(),
-            }),
+            _ => Err(ApiError::invalid(
+                "send {\"zone\": Z, \"count\": N} or {\"names\": [...]}",
+            )),
         }
     }))
 }
 
 pub(super) async fn set_faults(State(sim): State<Arc<Shared>>, body: Bytes) -> Response {
-    reply(parse_body::<Faults>(&body).and_then(|faults| {
-        faults.validate().map_err(|message| ApiError {
-            status: 400,
-            reason: "invalid",
-            message,
-        })?;
+    respond(parse_body::<Faults>(&body).and_then(|faults| {
+        faults.validate().map_err(ApiError::invalid)?;
         sim.world().set_faults(faults.clone());
         Ok(faults)
     }))
@@ -365,14 +348,14 @@ pub(super) async fn set_faults(State(sim): State<Arc<Shared>>, body: Bytes) -> R
 
 pub(super) async fn reset(State(sim): State<Arc<Shared>>) -> Response {
     sim.world().reset();
-    reply(Ok(serde_json::json!({})))
+    respond(Ok(serde_json::json!({})))
 }
 
 pub(super) async fn stats(State(sim): State<Arc<Shared>>) -> Response {
     let world = sim.world();
     let requests = world.stats().clone();
     let total = requests.values().flat_map(|o| o.values()).sum();
-    reply(Ok(SimStats { requests, total }))
+    respond(Ok(SimStats { requests, total }))
 }
 
 /// A failed control API call.

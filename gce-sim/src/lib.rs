@@ -150,6 +150,19 @@ impl SimConfig {
     }
 }
 
+/// [`SimBuilder`] methods that each set one field of the config to the value given.
+macro_rules! config_setters {
+    ($($(#[doc = $doc:literal])* $field:ident: $type:ty,)*) => {
+        $(
+            $(#[doc = $doc])*
+            pub fn $field(mut self, $field: $type) -> Self {
+                self.config.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
 /// Builds a [`Sim`] from [`SimConfig::default`] plus the settings given.
 #[derive(Debug, Clone, Default)]
 pub struct SimBuilder {
@@ -167,40 +180,23 @@ impl SimBuilder {
         self
     }
 
-    /// Capacity of every zone.
-    pub fn capacity(mut self, capacity: u64) -> Self {
-        self.config.capacity = capacity;
-        self
-    }
-
     /// Capacity of one zone.
     pub fn zone_capacity(mut self, zone: impl Into<String>, capacity: u64) -> Self {
         self.config.zone_capacity.insert(zone.into(), capacity);
         self
     }
 
-    /// Operation duration.
-    pub fn op_delay(mut self, delay: Duration) -> Self {
-        self.config.op_delay = delay;
-        self
-    }
-
-    /// Boot (and stop) duration.
-    pub fn boot_delay(mut self, delay: Duration) -> Self {
-        self.config.boot_delay = delay;
-        self
-    }
-
-    /// Bound of one `zoneOperations.wait`.
-    pub fn wait_bound(mut self, bound: Duration) -> Self {
-        self.config.wait_bound = bound;
-        self
-    }
-
-    /// Random preemptions per live instance per hour.
-    pub fn preempt_rate(mut self, per_hour: f64) -> Self {
-        self.config.preempt_rate = per_hour;
-        self
+    config_setters! {
+        /// Capacity of every zone.
+        capacity: u64,
+        /// Operation duration.
+        op_delay: Duration,
+        /// Boot (and stop) duration.
+        boot_delay: Duration,
+        /// Bound of one `zoneOperations.wait`.
+        wait_bound: Duration,
+        /// Random preemptions per live instance per hour.
+        preempt_rate: f64,
     }
 
     /// Seed of the random source.

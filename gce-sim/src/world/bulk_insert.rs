@@ -1,36 +1,26 @@
 //! `instances.bulkInsert`: request checks, the names it creates (explicit ones, then
 //! from the name pattern), and `minCount` against the zone's free capacity.
 
-use pm_gce::resources::{BulkInsertRequest, Operation};
+use pm_gce::resources::BulkInsertRequest;
 use pm_gce::template::validate_name;
 use serde_json::Value;
 
-use super::capacity::stockout;
 use super::instance_spec::parse_instance;
+use super::operations::NewOperation;
 use super::{instance_path, ApiError, World};
 use crate::clock::resource_id;
 
 impl World {
     /// `instances.bulkInsert`.
-    pub fn bulk_insert(
+    pub(super) fn bulk_insert(
         &mut self,
         project: &str,
         zone: &str,
         body: &[u8],
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
+    ) -> Result<NewOperation, ApiError> {
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         let request: BulkInsertRequest = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| {
-                ApiError::invalid(format!(
-                    "Invalid value for field 'resource.{}': {}",
-                    e.path(),
-                    e.inner()
-                ))
-            })?;
+            .map_err(|e| ApiError::undecodable(&e))?;
         if request.count == 0 {
             return Err(ApiError::invalid_field(
                 "resource.count",
@@ -70,8 +60,7 @@ impl World {
         let creatable = available.min(request.count) as usize;
         let first = names.first().cloned().unwrap_or_default();
         let failure = if (creatable as u64) < min_count {
-            self.counters.stockouts += 1;
-            Some(stockout(project, zone))
+            Some(self.stockout(project, zone))
         } else {
             for spec in specs.iter().take(creatable) {
                 let id = resource_id(&mut self.rng);
@@ -79,8 +68,7 @@ impl World {
             }
             None
         };
-        let op = self.new_operation("bulkInsert", &first, 0, failure);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("bulkInsert", &first, 0, failure))
     }
 
     /// The names a bulk insert creates: the explicit ones, then from the pattern.
@@ -91,11 +79,7 @@ impl World {
         request: &BulkInsertRequest,
     ) -> Result<Vec<String>, ApiError> {
         let z = self.zone_mut(project, zone)?;
-        let exists = |name: &str| {
-            z.projects
-                .get(project)
-                .is_some_and(|pz| pz.instances.contains_key(name))
-        };
+        let exists = |name: &str| z.holds(project, name);
         let mut names = Vec::new();
         for name in request.per_instance_properties.keys() {
             validate_name(name).map_err(|e| {
@@ -161,8 +145,16 @@ impl World {
 mod tests {
     use std::time::Duration;
 
+    use pm_gce::resources::Operation;
+    use serde_json::{json, Value};
+
     use crate::world::test_support::world;
-    use serde_json::json;
+    use crate::world::{ApiError, Mutation, World};
+
+    fn bulk_insert(w: &mut World, request: &Value) -> Result<Operation, ApiError> {
+        let body = serde_json::to_vec(request).expect("json");
+        w.mutate("p", "z1", Mutation::BulkInsert(&body), None)
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn bulk_insert_creates_names_from_the_pattern_and_respects_min_count() {
@@ -171,14 +163,7 @@ mod tests {
             "count": "2", "namePattern": "web-##",
             "instanceProperties": {"machineType": "e2-small", "labels": {"pm-pool": "web"}}
         });
-        let op = w
-            .bulk_insert(
-                "p",
-                "z1",
-                &serde_json::to_vec(&request).expect("json"),
-                None,
-            )
-            .expect("bulk");
+        let op = bulk_insert(&mut w, &request).expect("bulk");
         assert!(op.error.is_none());
         assert!(w.get_instance("p", "z1", "web-01").is_ok());
         assert!(w.get_instance("p", "z1", "web-02").is_ok());
@@ -186,14 +171,7 @@ mod tests {
             "count": "3", "minCount": "2", "namePattern": "web-##",
             "instanceProperties": {"machineType": "e2-small"}
         });
-        let op = w
-            .bulk_insert(
-                "p",
-                "z1",
-                &serde_json::to_vec(&request).expect("json"),
-                None,
-            )
-            .expect("bulk");
+        let op = bulk_insert(&mut w, &request).expect("bulk");
         assert!(op.error.is_some(), "one slot left, minCount 2");
         assert!(w.get_instance("p", "z1", "web-03").is_err());
         for pattern in ["web", "a#é#", "a##b#", "x##########"] {
@@ -201,14 +179,7 @@ mod tests {
                 "count": "1", "namePattern": pattern,
                 "instanceProperties": {"machineType": "e2-small"}
             });
-            let error = w
-                .bulk_insert(
-                    "p",
-                    "z1",
-                    &serde_json::to_vec(&request).expect("json"),
-                    None,
-                )
-                .expect_err(pattern);
+            let error = bulk_insert(&mut w, &request).expect_err(pattern);
             assert!(error.message.contains("namePattern"), "{}", error.message);
         }
     }

@@ -1,6 +1,6 @@
 //! Capacity: how instances going live or not count against their zone's capacity
 //! and their pool's live count and peak, setting a zone's capacity, and the
-//! stockout an insert gets when the zone is full.
+//! stockout an insert or start gets (and is counted) when the zone is full.
 
 use std::collections::BTreeMap;
 
@@ -39,18 +39,6 @@ pub(super) fn count_live(
     }
 }
 
-/// The failure of an insert or start that finds the zone full.
-pub(super) fn stockout(project: &str, zone: &str) -> Failure {
-    Failure {
-        code: "ZONE_RESOURCE_POOL_EXHAUSTED",
-        message: format!(
-            "The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
-        ),
-        http_status: 503,
-        http_message: "SERVICE UNAVAILABLE",
-    }
-}
-
 impl World {
     /// Sets a zone's capacity, adding the zone if it is new.
     pub fn set_capacity(&mut self, zone: &str, capacity: u64) -> Result<(), ApiError> {
@@ -60,6 +48,20 @@ impl World {
             .or_insert_with(|| Zone::new(capacity))
             .capacity = capacity;
         Ok(())
+    }
+
+    /// Counts a create or start that finds the zone full, and returns the failure its
+    /// operation reports.
+    pub(super) fn stockout(&mut self, project: &str, zone: &str) -> Failure {
+        self.counters.stockouts += 1;
+        Failure {
+            code: "ZONE_RESOURCE_POOL_EXHAUSTED",
+            message: format!(
+                "The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
+            ),
+            http_status: 503,
+            http_message: "SERVICE UNAVAILABLE",
+        }
     }
 
     /// An instance of `pool` in `zone` became live (`up`) or stopped being live: counts
@@ -85,6 +87,7 @@ impl World {
 #[cfg(test)]
 mod tests {
     use crate::world::test_support::{body, world};
+    use crate::world::Mutation;
     use std::time::Duration;
 
     #[tokio::test(flavor = "current_thread")]
@@ -92,18 +95,21 @@ mod tests {
         let mut w = world(Duration::ZERO, Duration::ZERO);
         for i in 0..3 {
             let op = w
-                .insert("p", "z1", &body(&format!("a{i}")), None)
+                .mutate("p", "z1", Mutation::Insert(&body(&format!("a{i}"))), None)
                 .expect("insert");
             assert!(op.error.is_none());
         }
-        let op = w.insert("p", "z1", &body("a3"), None).expect("accepted");
+        let op = w
+            .mutate("p", "z1", Mutation::Insert(&body("a3")), None)
+            .expect("accepted");
         let error = op.error.expect("stockout");
         assert_eq!(error.errors[0].code, "ZONE_RESOURCE_POOL_EXHAUSTED");
         assert_eq!(op.http_error_status_code, Some(503));
         assert!(w.get_instance("p", "z1", "a3").is_err());
-        w.delete("p", "z1", "a0", None).expect("delete");
+        w.mutate("p", "z1", Mutation::Delete("a0"), None)
+            .expect("delete");
         assert!(w
-            .insert("p", "z1", &body("a3"), None)
+            .mutate("p", "z1", Mutation::Insert(&body("a3")), None)
             .expect("insert")
             .error
             .is_none());

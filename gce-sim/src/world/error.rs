@@ -14,7 +14,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// 400 `invalid` with `message`.
-    pub(super) fn invalid(message: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {
             status: 400,
             reason: "invalid",
@@ -27,6 +27,33 @@ impl ApiError {
         ApiError::invalid(format!(
             "Invalid value for field '{field}': '{value}'. {problem}"
         ))
+    }
+
+    /// 400 `invalid` naming the field of the sent resource that does not decode, and why.
+    pub(super) fn undecodable(error: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+        ApiError::invalid(format!(
+            "Invalid value for field 'resource.{}': {}",
+            error.path(),
+            error.inner()
+        ))
+    }
+
+    /// 400 `parseError`: the body is not JSON.
+    pub(super) fn parse_error(error: &serde_json::Error) -> ApiError {
+        ApiError {
+            status: 400,
+            reason: "parseError",
+            message: format!("Invalid JSON payload received. {error}"),
+        }
+    }
+
+    /// 500 `backendError`: a reply could not be rendered.
+    pub(super) fn backend(error: &serde_json::Error) -> ApiError {
+        ApiError {
+            status: 500,
+            reason: "backendError",
+            message: error.to_string(),
+        }
     }
 
     /// 404 `notFound` for `resource`.

@@ -27,6 +27,9 @@ const SERVER_FIELDS: [&str; 12] = [
     "lastStopTimestamp",
 ];
 
+/// What GCE requires of an instance name.
+const NAME_RULE: &str = "Must be a match of regex '[a-z]([-a-z0-9]*[a-z0-9])?'";
+
 /// Most labels one resource may carry.
 const MAX_LABELS: usize = 64;
 
@@ -94,42 +97,26 @@ pub(super) fn parse_instance(
     };
     let name = match body.get("name") {
         Some(Value::String(name)) => name.clone(),
-        Some(other) => {
-            return Err(ApiError::invalid_field(
+        other => {
+            return Err(field_error(
                 "resource.name",
-                &other.to_string(),
+                other,
                 "Must be a string.",
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_field(
-                "resource.name",
-                "",
-                "Must be a match of regex '[a-z]([-a-z0-9]*[a-z0-9])?'",
+                NAME_RULE,
             ))
         }
     };
     validate_name(&name).map_err(|e| {
-        ApiError::invalid_field(
-            "resource.name",
-            &name,
-            &format!("Must be a match of regex '[a-z]([-a-z0-9]*[a-z0-9])?' ({e})"),
-        )
+        ApiError::invalid_field("resource.name", &name, &format!("{NAME_RULE} ({e})"))
     })?;
     let labels = parse_labels(body.get("labels"), "resource.labels")?;
     let machine_type = match body.get("machineType") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(other) => {
-            return Err(ApiError::invalid_field(
+        other => {
+            return Err(field_error(
                 "resource.machineType",
-                &other.to_string(),
+                other,
                 "Invalid machine type.",
-            ))
-        }
-        None => {
-            return Err(ApiError::invalid_field(
-                "resource.machineType",
-                "",
                 "Machine type is required.",
             ))
         }
@@ -143,14 +130,8 @@ pub(super) fn parse_instance(
             )
         })?;
     body.insert("machineType".into(), Value::String(expanded));
-    let typed: Instance =
-        serde_path_to_error::deserialize(Value::Object(body.clone())).map_err(|e| {
-            ApiError::invalid(format!(
-                "Invalid value for field 'resource.{}': {}",
-                e.path(),
-                e.inner()
-            ))
-        })?;
+    let typed: Instance = serde_path_to_error::deserialize(Value::Object(body.clone()))
+        .map_err(|e| ApiError::undecodable(&e))?;
     let mut scheduling = typed.scheduling.unwrap_or_default();
     let spot = scheduling.preemptible == Some(true)
         || scheduling.provisioning_model == Some(ProvisioningModel::Spot);
@@ -202,6 +183,14 @@ pub(super) fn parse_instance(
     })
 }
 
+/// 400 for the instance field `field`: `wrong` if it holds `value`, `missing` if absent.
+fn field_error(field: &str, value: Option<&Value>, wrong: &str, missing: &str) -> ApiError {
+    match value {
+        Some(value) => ApiError::invalid_field(field, &value.to_string(), wrong),
+        None => ApiError::invalid_field(field, "", missing),
+    }
+}
+
 /// A machine type as the full URL GCE returns, or `None` if it is not one.
 fn expand_machine_type(
     machine_type: &str,
@@ -238,6 +227,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::world::test_support::{body, world};
+    use crate::world::Mutation;
     use serde_json::json;
 
     #[tokio::test(flavor = "current_thread")]
@@ -285,7 +275,9 @@ mod tests {
         ];
         for (value, expected) in cases {
             let bytes = serde_json::to_vec(&value).expect("json");
-            let error = w.insert("p", "z1", &bytes, None).expect_err("invalid");
+            let error = w
+                .mutate("p", "z1", Mutation::Insert(&bytes), None)
+                .expect_err("invalid");
             assert_eq!(error.status, 400, "{value}");
             assert!(
                 error.message.contains(expected),
@@ -293,14 +285,16 @@ mod tests {
                 error.message
             );
         }
-        let error = w.insert("p", "z1", b"{not json", None).expect_err("parse");
+        let error = w
+            .mutate("p", "z1", Mutation::Insert(b"{not json"), None)
+            .expect_err("parse");
         assert_eq!((error.status, error.reason), (400, "parseError"));
         let error = w
-            .insert("p", "nowhere", &body("a"), None)
+            .mutate("p", "nowhere", Mutation::Insert(&body("a")), None)
             .expect_err("zone");
         assert_eq!(error.status, 404);
         let error = w
-            .insert("p", "z1", &body("a"), Some("abc"))
+            .mutate("p", "z1", Mutation::Insert(&body("a")), Some("abc"))
             .expect_err("request id");
         assert!(error.message.contains("requestId"));
     }

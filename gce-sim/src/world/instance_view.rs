@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::time::Duration;
 
 use pm_gce::resources::InstanceStatus;
 use serde::ser::SerializeMap;
@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::instances::SimInstance;
-use super::paging::{decode_token, page_size, paginate, parse_filter};
+use super::paging::{list_reply, paginate, ListQuery};
 use super::{instance_path, zone_url, ApiError, World, URL_ROOT};
 use crate::clock::rfc3339;
 
@@ -88,7 +88,25 @@ impl Serialize for InstanceView<'_> {
     }
 }
 
-impl InstanceView<'_> {
+impl<'a> InstanceView<'a> {
+    /// `instance`, named `name`, of `project` in `zone` as it is at `now`.
+    fn new(
+        instance: &'a SimInstance,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        now: Instant,
+        boot_delay: Duration,
+    ) -> InstanceView<'a> {
+        InstanceView {
+            instance,
+            project,
+            zone,
+            name,
+            status: instance.status(now, boot_delay),
+        }
+    }
+
     /// A field for list filters.
     fn field(&self, field: &str) -> Option<Cow<'_, str>> {
         let i = self.instance;
@@ -141,18 +159,8 @@ impl World {
             .get(project)
             .and_then(|pz| pz.instances.get_key_value(name))
             .ok_or_else(|| ApiError::not_found(&instance_path(project, zone, name)))?;
-        let view = InstanceView {
-            instance,
-            project,
-            zone,
-            name,
-            status: instance.status(now, boot),
-        };
-        serde_json::to_value(view).map_err(|e| ApiError {
-            status: 500,
-            reason: "backendError",
-            message: e.to_string(),
-        })
+        let view = InstanceView::new(instance, project, zone, name, now, boot);
+        serde_json::to_value(view).map_err(|e| ApiError::backend(&e))
     }
 
     /// `instances.list`, serialized.
@@ -160,57 +168,35 @@ impl World {
         &mut self,
         project: &str,
         zone: &str,
-        filter: Option<&str>,
-        max_results: Option<&str>,
-        page_token: Option<&str>,
+        query: &ListQuery<'_>,
     ) -> Result<Vec<u8>, ApiError> {
-        let filter = parse_filter(filter)?;
-        let size = page_size(max_results)?;
-        let after = page_token.map(decode_token).transpose()?;
+        let page = query.check()?;
         let boot = self.config.boot_delay;
         let now = Instant::now();
         let z = self.zone_mut(project, zone)?;
         let empty = BTreeMap::new();
         let instances = z.projects.get(project).map_or(&empty, |pz| &pz.instances);
-        let lower = match &after {
-            Some(after) => Bound::Excluded(after.as_str()),
-            None => Bound::Unbounded,
-        };
         let views = instances
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(name, instance)| InstanceView {
-                instance,
-                project,
-                zone,
-                name,
-                status: instance.status(now, boot),
-            })
-            .filter(|view| filter.matches(|f| view.field(f)))
+            .range::<str, _>(page.keys())
+            .map(|(name, instance)| InstanceView::new(instance, project, zone, name, now, boot))
+            .filter(|view| page.filter.matches(|f| view.field(f)))
             .map(|view| (view.name.to_string(), view));
-        let (items, next_page_token) = paginate(views, size);
+        let (items, next_page_token) = paginate(views, page.size);
         let page = InstancePage {
             items,
             next_page_token,
             self_link: format!("{}/instances", zone_url(project, zone)),
         };
-        serde_json::to_vec(&page).map_err(|e| ApiError {
-            status: 500,
-            reason: "backendError",
-            message: e.to_string(),
-        })
+        serde_json::to_vec(&page).map_err(|e| ApiError::backend(&e))
     }
 
     /// `instances.aggregatedList`, serialized. Pages run over (zone, name).
     pub fn aggregated_instances(
         &mut self,
         project: &str,
-        filter: Option<&str>,
-        max_results: Option<&str>,
-        page_token: Option<&str>,
+        query: &ListQuery<'_>,
     ) -> Result<Value, ApiError> {
-        let filter = parse_filter(filter)?;
-        let size = page_size(max_results)?;
-        let after = page_token.map(decode_token).transpose()?;
+        let page = query.check()?;
         let boot = self.config.boot_delay;
         let now = Instant::now();
         let empty = BTreeMap::new();
@@ -223,33 +209,24 @@ impl World {
                 .map_or(&empty, |pz| &pz.instances);
             for (name, instance) in instances {
                 let key = format!("{zone_name}/{name}");
-                if after
+                if page
+                    .after
                     .as_ref()
                     .is_some_and(|after| key.as_str() <= after.as_str())
                 {
                     continue;
                 }
-                let view = InstanceView {
-                    instance,
-                    project,
-                    zone: zone_name,
-                    name,
-                    status: instance.status(now, boot),
-                };
-                if filter.matches(|f| view.field(f)) {
+                let view = InstanceView::new(instance, project, zone_name, name, now, boot);
+                if page.filter.matches(|f| view.field(f)) {
                     views.push((key, view));
                 }
             }
         }
-        let (page, next_page_token) = paginate(views.into_iter(), size);
+        let (items, next_page_token) = paginate(views.into_iter(), page.size);
         let mut by_zone: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for view in page {
+        for view in items {
             let zone = view.zone.to_string();
-            let value = serde_json::to_value(&view).map_err(|e| ApiError {
-                status: 500,
-                reason: "backendError",
-                message: e.to_string(),
-            })?;
+            let value = serde_json::to_value(&view).map_err(|e| ApiError::backend(&e))?;
             by_zone.entry(zone).or_default().push(value);
         }
         let items: Map<String, Value> = self
@@ -268,15 +245,11 @@ impl World {
                 (scope, entry)
             })
             .collect();
-        let mut result = json!({
-            "kind": "compute#instanceAggregatedList",
-            "id": format!("projects/{project}/aggregated/instances"),
-            "items": items,
-            "selfLink": format!("{URL_ROOT}projects/{project}/aggregated/instances"),
-        });
-        if let (Some(token), Value::Object(map)) = (next_page_token, &mut result) {
-            map.insert("nextPageToken".into(), Value::String(token));
-        }
-        Ok(result)
+        Ok(list_reply(
+            "compute#instanceAggregatedList",
+            &format!("projects/{project}/aggregated/instances"),
+            items,
+            next_page_token,
+        ))
     }
 }

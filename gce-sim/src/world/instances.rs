@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use pm_gce::resources::{InstanceStatus, Operation};
+use pm_gce::resources::InstanceStatus;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::capacity::{pool_of, stockout};
+use super::capacity::pool_of;
 use super::instance_spec::{parse_instance, parse_labels, InstanceSpec};
+use super::operations::NewOperation;
 use super::{instance_path, ApiError, World};
 use crate::clock::resource_id;
 
@@ -76,41 +77,28 @@ fn label_fingerprint(labels: &BTreeMap<String, String>) -> String {
 
 impl World {
     /// `instances.insert`.
-    pub fn insert(
+    pub(super) fn insert(
         &mut self,
         project: &str,
         zone: &str,
         body: &[u8],
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
-            status: 400,
-            reason: "parseError",
-            message: format!("Invalid JSON payload received. {e}"),
-        })?;
+    ) -> Result<NewOperation, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::parse_error(&e))?;
         let spec = parse_instance(value, project, zone, false)?;
         let id = resource_id(&mut self.rng);
         let z = self.zone_mut(project, zone)?;
-        if z.projects
-            .get(project)
-            .is_some_and(|pz| pz.instances.contains_key(&spec.name))
-        {
+        if z.holds(project, &spec.name) {
             return Err(ApiError::already_exists(&instance_path(
                 project, zone, &spec.name,
             )));
         }
         let failure = if z.live >= z.capacity {
-            self.counters.stockouts += 1;
-            Some(stockout(project, zone))
+            Some(self.stockout(project, zone))
         } else {
             self.create(project, zone, id, &spec)?;
             None
         };
-        let op = self.new_operation("insert", &spec.name, id, failure);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("insert", &spec.name, id, failure))
     }
 
     /// Creates the instance `spec` describes, live from now.
@@ -163,16 +151,12 @@ impl World {
     }
 
     /// `instances.delete`.
-    pub fn delete(
+    pub(super) fn delete(
         &mut self,
         project: &str,
         zone: &str,
         name: &str,
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
+    ) -> Result<NewOperation, ApiError> {
         let remove_at = Instant::now() + self.config.op_delay;
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
@@ -191,21 +175,16 @@ impl World {
             }
             self.counters.deleted += 1;
         }
-        let op = self.new_operation("delete", name, id, None);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("delete", name, id, None))
     }
 
     /// `instances.start`: a TERMINATED instance boots again if the zone has room.
-    pub fn start(
+    pub(super) fn start(
         &mut self,
         project: &str,
         zone: &str,
         name: &str,
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
+    ) -> Result<NewOperation, ApiError> {
         let boot = self.config.boot_delay;
         let now = Instant::now();
         let (instance, live, capacity) = self.instance_mut(project, zone, name)?;
@@ -221,29 +200,21 @@ impl World {
                 self.counters.started += 1;
                 None
             }
-            (Phase::Stopping, InstanceStatus::Terminated) => {
-                self.counters.stockouts += 1;
-                Some(stockout(project, zone))
-            }
+            (Phase::Stopping, InstanceStatus::Terminated) => Some(self.stockout(project, zone)),
             (Phase::Stopping | Phase::Deleting, _) => {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         };
-        let op = self.new_operation("start", name, id, failure);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("start", name, id, failure))
     }
 
     /// `instances.stop`.
-    pub fn stop(
+    pub(super) fn stop(
         &mut self,
         project: &str,
         zone: &str,
         name: &str,
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
+    ) -> Result<NewOperation, ApiError> {
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
         let pool = pool_of(&instance.labels);
@@ -260,27 +231,18 @@ impl World {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         }
-        let op = self.new_operation("stop", name, id, None);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("stop", name, id, None))
     }
 
     /// `instances.setLabels`: 412 `conditionNotMet` on a stale fingerprint.
-    pub fn set_labels(
+    pub(super) fn set_labels(
         &mut self,
         project: &str,
         zone: &str,
         name: &str,
         body: &[u8],
-        request_id: Option<&str>,
-    ) -> Result<Operation, ApiError> {
-        if let Some(op) = self.replay(project, zone, request_id)? {
-            return Ok(op);
-        }
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
-            status: 400,
-            reason: "parseError",
-            message: format!("Invalid JSON payload received. {e}"),
-        })?;
+    ) -> Result<NewOperation, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::parse_error(&e))?;
         let labels = parse_labels(value.get("labels"), "labels")?;
         let fingerprint = value.get("labelFingerprint").and_then(Value::as_str);
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
@@ -295,8 +257,7 @@ impl World {
         instance.label_fingerprint = label_fingerprint(&labels);
         instance.labels = labels.into_iter().collect();
         let id = instance.id;
-        let op = self.new_operation("setLabels", name, id, None);
-        self.store_operation(project, zone, request_id, op)
+        Ok(self.new_operation("setLabels", name, id, None))
     }
 }
 
@@ -304,13 +265,16 @@ impl World {
 mod tests {
     use super::*;
     use crate::world::test_support::{body, status_of, world};
+    use crate::world::Mutation;
     use pm_gce::resources::OperationStatus;
     use serde_json::json;
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn lifecycle_follows_the_delays() {
         let mut w = world(Duration::from_millis(200), Duration::from_millis(200));
-        let op = w.insert("p", "z1", &body("a"), None).expect("insert");
+        let op = w
+            .mutate("p", "z1", Mutation::Insert(&body("a")), None)
+            .expect("insert");
         assert_eq!(op.status, OperationStatus::Pending);
         assert_eq!(status_of(&mut w, "a"), "PROVISIONING");
         tokio::time::sleep(Duration::from_millis(120)).await;
@@ -327,28 +291,19 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn set_labels_checks_the_fingerprint() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
-        w.insert("p", "z1", &body("a"), None).expect("insert");
+        w.mutate("p", "z1", Mutation::Insert(&body("a")), None)
+            .expect("insert");
         let current = w.get_instance("p", "z1", "a").expect("get")["labelFingerprint"].clone();
-        let stale = json!({"labels": {"x": "y"}, "labelFingerprint": "stale"});
+        let stale = serde_json::to_vec(&json!({"labels": {"x": "y"}, "labelFingerprint": "stale"}))
+            .expect("json");
         let error = w
-            .set_labels(
-                "p",
-                "z1",
-                "a",
-                &serde_json::to_vec(&stale).expect("json"),
-                None,
-            )
+            .mutate("p", "z1", Mutation::SetLabels("a", &stale), None)
             .expect_err("stale");
         assert_eq!((error.status, error.reason), (412, "conditionNotMet"));
-        let fresh = json!({"labels": {"x": "y"}, "labelFingerprint": current});
-        w.set_labels(
-            "p",
-            "z1",
-            "a",
-            &serde_json::to_vec(&fresh).expect("json"),
-            None,
-        )
-        .expect("set");
+        let fresh = serde_json::to_vec(&json!({"labels": {"x": "y"}, "labelFingerprint": current}))
+            .expect("json");
+        w.mutate("p", "z1", Mutation::SetLabels("a", &fresh), None)
+            .expect("set");
         let got = w.get_instance("p", "z1", "a").expect("get");
         assert_eq!(got["labels"], json!({"x": "y"}));
         assert_ne!(got["labelFingerprint"], current);

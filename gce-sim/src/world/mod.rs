@@ -11,6 +11,7 @@ mod error;
 mod instance_spec;
 mod instance_view;
 mod instances;
+mod mutation;
 mod operations;
 mod paging;
 mod preemption;
@@ -20,6 +21,8 @@ mod test_support;
 mod zones;
 
 pub use error::ApiError;
+pub use mutation::Mutation;
+pub use paging::ListQuery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

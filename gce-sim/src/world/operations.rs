@@ -4,15 +4,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::time::{Duration, SystemTime};
 
 use pm_gce::compute::is_valid_request_id;
 use pm_gce::resources::{Operation, OperationError, OperationErrorItem, OperationStatus};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::paging::{decode_token, page_size, paginate, parse_filter};
+use super::paging::{list_reply, paginate, ListQuery};
 use super::{zone_url, ApiError, World};
 use crate::clock::{operation_name, resource_id, rfc3339};
 
@@ -59,6 +58,9 @@ impl SimOperation {
     }
 }
 
+/// An operation not stored yet, with its name.
+pub(super) type NewOperation = (String, SimOperation);
+
 impl World {
     /// A new operation and its name, taking the delay and hang faults now set.
     pub(super) fn new_operation(
@@ -67,7 +69,7 @@ impl World {
         target_name: &str,
         target_id: u64,
         failure: Option<Failure>,
-    ) -> (String, SimOperation) {
+    ) -> NewOperation {
         let wall = SystemTime::now();
         let name = operation_name(&mut self.rng, wall);
         let op = SimOperation {
@@ -96,7 +98,7 @@ impl World {
         project: &str,
         zone: &str,
         request_id: Option<&str>,
-        (name, op): (String, SimOperation),
+        (name, op): NewOperation,
     ) -> Result<Operation, ApiError> {
         let view = operation_view(project, zone, &name, &op, Instant::now());
         self.zone_mut(project, zone)?
@@ -157,16 +159,8 @@ impl World {
         name: &str,
     ) -> Result<Operation, ApiError> {
         let now = Instant::now();
-        let z = self.zone_mut(project, zone)?;
-        z.projects
-            .get(project)
-            .and_then(|pz| pz.operations.get(name))
-            .map(|op| operation_view(project, zone, name, op, now))
-            .ok_or_else(|| {
-                ApiError::not_found(&format!(
-                    "projects/{project}/zones/{zone}/operations/{name}"
-                ))
-            })
+        let op = self.operation(project, zone, name)?;
+        Ok(operation_view(project, zone, name, op, now))
     }
 
     /// How long until the operation is DONE (zero if it is).
@@ -177,14 +171,23 @@ impl World {
         name: &str,
     ) -> Result<Duration, ApiError> {
         let now = Instant::now();
-        let z = self.zone_mut(project, zone)?;
-        z.projects
+        let op = self.operation(project, zone, name)?;
+        Ok(op
+            .done_at()
+            .map_or(Duration::MAX, |done| done.saturating_duration_since(now)))
+    }
+
+    /// The operation `name` of `project` in `zone`.
+    fn operation(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<&SimOperation, ApiError> {
+        self.zone_mut(project, zone)?
+            .projects
             .get(project)
             .and_then(|pz| pz.operations.get(name))
-            .map(|op| {
-                op.done_at()
-                    .map_or(Duration::MAX, |done| done.saturating_duration_since(now))
-            })
             .ok_or_else(|| {
                 ApiError::not_found(&format!(
                     "projects/{project}/zones/{zone}/operations/{name}"
@@ -197,39 +200,27 @@ impl World {
         &mut self,
         project: &str,
         zone: &str,
-        filter: Option<&str>,
-        max_results: Option<&str>,
-        page_token: Option<&str>,
+        query: &ListQuery<'_>,
     ) -> Result<Value, ApiError> {
-        let filter = parse_filter(filter)?;
-        let size = page_size(max_results)?;
-        let after = page_token.map(decode_token).transpose()?;
+        let page = query.check()?;
         let now = Instant::now();
         let z = self.zone_mut(project, zone)?;
         let empty = BTreeMap::new();
         let operations = z.projects.get(project).map_or(&empty, |pz| &pz.operations);
-        let lower = match &after {
-            Some(after) => Bound::Excluded(after.as_str()),
-            None => Bound::Unbounded,
-        };
         let views = operations
-            .range::<str, _>((lower, Bound::Unbounded))
+            .range::<str, _>(page.keys())
             .filter(|(name, op)| {
-                filter.matches(|field| operation_field(project, zone, name, op, now, field))
+                page.filter
+                    .matches(|field| operation_field(project, zone, name, op, now, field))
             })
             .map(|(name, op)| (name.clone(), operation_view(project, zone, name, op, now)));
-        let (items, next_page_token) = paginate(views, size);
-        let self_link = format!("{}/operations", zone_url(project, zone));
-        let mut result = json!({
-            "kind": "compute#operationList",
-            "id": format!("projects/{project}/zones/{zone}/operations"),
-            "items": items,
-            "selfLink": self_link,
-        });
-        if let (Some(token), Value::Object(map)) = (next_page_token, &mut result) {
-            map.insert("nextPageToken".into(), Value::String(token));
-        }
-        Ok(result)
+        let (items, next_page_token) = paginate(views, page.size);
+        Ok(list_reply(
+            "compute#operationList",
+            &format!("projects/{project}/zones/{zone}/operations"),
+            items,
+            next_page_token,
+        ))
     }
 }
 
@@ -311,6 +302,7 @@ mod tests {
     use super::*;
     use crate::control::Faults;
     use crate::world::test_support::{body, status_of, world};
+    use crate::world::Mutation;
 
     #[tokio::test(flavor = "current_thread")]
     async fn faults_slow_down_or_hang_operations_but_not_instances() {
@@ -319,7 +311,9 @@ mod tests {
             op_delay_ms: Some(60_000),
             ..Faults::default()
         });
-        let slow = w.insert("p", "z1", &body("slow"), None).expect("insert");
+        let slow = w
+            .mutate("p", "z1", Mutation::Insert(&body("slow")), None)
+            .expect("insert");
         let remaining = w
             .operation_remaining("p", "z1", &slow.name)
             .expect("operation");
@@ -328,7 +322,9 @@ mod tests {
             hang_operations: true,
             ..Faults::default()
         });
-        let hung = w.insert("p", "z1", &body("hung"), None).expect("insert");
+        let hung = w
+            .mutate("p", "z1", Mutation::Insert(&body("hung")), None)
+            .expect("insert");
         assert_eq!(
             w.operation_remaining("p", "z1", &hung.name)
                 .expect("operation"),
@@ -340,7 +336,9 @@ mod tests {
         );
         assert_eq!(status_of(&mut w, "hung"), "RUNNING");
         w.set_faults(Faults::default());
-        let quick = w.insert("p", "z1", &body("quick"), None).expect("insert");
+        let quick = w
+            .mutate("p", "z1", Mutation::Insert(&body("quick")), None)
+            .expect("insert");
         assert_eq!(quick.status, OperationStatus::Done);
         assert_eq!(
             w.get_operation("p", "z1", &hung.name).expect("get").status,
@@ -352,8 +350,12 @@ mod tests {
     async fn request_ids_replay_the_first_operation() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
         let rid = pm_gce::compute::request_id_for("a");
-        let first = w.insert("p", "z1", &body("a"), Some(&rid)).expect("insert");
-        let again = w.insert("p", "z1", &body("a"), Some(&rid)).expect("replay");
+        let first = w
+            .mutate("p", "z1", Mutation::Insert(&body("a")), Some(&rid))
+            .expect("insert");
+        let again = w
+            .mutate("p", "z1", Mutation::Insert(&body("a")), Some(&rid))
+            .expect("replay");
         assert_eq!(first.name, again.name);
     }
 }

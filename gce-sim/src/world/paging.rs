@@ -1,10 +1,57 @@
-//! Paging and filtering of list calls: page sizes, page tokens, list filters, and
-//! cutting a page from a sorted listing.
+//! Paging and filtering of list calls: page sizes, page tokens, list filters,
+//! cutting a page from a sorted listing, and the reply that carries the page.
+
+use std::ops::Bound;
 
 use pm_gce::compute::MAX_PAGE_SIZE;
 use pm_gce::filter::Filter;
+use serde::Serialize;
+use serde_json::{json, Value};
 
-use super::ApiError;
+use super::{ApiError, URL_ROOT};
+
+/// The filter and paging parameters of a list call, as sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListQuery<'a> {
+    /// `filter`; absent lists all.
+    pub filter: Option<&'a str>,
+    /// `maxResults`; absent or 0 means 500.
+    pub max_results: Option<&'a str>,
+    /// `pageToken` of the page to list; absent lists the first.
+    pub page_token: Option<&'a str>,
+}
+
+impl ListQuery<'_> {
+    /// The parameters checked, in order: the filter, the page size, the page token.
+    pub(super) fn check(&self) -> Result<ListPage, ApiError> {
+        Ok(ListPage {
+            filter: parse_filter(self.filter)?,
+            size: page_size(self.max_results)?,
+            after: self.page_token.map(decode_token).transpose()?,
+        })
+    }
+}
+
+/// The page a list call asks for.
+pub(super) struct ListPage {
+    /// What the items listed match.
+    pub(super) filter: Filter,
+    /// Most items on the page.
+    pub(super) size: usize,
+    /// The key of the listing that the page starts after.
+    pub(super) after: Option<String>,
+}
+
+impl ListPage {
+    /// The keys of a sorted listing the page may hold: those after the page token's.
+    pub(super) fn keys(&self) -> (Bound<&str>, Bound<&str>) {
+        let lower = match &self.after {
+            Some(after) => Bound::Excluded(after.as_str()),
+            None => Bound::Unbounded,
+        };
+        (lower, Bound::Unbounded)
+    }
+}
 
 /// The page token resuming after `key`.
 fn encode_token(key: &str) -> String {
@@ -12,7 +59,7 @@ fn encode_token(key: &str) -> String {
 }
 
 /// The key a page token resumes after.
-pub(super) fn decode_token(token: &str) -> Result<String, ApiError> {
+fn decode_token(token: &str) -> Result<String, ApiError> {
     let bad = || ApiError::invalid_field("pageToken", token, "Invalid page token.");
     if token.len() % 2 != 0 {
         return Err(bad());
@@ -30,7 +77,7 @@ pub(super) fn decode_token(token: &str) -> Result<String, ApiError> {
 }
 
 /// The page size asked for: 1 to 500; absent or 0 means 500.
-pub(super) fn page_size(max_results: Option<&str>) -> Result<usize, ApiError> {
+fn page_size(max_results: Option<&str>) -> Result<usize, ApiError> {
     let Some(text) = max_results else {
         return Ok(MAX_PAGE_SIZE as usize);
     };
@@ -46,7 +93,7 @@ pub(super) fn page_size(max_results: Option<&str>) -> Result<usize, ApiError> {
 }
 
 /// A list call's `filter`, absent meaning all.
-pub(super) fn parse_filter(filter: Option<&str>) -> Result<Filter, ApiError> {
+fn parse_filter(filter: Option<&str>) -> Result<Filter, ApiError> {
     Filter::parse(filter.unwrap_or("")).map_err(|e| {
         ApiError::invalid_field("filter", filter.unwrap_or(""), &format!("{}.", e.problem))
     })
@@ -69,13 +116,33 @@ pub(super) fn paginate<T>(
     (page, None)
 }
 
+/// A list reply of `kind` whose resource path is `id`, with the token of the next page
+/// if there is one.
+pub(super) fn list_reply(
+    kind: &str,
+    id: &str,
+    items: impl Serialize,
+    next_page_token: Option<String>,
+) -> Value {
+    let mut reply = json!({
+        "kind": kind,
+        "id": id,
+        "items": items,
+        "selfLink": format!("{URL_ROOT}{id}"),
+    });
+    if let (Some(token), Value::Object(map)) = (next_page_token, &mut reply) {
+        map.insert("nextPageToken".into(), Value::String(token));
+    }
+    reply
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
     use crate::world::test_support::{body, world};
-    use serde_json::Value;
+    use crate::world::{Mutation, World};
 
     #[test]
     fn page_tokens_round_trip() {
@@ -86,41 +153,50 @@ mod tests {
         assert!(decode_token("abc").is_err());
     }
 
+    /// `instances.list` of `z1` in project `p`, parsed.
+    fn list(w: &mut World, query: ListQuery<'_>) -> Result<Value, ApiError> {
+        let page = w.list_instances("p", "z1", &query)?;
+        Ok(serde_json::from_slice(&page).expect("json"))
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn pagination_and_filters() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
-        w.insert("p", "z1", &body("a"), None).expect("insert");
-        w.insert("p", "z1", &body("b"), None).expect("insert");
-        w.insert("p", "z1", &body("c"), None).expect("insert");
-        let page: Value = serde_json::from_slice(
-            &w.list_instances("p", "z1", None, Some("2"), None)
-                .expect("page"),
-        )
-        .expect("json");
+        for name in ["a", "b", "c"] {
+            w.mutate("p", "z1", Mutation::Insert(&body(name)), None)
+                .expect("insert");
+        }
+        let two = ListQuery {
+            max_results: Some("2"),
+            ..ListQuery::default()
+        };
+        let page = list(&mut w, two).expect("page");
         assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
         let token = page["nextPageToken"].as_str().expect("token").to_string();
-        let page: Value = serde_json::from_slice(
-            &w.list_instances("p", "z1", None, Some("2"), Some(&token))
-                .expect("page"),
-        )
-        .expect("json");
+        let next = ListQuery {
+            page_token: Some(&token),
+            ..two
+        };
+        let page = list(&mut w, next).expect("page");
         assert_eq!(page["items"][0]["name"], "c");
         assert!(page.get("nextPageToken").is_none());
-        assert!(w
-            .list_instances("p", "z1", None, Some("501"), None)
-            .is_err());
-        assert!(w.list_instances("p", "z1", None, None, Some("zz")).is_err());
-        let filtered: Value = serde_json::from_slice(
-            &w.list_instances("p", "z1", Some("name eq 'a|c'"), None, None)
-                .expect("list"),
-        )
-        .expect("json");
-        assert_eq!(filtered["items"].as_array().map(Vec::len), Some(2));
-        let by_body_field: Value = serde_json::from_slice(
-            &w.list_instances("p", "z1", Some("scheduling.preemptible = true"), None, None)
-                .expect("list"),
-        )
-        .expect("json");
-        assert_eq!(by_body_field["items"].as_array().map(Vec::len), Some(3));
+        let too_many = ListQuery {
+            max_results: Some("501"),
+            ..ListQuery::default()
+        };
+        assert!(list(&mut w, too_many).is_err());
+        let bad_token = ListQuery {
+            page_token: Some("zz"),
+            ..ListQuery::default()
+        };
+        assert!(list(&mut w, bad_token).is_err());
+        for (filter, count) in [("name eq 'a|c'", 2), ("scheduling.preemptible = true", 3)] {
+            let query = ListQuery {
+                filter: Some(filter),
+                ..ListQuery::default()
+            };
+            let filtered = list(&mut w, query).expect("list");
+            assert_eq!(filtered["items"].as_array().map(Vec::len), Some(count));
+        }
     }
 }

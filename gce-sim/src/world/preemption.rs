@@ -177,19 +177,21 @@ mod tests {
     use serde_json::json;
 
     use crate::world::test_support::{body, status_of, world};
-    use crate::world::World;
+    use crate::world::{ListQuery, Mutation, World};
     use crate::SimConfig;
 
     #[tokio::test(flavor = "current_thread")]
     async fn preemption_stops_or_deletes_and_records_an_operation() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
-        w.insert("p", "z1", &body("keep"), None).expect("insert");
+        w.mutate("p", "z1", Mutation::Insert(&body("keep")), None)
+            .expect("insert");
         let delete_body = serde_json::to_vec(&json!({
             "name": "gone", "machineType": "zones/z1/machineTypes/x",
             "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}
         }))
         .expect("json");
-        w.insert("p", "z1", &delete_body, None).expect("insert");
+        w.mutate("p", "z1", Mutation::Insert(&delete_body), None)
+            .expect("insert");
         let result = w.preempt_names(&["keep".into(), "gone".into(), "nobody".into()]);
         assert_eq!(result.preempted, vec!["keep", "gone"]);
         assert_eq!(result.missing, vec!["nobody"]);
@@ -206,9 +208,10 @@ mod tests {
             .list_operations(
                 "p",
                 "z1",
-                Some("operationType = \"compute.instances.preempted\""),
-                None,
-                None,
+                &ListQuery {
+                    filter: Some("operationType = \"compute.instances.preempted\""),
+                    ..ListQuery::default()
+                },
             )
             .expect("list");
         let items = ops["items"].as_array().expect("items");
@@ -217,7 +220,9 @@ mod tests {
         assert_eq!(items[0]["user"], "system");
         let again = w.preempt_names(&["keep".into()]);
         assert!(again.preempted.is_empty());
-        let op = w.start("p", "z1", "keep", None).expect("start");
+        let op = w
+            .mutate("p", "z1", Mutation::Start("keep"), None)
+            .expect("start");
         assert!(op.error.is_none());
         assert_eq!(status_of(&mut w, "keep"), "RUNNING");
         assert_eq!(w.preempt_count("z1", 5).expect("count"), vec!["keep"]);
@@ -236,7 +241,8 @@ mod tests {
         };
         let mut w = World::new(config.clone());
         for name in ["a", "b", "c"] {
-            w.insert("p", "z1", &body(name), None).expect("insert");
+            w.mutate("p", "z1", Mutation::Insert(&body(name)), None)
+                .expect("insert");
         }
         w.preempt_randomly(Duration::from_micros(1));
         assert_eq!(w.report().1.preempted, 0, "1 µs at 30/s preempts nothing");
@@ -248,7 +254,8 @@ mod tests {
             preempt_rate: 0.0,
             ..config
         });
-        calm.insert("p", "z1", &body("a"), None).expect("insert");
+        calm.mutate("p", "z1", Mutation::Insert(&body("a")), None)
+            .expect("insert");
         calm.preempt_randomly(Duration::from_secs(3600));
         assert_eq!(calm.report().1.preempted, 0);
     }

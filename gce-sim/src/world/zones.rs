@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::instances::SimInstance;
 use super::operations::SimOperation;
+use super::paging::list_reply;
 use super::{zone_url, ApiError, World, URL_ROOT};
 
 /// One project's instances and operations in a zone.
@@ -37,6 +38,13 @@ impl Zone {
             projects: BTreeMap::new(),
             removals: BTreeSet::new(),
         }
+    }
+
+    /// Whether `project` has an instance `name` here.
+    pub(super) fn holds(&self, project: &str, name: &str) -> bool {
+        self.projects
+            .get(project)
+            .is_some_and(|pz| pz.instances.contains_key(name))
     }
 
     /// Removes the instances whose deletion is due.
@@ -72,12 +80,12 @@ impl World {
             .keys()
             .map(|zone| zone_resource(project, zone))
             .collect();
-        json!({
-            "kind": "compute#zoneList",
-            "id": format!("projects/{project}/zones"),
-            "items": items,
-            "selfLink": format!("{URL_ROOT}projects/{project}/zones"),
-        })
+        list_reply(
+            "compute#zoneList",
+            &format!("projects/{project}/zones"),
+            items,
+            None,
+        )
     }
 
     /// `zones.get`.

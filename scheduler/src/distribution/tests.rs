@@ -43,15 +43,11 @@ fn with_success(zone: ZoneState, unix_ms: u64) -> ZoneState {
 }
 
 fn plan(target: i64, policy: Distribution, zones: Vec<ZoneState>) -> DistributionPlan {
-    let input = DistributionInput {
+    computed(&DistributionInput {
         target,
         policy,
         zones,
-    };
-    match compute_desired(&input) {
-        Ok(plan) => plan,
-        Err(error) => panic!("valid input refused: {error}"),
-    }
+    })
 }
 
 /// Desired counts in zone-name order.
@@ -59,280 +55,286 @@ fn desired(plan: &DistributionPlan) -> Vec<i64> {
     plan.zones.iter().map(|zone| zone.desired).collect()
 }
 
-#[test]
-fn even_growth_from_empty_differs_by_at_most_one() {
-    let result = plan(
-        10,
-        Distribution::Even,
-        vec![zone("c", 0), zone("a", 0), zone("b", 0)],
-    );
-    assert_eq!(desired(&result), [4, 3, 3]);
-    assert_eq!(result.outcome, PlacementOutcome::Placed);
+/// One example of a rule: a pool's target, policy and zones, and the plan for them.
+struct Example {
+    /// The rule the example shows.
+    rule: &'static str,
+    target: i64,
+    policy: Distribution,
+    zones: Vec<ZoneState>,
+    /// Desired counts in zone-name order.
+    desired: &'static [i64],
+    outcome: PlacementOutcome,
+    /// The zones planned with `accept_new == false`; every other zone accepts new ones.
+    closed: &'static [&'static str],
 }
 
 #[test]
-fn growth_goes_to_the_smallest_zones() {
-    let result = plan(
-        9,
-        Distribution::Even,
-        vec![zone("a", 5), zone("b", 1), zone("c", 0)],
-    );
-    assert_eq!(desired(&result), [5, 2, 2]);
+fn examples_of_each_rule() {
+    let examples = [
+        Example {
+            rule: "even growth from empty differs by at most one",
+            target: 10,
+            policy: Distribution::Even,
+            zones: vec![zone("c", 0), zone("a", 0), zone("b", 0)],
+            desired: &[4, 3, 3],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "growth goes to the smallest zones",
+            target: 9,
+            policy: Distribution::Even,
+            zones: vec![zone("a", 5), zone("b", 1), zone("c", 0)],
+            desired: &[5, 2, 2],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "live instances are not moved to rebalance",
+            target: 10,
+            policy: Distribution::Even,
+            zones: vec![zone("a", 10), zone("b", 0), zone("c", 0)],
+            desired: &[10, 0, 0],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "an exhausted zone keeps its count and gets nothing new",
+            target: 9,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 2), zone("b", 2), zone("c", 2)],
+            desired: &[2, 4, 3],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+        Example {
+            // Zone a lost its 3 instances and is exhausted: b and c replace them at once.
+            rule: "an exhausted zone's deficit moves to the others",
+            target: 9,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 0), zone("b", 3), zone("c", 3)],
+            desired: &[0, 5, 4],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+        Example {
+            rule: "a zone not allowed gets zero and its instances are replaced",
+            target: 3,
+            policy: Distribution::Even,
+            zones: vec![not_allowed("a", 3), zone("b", 0), zone("c", 0)],
+            desired: &[0, 2, 1],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+        Example {
+            rule: "a zone not allowed gets nothing even if its usable flag is set",
+            target: 4,
+            policy: Distribution::Even,
+            zones: vec![not_allowed("a", 0), zone("b", 0)],
+            desired: &[0, 4],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+        Example {
+            rule: "shrinking takes from the largest zones",
+            target: 6,
+            policy: Distribution::Even,
+            zones: vec![zone("a", 5), zone("b", 3), zone("c", 1)],
+            desired: &[3, 2, 1],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "shrinking takes from zones that are not usable first",
+            target: 5,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 4), zone("b", 4)],
+            desired: &[1, 4],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+        Example {
+            rule: "shrinking to zero empties every zone",
+            target: 0,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 4), zone("b", 7), not_allowed("c", 2)],
+            desired: &[0, 0, 0],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a", "c"],
+        },
+        Example {
+            rule: "with no usable zone the observed counts stay and the plan says so",
+            target: 5,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 2), exhausted("b", 1), not_allowed("c", 1)],
+            desired: &[2, 1, 0],
+            outcome: PlacementOutcome::NoUsableZone { unplaced: 2 },
+            closed: &["a", "b", "c"],
+        },
+        Example {
+            rule: "with no usable zone the pool still shrinks to its target",
+            target: 4,
+            policy: Distribution::Even,
+            zones: vec![exhausted("a", 3), exhausted("b", 3)],
+            desired: &[2, 2],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a", "b"],
+        },
+        Example {
+            rule: "a pool without zones cannot be placed",
+            target: 3,
+            policy: Distribution::Even,
+            zones: Vec::new(),
+            desired: &[],
+            outcome: PlacementOutcome::NoUsableZone { unplaced: 3 },
+            closed: &[],
+        },
+        Example {
+            rule: "a pool without zones and a target of zero is placed",
+            target: 0,
+            policy: Distribution::Even,
+            zones: Vec::new(),
+            desired: &[],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "even ignores capacity",
+            target: 4,
+            policy: Distribution::Even,
+            zones: vec![
+                with_capacity(zone("a", 0), 1),
+                with_capacity(zone("b", 0), 1),
+            ],
+            desired: &[2, 2],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "balanced caps zones at capacity and overflows to the others",
+            target: 12,
+            policy: Distribution::Balanced,
+            zones: vec![
+                with_capacity(zone("a", 0), 2),
+                zone("b", 0),
+                with_capacity(zone("c", 0), 10),
+            ],
+            desired: &[2, 5, 5],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "balanced reports the instances that do not fit",
+            target: 7,
+            policy: Distribution::Balanced,
+            zones: vec![
+                with_capacity(zone("a", 0), 2),
+                with_capacity(zone("b", 1), 3),
+            ],
+            desired: &[2, 3],
+            outcome: PlacementOutcome::CapacityShort { unplaced: 2 },
+            closed: &[],
+        },
+        Example {
+            rule: "balanced keeps live instances above a lowered capacity",
+            target: 8,
+            policy: Distribution::Balanced,
+            zones: vec![with_capacity(zone("a", 5), 2), zone("b", 0)],
+            desired: &[5, 3],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "any puts new instances in the zone that succeeded last",
+            target: 5,
+            policy: Distribution::Any,
+            zones: vec![
+                with_success(zone("a", 0), 100),
+                with_success(zone("b", 0), 200),
+                zone("c", 0),
+            ],
+            desired: &[0, 5, 0],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "any overflows in order of success when a zone is full",
+            target: 5,
+            policy: Distribution::Any,
+            zones: vec![
+                with_success(zone("a", 0), 100),
+                with_capacity(with_success(zone("b", 0), 200), 3),
+                zone("c", 0),
+            ],
+            desired: &[2, 3, 0],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "any without successes prefers the most room, then the fewest instances",
+            target: 6,
+            policy: Distribution::Any,
+            zones: vec![with_capacity(zone("a", 1), 5), zone("b", 3), zone("c", 0)],
+            desired: &[1, 3, 2],
+            outcome: PlacementOutcome::Placed,
+            closed: &[],
+        },
+        Example {
+            rule: "any keeps live instances and skips exhausted zones",
+            target: 6,
+            policy: Distribution::Any,
+            zones: vec![with_success(exhausted("a", 2), 500), zone("b", 1)],
+            desired: &[2, 4],
+            outcome: PlacementOutcome::Placed,
+            closed: &["a"],
+        },
+    ];
+    for example in examples {
+        let rule = example.rule;
+        let result = plan(example.target, example.policy, example.zones);
+        assert_eq!(desired(&result), example.desired, "{rule}");
+        assert_eq!(result.outcome, example.outcome, "{rule}");
+        for allocation in &result.zones {
+            let open = !example.closed.contains(&allocation.zone.as_str());
+            assert_eq!(allocation.accept_new, open, "{rule}: {}", allocation.zone);
+        }
+    }
 }
 
 #[test]
-fn live_instances_are_not_moved_to_rebalance() {
-    let result = plan(
-        10,
-        Distribution::Even,
-        vec![zone("a", 10), zone("b", 0), zone("c", 0)],
-    );
-    assert_eq!(desired(&result), [10, 0, 0]);
+fn invalid_input_is_refused() {
+    let cases = [
+        (
+            -1,
+            vec![zone("a", 0)],
+            DistributionError::NegativeTarget(-1),
+        ),
+        (
+            1,
+            vec![zone("a", 0), zone("b", 0), zone("a", 1)],
+            DistributionError::DuplicateZone("a".to_owned()),
+        ),
+    ];
+    for (target, zones, error) in cases {
+        let input = DistributionInput {
+            target,
+            policy: Distribution::Even,
+            zones,
+        };
+        assert_eq!(compute_desired(&input), Err(error));
+    }
 }
 
-#[test]
-fn exhausted_zone_keeps_its_count_and_gets_nothing_new() {
-    let result = plan(
-        9,
-        Distribution::Even,
-        vec![exhausted("a", 2), zone("b", 2), zone("c", 2)],
-    );
-    assert_eq!(desired(&result), [2, 4, 3]);
-    let a = result.zone("a");
-    assert_eq!(a.map(|a| a.accept_new), Some(false));
-    assert_eq!(result.zone("b").map(|b| b.accept_new), Some(true));
-}
-
-#[test]
-fn exhausted_zone_deficit_moves_to_others() {
-    // Zone a lost its 3 instances and is exhausted: b and c replace them at once.
-    let result = plan(
-        9,
-        Distribution::Even,
-        vec![exhausted("a", 0), zone("b", 3), zone("c", 3)],
-    );
-    assert_eq!(desired(&result), [0, 5, 4]);
-    assert_eq!(result.outcome, PlacementOutcome::Placed);
-}
-
-#[test]
-fn not_allowed_zone_gets_zero_and_its_instances_are_replaced() {
-    let result = plan(
-        3,
-        Distribution::Even,
-        vec![not_allowed("a", 3), zone("b", 0), zone("c", 0)],
-    );
-    assert_eq!(desired(&result), [0, 2, 1]);
-    assert_eq!(result.zone("a").map(|a| a.accept_new), Some(false));
-}
-
-#[test]
-fn not_allowed_zone_gets_nothing_even_if_usable_flag_is_set() {
-    let result = plan(
-        4,
-        Distribution::Even,
-        vec![not_allowed("a", 0), zone("b", 0)],
-    );
-    assert_eq!(desired(&result), [0, 4]);
-}
-
-#[test]
-fn shrink_takes_from_the_largest_zones() {
-    let result = plan(
-        6,
-        Distribution::Even,
-        vec![zone("a", 5), zone("b", 3), zone("c", 1)],
-    );
-    assert_eq!(desired(&result), [3, 2, 1]);
-}
-
-#[test]
-fn shrink_takes_from_not_usable_zones_first() {
-    let result = plan(5, Distribution::Even, vec![exhausted("a", 4), zone("b", 4)]);
-    assert_eq!(desired(&result), [1, 4]);
-}
-
-#[test]
-fn shrink_to_zero_empties_every_zone() {
-    let result = plan(
-        0,
-        Distribution::Even,
-        vec![exhausted("a", 4), zone("b", 7), not_allowed("c", 2)],
-    );
-    assert_eq!(desired(&result), [0, 0, 0]);
-    assert_eq!(result.outcome, PlacementOutcome::Placed);
-}
-
-#[test]
-fn no_usable_zone_keeps_observed_counts_and_says_so() {
-    let result = plan(
-        5,
-        Distribution::Even,
-        vec![exhausted("a", 2), exhausted("b", 1), not_allowed("c", 1)],
-    );
-    assert_eq!(desired(&result), [2, 1, 0]);
-    assert_eq!(
-        result.outcome,
-        PlacementOutcome::NoUsableZone { unplaced: 2 }
-    );
-}
-
-#[test]
-fn no_usable_zone_still_shrinks_to_target() {
-    let result = plan(
-        4,
-        Distribution::Even,
-        vec![exhausted("a", 3), exhausted("b", 3)],
-    );
-    assert_eq!(desired(&result), [2, 2]);
-    assert_eq!(result.outcome, PlacementOutcome::Placed);
-}
-
-#[test]
-fn pool_without_zones_cannot_be_placed() {
-    let result = plan(3, Distribution::Even, Vec::new());
-    assert!(result.zones.is_empty());
-    assert_eq!(
-        result.outcome,
-        PlacementOutcome::NoUsableZone { unplaced: 3 }
-    );
-    let empty = plan(0, Distribution::Even, Vec::new());
-    assert_eq!(empty.outcome, PlacementOutcome::Placed);
-}
-
-#[test]
-fn even_ignores_capacity() {
-    let result = plan(
-        4,
-        Distribution::Even,
-        vec![
-            with_capacity(zone("a", 0), 1),
-            with_capacity(zone("b", 0), 1),
-        ],
-    );
-    assert_eq!(desired(&result), [2, 2]);
-}
-
-#[test]
-fn balanced_caps_zones_at_capacity_and_overflows_to_others() {
-    let result = plan(
-        12,
-        Distribution::Balanced,
-        vec![
-            with_capacity(zone("a", 0), 2),
-            zone("b", 0),
-            with_capacity(zone("c", 0), 10),
-        ],
-    );
-    assert_eq!(desired(&result), [2, 5, 5]);
-    assert_eq!(result.outcome, PlacementOutcome::Placed);
-}
-
-#[test]
-fn balanced_reports_the_instances_that_do_not_fit() {
-    let result = plan(
-        7,
-        Distribution::Balanced,
-        vec![
-            with_capacity(zone("a", 0), 2),
-            with_capacity(zone("b", 1), 3),
-        ],
-    );
-    assert_eq!(desired(&result), [2, 3]);
-    assert_eq!(
-        result.outcome,
-        PlacementOutcome::CapacityShort { unplaced: 2 }
-    );
-}
-
-#[test]
-fn balanced_keeps_live_instances_above_a_lowered_capacity() {
-    let result = plan(
-        8,
-        Distribution::Balanced,
-        vec![with_capacity(zone("a", 5), 2), zone("b", 0)],
-    );
-    assert_eq!(desired(&result), [5, 3]);
-}
-
-#[test]
-fn any_puts_new_instances_in_the_zone_that_succeeded_last() {
-    let result = plan(
-        5,
-        Distribution::Any,
-        vec![
-            with_success(zone("a", 0), 100),
-            with_success(zone("b", 0), 200),
-            zone("c", 0),
-        ],
-    );
-    assert_eq!(desired(&result), [0, 5, 0]);
-}
-
-#[test]
-fn any_overflows_in_order_of_success_when_a_zone_is_full() {
-    let result = plan(
-        5,
-        Distribution::Any,
-        vec![
-            with_success(zone("a", 0), 100),
-            with_capacity(with_success(zone("b", 0), 200), 3),
-            zone("c", 0),
-        ],
-    );
-    assert_eq!(desired(&result), [2, 3, 0]);
-}
-
-#[test]
-fn any_without_successes_prefers_most_room_then_fewest_instances() {
-    let result = plan(
-        6,
-        Distribution::Any,
-        vec![with_capacity(zone("a", 1), 5), zone("b", 3), zone("c", 0)],
-    );
-    assert_eq!(desired(&result), [1, 3, 2]);
-}
-
-#[test]
-fn any_keeps_live_instances_and_skips_exhausted_zones() {
-    let result = plan(
-        6,
-        Distribution::Any,
-        vec![with_success(exhausted("a", 2), 500), zone("b", 1)],
-    );
-    assert_eq!(desired(&result), [2, 4]);
-}
-
-#[test]
-fn negative_target_is_refused() {
-    let input = DistributionInput {
-        target: -1,
-        policy: Distribution::Even,
-        zones: vec![zone("a", 0)],
-    };
-    assert_eq!(
-        compute_desired(&input),
-        Err(DistributionError::NegativeTarget(-1))
-    );
-}
-
-#[test]
-fn duplicate_zone_is_refused() {
-    let input = DistributionInput {
-        target: 1,
-        policy: Distribution::Even,
-        zones: vec![zone("a", 0), zone("b", 0), zone("a", 1)],
-    };
-    assert_eq!(
-        compute_desired(&input),
-        Err(DistributionError::DuplicateZone("a".to_owned()))
-    );
+/// Fifty empty zones, `z00` to `z49`.
+fn fifty_empty_zones() -> Vec<ZoneState> {
+    (0..50).map(|i| zone(&format!("z{i:02}"), 0)).collect()
 }
 
 #[test]
 fn huge_target_is_computed_without_per_instance_work() {
     // One step per instance would take hours here; water-filling takes microseconds.
-    let zones: Vec<ZoneState> = (0..50).map(|i| zone(&format!("z{i:02}"), 0)).collect();
+    let zones = fifty_empty_zones();
     let started = std::time::Instant::now();
     let result = plan(1_000_000_000_000, Distribution::Even, zones.clone());
     let balanced = plan(1_000_000_000_000, Distribution::Balanced, zones);
@@ -344,8 +346,7 @@ fn huge_target_is_computed_without_per_instance_work() {
 
 #[test]
 fn ten_thousand_over_fifty_zones_is_even() {
-    let zones: Vec<ZoneState> = (0..50).map(|i| zone(&format!("z{i:02}"), 0)).collect();
-    let result = plan(10_000, Distribution::Even, zones);
+    let result = plan(10_000, Distribution::Even, fifty_empty_zones());
     assert!(desired(&result).iter().all(|&d| d == 200));
 }
 
@@ -446,6 +447,23 @@ fn allowed_live(input: &DistributionInput) -> i64 {
 
 fn takes_new(state: &ZoneState) -> bool {
     state.allowed && state.usable
+}
+
+/// The pairs whose zone is planned above its live count.
+fn grown<'a>(
+    pairs: &'a [(&'a ZoneState, &'a ZoneAllocation)],
+) -> impl Iterator<Item = &'a (&'a ZoneState, &'a ZoneAllocation)> {
+    pairs
+        .iter()
+        .filter(|(state, allocation)| allocation.desired > live(state))
+}
+
+/// A zone that grew stays within its known capacity.
+fn within_capacity(state: &ZoneState, allocation: &ZoneAllocation) -> Result<(), TestCaseError> {
+    if let Some(capacity) = state.capacity {
+        prop_assert!(allocation.desired <= capacity as i64);
+    }
+    Ok(())
 }
 
 fn computed(input: &DistributionInput) -> DistributionPlan {
@@ -594,10 +612,8 @@ proptest! {
             .filter(|(state, _)| takes_new(state))
             .map(|(_, allocation)| allocation.desired)
             .min();
-        for (state, allocation) in &pairs {
-            if allocation.desired > live(state) {
-                prop_assert!(smallest.is_some_and(|min| allocation.desired <= min + 1));
-            }
+        for (_, allocation) in grown(&pairs) {
+            prop_assert!(smallest.is_some_and(|min| allocation.desired <= min + 1));
         }
     }
 
@@ -607,18 +623,14 @@ proptest! {
     ) {
         let plan = computed(&input);
         let pairs = paired(&input, &plan);
-        for (state, allocation) in &pairs {
-            if allocation.desired > live(state) {
-                if let Some(capacity) = state.capacity {
-                    prop_assert!(allocation.desired <= capacity as i64);
-                }
-                for (other_state, other) in &pairs {
-                    let has_room = other_state
-                        .capacity
-                        .is_none_or(|capacity| other.desired < capacity as i64);
-                    if takes_new(other_state) && has_room {
-                        prop_assert!(allocation.desired <= other.desired + 1);
-                    }
+        for (state, allocation) in grown(&pairs) {
+            within_capacity(state, allocation)?;
+            for (other_state, other) in &pairs {
+                let has_room = other_state
+                    .capacity
+                    .is_none_or(|capacity| other.desired < capacity as i64);
+                if takes_new(other_state) && has_room {
+                    prop_assert!(allocation.desired <= other.desired + 1);
                 }
             }
         }
@@ -630,20 +642,16 @@ proptest! {
     ) {
         let plan = computed(&input);
         let pairs = paired(&input, &plan);
-        for (state, allocation) in &pairs {
-            if allocation.desired > live(state) {
-                if let Some(capacity) = state.capacity {
-                    prop_assert!(allocation.desired <= capacity as i64);
-                }
-                // A more recently successful usable zone is full already.
-                for (other_state, other) in &pairs {
-                    if takes_new(other_state)
-                        && other_state.last_success_unix_ms > state.last_success_unix_ms
-                    {
-                        prop_assert!(other_state
-                            .capacity
-                            .is_some_and(|capacity| other.desired >= capacity as i64));
-                    }
+        for (state, allocation) in grown(&pairs) {
+            within_capacity(state, allocation)?;
+            // A more recently successful usable zone is full already.
+            for (other_state, other) in &pairs {
+                if takes_new(other_state)
+                    && other_state.last_success_unix_ms > state.last_success_unix_ms
+                {
+                    prop_assert!(other_state
+                        .capacity
+                        .is_some_and(|capacity| other.desired >= capacity as i64));
                 }
             }
         }
