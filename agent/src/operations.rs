@@ -289,33 +289,27 @@ mod tests {
             Some(ApiCall::WaitOperation),
             not_found("RESOURCE_NOT_FOUND"),
         );
-        let timeout = Duration::from_secs(5);
-        let outcome = run(
-            &fake,
-            Arc::new(Semaphore::new(1)),
-            "p",
-            "z-a",
-            "w-a",
-            &Op::Delete,
-            timeout,
-        )
-        .await;
+        let delete = || async {
+            let slots = Arc::new(Semaphore::new(1));
+            run(
+                &fake,
+                slots,
+                "p",
+                "z-a",
+                "w-a",
+                &Op::Delete,
+                Duration::from_secs(5),
+            )
+            .await
+        };
+        let outcome = delete().await;
         assert!(matches!(outcome, Outcome::Done(None)), "{outcome:?}");
         let gone = GceError::http(ApiCall::WaitOperation, 404, "notFound", "operation gone");
         fake.fail_next(Some(ApiCall::WaitOperation), gone);
         let instance: Instance =
             serde_json::from_value(serde_json::json!({ "name": "w-a" })).expect("instance");
         fake.put_instance("p", "z-a", instance);
-        let outcome = run(
-            &fake,
-            Arc::new(Semaphore::new(1)),
-            "p",
-            "z-a",
-            "w-a",
-            &Op::Delete,
-            timeout,
-        )
-        .await;
+        let outcome = delete().await;
         assert!(
             matches!(outcome, Outcome::Failed(GceError::Http { status: 404, .. })),
             "a lost operation is not a finished delete: {outcome:?}"

@@ -374,7 +374,8 @@ impl FakeCompute {
         Ok(())
     }
 
-    /// A start or resume: the instance gets the initial status, or the call is a 404.
+    /// A start or resume (which only a SUSPENDED instance takes): the instance gets the
+    /// initial status, or the call is a 404.
     fn bring_up(
         &self,
         call: ApiCall,
@@ -382,17 +383,33 @@ impl FakeCompute {
         zone: &str,
         name: &str,
     ) -> Result<Operation, GceError> {
+        let verb = match call {
+            ApiCall::Resume => "resume",
+            _ => "start",
+        };
+        if let Some(injected) = self.begin(Self::record(call, project, zone, Some(name))) {
+            return self.injected_outcome(injected, project, zone, verb, name);
+        }
+        let status = self
+            .instances(project, zone)
+            .into_iter()
+            .find(|i| i.name == name)
+            .and_then(|i| i.status);
+        if call == ApiCall::Resume && status.is_some_and(|s| s != InstanceStatus::Suspended) {
+            return Err(GceError::http(
+                call,
+                400,
+                "resourceNotReady",
+                &format!("The instance '{name}' is not suspended"),
+            ));
+        }
         if !self.set_status(project, zone, name, self.initial_status) {
             return Err(not_found(
                 call,
                 format!("projects/{project}/zones/{zone}/instances/{name}"),
             ));
         }
-        let operation_type = match call {
-            ApiCall::Resume => "resume",
-            _ => "start",
-        };
-        Ok(self.finish(project, zone, operation_type, name))
+        Ok(self.finish(project, zone, verb, name))
     }
 
     fn finish(&self, project: &str, zone: &str, operation_type: &str, target: &str) -> Operation {
@@ -588,14 +605,7 @@ impl Compute for FakeCompute {
         zone: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Operation, GceError>> {
-        Box::pin(async move {
-            if let Some(injected) =
-                self.begin(Self::record(ApiCall::Start, project, zone, Some(name)))
-            {
-                return self.injected_outcome(injected, project, zone, "start", name);
-            }
-            self.bring_up(ApiCall::Start, project, zone, name)
-        })
+        Box::pin(async move { self.bring_up(ApiCall::Start, project, zone, name) })
     }
 
     fn resume<'a>(
@@ -604,27 +614,7 @@ impl Compute for FakeCompute {
         zone: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Operation, GceError>> {
-        Box::pin(async move {
-            if let Some(injected) =
-                self.begin(Self::record(ApiCall::Resume, project, zone, Some(name)))
-            {
-                return self.injected_outcome(injected, project, zone, "resume", name);
-            }
-            let status = self
-                .instances(project, zone)
-                .into_iter()
-                .find(|i| i.name == name)
-                .and_then(|i| i.status);
-            if status.is_some_and(|s| s != InstanceStatus::Suspended) {
-                return Err(GceError::http(
-                    ApiCall::Resume,
-                    400,
-                    "resourceNotReady",
-                    &format!("The instance '{name}' is not suspended"),
-                ));
-            }
-            self.bring_up(ApiCall::Resume, project, zone, name)
-        })
+        Box::pin(async move { self.bring_up(ApiCall::Resume, project, zone, name) })
     }
 
     fn wait_operation<'a>(

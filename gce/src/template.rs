@@ -338,7 +338,7 @@ mod tests {
                 "`scheduling.preemptible`",
             ),
             (json!({"scheduling": 3}), "`scheduling`"),
-            (json!({"status": "MELTING"}), "`status`"),
+            (json!({"status": 5}), "`status`"),
         ];
         for (template, expected) in cases {
             let error = render(&template, VARS).expect_err("must fail");
