@@ -16,8 +16,10 @@ pub const PERMANENT_PAUSE: Duration = Duration::from_secs(300);
 /// What a failure leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaction {
-    /// The insert certainly failed and left no instance: remove its observed key. An
-    /// insert whose outcome is unknown keeps its key, to be resumed with its requestId.
+    /// The insert certainly failed and left no instance: remove its observed key. Only an
+    /// insert whose outcome is unknown (no answer, or one that could not be read) keeps its
+    /// key, to be resumed with its requestId: resuming a failed one would only replay its
+    /// failure, since GCE answers a repeated requestId with the same operation.
     pub forget_intent: bool,
     /// What else to do.
     pub action: Action,
@@ -81,14 +83,8 @@ pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Dura
         };
     }
     let forget_intent = kind == InFlight::Creating
-        && match class {
-            ErrorClass::Stockout
-            | ErrorClass::Quota
-            | ErrorClass::RateLimit
-            | ErrorClass::Permanent
-            | ErrorClass::NotFound => true,
-            ErrorClass::Retryable | ErrorClass::AlreadyExists => false,
-        };
+        && !error.outcome_unknown()
+        && class != ErrorClass::AlreadyExists;
     let action = if let GceError::OperationTimeout { .. } = error {
         Action::FollowInLists
     } else {
@@ -402,7 +398,39 @@ mod tests {
             }
         );
         assert_eq!(event(InFlight::Creating, "w-a", &exists, &r.action), None);
-        let transient = GceError::http(ApiCall::Insert, 500, "backendError", "oops");
-        assert!(!react(InFlight::Creating, &transient, || DELAY).forget_intent);
+    }
+
+    #[test]
+    fn only_an_insert_whose_outcome_is_unknown_keeps_its_intent() {
+        let mut failed_operation = stockout_operation();
+        if let GceError::OperationFailed {
+            errors,
+            http_status,
+            ..
+        } = &mut failed_operation
+        {
+            errors[0].code = "INTERNAL_ERROR".into();
+            *http_status = Some(500);
+        }
+        assert_eq!(failed_operation.class(), ErrorClass::Retryable);
+        let r = react(InFlight::Creating, &failed_operation, || DELAY);
+        assert!(
+            r.forget_intent,
+            "a DONE operation with an error failed: not resumed"
+        );
+        let refused = GceError::http(ApiCall::Insert, 500, "backendError", "oops");
+        assert!(react(InFlight::Creating, &refused, || DELAY).forget_intent);
+        assert!(!react(InFlight::Creating, &timeout(), || DELAY).forget_intent);
+        let garbled = GceError::Decode {
+            call: ApiCall::Insert,
+            url: String::new(),
+            status: 200,
+            problem: "EOF".into(),
+            snippet: String::new(),
+        };
+        assert!(
+            !react(InFlight::Creating, &garbled, || DELAY).forget_intent,
+            "an answer that cannot be read may hide a created instance"
+        );
     }
 }

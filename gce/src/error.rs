@@ -272,6 +272,23 @@ impl GceError {
         }
     }
 
+    /// Whether the call may have taken effect although it errored: its answer never came
+    /// (a timeout, a broken connection, an operation still running) or could not be
+    /// read. Every other error is GCE saying the call failed.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            GceError::OperationTimeout { .. }
+            | GceError::Timeout { .. }
+            | GceError::Transport { .. }
+            | GceError::Decode { .. } => true,
+            GceError::Http { .. }
+            | GceError::OperationFailed { .. }
+            | GceError::InvalidResponse { .. }
+            | GceError::InvalidRequest { .. }
+            | GceError::Auth { .. } => false,
+        }
+    }
+
     /// The messages GCE sent with the error.
     fn messages(&self) -> Vec<&str> {
         match self {
