@@ -1,5 +1,6 @@
 //! Reading a pool config file: prevmtable's rjson (parsed as Hjson), JSON or YAML, into a
-//! generic JSON value that [`crate::validation`] then checks.
+//! generic JSON value that [`pm_pool::validate`] then checks. An object naming a key twice
+//! is refused in every syntax.
 //!
 //! With `--format auto` (the default) a document whose first character (after blank lines
 //! and comments) is `{` or `[` is read as JSON, and when that fails as Hjson, which
@@ -11,6 +12,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::unique_keys::UniqueKeys;
 
 /// Largest config file read: far beyond any real template.
 pub const MAX_SIZE: usize = 1 << 20;
@@ -93,7 +95,9 @@ fn bracket_depth(text: &str) -> usize {
 }
 
 fn parse_json(text: &str) -> std::result::Result<Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+    serde_json::from_str::<UniqueKeys>(text)
+        .map(|v| v.0)
+        .map_err(|e| format!("not valid JSON: {e}"))
 }
 
 /// Parses Hjson. deser-hjson 2.2 slices its input by byte offsets and panics on some
@@ -102,10 +106,12 @@ fn parse_json(text: &str) -> std::result::Result<Value, String> {
 fn parse_hjson(text: &str) -> std::result::Result<Value, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(|| deser_hjson::from_str::<Value>(text));
+    let outcome = std::panic::catch_unwind(|| deser_hjson::from_str::<UniqueKeys>(text));
     std::panic::set_hook(hook);
     match outcome {
-        Ok(parsed) => parsed.map_err(|e| format!("not valid rjson/Hjson: {e}")),
+        Ok(parsed) => parsed
+            .map(|v| v.0)
+            .map_err(|e| format!("not valid rjson/Hjson: {e}")),
         Err(_) => Err(
             "not valid rjson/Hjson: the parser gave up on this text (check quotes around non-ASCII characters)"
                 .into(),

@@ -3,7 +3,7 @@
 //! only, so it works while no scheduler leads.
 //!
 //! - [`cli`]: the command line. [`run`] dispatches it.
-//! - [`config_file`], [`yaml`]: pool config files (prevmtable's rjson, Hjson, JSON,
+//! - [`config_file`], [`yaml`], [`unique_keys`]: pool config files (prevmtable's rjson, Hjson, JSON,
 //!   YAML) parsed; what they mean, their checks and their written-back form are
 //!   [`pm_pool`]'s.
 //! - [`pool_config`], [`zone`]: the writes, all compare-and-swap or lease-bound.
@@ -21,6 +21,7 @@ pub mod output;
 pub mod pool_config;
 pub mod snapshot;
 pub mod status;
+pub mod unique_keys;
 pub mod yaml;
 pub mod zone;
 

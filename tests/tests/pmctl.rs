@@ -330,6 +330,15 @@ async fn a_bad_config_exits_1_names_each_field_and_changes_nothing() {
     let args = ["config", "set", "web", "-f", syntax.as_str()];
     let stderr = assert_exit(&ctl.run(&args).await, 1, &args);
     assert!(stderr.contains("not valid"), "{stderr}");
+    for (name, text) in [
+        ("twice.json", "{\"targetVMCount\": 2, \"allowedZones\": [\"zone-a\"], \"prefix\": \"web-\", \"prefix\": \"api-\", \"instance\": {}}"),
+        ("twice.rjson", "{\n  targetVMCount: 2\n  allowedZones: [\"zone-a\"]\n  prefix: \"web-\"\n  instance: { labels: { a: \"x\", a: \"y\" } }\n}\n"),
+    ] {
+        let twice = ctl.file(name, text);
+        let args = ["config", "set", "web", "-f", twice.as_str()];
+        let stderr = assert_exit(&ctl.run(&args).await, 1, &args);
+        assert!(stderr.contains("given twice"), "{name}: {stderr}");
+    }
     let args = ["config", "set", "web", "-f", "/nonexistent/pool.yaml"];
     let stderr = assert_exit(&ctl.run(&args).await, 1, &args);
     assert!(
