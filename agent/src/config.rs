@@ -45,6 +45,19 @@ pub struct AgentConfig {
     /// Hooks running at once; more wait their turn (reconciling never waits).
     #[arg(long, env = "PM_HOOK_CONCURRENCY", default_value_t = 4)]
     pub hook_concurrency: usize,
+    /// Hooks waiting or running at most; a hook beyond is dropped, with an event.
+    #[arg(long, env = "PM_HOOK_QUEUE", default_value_t = crate::hooks::DEFAULT_QUEUE)]
+    pub hook_queue: usize,
+    /// A variable of the agent's environment to pass on to hooks (repeatable, or a comma
+    /// list). Hooks otherwise get only PATH and the documented PROJECT, ZONE, NAME, POOL
+    /// and EVENT.
+    #[arg(
+        long = "hook-env",
+        env = "PM_HOOK_ENV",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub hook_env: Vec<String>,
     /// GCE creates and deletes in flight at once, over all pools.
     #[arg(long, env = "PM_MAX_CONCURRENT", default_value_t = 32)]
     pub max_concurrent: usize,
@@ -65,6 +78,13 @@ impl AgentConfig {
         }
         if self.hook_concurrency == 0 {
             return Err("--hook-concurrency must be at least 1".into());
+        }
+        if self.hook_queue == 0 {
+            return Err("--hook-queue must be at least 1".into());
+        }
+        for name in &self.hook_env {
+            crate::hooks::check_passed_env(name)
+                .map_err(|e| format!("--hook-env {name:?}: {e}"))?;
         }
         if !(self.gce_endpoint.starts_with("http://") || self.gce_endpoint.starts_with("https://"))
         {

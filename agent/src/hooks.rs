@@ -1,6 +1,7 @@
-//! Running the operator's hooks: from the hooks dir only, with prevmtable's environment
-//! plus `POOL` and `EVENT`, a timeout, output into the log, bounded concurrency, and
-//! never in the way of reconciling.
+//! Running the operator's hooks: from the hooks dir only, with a cleared environment
+//! holding prevmtable's variables plus `POOL` and `EVENT` (and what `--hook-env` lets
+//! through), one timeout over the whole run, output into the log, bounded concurrency and
+//! a bounded queue, and never in the way of reconciling.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,6 +25,15 @@ const MAX_LOGGED_LINES: usize = 200;
 
 /// Longest logged line, in bytes.
 const MAX_LINE_BYTES: usize = 2048;
+
+/// How long the output of what a hook left behind is still read after the hook exited.
+const READ_GRACE: Duration = Duration::from_secs(1);
+
+/// `PATH` of a hook when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Hooks waiting for a slot or running, at most, unless set otherwise.
+pub const DEFAULT_QUEUE: usize = 1000;
 
 /// Why a hook did not run or failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,6 +60,14 @@ pub enum HookError {
         /// The timeout.
         timeout: Duration,
     },
+    /// The queue of hooks waiting to run was full; this one was dropped.
+    #[error("hook {name:?} dropped: {queued} hooks already waiting or running")]
+    Dropped {
+        /// The hook.
+        name: String,
+        /// How many were queued.
+        queued: usize,
+    },
     /// It exited unsuccessfully.
     #[error("hook {name:?} failed: {status}")]
     Failed {
@@ -69,6 +87,7 @@ impl HookError {
             HookError::NotRunnable { .. } => "not_runnable",
             HookError::TimedOut { .. } => "timed_out",
             HookError::Failed { .. } => "failed",
+            HookError::Dropped { .. } => "dropped",
         }
     }
 }
@@ -82,6 +101,23 @@ pub struct HookRunLabels {
     pub event: &'static str,
     /// `ok` or [`HookError::result_label`].
     pub result: &'static str,
+}
+
+/// Whether `name` may be passed on to hooks with `--hook-env`: a variable name, not one
+/// pm sets itself, and never one holding pm's secrets.
+pub fn check_passed_env(name: &str) -> Result<(), String> {
+    let shaped = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !shaped {
+        return Err("is not a variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
+    }
+    if ["PATH", "PROJECT", "ZONE", "NAME", "POOL", "EVENT"].contains(&name) {
+        return Err("is set by pm for every hook".into());
+    }
+    if name == "PM_ETCD_PASSWORD" || name.ends_with("_PASSWORD") {
+        return Err("holds a secret; hooks never see it".into());
+    }
+    Ok(())
 }
 
 /// What one hook run is about.
@@ -110,6 +146,12 @@ pub struct HookRunner {
     timeout: Duration,
     /// Permits for concurrently running hooks.
     slots: Arc<Semaphore>,
+    /// Permits for hooks waiting or running; a hook finding none is dropped.
+    queue: Arc<Semaphore>,
+    /// The queue's size.
+    queue_size: usize,
+    /// Variables of the agent's environment passed on to hooks (`--hook-env`).
+    passthrough: Arc<Vec<String>>,
     /// Where failures are recorded.
     events: Arc<EventLog>,
     /// Runs by zone, event and result; a family of its own unless given one.
@@ -128,9 +170,25 @@ impl HookRunner {
             dir,
             timeout,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            queue: Arc::new(Semaphore::new(DEFAULT_QUEUE)),
+            queue_size: DEFAULT_QUEUE,
+            passthrough: Arc::new(Vec::new()),
             events,
             runs: Family::default(),
         }
+    }
+
+    /// At most `size` hooks wait or run at once; more are dropped with an event.
+    pub fn with_queue(mut self, size: usize) -> Self {
+        self.queue_size = size.max(1);
+        self.queue = Arc::new(Semaphore::new(self.queue_size));
+        self
+    }
+
+    /// Passes these variables of the agent's environment on to hooks (when set).
+    pub fn passing_env(mut self, names: Vec<String>) -> Self {
+        self.passthrough = Arc::new(names);
+        self
     }
 
     /// Counts runs into `runs` (`pm_hook_runs_total`) instead of a family of its own.
@@ -143,10 +201,17 @@ impl HookRunner {
     /// and is counted by result; a failure is also recorded as an event.
     pub fn spawn(&self, call: HookCall) -> tokio::task::JoinHandle<Result<(), HookError>> {
         let runner = self.clone();
+        let queued = self.queue.clone().try_acquire_owned();
         tokio::spawn(async move {
-            let result = match runner.slots.clone().acquire_owned().await {
-                Ok(_permit) => runner.run(&call).await,
-                Err(_) => Ok(()),
+            let result = match queued {
+                Err(_) => Err(HookError::Dropped {
+                    name: call.name.clone(),
+                    queued: runner.queue_size,
+                }),
+                Ok(_queued) => match runner.slots.clone().acquire_owned().await {
+                    Ok(_permit) => runner.run(&call).await,
+                    Err(_) => Ok(()),
+                },
             };
             let labels = HookRunLabels {
                 zone: call.zone.clone(),
@@ -201,10 +266,21 @@ impl HookRunner {
         Ok(path)
     }
 
-    /// Runs one hook to its end (or timeout) in the foreground.
+    /// Runs one hook to its end (or timeout) in the foreground. The timeout covers the
+    /// whole run, reading its output included; at the end its process group is killed in
+    /// every case, so a child it left behind holding its pipes never keeps the slot.
     pub async fn run(&self, call: &HookCall) -> Result<(), HookError> {
         let path = self.resolve(&call.name)?;
         let mut command = Command::new(&path);
+        command.env_clear().env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        );
+        for name in self.passthrough.iter() {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .env("PROJECT", &call.project)
             .env("ZONE", &call.zone)
@@ -233,36 +309,47 @@ impl HookRunner {
             .stderr
             .take()
             .map(|s| tokio::spawn(log_output(s, call.clone(), "stderr")));
-        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
+        let group = child.id();
+        let mut readers: Vec<_> = [out, err].into_iter().flatten().collect();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let exited = tokio::time::timeout_at(deadline, child.wait()).await;
+        if exited.is_ok() {
+            // Children it left behind may hold its pipes open: read what they write for a
+            // moment, within the timeout, then end them with the group.
+            let grace = deadline.min(tokio::time::Instant::now() + READ_GRACE);
+            let drained = async {
+                for reader in readers.iter_mut() {
+                    reader.await.ok();
+                }
+            };
+            tokio::time::timeout_at(grace, drained).await.ok();
+        }
+        // The hook runs in its own process group: end what it started too, whether it
+        // timed out or left children behind.
+        if let Some(pid) = group {
+            std::process::Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status()
+                .ok();
+        }
+        for reader in &readers {
+            reader.abort();
+        }
+        let status = match exited {
             Ok(status) => status.map_err(|e| HookError::Failed {
                 name: call.name.clone(),
                 status: e.to_string(),
             })?,
             Err(_) => {
-                // The hook runs in its own process group: kill what it started too.
-                if let Some(pid) = child.id() {
-                    std::process::Command::new("kill")
-                        .args(["-s", "KILL", "--", &format!("-{pid}")])
-                        .status()
-                        .ok();
-                }
                 child.start_kill().ok();
                 child.wait().await.ok();
-                if let Some(h) = out {
-                    h.abort();
-                }
-                if let Some(h) = err {
-                    h.abort();
-                }
                 return Err(HookError::TimedOut {
                     name: call.name.clone(),
                     timeout: self.timeout,
                 });
             }
         };
-        for handle in [out, err].into_iter().flatten() {
-            handle.await.ok();
-        }
         if status.success() {
             tracing::info!(hook = %call.name, event = call.event.as_str(), pool = %call.pool, zone = %call.zone, instance = %call.instance, "hook succeeded");
             Ok(())

@@ -129,6 +129,8 @@ pub async fn run_with(
         config.hook_concurrency,
         events.clone(),
     )
+    .with_queue(config.hook_queue)
+    .passing_env(config.hook_env.clone())
     .counting_runs_in(metrics.hook_runs.clone());
     let ctx = AgentContext {
         store,

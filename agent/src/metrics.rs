@@ -59,7 +59,7 @@ pub const RECONCILE_DURATION: MetricDef = MetricDef::histogram(
 /// `pm_hook_runs_total{zone,event,result}`.
 pub const HOOK_RUNS: MetricDef = MetricDef::counter(
     "pm_hook_runs",
-    "Hook runs by event and result: ok, failed, timed_out, not_runnable, bad_name, no_hooks_dir",
+    "Hook runs by event and result: ok, failed, timed_out, not_runnable, bad_name, no_hooks_dir, dropped",
 );
 
 /// Every metric pm-agent exports: what dashboards and alert rules may use.

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pm_agent::hooks::{HookCall, HookError, HookEvent, HookRunner};
-use pm_etcd::{EtcdOptions, EventLog, Keyspace, Store};
+use pm_etcd::{EventLog, Store};
 use pm_proto::Event;
-use pm_tests::{eventually, unique_prefix, EtcdCluster};
+use pm_tests::{eventually, EtcdCluster};
 
 async fn runner(dir: Option<&Path>, timeout: Duration) -> (EtcdCluster, Store, HookRunner) {
     let etcd = EtcdCluster::start(1).await;
-    let client = EtcdOptions::new(etcd.endpoints()).connect().await.unwrap();
-    let store = Store::new(client, Keyspace::new(&unique_prefix()).unwrap());
+    let store = etcd.store().await;
     let events = Arc::new(EventLog::new(
         store.clone(),
         "agent-test",
@@ -168,6 +167,134 @@ async fn only_plain_names_in_the_hooks_dir_run() {
         no_dir.run(&call("ok", HookEvent::Create)).await,
         Err(HookError::NoHooksDir(_))
     ));
+}
+
+/// The event of kind `kind` recorded for pool `web`, once it is there.
+async fn event_of(store: &Store, kind: &str) -> Event {
+    let prefix = store.keys().events_prefix("web").unwrap();
+    eventually(
+        &format!("a {kind} event"),
+        Duration::from_secs(10),
+        || async {
+            store
+                .list::<Event>(&prefix)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|(_, v)| v.value)
+                .find(|e| e.kind == kind)
+        },
+    )
+    .await
+}
+
+fn is_gone(pid: &str) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    state.is_empty() || state.contains(") Z ")
+}
+
+#[tokio::test]
+async fn a_child_left_holding_the_pipes_neither_holds_the_slot_nor_outlives_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    script(
+        dir.path(),
+        "daemonize",
+        &format!(
+            "sleep 600 & echo $! > {}; echo started; exit 0",
+            pidfile.display()
+        ),
+    );
+    let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(60)).await;
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        runner.run(&call("daemonize", HookEvent::Create)),
+    )
+    .await
+    .expect("the run ends although a child holds its stdout");
+    assert_eq!(result, Ok(()), "the hook itself succeeded");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let child = std::fs::read_to_string(&pidfile).unwrap();
+    eventually(
+        "the child is killed with the group",
+        Duration::from_secs(10),
+        || async { is_gone(&child).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hooks_see_a_cleared_environment_plus_what_hook_env_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.txt");
+    script(
+        dir.path(),
+        "env",
+        &format!("env | sort > {}", out.display()),
+    );
+    // Set for this test process only by its own unique names.
+    std::env::set_var("PM_HOOK_TEST_SECRET", "s3cret");
+    std::env::set_var("PM_HOOK_TEST_PASSED", "visible");
+    let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(10)).await;
+    let runner = runner.passing_env(vec!["PM_HOOK_TEST_PASSED".into()]);
+    runner.run(&call("env", HookEvent::Create)).await.unwrap();
+    let env = std::fs::read_to_string(&out).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "EVENT",
+            "NAME",
+            "PATH",
+            "PM_HOOK_TEST_PASSED",
+            "POOL",
+            "PROJECT",
+            "ZONE"
+        ],
+        "{env}"
+    );
+    assert!(!env.contains("s3cret"), "{env}");
+    for refused in [
+        "PM_ETCD_PASSWORD",
+        "DB_PASSWORD",
+        "PATH",
+        "NAME",
+        "1X",
+        "A-B",
+    ] {
+        assert!(
+            pm_agent::hooks::check_passed_env(refused).is_err(),
+            "{refused}"
+        );
+    }
+    assert_eq!(pm_agent::hooks::check_passed_env("HTTPS_PROXY"), Ok(()));
+}
+
+#[tokio::test]
+async fn hooks_beyond_the_queue_are_dropped_with_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "slow", "sleep 2");
+    let (_etcd, store, runner) = runner(Some(dir.path()), Duration::from_secs(30)).await;
+    let runner = runner.with_queue(2);
+    let handles: Vec<_> = (0..5)
+        .map(|_| runner.spawn(call("slow", HookEvent::Create)))
+        .collect();
+    let mut dropped = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            Err(HookError::Dropped { queued: 2, .. }) => dropped += 1,
+            other => assert_eq!(other, Ok(())),
+        }
+    }
+    assert_eq!(dropped, 3, "two fit the queue, three are dropped");
+    let event = event_of(&store, "hook-failed").await;
+    assert!(event.message.contains("dropped"), "{}", event.message);
 }
 
 async fn runner_without_dir() -> (EtcdCluster, Store, HookRunner) {
