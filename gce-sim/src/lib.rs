@@ -136,8 +136,8 @@ pub enum SimConfigError {
     #[error("machine type {0:?} is listed twice")]
     DuplicateMachineType(String),
     /// The discovery document cannot be used.
-    #[error("unusable discovery document")]
-    Discovery(#[source] DiscoveryError),
+    #[error(transparent)]
+    Discovery(DiscoveryError),
 }
 
 impl SimConfig {
