@@ -1,5 +1,5 @@
-//! gce-sim's Compute v1 endpoints, and the middleware that injects faults and counts
-//! requests for them.
+//! gce-sim's Compute v1 endpoints, and the middleware that enforces the front end's
+//! framing, injects faults and counts requests for them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -89,7 +89,8 @@ fn method_name(method: &Method, route: Option<&str>) -> &'static str {
     }
 }
 
-/// Latency, injected errors and request counting for the compute API.
+/// Latency, the front end's framing rules, injected errors and request counting for
+/// the compute API.
 pub(super) async fn faults_and_stats(
     State(sim): State<Arc<Shared>>,
     request: Request,
@@ -113,13 +114,14 @@ pub(super) async fn faults_and_stats(
         (Duration::from_millis(faults.latency_ms), injected)
     };
     hold(&sim, latency).await;
-    let response = match injected {
-        Some((status, reason)) => envelope(
+    let response = match (crate::framing::refusal(&request), injected) {
+        (Some(refused), _) => refused,
+        (None, Some((status, reason))) => envelope(
             status,
             &reason,
             &format!("Injected fault: HTTP {status} {reason}"),
         ),
-        None => next.run(request).await,
+        (None, None) => next.run(request).await,
     };
     let mut world = sim.world();
     world.count_request(method, response.status().as_str());

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,15 @@ pub struct Args {
     /// Seed of the random source, for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Machine types every zone offers, comma-separated; absent: f1-micro, g1-small and
+    /// the common e2, n1, n2 and n2d types.
+    #[arg(long, value_delimiter = ',')]
+    pub machine_types: Option<Vec<String>>,
+    /// A Compute v1 discovery document (e.g. google-api-python-client's
+    /// compute.v1.json) to check request bodies against, in place of the trimmed copy
+    /// compiled in.
+    #[arg(long, value_name = "FILE")]
+    pub discovery_document: Option<PathBuf>,
 }
 
 impl Args {
@@ -50,6 +60,13 @@ impl Args {
             boot_delay: Duration::from_millis(self.boot_delay_ms),
             preempt_rate: self.preempt_rate,
             seed: self.seed,
+            machine_types: self
+                .machine_types
+                .as_ref()
+                .map_or_else(crate::default_machine_types, |list| {
+                    list.iter().map(|m| m.trim().to_string()).collect()
+                }),
+            discovery_document: self.discovery_document.clone(),
             ..SimConfig::default()
         };
         config.validate()?;
@@ -103,6 +120,10 @@ mod tests {
             "1.5",
             "--seed",
             "9",
+            "--machine-types",
+            "e2-small, n2-standard-2",
+            "--discovery-document",
+            "/tmp/compute.v1.json",
         ])
         .expect("parses");
         let config = args.config().expect("valid");
@@ -112,6 +133,15 @@ mod tests {
         assert_eq!(config.boot_delay, Duration::from_millis(6));
         assert_eq!(config.preempt_rate, 1.5);
         assert_eq!(config.seed, Some(9));
+        assert_eq!(config.machine_types, vec!["e2-small", "n2-standard-2"]);
+        assert_eq!(
+            config.discovery_document.as_deref(),
+            Some(std::path::Path::new("/tmp/compute.v1.json"))
+        );
+        let defaults = Args::try_parse_from(["gce-sim"]).expect("parses");
+        let config = defaults.config().expect("valid");
+        assert_eq!(config.machine_types, crate::default_machine_types());
+        assert_eq!(config.discovery_document, None);
     }
 
     #[test]
@@ -130,6 +160,17 @@ mod tests {
         assert!(matches!(
             args.config(),
             Err(SimConfigError::DuplicateZone(_))
+        ));
+        let args =
+            Args::try_parse_from(["gce-sim", "--machine-types", "e2-small,E2"]).expect("parses");
+        assert!(matches!(
+            args.config(),
+            Err(SimConfigError::BadMachineType(..))
+        ));
+        let args = Args::try_parse_from(["gce-sim", "--machine-types", "a,a"]).expect("parses");
+        assert!(matches!(
+            args.config(),
+            Err(SimConfigError::DuplicateMachineType(_))
         ));
     }
 }

@@ -23,11 +23,14 @@ mod api;
 pub mod cli;
 mod clock;
 pub mod control;
+mod framing;
+mod machine_types;
 mod world;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,9 +44,10 @@ pub use control::{
     CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PoolReport, PreemptRequest,
     PreemptResponse, SimControl, SimControlError, SimState, SimStats, ZoneReport,
 };
-pub use world::URL_ROOT;
+pub use machine_types::default_machine_types;
+pub use world::{DiscoveryError, URL_ROOT};
 
-use world::World;
+use world::{Schemas, World};
 
 /// How often random preemptions are drawn when `preempt_rate` is set.
 const PREEMPT_TICK: Duration = Duration::from_millis(200);
@@ -72,11 +76,17 @@ pub struct SimConfig {
     /// Seed of the random source (ids, preemption choices, injected faults); `None`
     /// seeds from the OS.
     pub seed: Option<u64>,
+    /// Machine types every zone offers; an instance of another type is refused.
+    pub machine_types: Vec<String>,
+    /// A Compute v1 discovery document to check request bodies against, in place of
+    /// the trimmed copy compiled in.
+    pub discovery_document: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
     /// Three zones of capacity 100,000, 100 ms operations, 300 ms boots, 30 s wait bound,
-    /// no random preemption.
+    /// no random preemption, [`default_machine_types`], the compiled-in discovery
+    /// document.
     fn default() -> Self {
         SimConfig {
             zones: ["us-central1-a", "us-central1-b", "us-central1-c"]
@@ -89,6 +99,8 @@ impl Default for SimConfig {
             wait_bound: Duration::from_secs(30),
             preempt_rate: 0.0,
             seed: None,
+            machine_types: default_machine_types(),
+            discovery_document: None,
         }
     }
 }
@@ -114,6 +126,18 @@ pub enum SimConfigError {
     /// The wait bound is zero.
     #[error("the zoneOperations.wait bound must be greater than zero")]
     ZeroWaitBound,
+    /// The machine-type catalog is empty.
+    #[error("at least one machine type is required")]
+    NoMachineTypes,
+    /// A machine type breaks GCE's naming rules.
+    #[error("invalid machine type {0:?}")]
+    BadMachineType(String, #[source] pm_gce::template::NameError),
+    /// The same machine type is listed twice.
+    #[error("machine type {0:?} is listed twice")]
+    DuplicateMachineType(String),
+    /// The discovery document cannot be used.
+    #[error(transparent)]
+    Discovery(DiscoveryError),
 }
 
 impl SimConfig {
@@ -137,6 +161,16 @@ impl SimConfig {
         }
         if self.wait_bound.is_zero() {
             return Err(SimConfigError::ZeroWaitBound);
+        }
+        if self.machine_types.is_empty() {
+            return Err(SimConfigError::NoMachineTypes);
+        }
+        for (i, machine_type) in self.machine_types.iter().enumerate() {
+            pm_gce::template::validate_name(machine_type)
+                .map_err(|e| SimConfigError::BadMachineType(machine_type.clone(), e))?;
+            if self.machine_types[..i].contains(machine_type) {
+                return Err(SimConfigError::DuplicateMachineType(machine_type.clone()));
+            }
         }
         Ok(())
     }
@@ -199,6 +233,16 @@ impl SimBuilder {
         preempt_rate: f64,
     }
 
+    /// The machine types every zone offers.
+    pub fn machine_types<I, S>(mut self, machine_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.machine_types = machine_types.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Seed of the random source.
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = Some(seed);
@@ -211,12 +255,14 @@ impl SimBuilder {
         self
     }
 
-    /// Validates the settings and builds the sim.
+    /// Validates the settings, loads the discovery document and builds the sim.
     pub fn build(self) -> Result<Sim, SimConfigError> {
         self.config.validate()?;
+        let schemas = Schemas::load(self.config.discovery_document.as_deref())
+            .map_err(SimConfigError::Discovery)?;
         Ok(Sim {
             shared: Arc::new(Shared {
-                world: Mutex::new(World::new(self.config.clone())),
+                world: Mutex::new(World::with_schemas(self.config.clone(), schemas)),
                 shutdown: CancellationToken::new(),
                 preempt_rate: self.config.preempt_rate,
             }),
@@ -266,7 +312,8 @@ impl Sim {
             .route("/sim/v1/preempt", post(control::preempt))
             .route("/sim/v1/faults", post(control::set_faults))
             .route("/sim/v1/reset", post(control::reset))
-            .route("/sim/v1/stats", get(control::stats));
+            .route("/sim/v1/stats", get(control::stats))
+            .layer(axum::middleware::from_fn(framing::enforce));
         compute
             .merge(control)
             .fallback(api::unknown_path)

@@ -84,10 +84,10 @@ def control(root, path, body=None):
         return json.loads(reply.read())
 
 
-def instance_body(name, **scheduling):
+def instance_body(name, zone=ZONE_A, **scheduling):
     return {
         "name": name,
-        "machineType": f"zones/{ZONE_A}/machineTypes/e2-small",
+        "machineType": f"zones/{zone}/machineTypes/e2-small",
         "labels": {"pm-pool": "web"},
         "scheduling": {"preemptible": True, **scheduling},
         "disks": [{"boot": True, "initializeParams": {"sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}],
@@ -117,7 +117,7 @@ def eventually(condition, what):
 
 def insert(compute, name, zone=ZONE_A, **scheduling):
     return compute.instances().insert(
-        project=PROJECT, zone=zone, body=instance_body(name, **scheduling), requestId=str(uuid.uuid4())
+        project=PROJECT, zone=zone, body=instance_body(name, zone, **scheduling), requestId=str(uuid.uuid4())
     ).execute()
 
 

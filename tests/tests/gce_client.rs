@@ -69,7 +69,10 @@ fn instance(name: &str) -> Instance {
         "name": name,
         "machineType": format!("zones/{ZONE}/machineTypes/e2-small"),
         "labels": {"pm-pool": "web"},
-        "scheduling": {"preemptible": true, "instanceTerminationAction": "STOP"}
+        "scheduling": {"preemptible": true, "instanceTerminationAction": "STOP"},
+        "disks": [{"boot": true, "autoDelete": true, "initializeParams": {
+            "sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}],
+        "networkInterfaces": [{"network": "global/networks/default"}]
     }))
     .expect("instance")
 }
@@ -390,6 +393,132 @@ async fn invalid_instances_are_permanent_and_not_retried() {
         .await
         .expect_err("bad request id");
     assert_eq!(error.class(), ErrorClass::Permanent, "{error}");
+}
+
+#[tokio::test]
+async fn the_front_end_refuses_unframed_posts_and_bodies_that_are_not_json() {
+    let s = setup().await;
+    let http = reqwest::Client::new();
+    let start = format!(
+        "{}projects/{PROJECT}/zones/{ZONE}/instances/web-1/start",
+        s.sim.compute_url()
+    );
+    // hyper sends no length header for a POST without a body.
+    let reply = http.post(&start).send().await.expect("reply");
+    assert_eq!(reply.status().as_u16(), 411);
+    let page = reply.text().await.expect("page");
+    assert!(
+        page.contains("POST requests require a <code>Content-length</code> header"),
+        "{page}"
+    );
+    let reply = http
+        .post(format!("{}/sim/v1/reset", s.sim.url()))
+        .send()
+        .await
+        .expect("reply");
+    assert_eq!(reply.status().as_u16(), 411, "the control API too");
+    let insert = format!(
+        "{}projects/{PROJECT}/zones/{ZONE}/instances",
+        s.sim.compute_url()
+    );
+    let reply = http
+        .post(&insert)
+        .header("content-type", "text/plain")
+        .body(serde_json::to_string(&instance("web-1")).expect("json"))
+        .send()
+        .await
+        .expect("reply");
+    assert_eq!(reply.status().as_u16(), 400);
+    assert!(reply.text().await.expect("body").contains("text/plain"));
+    assert_eq!(requests_of(&s.control, "compute.instances.insert").await, 1);
+    assert!(s
+        .compute
+        .list(PROJECT, ZONE, None)
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn requests_are_checked_like_gce_checks_them() {
+    let s = setup().await;
+    type Edit = fn(&mut Instance);
+    let cases: [(Edit, &str); 8] = [
+        (
+            |i| drop(i.extra.insert("colour".into(), "red".into())),
+            "Unknown name \"colour\" at 'resource'",
+        ),
+        (
+            |i| drop(i.extra.insert("canIpForward".into(), "yes".into())),
+            "'resource.canIpForward' (TYPE_BOOL)",
+        ),
+        (
+            |i| i.machine_type = Some("zones/us-central1-b/machineTypes/e2-small".into()),
+            "same zone",
+        ),
+        (
+            |i| i.machine_type = Some(format!("zones/{ZONE}/machineTypes/e2-giant-7")),
+            "Machine type with name 'e2-giant-7' does not exist in zone 'us-central1-a'",
+        ),
+        (|i| i.disks = None, "'resource.disks'"),
+        (
+            |i| i.network_interfaces = None,
+            "'resource.networkInterfaces'",
+        ),
+        (
+            |i| {
+                let scheduling = serde_json::json!({"onHostMaintenance": "TERMINATE"});
+                i.scheduling = Some(serde_json::from_value(scheduling).expect("scheduling"));
+            },
+            "e2 instances do not support onHostMaintenance=TERMINATE unless they are preemptible",
+        ),
+        (
+            |i| {
+                let scheduling = serde_json::json!({"onHostMaintenance": "SOMETIMES"});
+                i.extra.insert("scheduling".into(), scheduling);
+                i.scheduling = None;
+            },
+            "'resource.scheduling.onHostMaintenance' (TYPE_ENUM)",
+        ),
+    ];
+    for (n, (edit, expected)) in cases.into_iter().enumerate() {
+        let mut body = instance(&format!("web-{n}"));
+        edit(&mut body);
+        let error = s
+            .compute
+            .insert(PROJECT, ZONE, &body, &request_id_for(&body.name))
+            .await
+            .expect_err(expected);
+        assert_eq!(error.class(), ErrorClass::Permanent, "{error}");
+        assert!(
+            error.to_string().contains(expected),
+            "{error} lacks {expected}"
+        );
+    }
+    let mut fixed_disk = instance("web-disk-1");
+    let disks = fixed_disk.disks.as_mut().expect("disks");
+    disks[0].insert(
+        "initializeParams".into(),
+        serde_json::json!({"diskName": "shared"}),
+    );
+    create(s.compute.as_ref(), "web-disk-0").await;
+    s.compute
+        .insert(PROJECT, ZONE, &fixed_disk, &request_id_for("web-disk-1"))
+        .await
+        .expect("first user of the disk name");
+    fixed_disk.name = "web-disk-2".into();
+    let error = s
+        .compute
+        .insert(PROJECT, ZONE, &fixed_disk, &request_id_for("web-disk-2"))
+        .await
+        .expect_err("disk name taken");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "The resource 'projects/{PROJECT}/zones/{ZONE}/disks/shared' already exists"
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]

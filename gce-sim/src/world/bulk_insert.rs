@@ -18,9 +18,9 @@ impl World {
         zone: &str,
         body: &[u8],
     ) -> Result<NewOperation, ApiError> {
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let request: BulkInsertRequest = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| ApiError::undecodable(&e))?;
+        let value = self.request_body(body, "BulkInsertInstanceResource")?;
+        let request: BulkInsertRequest =
+            serde_path_to_error::deserialize(value).map_err(|e| ApiError::undecodable(&e))?;
         if request.count == 0 {
             return Err(ApiError::invalid_field(
                 "resource.count",
@@ -50,11 +50,13 @@ impl World {
         };
         let names = self.bulk_names(project, zone, &request)?;
         let mut specs = Vec::with_capacity(names.len());
+        let place = self.placement(project, zone)?;
         for name in &names {
             let mut body = properties.clone();
             body.insert("name".into(), Value::String(name.clone()));
-            specs.push(parse_instance(Value::Object(body), project, zone, true)?);
+            specs.push(parse_instance(Value::Object(body), &place, true)?);
         }
+        self.check_disk_names(project, zone, specs.iter().flat_map(|s| &s.disks))?;
         let z = self.zone_mut(project, zone)?;
         let available = z.capacity.saturating_sub(z.live);
         let creatable = available.min(request.count) as usize;
@@ -148,7 +150,7 @@ mod tests {
     use pm_gce::resources::Operation;
     use serde_json::{json, Value};
 
-    use crate::world::test_support::world;
+    use crate::world::test_support::{instance, world};
     use crate::world::{ApiError, Mutation, World};
 
     fn bulk_insert(w: &mut World, request: &Value) -> Result<Operation, ApiError> {
@@ -156,12 +158,20 @@ mod tests {
         w.mutate("p", "z1", Mutation::BulkInsert(&body), None)
     }
 
+    /// Instance properties of a valid instance, with a bare machine type.
+    fn properties() -> Value {
+        let mut properties = instance("unused");
+        let fields = properties.as_object_mut().expect("object");
+        fields.remove("name");
+        fields.insert("machineType".into(), json!("e2-small"));
+        properties
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn bulk_insert_creates_names_from_the_pattern_and_respects_min_count() {
         let mut w = world(Duration::ZERO, Duration::ZERO);
         let request = json!({
-            "count": "2", "namePattern": "web-##",
-            "instanceProperties": {"machineType": "e2-small", "labels": {"pm-pool": "web"}}
+            "count": "2", "namePattern": "web-##", "instanceProperties": properties()
         });
         let op = bulk_insert(&mut w, &request).expect("bulk");
         assert!(op.error.is_none());
@@ -169,18 +179,62 @@ mod tests {
         assert!(w.get_instance("p", "z1", "web-02").is_ok());
         let request = json!({
             "count": "3", "minCount": "2", "namePattern": "web-##",
-            "instanceProperties": {"machineType": "e2-small"}
+            "instanceProperties": properties()
         });
         let op = bulk_insert(&mut w, &request).expect("bulk");
         assert!(op.error.is_some(), "one slot left, minCount 2");
         assert!(w.get_instance("p", "z1", "web-03").is_err());
         for pattern in ["web", "a#é#", "a##b#", "x##########"] {
             let request = json!({
-                "count": "1", "namePattern": pattern,
-                "instanceProperties": {"machineType": "e2-small"}
+                "count": "1", "namePattern": pattern, "instanceProperties": properties()
             });
             let error = bulk_insert(&mut w, &request).expect_err(pattern);
             assert!(error.message.contains("namePattern"), "{}", error.message);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_insert_checks_the_request_and_its_properties() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        let mut fixed_disk = properties();
+        fixed_disk["disks"][0]["initializeParams"]["diskName"] = json!("shared");
+        let request =
+            json!({"count": "2", "namePattern": "web-#", "instanceProperties": fixed_disk});
+        let error = bulk_insert(&mut w, &request).expect_err("one disk name for two");
+        assert_eq!((error.status, error.reason), (409, "alreadyExists"));
+        assert!(
+            error.message.contains("'projects/p/zones/z1/disks/shared'"),
+            "{}",
+            error.message
+        );
+        assert!(
+            w.get_instance("p", "z1", "web-1").is_err(),
+            "nothing created"
+        );
+        let mut unknown = properties();
+        unknown["machineType"] = json!("e2-nonesuch");
+        let cases = [
+            (
+                json!({"count": "1", "namePattern": "a-#", "bogus": 1}),
+                "Unknown name \"bogus\" at 'resource'",
+            ),
+            (
+                json!({"count": "one", "namePattern": "a-#", "instanceProperties": properties()}),
+                "'resource.count' (TYPE_INT64)",
+            ),
+            (
+                json!({"count": "1", "namePattern": "a-#", "instanceProperties": unknown}),
+                "Machine type with name 'e2-nonesuch' does not exist in zone 'z1'",
+            ),
+        ];
+        for (request, expected) in cases {
+            let error = bulk_insert(&mut w, &request).expect_err(expected);
+            assert_eq!(error.status, 400, "{request}");
+            assert!(
+                error.message.contains(expected),
+                "{} lacks {expected}",
+                error.message
+            );
         }
     }
 }

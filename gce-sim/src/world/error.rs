@@ -38,6 +38,31 @@ impl ApiError {
         ))
     }
 
+    /// 400 `invalid` for a field of the sent body whose JSON does not fit its type in
+    /// the discovery document, worded as Google's front end words it.
+    pub(super) fn invalid_value(field: &str, proto_type: &str, shown: &str) -> ApiError {
+        ApiError::invalid(format!(
+            "Invalid value at '{field}' ({proto_type}), {shown}"
+        ))
+    }
+
+    /// 400 `invalid` for a field `name` that the schema at `at` does not have, worded as
+    /// Google's front end words it.
+    pub(super) fn unknown_name(name: &str, at: &str) -> ApiError {
+        ApiError::invalid(format!(
+            "Invalid JSON payload received. Unknown name \"{name}\" at '{at}': Cannot find field."
+        ))
+    }
+
+    /// 400 `badRequest` with `message` (GCE's reason for some scheduling conflicts).
+    pub(super) fn bad_request(message: &str) -> ApiError {
+        ApiError {
+            status: 400,
+            reason: "badRequest",
+            message: message.to_string(),
+        }
+    }
+
     /// 400 `parseError`: the body is not JSON.
     pub(super) fn parse_error(error: &serde_json::Error) -> ApiError {
         ApiError {

@@ -1,5 +1,7 @@
 //! The body of an instance insert validated as GCE would: name, labels, machine type
-//! and scheduling, keeping the client's other fields as compact JSON.
+//! (of the zone's catalog), boot disk, network interface and scheduling, keeping the
+//! client's other fields as compact JSON. The body's shape was checked against the
+//! discovery document before (see `discovery`).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,8 @@ use pm_gce::template::{validate_label_key, validate_label_value, validate_name};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{ApiError, URL_ROOT};
+use super::disks::{disk_names, DiskName};
+use super::{ApiError, World, URL_ROOT};
 
 /// Fields of an instance that the server owns; whatever a client sends for them is
 /// replaced.
@@ -39,6 +42,35 @@ pub(super) struct InstanceSpec {
     pub(super) body: Box<[(Box<str>, Box<RawValue>)]>,
     pub(super) labels: BTreeMap<String, String>,
     pub(super) delete_on_preempt: bool,
+    /// The disks it creates whose names are known.
+    pub(super) disks: Vec<DiskName>,
+}
+
+/// Where an instance goes: its project, its zone and the machine types the zone offers.
+pub(super) struct Placement<'a> {
+    pub(super) project: &'a str,
+    pub(super) zone: &'a str,
+    pub(super) machine_types: &'a [String],
+}
+
+impl World {
+    /// Where an instance of `project` in `zone` goes; 404 if the zone is not served.
+    pub(super) fn placement<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+    ) -> Result<Placement<'a>, ApiError> {
+        if !self.zones.contains_key(zone) {
+            return Err(ApiError::not_found(&format!(
+                "projects/{project}/zones/{zone}"
+            )));
+        }
+        Ok(Placement {
+            project,
+            zone,
+            machine_types: &self.config.machine_types,
+        })
+    }
 }
 
 /// Validates the labels object at `field` (absent means none).
@@ -86,10 +118,10 @@ pub(super) fn parse_labels(
 /// `bare_machine_type` accepts `e2-small` (instance properties of a bulk insert).
 pub(super) fn parse_instance(
     value: Value,
-    project: &str,
-    zone: &str,
+    place: &Placement<'_>,
     bare_machine_type: bool,
 ) -> Result<InstanceSpec, ApiError> {
+    let (project, zone) = (place.project, place.zone);
     let Value::Object(mut body) = value else {
         return Err(ApiError::invalid(
             "The instance resource must be a JSON object.",
@@ -129,7 +161,11 @@ pub(super) fn parse_instance(
                 "Expected a URL or a partial URL like zones/ZONE/machineTypes/TYPE.",
             )
         })?;
+    let machine = offered_machine_type(&machine_type, &expanded, place)?.to_string();
     body.insert("machineType".into(), Value::String(expanded));
+    let disks = boot_disk_first(body.get("disks"))?;
+    let disks = disk_names(&name, disks);
+    require_network_interface(body.get("networkInterfaces"))?;
     let typed: Instance = serde_path_to_error::deserialize(Value::Object(body.clone()))
         .map_err(|e| ApiError::undecodable(&e))?;
     let mut scheduling = typed.scheduling.unwrap_or_default();
@@ -137,17 +173,27 @@ pub(super) fn parse_instance(
         || scheduling.provisioning_model == Some(ProvisioningModel::Spot);
     if spot {
         if scheduling.on_host_maintenance == Some(OnHostMaintenance::Migrate) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_field(
+                "resource.scheduling.preemptible",
+                "true",
                 "Scheduling must have preemptible be false when OnHostMaintenance isn't TERMINATE.",
             ));
         }
         if scheduling.automatic_restart == Some(true) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_field(
+                "resource.scheduling.preemptible",
+                "true",
                 "Scheduling must have preemptible be false when AutomaticRestart is true.",
             ));
         }
         scheduling.on_host_maintenance = Some(OnHostMaintenance::Terminate);
         scheduling.automatic_restart = Some(false);
+    } else if machine.starts_with("e2-")
+        && scheduling.on_host_maintenance == Some(OnHostMaintenance::Terminate)
+    {
+        return Err(ApiError::bad_request(
+            "e2 instances do not support onHostMaintenance=TERMINATE unless they are preemptible.",
+        ));
     } else {
         scheduling
             .on_host_maintenance
@@ -180,7 +226,68 @@ pub(super) fn parse_instance(
         body,
         labels,
         delete_on_preempt,
+        disks,
     })
+}
+
+/// The name of the machine type at `expanded` (the URL of `sent`), if it is in the
+/// request's zone and the zone offers it.
+fn offered_machine_type<'a>(
+    sent: &str,
+    expanded: &'a str,
+    place: &Placement<'_>,
+) -> Result<&'a str, ApiError> {
+    let invalid = |problem: &str| ApiError::invalid_field("resource.machineType", sent, problem);
+    let (scope, machine) = expanded
+        .rsplit_once("/machineTypes/")
+        .ok_or_else(|| invalid("Invalid machine type."))?;
+    let zone = scope.rsplit_once("/zones/").map_or("", |(_, zone)| zone);
+    if zone != place.zone {
+        return Err(invalid(&format!(
+            "Machine type must be in the same zone as the instance ('{}'), not in '{zone}'.",
+            place.zone
+        )));
+    }
+    if !place.machine_types.iter().any(|m| m == machine) {
+        return Err(invalid(&format!(
+            "Machine type with name '{machine}' does not exist in zone '{zone}'."
+        )));
+    }
+    Ok(machine)
+}
+
+/// The disks of an instance body, if there are some and the first is the boot disk.
+fn boot_disk_first(disks: Option<&Value>) -> Result<&[Value], ApiError> {
+    let disks = disks
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let Some(first) = disks.first() else {
+        return Err(ApiError::invalid_field(
+            "resource.disks",
+            "",
+            "At least one disk, the boot disk, is required.",
+        ));
+    };
+    if first.get("boot") != Some(&Value::Bool(true)) {
+        return Err(ApiError::invalid_field(
+            "resource.disks[0]",
+            &first.to_string(),
+            "Boot disk must be the first disk attached to the instance.",
+        ));
+    }
+    Ok(disks)
+}
+
+/// 400 unless an instance body has a network interface.
+fn require_network_interface(interfaces: Option<&Value>) -> Result<(), ApiError> {
+    match interfaces.and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => Ok(()),
+        _ => Err(ApiError::invalid_field(
+            "resource.networkInterfaces",
+            "",
+            "At least one network interface is required.",
+        )),
+    }
 }
 
 /// 400 for the instance field `field`: `wrong` if it holds `value`, `missing` if absent.
@@ -222,80 +329,5 @@ fn expand_machine_type(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    use crate::world::test_support::{body, world};
-    use crate::world::Mutation;
-    use serde_json::json;
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn validation_errors() {
-        let mut w = world(Duration::ZERO, Duration::ZERO);
-        let cases: Vec<(Value, &str)> = vec![
-            (json!([]), "JSON object"),
-            (
-                json!({"machineType": "zones/z1/machineTypes/x"}),
-                "resource.name",
-            ),
-            (
-                json!({"name": "Bad_Name", "machineType": "zones/z1/machineTypes/x"}),
-                "resource.name",
-            ),
-            (json!({"name": "a"}), "resource.machineType"),
-            (
-                json!({"name": "a", "machineType": "e2-small"}),
-                "resource.machineType",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "labels": {"k": 1}}),
-                "resource.labels.k",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"preemptible": "yes"}}),
-                "resource.scheduling.preemptible",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"preemptible": true, "onHostMaintenance": "MIGRATE"}}),
-                "OnHostMaintenance",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "scheduling": {"provisioningModel": "spot"}}),
-                "resource.scheduling.provisioningModel",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "metadata": {"items": [{"key": "k", "value": 1}]}}),
-                "resource.metadata.items",
-            ),
-            (
-                json!({"name": "a", "machineType": "zones/z1/machineTypes/x", "disks": {"boot": true}}),
-                "resource.disks",
-            ),
-        ];
-        for (value, expected) in cases {
-            let bytes = serde_json::to_vec(&value).expect("json");
-            let error = w
-                .mutate("p", "z1", Mutation::Insert(&bytes), None)
-                .expect_err("invalid");
-            assert_eq!(error.status, 400, "{value}");
-            assert!(
-                error.message.contains(expected),
-                "{} lacks {expected}",
-                error.message
-            );
-        }
-        let error = w
-            .mutate("p", "z1", Mutation::Insert(b"{not json"), None)
-            .expect_err("parse");
-        assert_eq!((error.status, error.reason), (400, "parseError"));
-        let error = w
-            .mutate("p", "nowhere", Mutation::Insert(&body("a")), None)
-            .expect_err("zone");
-        assert_eq!(error.status, 404);
-        let error = w
-            .mutate("p", "z1", Mutation::Insert(&body("a")), Some("abc"))
-            .expect_err("request id");
-        assert!(error.message.contains("requestId"));
-    }
-}
+#[path = "instance_spec_tests.rs"]
+mod tests;

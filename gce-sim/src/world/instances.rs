@@ -83,15 +83,16 @@ impl World {
         zone: &str,
         body: &[u8],
     ) -> Result<NewOperation, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::parse_error(&e))?;
-        let spec = parse_instance(value, project, zone, false)?;
+        let value = self.request_body(body, "Instance")?;
+        let spec = parse_instance(value, &self.placement(project, zone)?, false)?;
         let id = resource_id(&mut self.rng);
-        let z = self.zone_mut(project, zone)?;
-        if z.holds(project, &spec.name) {
+        if self.zone_mut(project, zone)?.holds(project, &spec.name) {
             return Err(ApiError::already_exists(&instance_path(
                 project, zone, &spec.name,
             )));
         }
+        self.check_disk_names(project, zone, &spec.disks)?;
+        let z = self.zone_mut(project, zone)?;
         let failure = if z.live >= z.capacity {
             Some(self.stockout(project, zone))
         } else {
@@ -123,12 +124,14 @@ impl World {
             delete_on_preempt: spec.delete_on_preempt,
         };
         let pool = pool_of(&instance.labels);
-        self.zone_mut(project, zone)?
+        let pz = self
+            .zone_mut(project, zone)?
             .projects
             .entry(project.to_string())
-            .or_default()
-            .instances
-            .insert(spec.name.clone(), instance);
+            .or_default();
+        pz.instances.insert(spec.name.clone(), instance);
+        pz.disks
+            .extend(spec.disks.iter().map(|disk| disk.name.clone()));
         self.live_changed(project, zone, pool, true)?;
         self.counters.inserted += 1;
         Ok(())
@@ -242,7 +245,7 @@ impl World {
         name: &str,
         body: &[u8],
     ) -> Result<NewOperation, ApiError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::parse_error(&e))?;
+        let value = self.request_body(body, "InstancesSetLabelsRequest")?;
         let labels = parse_labels(value.get("labels"), "labels")?;
         let fingerprint = value.get("labelFingerprint").and_then(Value::as_str);
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
@@ -294,8 +297,9 @@ mod tests {
         w.mutate("p", "z1", Mutation::Insert(&body("a")), None)
             .expect("insert");
         let current = w.get_instance("p", "z1", "a").expect("get")["labelFingerprint"].clone();
-        let stale = serde_json::to_vec(&json!({"labels": {"x": "y"}, "labelFingerprint": "stale"}))
-            .expect("json");
+        let stale =
+            serde_json::to_vec(&json!({"labels": {"x": "y"}, "labelFingerprint": "c3RhbGU="}))
+                .expect("json");
         let error = w
             .mutate("p", "z1", Mutation::SetLabels("a", &stale), None)
             .expect_err("stale");

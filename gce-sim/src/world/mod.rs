@@ -7,6 +7,8 @@
 
 mod bulk_insert;
 mod capacity;
+mod discovery;
+mod disks;
 mod error;
 mod instance_spec;
 mod instance_view;
@@ -20,11 +22,13 @@ mod reports;
 mod test_support;
 mod zones;
 
+pub use discovery::{DiscoveryError, Schemas};
 pub use error::ApiError;
 pub use mutation::Mutation;
 pub use paging::ListQuery;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -53,11 +57,20 @@ pub struct World {
     /// Calls that change an existing instance (delete, start, stop, setLabels), whatever
     /// their outcome, per (project, zone, instance) and method.
     changes: HashMap<(String, String, String), BTreeMap<String, u64>>,
+    /// The request schemas bodies are checked against.
+    schemas: Arc<Schemas>,
 }
 
 impl World {
-    /// A fresh world for `config`.
-    pub fn new(config: SimConfig) -> World {
+    /// A fresh world for `config`, checking bodies against the embedded discovery
+    /// document (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn new(config: SimConfig) -> World {
+        World::with_schemas(config, Schemas::embedded())
+    }
+
+    /// A fresh world for `config`, checking bodies against `schemas`.
+    pub fn with_schemas(config: SimConfig, schemas: Arc<Schemas>) -> World {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -77,13 +90,14 @@ impl World {
             stats: BTreeMap::new(),
             pools: BTreeMap::new(),
             changes: HashMap::new(),
+            schemas,
         }
     }
 
     /// Back to the state at start: configured zones and capacities, no instances,
     /// operations, faults, counters or stats; the random source re-seeded.
     pub fn reset(&mut self) {
-        *self = World::new(self.config.clone());
+        *self = World::with_schemas(self.config.clone(), self.schemas.clone());
     }
 
     /// The bound on one `zoneOperations.wait`.

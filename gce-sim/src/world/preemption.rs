@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::world::test_support::{body, status_of, world};
+    use crate::world::test_support::{body, instance, status_of, world};
     use crate::world::{ListQuery, Mutation, World};
     use crate::SimConfig;
 
@@ -185,11 +185,10 @@ mod tests {
         let mut w = world(Duration::ZERO, Duration::ZERO);
         w.mutate("p", "z1", Mutation::Insert(&body("keep")), None)
             .expect("insert");
-        let delete_body = serde_json::to_vec(&json!({
-            "name": "gone", "machineType": "zones/z1/machineTypes/x",
-            "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"}
-        }))
-        .expect("json");
+        let mut gone = instance("gone");
+        gone["scheduling"] =
+            json!({"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"});
+        let delete_body = serde_json::to_vec(&gone).expect("json");
         w.mutate("p", "z1", Mutation::Insert(&delete_body), None)
             .expect("insert");
         let result = w.preempt_names(&["keep".into(), "gone".into(), "nobody".into()]);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::World;
 use crate::SimConfig;
@@ -20,15 +20,23 @@ pub(super) fn world(op_delay: Duration, boot_delay: Duration) -> World {
     World::new(config)
 }
 
-/// The insert body of a preemptible `pm-pool=web` instance `name` in `z1`.
-pub(super) fn body(name: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+/// A preemptible `pm-pool=web` instance `name` in `z1`, with a boot disk deleted with
+/// it and a network interface.
+pub(super) fn instance(name: &str) -> Value {
+    json!({
         "name": name,
         "machineType": "zones/z1/machineTypes/e2-small",
         "labels": {"pm-pool": "web"},
-        "scheduling": {"preemptible": true}
-    }))
-    .expect("json")
+        "scheduling": {"preemptible": true},
+        "disks": [{"boot": true, "autoDelete": true, "initializeParams": {
+            "sourceImage": "projects/debian-cloud/global/images/family/debian-12"}}],
+        "networkInterfaces": [{"network": "global/networks/default"}]
+    })
+}
+
+/// The insert body of [`instance`] `name`.
+pub(super) fn body(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&instance(name)).expect("json")
 }
 
 /// The status of instance `name` of project `p` in `z1`.

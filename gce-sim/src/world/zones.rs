@@ -1,21 +1,24 @@
-//! Zones: the per-zone, per-project stores of instances and operations, the sweep
-//! that removes deleted instances once due, and `zones.list` / `zones.get`.
+//! Zones: the per-zone, per-project stores of instances, operations and disk names, the
+//! sweep that removes deleted instances once due, and `zones.list` / `zones.get`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::disks::release_disks;
 use super::instances::SimInstance;
 use super::operations::SimOperation;
 use super::paging::list_reply;
 use super::{zone_url, ApiError, World, URL_ROOT};
 
-/// One project's instances and operations in a zone.
+/// One project's instances, operations and disk names in a zone.
 #[derive(Default)]
 pub(super) struct ProjectZone {
     pub(super) instances: BTreeMap<String, SimInstance>,
     pub(super) operations: BTreeMap<String, SimOperation>,
+    /// Names of the disks that exist (see `disks`).
+    pub(super) disks: BTreeSet<String>,
 }
 
 /// One zone: its capacity, live count and every project's resources.
@@ -55,7 +58,9 @@ impl Zone {
             }
             if let Some((_, project, name)) = self.removals.pop_first() {
                 if let Some(pz) = self.projects.get_mut(&project) {
-                    pz.instances.remove(&name);
+                    if let Some(instance) = pz.instances.remove(&name) {
+                        release_disks(&mut pz.disks, &name, &instance);
+                    }
                 }
             }
         }
