@@ -7,6 +7,9 @@
 //!   observation, and a token that fires as soon as leadership is lost.
 //! - [`ResumableWatch`]: a watch that resumes after errors and restarts, and re-lists
 //!   after compaction, so no change is lost or seen twice.
+//! - [`PoolsView`]: the one typed view of the `pools/` keyspace (configs, desired,
+//!   exhausted, reports, observed instances) that the daemons and pmctl read, built
+//!   from a listing and watch batches, telling what each changed.
 //! - [`EtcdOptions`]: endpoints, TLS and user/password.
 //!
 //! The flags that fill [`EtcdOptions`] in (`EtcdArgs`) and the rest of a binary's start
@@ -21,6 +24,7 @@ pub mod keys;
 mod retry;
 pub mod session;
 pub mod store;
+pub mod view;
 pub mod watch;
 
 pub use connect::{EtcdOptions, Secret, TlsFiles};
@@ -31,6 +35,7 @@ pub use fence::Fence;
 pub use keys::{Key, Keyspace};
 pub use session::Session;
 pub use store::{decode, put_op, Listing, Store, Versioned};
+pub use view::{Change, PoolKeys, PoolsView, Stamped, Value, ZoneKeys};
 pub use watch::{ResumableWatch, StoredKey, WatchBatch, WatchEvent, WatchRange};
 
 pub use etcd_client;
