@@ -311,6 +311,16 @@ impl PoolsView {
         Ok(())
     }
 
+    /// Records the writer's own deletion of every key of `pool` the view holds, at
+    /// `revision` (a deleted prefix).
+    pub fn record_pool_deleted(&mut self, pool: &str, revision: i64) -> Result<()> {
+        let held = self.pools.get(pool).map(|p| held_in(pool, p));
+        for (key, _) in held.into_iter().flatten() {
+            self.record(&key, None, revision)?;
+        }
+        Ok(())
+    }
+
     /// Whether the view keeps `key`: a pool key, of the view's zone when it has one.
     fn holds(&self, key: &Key) -> bool {
         let zone_ok = match (&self.zone, key.zone()) {
@@ -342,40 +352,8 @@ impl PoolsView {
 
     /// Every key the view holds, with its revision.
     fn held(&self) -> Vec<(Key, i64)> {
-        let mut held = Vec::new();
-        for (pool, keys) in &self.pools {
-            if let Some(config) = &keys.config {
-                let key = Key::PoolConfig { pool: pool.clone() };
-                held.push((key, config.mod_revision));
-            }
-            for (zone, zk) in &keys.zones {
-                let (pool, zone) = (pool.clone(), zone.clone());
-                let mut single = |revision: Option<i64>, make: fn(String, String) -> Key| {
-                    if let Some(revision) = revision {
-                        held.push((make(pool.clone(), zone.clone()), revision));
-                    }
-                };
-                single(zk.desired.as_ref().map(|s| s.mod_revision), |pool, zone| {
-                    Key::ZoneDesired { pool, zone }
-                });
-                single(
-                    zk.exhausted.as_ref().map(|s| s.mod_revision),
-                    |pool, zone| Key::Exhausted { pool, zone },
-                );
-                single(zk.report.as_ref().map(|s| s.mod_revision), |pool, zone| {
-                    Key::Report { pool, zone }
-                });
-                for (name, instance) in &zk.instances {
-                    let key = Key::Instance {
-                        pool: pool.clone(),
-                        zone: zone.clone(),
-                        name: name.clone(),
-                    };
-                    held.push((key, instance.mod_revision));
-                }
-            }
-        }
-        held
+        let pools = self.pools.iter();
+        pools.flat_map(|(name, pool)| held_in(name, pool)).collect()
     }
 
     /// Takes one key written, unless it is older than what the view knows of it.
@@ -440,6 +418,43 @@ impl PoolsView {
         }
         old
     }
+}
+
+/// Every key of `pool` (named `name`), with its revision.
+fn held_in(name: &str, pool: &PoolKeys) -> Vec<(Key, i64)> {
+    let mut held = Vec::new();
+    if let Some(config) = &pool.config {
+        let key = Key::PoolConfig {
+            pool: name.to_string(),
+        };
+        held.push((key, config.mod_revision));
+    }
+    for (zone, zk) in &pool.zones {
+        let mut single = |revision: Option<i64>, make: fn(String, String) -> Key| {
+            if let Some(revision) = revision {
+                held.push((make(name.to_string(), zone.clone()), revision));
+            }
+        };
+        single(zk.desired.as_ref().map(|s| s.mod_revision), |pool, zone| {
+            Key::ZoneDesired { pool, zone }
+        });
+        single(
+            zk.exhausted.as_ref().map(|s| s.mod_revision),
+            |pool, zone| Key::Exhausted { pool, zone },
+        );
+        single(zk.report.as_ref().map(|s| s.mod_revision), |pool, zone| {
+            Key::Report { pool, zone }
+        });
+        for (instance, stamped) in &zk.instances {
+            let key = Key::Instance {
+                pool: name.to_string(),
+                zone: zone.clone(),
+                name: instance.clone(),
+            };
+            held.push((key, stamped.mod_revision));
+        }
+    }
+    held
 }
 
 /// Puts or takes the value of a slot; `None` when `value` is of another type.

@@ -392,3 +392,27 @@ fn values_that_do_not_decode_are_kept_out_and_reported() {
         "the deletion of a value that never decoded is still told"
     );
 }
+
+#[test]
+fn a_pool_deleted_by_the_writer_is_gone_and_its_echoes_change_nothing() {
+    let ks = keys();
+    let mut view = PoolsView::new(ks.clone());
+    let ck = ks.pool_config("web").unwrap();
+    let dk = ks.zone_desired("web", "zone-a").unwrap();
+    view.load(
+        &[
+            stored(ck.clone(), config(0), 2),
+            stored(dk.clone(), desired(0).encode_to_vec(), 3),
+        ],
+        3,
+    );
+    view.record_pool_deleted("web", 9).unwrap();
+    assert!(view.pool("web").is_none());
+    let changes = view.apply(events(vec![
+        put(dk.clone(), desired(2).encode_to_vec(), 4),
+        delete(dk, 9),
+        delete(ck, 9),
+    ]));
+    assert!(changes.is_empty(), "{:?}", described(&changes));
+    assert!(view.removed.is_empty());
+}
