@@ -311,33 +311,20 @@ impl Pools {
 
 #[cfg(test)]
 mod tests {
-    use pm_etcd::WatchEvent;
-    use pm_proto::{InstanceState, ZoneDesired, ZoneExhaustion};
+    use pm_etcd::testing::{self, stored};
+    use pm_proto::{InstanceState, OnPreempted, ZoneDesired, ZoneExhaustion};
     use prost::Message;
 
     use super::*;
 
     const LATER: Duration = Duration::from_secs(3600);
 
-    fn stored(key: String, value: Vec<u8>, revision: i64) -> StoredKey {
-        StoredKey {
-            key,
-            value,
-            mod_revision: revision,
-            create_revision: revision,
-            lease: 0,
-        }
-    }
-
     fn put(key: String, value: Vec<u8>, revision: i64) -> WatchBatch {
-        WatchBatch::Events(vec![WatchEvent::Put(stored(key, value, revision))])
+        WatchBatch::Events(vec![testing::put(key, value, revision)])
     }
 
     fn delete(key: String, revision: i64) -> WatchBatch {
-        WatchBatch::Events(vec![WatchEvent::Delete {
-            key,
-            mod_revision: revision,
-        }])
+        WatchBatch::Events(vec![testing::delete(key, revision)])
     }
 
     fn desired(count: i64, accept_new: bool, updated_unix_ms: i64) -> Vec<u8> {
@@ -353,10 +340,7 @@ mod tests {
     fn config(target: i64) -> PoolConfig {
         PoolConfig {
             target_vm_count: target,
-            allowed_zones: vec!["zone-a".into()],
-            prefix: "web-".into(),
-            instance_json: "{}".into(),
-            ..Default::default()
+            ..crate::reconcile::tests::config(OnPreempted::Delete)
         }
     }
 

@@ -227,4 +227,4 @@ async fn preemption_operations(
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,6 +11,7 @@ use pm_pool::HookEvent;
 use pm_proto::{Hooks, ObservedInstance, OnPreempted, PoolConfig, ZoneDesired};
 use tokio::sync::Semaphore;
 
+use pm_etcd::testing::stored;
 use pm_etcd::{Keyspace, Stamped, StoredKey, WatchBatch, WatchEvent, ZoneKeys};
 
 use super::*;
@@ -22,7 +23,7 @@ const ZONE: &str = "zone-a";
 const PROJECT: &str = "proj";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn config(on_preempted: OnPreempted) -> PoolConfig {
+pub(crate) fn config(on_preempted: OnPreempted) -> PoolConfig {
     PoolConfig {
         target_vm_count: 2,
         allowed_zones: vec![ZONE.into()],
@@ -346,12 +347,8 @@ async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
     let mut pools = crate::pool_state::Pools::new(ZONE, Keyspace::default());
     let keys = Keyspace::default();
     let key = keys.pool_config("web").expect("key");
-    let stored = |config: &PoolConfig, revision: i64| StoredKey {
-        key: key.clone(),
-        value: prost::Message::encode_to_vec(config),
-        mod_revision: revision,
-        create_revision: 1,
-        lease: 0,
+    let stored = |config: &PoolConfig, revision: i64| {
+        stored(key.clone(), prost::Message::encode_to_vec(config), revision)
     };
     let put = |kv: StoredKey| WatchBatch::Events(vec![WatchEvent::Put(kv)]);
     let good = config(OnPreempted::Delete);

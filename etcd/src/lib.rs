@@ -12,6 +12,8 @@
 //!   from a listing and watch batches, telling what each changed.
 //! - [`EtcdOptions`]: endpoints, TLS and user/password.
 //!
+//! With the `testing` feature, [`testing`] builds stored keys and watch events for tests.
+//!
 //! The flags that fill [`EtcdOptions`] in (`EtcdArgs`) and the rest of a binary's start
 //! live in `pm-daemon`.
 
@@ -24,6 +26,8 @@ pub mod keys;
 mod retry;
 pub mod session;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod view;
 pub mod watch;
 

@@ -244,7 +244,8 @@ pub fn usable_again(pool: &str, zone: &str) -> PoolEvent {
 
 #[cfg(test)]
 mod tests {
-    use pm_etcd::{Keyspace, StoredKey, WatchBatch, WatchEvent};
+    use pm_etcd::testing::{delete, put, stored};
+    use pm_etcd::{Keyspace, WatchBatch};
     use prost::Message;
 
     use super::*;
@@ -333,16 +334,6 @@ mod tests {
         model
     }
 
-    fn stored(key: String, value: Vec<u8>, revision: i64) -> StoredKey {
-        StoredKey {
-            key,
-            value,
-            mod_revision: revision,
-            create_revision: revision,
-            lease: 0,
-        }
-    }
-
     fn pool_with_report(allowed: bool, seconds_for_exhaustion: u32) -> PoolView {
         let model = model_with_report(allowed, seconds_for_exhaustion);
         model.pool("web").expect("pool")
@@ -417,7 +408,7 @@ mod tests {
         );
         model.take_dirty();
         let keys = Keyspace::default();
-        let echo = |key: String, value: Vec<u8>| WatchEvent::Put(stored(key, value, 10));
+        let echo = |key: String, value: Vec<u8>| put(key, value, 10);
         model.apply_pools(WatchBatch::Events(vec![
             echo(
                 keys.exhausted("web", "zone-a").unwrap(),
@@ -442,15 +433,12 @@ mod tests {
         // The lease runs out: etcd deletes the key, and another report comes.
         let keys = Keyspace::default();
         let notices = model.apply_pools(WatchBatch::Events(vec![
-            WatchEvent::Delete {
-                key: keys.exhausted("web", "zone-a").unwrap(),
-                mod_revision: 11,
-            },
-            WatchEvent::Put(stored(
+            delete(keys.exhausted("web", "zone-a").unwrap(), 11),
+            put(
                 keys.report("web", "zone-a").unwrap(),
                 ExhaustionReport::default().encode_to_vec(),
                 12,
-            )),
+            ),
         ]));
         assert_eq!(
             notices,

@@ -206,7 +206,8 @@ impl SchedulerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pm_etcd::{Keyspace, StoredKey, WatchBatch, WatchEvent};
+    use pm_etcd::testing::put;
+    use pm_etcd::{Keyspace, WatchBatch};
     use pm_proto::{InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion};
     use prometheus_client::encoding::text::encode;
     use prost::Message;
@@ -215,16 +216,6 @@ mod tests {
         let mut out = String::new();
         encode(&mut out, registry).unwrap();
         out
-    }
-
-    fn put(key: String, value: Vec<u8>) -> WatchEvent {
-        WatchEvent::Put(StoredKey {
-            key,
-            value,
-            mod_revision: 1,
-            create_revision: 1,
-            lease: 0,
-        })
     }
 
     #[test]
@@ -258,7 +249,7 @@ mod tests {
             ..Default::default()
         };
         let events = vec![
-            put(keys.pool_config("web").unwrap(), config.encode_to_vec()),
+            put(keys.pool_config("web").unwrap(), config.encode_to_vec(), 1),
             put(
                 keys.zone_desired("web", "zone-a").unwrap(),
                 ZoneDesired {
@@ -266,10 +257,12 @@ mod tests {
                     ..Default::default()
                 }
                 .encode_to_vec(),
+                2,
             ),
             put(
                 keys.instance("web", "zone-a", "web-a").unwrap(),
                 running.encode_to_vec(),
+                3,
             ),
             put(
                 keys.exhausted("web", "zone-b").unwrap(),
@@ -278,10 +271,11 @@ mod tests {
                     ..Default::default()
                 }
                 .encode_to_vec(),
+                4,
             ),
         ];
         model.apply_pools(WatchBatch::Events(events));
-        let agent = put(keys.agent_member("zone-a", "a1").unwrap(), Vec::new());
+        let agent = put(keys.agent_member("zone-a", "a1").unwrap(), Vec::new(), 5);
         model.apply_agents(WatchBatch::Events(vec![agent]));
         let mut registry = Registry::default();
         let metrics = SchedulerMetrics::new(&mut registry);
@@ -301,7 +295,7 @@ mod tests {
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
-        model.record_removed("web", 2).unwrap();
+        model.record_removed("web", 6).unwrap();
         metrics.publish(&model, 2_000);
         let out = text(&registry);
         assert!(!out.contains("web"), "{out}");

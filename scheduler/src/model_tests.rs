@@ -1,31 +1,11 @@
 //! Tests of the leader's model: counts kept from the view's changes, refused and
 //! undecodable values, notices, the leader's own writes, agents.
 
+use pm_etcd::testing::{delete, put, stored};
 use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
-
-fn kv(key: String, value: Vec<u8>, revision: i64) -> StoredKey {
-    StoredKey {
-        key,
-        value,
-        mod_revision: revision,
-        create_revision: revision,
-        lease: 0,
-    }
-}
-
-fn put(key: String, value: Vec<u8>, revision: i64) -> WatchEvent {
-    WatchEvent::Put(kv(key, value, revision))
-}
-
-fn delete(key: String, revision: i64) -> WatchEvent {
-    WatchEvent::Delete {
-        key,
-        mod_revision: revision,
-    }
-}
 
 fn events(events: Vec<WatchEvent>) -> WatchBatch {
     WatchBatch::Events(events)
@@ -97,7 +77,7 @@ fn a_refused_config_keeps_the_last_valid_one_and_is_noticed_once() {
         create: ".on-create".into(),
         ..Default::default()
     });
-    m.load_pools(&[kv(ck.clone(), bad.encode_to_vec(), 1)], 1);
+    m.load_pools(&[stored(ck.clone(), bad.encode_to_vec(), 1)], 1);
     let view = m.pool("web").expect("pool");
     assert!(
         view.config.is_none() && view.config_refused,
@@ -109,7 +89,7 @@ fn a_refused_config_keeps_the_last_valid_one_and_is_noticed_once() {
             if pool == "web" && problem.contains("hooks.create")),
         "{notices:?}"
     );
-    m.load_pools(&[kv(ck.clone(), bad.encode_to_vec(), 2)], 2);
+    m.load_pools(&[stored(ck.clone(), bad.encode_to_vec(), 2)], 2);
     assert!(
         m.take_notices().is_empty(),
         "reported once, also across reloads"
@@ -132,7 +112,7 @@ fn garbage_values_are_skipped_and_keep_the_last_good_value() {
     let keys = Keyspace::default();
     let mut m = Model::new(keys.clone());
     let ck = keys.pool_config("web").unwrap();
-    m.load_pools(&[kv(ck.clone(), valid_config(4).encode_to_vec(), 1)], 1);
+    m.load_pools(&[stored(ck.clone(), valid_config(4).encode_to_vec(), 1)], 1);
     m.apply_pools(events(vec![
         put(ck, vec![0xff, 0xff, 0xff], 2),
         put("/pm/v1/pools/web/zones/BAD/desired".into(), vec![], 3),
@@ -166,7 +146,11 @@ fn an_expired_exhaustion_is_noticed() {
     let mut m = Model::new(keys.clone());
     let xk = keys.exhausted("web", "z1").unwrap();
     m.load_pools(
-        &[kv(xk.clone(), ZoneExhaustion::default().encode_to_vec(), 1)],
+        &[stored(
+            xk.clone(),
+            ZoneExhaustion::default().encode_to_vec(),
+            1,
+        )],
         1,
     );
     let notices = m.apply_pools(events(vec![delete(xk, 9)]));
@@ -205,8 +189,8 @@ fn a_removed_pool_is_forgotten_and_the_echo_of_its_removal_changes_nothing() {
     let dk = keys.zone_desired("web", "z1").unwrap();
     m.load_pools(
         &[
-            kv(ck.clone(), valid_config(0).encode_to_vec(), 1),
-            kv(dk.clone(), ZoneDesired::default().encode_to_vec(), 2),
+            stored(ck.clone(), valid_config(0).encode_to_vec(), 1),
+            stored(dk.clone(), ZoneDesired::default().encode_to_vec(), 2),
         ],
         2,
     );
@@ -223,7 +207,7 @@ fn agents_come_and_go() {
     let keys = Keyspace::default();
     let mut m = Model::new(keys.clone());
     let a = keys.agent_member("z1", "a1").unwrap();
-    let changed = m.load_agents(&[kv(a.clone(), vec![], 1)]);
+    let changed = m.load_agents(&[stored(a.clone(), vec![], 1)]);
     assert!(changed.contains("z1"));
     m.apply_agents(events(vec![delete(a, 2)]));
     assert!(m.agents.is_empty());

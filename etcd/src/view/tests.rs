@@ -5,19 +5,10 @@ use pm_proto::InstanceState;
 use prost::Message;
 
 use super::*;
+use crate::testing::{delete, put, stored};
 
 fn keys() -> Keyspace {
     Keyspace::default()
-}
-
-fn stored(key: String, value: Vec<u8>, revision: i64) -> StoredKey {
-    StoredKey {
-        key,
-        value,
-        mod_revision: revision,
-        create_revision: revision,
-        lease: 0,
-    }
 }
 
 fn config(target: i64) -> Vec<u8> {
@@ -41,17 +32,6 @@ fn instance(state: InstanceState) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
-}
-
-fn put(key: String, value: Vec<u8>, revision: i64) -> WatchEvent {
-    WatchEvent::Put(stored(key, value, revision))
-}
-
-fn delete(key: String, revision: i64) -> WatchEvent {
-    WatchEvent::Delete {
-        key,
-        mod_revision: revision,
-    }
 }
 
 fn events(events: Vec<WatchEvent>) -> WatchBatch {
