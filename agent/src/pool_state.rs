@@ -240,7 +240,7 @@ impl Pools {
     fn take(&mut self, changes: Vec<Change>) {
         for change in changes {
             match change {
-                Change::Put { key, old } => self.put(&key, old),
+                Change::Put { key, old, new } => self.put(&key, old, *new),
                 Change::Delete { key, .. } => self.deleted(&key),
                 Change::Undecodable {
                     key: Key::PoolConfig { pool },
@@ -254,34 +254,28 @@ impl Pools {
         }
     }
 
-    fn put(&mut self, key: &Key, old: Option<Value>) {
-        match key {
-            Key::PoolConfig { pool } => {
-                let Some(stored) = self.view.pool(pool).and_then(|p| p.config.as_ref()) else {
-                    return;
-                };
-                let config = stored.value.clone();
+    fn put(&mut self, key: &Key, old: Option<Value>, new: Value) {
+        let Some(pool) = key.pool() else {
+            return;
+        };
+        match (key, new) {
+            (Key::PoolConfig { .. }, Value::Config(config)) => {
                 self.pool(pool).set_config(pool, Ok(config));
             }
-            Key::ZoneDesired { pool, .. } => {
+            (Key::ZoneDesired { .. }, Value::Desired(desired)) => {
                 let before = match old {
                     Some(Value::Desired(d)) => Some((d.count, d.accept_new)),
                     _ => None,
                 };
-                let now = self
-                    .zone_keys(pool)
-                    .desired
-                    .as_ref()
-                    .map(|d| (d.value.count, d.value.accept_new));
                 let state = self.pool(pool);
-                if before != now {
+                if before != Some((desired.count, desired.accept_new)) {
                     state.wake_within(Duration::ZERO);
                 }
             }
-            Key::Exhausted { pool, .. } | Key::Instance { pool, .. } => {
+            (Key::Exhausted { .. } | Key::Instance { .. }, _) => {
                 self.pool(pool);
             }
-            Key::Report { .. } | Key::Event { .. } | Key::AgentMember { .. } => {}
+            _ => {}
         }
     }
 
@@ -447,7 +441,18 @@ mod tests {
         assert!(due_now(&pools), "a refused config is reported at once");
         assert_eq!(state.config.as_ref().map(|c| c.target_vm_count), Some(4));
         assert!(state.config_problem.is_some() && !state.config_problem_reported);
-        pools.apply(delete(ck, 8));
+        let both = WatchBatch::Events(vec![
+            testing::put(ck.clone(), config(5).encode_to_vec(), 8),
+            testing::put(ck.clone(), config(-2).encode_to_vec(), 9),
+        ]);
+        pools.apply(both);
+        let state = &pools.pools["web"];
+        assert_eq!(
+            state.config.as_ref().map(|c| c.target_vm_count),
+            Some(5),
+            "the last valid config of a batch is kept"
+        );
+        pools.apply(delete(ck, 10));
         let state = &pools.pools["web"];
         assert!(state.config.is_none() && state.config_problem.is_none());
         assert!(!state.is_gone(pools.zone_keys("web")), "placed here still");

@@ -151,12 +151,15 @@ impl PoolKeys {
 /// One change a listing, a watch batch or a record made to the view, in the order made.
 #[derive(Debug)]
 pub enum Change {
-    /// `key` was written: its new value is in the view; `old` is what it replaced.
+    /// `key` was written with `new`; `old` is what it replaced. (The view may hold a later
+    /// value already: a batch's changes are told after the whole batch is applied.)
     Put {
         /// The key.
         key: Key,
         /// Its previous value; `None` when the view held none.
         old: Option<Value>,
+        /// The value written, boxed: it is the bulk of the change.
+        new: Box<Value>,
     },
     /// `key` was deleted (or its lease ran out).
     Delete {
@@ -368,10 +371,14 @@ impl PoolsView {
         match Value::decode(&key, &kv.key, &kv.value) {
             None => {}
             Some(Err(error)) => changes.push(Change::Undecodable { key, error }),
-            Some(Ok(value)) => {
-                if let Some(old) = self.set(&key, Some(value), kv.mod_revision) {
+            Some(Ok(new)) => {
+                if let Some(old) = self.set(&key, Some(new.clone()), kv.mod_revision) {
                     self.removed.remove(&kv.key);
-                    changes.push(Change::Put { key, old });
+                    changes.push(Change::Put {
+                        key,
+                        old,
+                        new: Box::new(new),
+                    });
                 }
             }
         }

@@ -51,9 +51,11 @@ impl ZoneCounts {
     /// Stops counting an instance key that went (or was replaced).
     pub fn remove(&mut self, instance: &ObservedInstance) {
         let live = is_live(instance);
-        self.live -= u64::from(live);
-        self.live_confirmed -= u64::from(live && is_confirmed(instance));
-        self.by_status[ObservedStatus::of(instance) as usize] -= 1;
+        self.live = self.live.saturating_sub(u64::from(live));
+        let confirmed = u64::from(live && is_confirmed(instance));
+        self.live_confirmed = self.live_confirmed.saturating_sub(confirmed);
+        let status = &mut self.by_status[ObservedStatus::of(instance) as usize];
+        *status = status.saturating_sub(1);
     }
 
     /// The number of observed instances in `status`.
@@ -331,7 +333,7 @@ impl Model {
                 self.dirty.insert(pool.to_string());
             }
             match change {
-                Change::Put { key, old } => self.put(key, old),
+                Change::Put { key, old, new } => self.put(key, old, *new),
                 Change::Delete { key, old } => self.deleted(key, old),
                 Change::Undecodable { key, error } => {
                     tracing::warn!(%error, "skipping a value that does not decode");
@@ -350,30 +352,18 @@ impl Model {
         }
     }
 
-    fn put(&mut self, key: Key, old: Option<Value>) {
-        match key {
-            Key::PoolConfig { pool } => {
-                let stored = self.view.pool(&pool).and_then(|p| p.config.as_ref());
-                if let Some(config) = stored.map(|c| c.value.clone()) {
-                    self.put_config(pool, Ok(config));
-                }
-            }
-            Key::Instance { pool, zone, name } => {
-                let new = self.view.zone(&pool, &zone).instances.get(&name);
-                let state = self.pools.entry(pool).or_default();
-                let counts = &mut state.zones.entry(zone).or_default().counts;
+    fn put(&mut self, key: Key, old: Option<Value>, new: Value) {
+        match (key, new) {
+            (Key::PoolConfig { pool }, Value::Config(config)) => self.put_config(pool, Ok(config)),
+            (Key::Instance { pool, zone, .. }, Value::Instance(new)) => {
+                let counts = &mut self.zone_state(&pool, &zone).counts;
                 if let Some(Value::Instance(old)) = old {
                     counts.remove(&old);
                 }
-                if let Some(new) = new {
-                    counts.add(&new.value);
-                }
+                counts.add(&new);
             }
-            Key::Report { pool, zone } => self.report_decoded(&pool, &zone),
-            Key::ZoneDesired { .. }
-            | Key::Exhausted { .. }
-            | Key::Event { .. }
-            | Key::AgentMember { .. } => {}
+            (Key::Report { pool, zone }, _) => self.report_decoded(&pool, &zone),
+            _ => {}
         }
     }
 

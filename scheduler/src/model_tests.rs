@@ -68,6 +68,19 @@ fn valid_config(target: i64) -> PoolConfig {
 }
 
 #[test]
+fn an_intent_written_and_forgotten_in_one_batch_counts_nothing() {
+    let keys = Keyspace::default();
+    let mut m = Model::new(keys.clone());
+    let k = keys.instance("web", "z1", "web-a").unwrap();
+    m.apply_pools(events(vec![
+        put(k.clone(), instance(InstanceState::Provisioning), 2),
+        put(k.clone(), instance(InstanceState::Running), 3),
+        delete(k, 4),
+    ]));
+    assert_eq!(zone(&m, "z1").counts, ZoneCounts::default());
+}
+
+#[test]
 fn a_refused_config_keeps_the_last_valid_one_and_is_noticed_once() {
     let keys = Keyspace::default();
     let mut m = Model::new(keys.clone());
@@ -239,14 +252,15 @@ proptest! {
     #[test]
     fn counts_kept_from_changes_equal_a_recount(
         steps in prop::collection::vec(
-            (0usize..6, prop::option::of(state()), 0i64..3),
+            (0usize..6, prop::option::of(state()), 0i64..3, any::<bool>()),
             1..60,
         ),
     ) {
         let keys = Keyspace::default();
         let mut m = Model::new(keys.clone());
         let mut revision = 10;
-        for (i, (name, value, lag)) in steps.into_iter().enumerate() {
+        let mut batch = Vec::new();
+        for (i, (name, value, lag, batch_ends)) in steps.into_iter().enumerate() {
             revision += 1;
             let key = keys.instance("web", "z1", &format!("vm-{name}")).unwrap();
             // Some events arrive late: older than what the model knows already.
@@ -264,7 +278,12 @@ proptest! {
                 }
                 None => delete(key, at),
             };
-            m.apply_pools(events(vec![event]));
+            // Several changes of one key may come in one batch.
+            batch.push(event);
+            if !batch_ends {
+                continue;
+            }
+            m.apply_pools(events(std::mem::take(&mut batch)));
             let kept = m.pool("web").and_then(|p| p.zones.get("z1").map(|z| z.counts));
             let recount = recounted(&m, "z1");
             let kept = kept.unwrap_or_default();

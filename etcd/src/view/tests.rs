@@ -52,7 +52,7 @@ fn described(changes: &[Change]) -> Vec<String> {
     changes
         .iter()
         .map(|change| match change {
-            Change::Put { key, old } => format!("put {key:?} old={}", old.is_some()),
+            Change::Put { key, old, .. } => format!("put {key:?} old={}", old.is_some()),
             Change::Delete { key, old } => format!("delete {key:?} old={}", old.is_some()),
             Change::Undecodable { key, .. } => format!("undecodable {key:?}"),
             Change::Malformed { .. } => "malformed".into(),
@@ -149,6 +149,40 @@ fn events_put_replace_and_delete_and_empty_zones_and_pools_go() {
     ));
     assert!(view.pools().is_empty(), "no key left: the pool goes");
     assert!(view.removed.is_empty(), "the watch passed every deletion");
+}
+
+#[test]
+fn each_change_of_a_batch_tells_the_value_it_wrote() {
+    let mut view = PoolsView::new(keys());
+    let ik = instance_key("zone-a", "web-a1");
+    let changes = view.apply(events(vec![
+        put(ik.clone(), instance(InstanceState::Provisioning), 2),
+        put(ik.clone(), instance(InstanceState::Running), 3),
+        delete(ik, 4),
+    ]));
+    let state = |value: &Value| match value {
+        Value::Instance(i) => i.state(),
+        other => panic!("{other:?}"),
+    };
+    let [Change::Put {
+        old: None,
+        new: first,
+        ..
+    }, Change::Put {
+        old: Some(replaced),
+        new: second,
+        ..
+    }, Change::Delete {
+        old: Some(deleted), ..
+    }] = &changes[..]
+    else {
+        panic!("{:?}", described(&changes));
+    };
+    assert_eq!(state(first), InstanceState::Provisioning);
+    assert_eq!(state(replaced), InstanceState::Provisioning);
+    assert_eq!(state(second), InstanceState::Running);
+    assert_eq!(state(deleted), InstanceState::Running);
+    assert!(view.pools().is_empty());
 }
 
 #[test]
