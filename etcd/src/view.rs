@@ -7,9 +7,10 @@
 //! records its own writes at their revision ([`PoolsView::record`]). Every key keeps the
 //! newest revision the view knows of it, a deleted key too until the watch has passed
 //! it, and a put or delete no newer than that is ignored: a stale watch event never undoes
-//! a newer write. Each call returns the [`Change`]s it made, so a caller keeps what it
-//! derives (counts, wake-ups, notices) up to date without recomputing it; each costs one
-//! map lookup per key, whatever the size of the view.
+//! a newer write. Loading and applying return the [`Change`]s they made, each with the
+//! values it concerns, so a caller keeps what it derives (counts, wake-ups, notices) up to
+//! date without recomputing it; an event costs a few map lookups, whatever the size of
+//! the view.
 //!
 //! A value that does not decode is kept out of the view (the key keeps what it held) and
 //! reported as [`Change::Undecodable`] with its error; a key outside pm's layout is
@@ -148,7 +149,7 @@ impl PoolKeys {
     }
 }
 
-/// One change a listing, a watch batch or a record made to the view, in the order made.
+/// One change a listing or a watch batch made to the view, in the order made.
 #[derive(Debug)]
 pub enum Change {
     /// `key` was written with `new`; `old` is what it replaced. (The view may hold a later
