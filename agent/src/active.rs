@@ -1,5 +1,6 @@
 //! The active agent of a zone, for one term: the loop. It follows its pools in etcd
-//! ([`crate::pool_state`]), runs a reconcile pass over each pool when it is due
+//! (pm-etcd's keyspace view and the agent's own state beside it, [`crate::pool_state`]),
+//! runs a reconcile pass over each pool when it is due
 //! ([`crate::reconcile`]), carries out what the pass returns (fenced writes of the
 //! observed keys, events, hooks, operations), and reacts to each operation's outcome
 //! ([`crate::operations`], [`crate::failure`]).
@@ -117,14 +118,12 @@ impl<'a> ActiveAgent<'a> {
     async fn follow(&mut self) -> pm_etcd::Result<()> {
         let prefix = self.ctx.store.keys().pools_prefix();
         let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
-        for kv in &listing {
-            self.pools.apply_put(kv);
-        }
+        self.pools.load(&listing, revision);
         let served: Vec<String> = self
             .pools
             .pools
             .iter()
-            .filter(|(_, state)| state.concerns(&self.ctx.zone))
+            .filter(|(pool, state)| state.concerns(&self.ctx.zone, self.pools.zone_keys(pool)))
             .map(|(pool, _)| pool.clone())
             .collect();
         for pool in served {
@@ -150,10 +149,7 @@ impl<'a> ActiveAgent<'a> {
                 .min()
                 .unwrap_or_else(|| Instant::now() + IDLE);
             tokio::select! {
-                batch = watch.next() => {
-                    self.pools.apply_batch(batch?);
-                    self.pools.forget_removed_before(watch.next_revision());
-                }
+                batch = watch.next() => self.pools.apply(batch?),
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
                 _ = tokio::time::sleep_until(wake) => {}
             }
@@ -181,7 +177,8 @@ impl<'a> ActiveAgent<'a> {
             .map(|(name, _)| name.clone())
             .collect();
         for pool in due {
-            if self.pools.pools.get(&pool).is_some_and(PoolState::is_gone) {
+            let keys = self.pools.zone_keys(&pool);
+            if self.pools.pools.get(&pool).is_some_and(|s| s.is_gone(keys)) {
                 self.pools.pools.remove(&pool);
                 self.ctx.metrics.forget_pool(&pool, &self.ctx.zone);
                 continue;
@@ -189,8 +186,7 @@ impl<'a> ActiveAgent<'a> {
             let span = tracing::info_span!("reconcile", pool = %pool, zone = %self.ctx.zone);
             self.reconcile_one(&pool).instrument(span).await?;
         }
-        let zone = &self.ctx.zone;
-        if !self.pools.pools.values().any(|state| state.concerns(zone)) {
+        if !self.pools.any_concerns_zone() {
             // No pool uses the zone: there is nothing to list, and nothing in the way.
             self.ctx.readiness.met(AGENT_CONDITION);
         }
@@ -209,9 +205,9 @@ impl<'a> ActiveAgent<'a> {
             default_project: ctx.default_project.as_deref(),
             operation_timeout: ctx.operation_timeout,
         };
-        let state = self.state(pool);
-        let timed = state.config.is_some() && state.concerns(&ctx.zone);
-        let pass = reconcile_pool(&pass_ctx, pool, state).await;
+        let (state, keys) = self.pools.state_and_keys(pool);
+        let timed = state.config.is_some() && state.concerns(&ctx.zone, keys);
+        let pass = reconcile_pool(&pass_ctx, pool, state, keys).await;
         state.next_sync = pass.next_sync;
         if pass.listed {
             ctx.readiness.met(AGENT_CONDITION);
@@ -373,9 +369,9 @@ impl<'a> ActiveAgent<'a> {
                 });
             }
             let revision = self.ctx.store.txn_fenced(&self.fence, ops).await?;
-            let state = self.state(pool);
             for (name, value) in chunk {
-                state.record_written(name, value.clone(), revision);
+                self.pools
+                    .record_written(pool, name, value.clone(), revision)?;
             }
         }
         Ok(())
@@ -431,7 +427,8 @@ impl<'a> ActiveAgent<'a> {
                 let state = self.state(pool);
                 state.retry.reset();
                 state.reported = None;
-                let recorded = state.observed.get(name).map(|(o, _)| o.clone());
+                let recorded = self.pools.zone_keys(pool).instances.get(name);
+                let recorded = recorded.map(|o| o.value.clone());
                 if let Some(mut o) = recorded.filter(|o| o.gce_id.is_empty()) {
                     o.gce_id = target_id.unwrap_or_else(|| "created".into());
                     self.write_one(pool, name, Some(o)).await?;

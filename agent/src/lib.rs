@@ -4,7 +4,9 @@
 //!
 //! - [`active`]: the active agent's loop for one term: follows etcd, runs passes when
 //!   due, carries out what they return, reacts to operations' outcomes.
-//! - [`pool_state`]: what the agent knows of each pool (fed from etcd) and when it is due.
+//! - [`pool_state`]: what the agent keeps of each pool beside pm-etcd's keyspace view
+//!   of its zone (`pm_etcd::PoolsView`): the last valid config, operations in flight,
+//!   pauses, and when the pool is due.
 //! - [`reconcile`]: one pass over one pool: list GCE, decide, work out the effects.
 //! - [`decide`]: the pure decision for one pool.
 //! - [`effects`]: the pure effects of a decision: keys, events, hooks, calls.

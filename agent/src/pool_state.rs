@@ -1,18 +1,23 @@
-//! What the active agent knows of each pool in its zone: the config, the zone's desired
-//! count and exhaustion mark, the observed keys (from etcd's listing and watch), the
-//! operations in flight, why creates are paused, and when the pool is due next.
+//! What the active agent knows of each pool in its zone: pm-etcd's keyspace view of the
+//! zone ([`PoolsView::for_zone`]: the stored config, the zone's desired count and
+//! exhaustion mark, the observed keys with their revisions, fed from etcd's listing and
+//! watch, and the agent's own writes) and, beside it, what is the agent's own: the last
+//! valid config, the operations in flight, why creates are paused, and when the pool is
+//! due next.
 //!
 //! Every stored config is checked with [`pm_pool::check_stored`], the rules pmctl
 //! applies: a config that fails, or does not decode, leaves the pool as it was, and its
-//! problem is reported once as an event.
+//! problem is reported once as an event. A change of the config, or of the desired
+//! count or `accept_new`, brings the pool's next pass forward to now; the exhausted key
+//! going away ends a stockout pause.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pm_backoff::{Attempts, Backoff};
-use pm_etcd::{decode, Key, Keyspace, StoredKey, WatchBatch, WatchEvent};
+use pm_etcd::{Change, Key, Keyspace, PoolsView, StoredKey, Value, WatchBatch, ZoneKeys};
 use pm_pool::Problem;
-use pm_proto::{ObservedInstance, PoolConfig, ZoneDesired};
+use pm_proto::{ObservedInstance, PoolConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +38,7 @@ pub struct CreatePause {
     pub stockout: bool,
 }
 
-/// One pool as the agent of this zone sees it.
+/// What the agent of this zone keeps of one pool beside the keyspace view.
 pub struct PoolState {
     /// The last valid config; `None` until one is read (nothing is done without it).
     pub config: Option<PoolConfig>,
@@ -41,15 +46,6 @@ pub struct PoolState {
     pub config_problem: Option<String>,
     /// Whether `config_problem` has been reported.
     pub config_problem_reported: bool,
-    /// Desired count for this zone; `None`: the scheduler has not placed the pool here,
-    /// so nothing is created or scaled down.
-    pub desired: Option<ZoneDesired>,
-    /// Whether the exhausted key of this zone exists.
-    pub exhausted: bool,
-    /// Observed keys with the revision they were last written at.
-    pub observed: BTreeMap<String, (ObservedInstance, i64)>,
-    /// Revisions at which observed keys were removed, until the watch has passed them.
-    pub removed: BTreeMap<String, i64>,
     /// Operations in flight by instance name; they count in decisions.
     pub in_flight: BTreeMap<String, InFlight>,
     /// Creates paused, and why.
@@ -73,10 +69,6 @@ impl Default for PoolState {
             config: None,
             config_problem: None,
             config_problem_reported: false,
-            desired: None,
-            exhausted: false,
-            observed: BTreeMap::new(),
-            removed: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             pause: None,
             retry: CREATE_BACKOFF.attempts(),
@@ -89,12 +81,6 @@ impl Default for PoolState {
 }
 
 impl PoolState {
-    /// The newest revision this view knows of `name`'s key, written or removed.
-    fn known_revision(&self, name: &str) -> i64 {
-        let observed = self.observed.get(name).map_or(0, |(_, rev)| *rev);
-        observed.max(self.removed.get(name).copied().unwrap_or(0))
-    }
-
     /// The resync period (`secondsToRest`).
     pub fn rest(&self) -> Duration {
         self.config
@@ -132,37 +118,25 @@ impl PoolState {
         self.next_sync = self.next_sync.min(until);
     }
 
-    /// Records what the agent itself wrote to (`Some`) or removed from (`None`) the
-    /// observed key `name`, at `revision`.
-    pub fn record_written(&mut self, name: &str, value: Option<ObservedInstance>, revision: i64) {
-        match value {
-            Some(o) => {
-                self.removed.remove(name);
-                self.observed.insert(name.to_string(), (o, revision));
-            }
-            None => {
-                self.observed.remove(name);
-                self.removed.insert(name.to_string(), revision);
-            }
-        }
-    }
-
-    /// Whether the agent of `zone` has anything to do for this pool.
-    pub fn concerns(&self, zone: &str) -> bool {
+    /// Whether the agent of `zone` has anything to do for this pool, whose keys in the
+    /// zone are `keys`: the pool allows the zone, or has a desired count or observed
+    /// instances there.
+    pub fn concerns(&self, zone: &str, keys: &ZoneKeys) -> bool {
         let allowed = self
             .config
             .as_ref()
             .is_some_and(|c| c.allowed_zones.iter().any(|z| z == zone));
-        allowed || self.desired.is_some() || !self.observed.is_empty()
+        allowed || keys.desired.is_some() || !keys.instances.is_empty()
     }
 
-    /// Whether nothing of the pool is left in etcd: the agent can forget it. A pool
-    /// whose only config was refused stays, so that its problem is reported.
-    pub fn is_gone(&self) -> bool {
+    /// Whether nothing of the pool is left in etcd (`keys`: its keys in the zone): the
+    /// agent can forget it. A pool whose only config was refused stays, so that its
+    /// problem is reported.
+    pub fn is_gone(&self, keys: &ZoneKeys) -> bool {
         self.config.is_none()
             && self.config_problem.is_none()
-            && self.observed.is_empty()
-            && self.desired.is_none()
+            && keys.instances.is_empty()
+            && keys.desired.is_none()
     }
 
     fn set_config(&mut self, pool: &str, config: Result<PoolConfig, String>) {
@@ -192,13 +166,15 @@ impl PoolState {
     }
 }
 
-/// Every pool the agent of one zone follows, fed from etcd.
+/// Every pool the agent of one zone follows: the view of the zone's keys, fed from etcd,
+/// and the agent's own state of each pool.
 pub struct Pools {
-    /// The zone served; keys of other zones are ignored.
+    /// The zone served.
     zone: String,
-    /// To parse keys.
-    keys: Keyspace,
-    /// Pools by name.
+    /// The pools' keys in the zone (and every pool's config).
+    view: PoolsView,
+    /// The agent's own state by pool: every pool with a config, a refused config, or a
+    /// key of the zone has one, until it is gone ([`PoolState::is_gone`]).
     pub pools: BTreeMap<String, PoolState>,
 }
 
@@ -207,113 +183,107 @@ impl Pools {
     pub fn new(zone: &str, keys: Keyspace) -> Self {
         Self {
             zone: zone.to_string(),
-            keys,
+            view: PoolsView::for_zone(keys, zone),
             pools: BTreeMap::new(),
         }
     }
 
-    fn parse(&self, raw: &str) -> Option<Key> {
-        let key = self.keys.parse(raw.as_bytes()).ok()?;
-        match key.zone() {
-            Some(zone) if zone != self.zone => None,
-            _ => Some(key),
-        }
-    }
-
-    fn pool(&mut self, pool: String) -> &mut PoolState {
-        self.pools.entry(pool).or_default()
+    /// Takes a listing of the pools prefix made at `revision`.
+    pub fn load(&mut self, listing: &[StoredKey], revision: i64) {
+        let changes = self.view.load(listing, revision);
+        self.take(changes);
     }
 
     /// Applies a watch batch (or a re-listing after compaction).
-    pub fn apply_batch(&mut self, batch: WatchBatch) {
-        match batch {
-            WatchBatch::Events(events) => {
-                for event in events {
-                    match event {
-                        WatchEvent::Put(kv) => self.apply_put(&kv),
-                        WatchEvent::Delete { key, mod_revision } => {
-                            self.apply_delete(&key, mod_revision)
-                        }
-                    }
+    pub fn apply(&mut self, batch: WatchBatch) {
+        let changes = self.view.apply(batch);
+        self.take(changes);
+    }
+
+    /// The keys of `pool` in the zone.
+    pub fn zone_keys(&self, pool: &str) -> &ZoneKeys {
+        self.view.zone(pool, &self.zone)
+    }
+
+    /// The agent's state of `pool` (created when absent) and the pool's keys in the zone.
+    pub fn state_and_keys(&mut self, pool: &str) -> (&mut PoolState, &ZoneKeys) {
+        let state = self.pools.entry(pool.to_string()).or_default();
+        (state, self.view.zone(pool, &self.zone))
+    }
+
+    /// Whether any pool uses the zone.
+    pub fn any_concerns_zone(&self) -> bool {
+        self.pools
+            .iter()
+            .any(|(pool, state)| state.concerns(&self.zone, self.zone_keys(pool)))
+    }
+
+    /// Records what the agent itself wrote to (`Some`) or removed from (`None`) the
+    /// observed key `name` of `pool`, at `revision`.
+    pub fn record_written(
+        &mut self,
+        pool: &str,
+        name: &str,
+        value: Option<ObservedInstance>,
+        revision: i64,
+    ) -> pm_etcd::Result<()> {
+        let key = Key::Instance {
+            pool: pool.to_string(),
+            zone: self.zone.clone(),
+            name: name.to_string(),
+        };
+        self.view.record(&key, value.map(Value::Instance), revision)
+    }
+
+    fn pool(&mut self, pool: &str) -> &mut PoolState {
+        self.pools.entry(pool.to_string()).or_default()
+    }
+
+    /// Keeps the agent's own state up to date with what the view changed.
+    fn take(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Put { key, old, new } => self.put(&key, old, *new),
+                Change::Delete { key, .. } => self.deleted(&key),
+                Change::Undecodable {
+                    key: Key::PoolConfig { pool },
+                    error,
+                } => self.pool(&pool).set_config(&pool, Err(error.to_string())),
+                Change::Undecodable { error, .. } => {
+                    tracing::warn!(error = %error, "skipping a value that does not decode");
                 }
+                Change::Malformed { .. } => {}
             }
-            WatchBatch::Resync { keys, .. } => self.resync(&keys),
         }
     }
 
-    /// Rebuilds the view from a full listing. A pool keeps its last valid config when the
-    /// listing holds a config that is refused; one whose config key is gone loses it.
-    pub fn resync(&mut self, listing: &[StoredKey]) {
-        for pool in self.pools.values_mut() {
-            pool.desired = None;
-            pool.exhausted = false;
-            pool.observed.clear();
-            pool.removed.clear();
-        }
-        let mut configured = BTreeSet::new();
-        for kv in listing {
-            if let Some(Key::PoolConfig { pool }) = self.parse(&kv.key) {
-                configured.insert(pool);
+    fn put(&mut self, key: &Key, old: Option<Value>, new: Value) {
+        let Some(pool) = key.pool() else {
+            return;
+        };
+        match (key, new) {
+            (Key::PoolConfig { .. }, Value::Config(config)) => {
+                self.pool(pool).set_config(pool, Ok(config));
             }
-            self.apply_put(kv);
-        }
-        for (name, pool) in &mut self.pools {
-            if !configured.contains(name) {
-                pool.config = None;
+            (Key::ZoneDesired { .. }, Value::Desired(desired)) => {
+                let before = match old {
+                    Some(Value::Desired(d)) => Some((d.count, d.accept_new)),
+                    _ => None,
+                };
+                let state = self.pool(pool);
+                if before != Some((desired.count, desired.accept_new)) {
+                    state.wake_within(Duration::ZERO);
+                }
             }
+            (Key::Exhausted { .. } | Key::Instance { .. }, _) => {
+                self.pool(pool);
+            }
+            _ => {}
         }
     }
 
-    /// Applies one key written.
-    pub fn apply_put(&mut self, kv: &StoredKey) {
-        let Some(key) = self.parse(&kv.key) else {
-            return;
-        };
-        let skip =
-            |e: pm_etcd::Error| tracing::warn!(error = %e, "skipping a value that does not decode");
-        match key {
-            Key::PoolConfig { pool } => {
-                let config = decode::<PoolConfig>(&kv.key, &kv.value).map_err(|e| e.to_string());
-                self.pool(pool.clone()).set_config(&pool, config);
-            }
-            Key::ZoneDesired { pool, .. } => match decode::<ZoneDesired>(&kv.key, &kv.value) {
-                Ok(desired) => {
-                    let state = self.pool(pool);
-                    let changed = state.desired.as_ref().map(|d| (d.count, d.accept_new))
-                        != Some((desired.count, desired.accept_new));
-                    state.desired = Some(desired);
-                    if changed {
-                        state.wake_within(Duration::ZERO);
-                    }
-                }
-                Err(e) => skip(e),
-            },
-            Key::Exhausted { pool, .. } => self.pool(pool).exhausted = true,
-            Key::Instance { pool, name, .. } => {
-                match decode::<ObservedInstance>(&kv.key, &kv.value) {
-                    Ok(observed) => {
-                        let state = self.pool(pool);
-                        if kv.mod_revision > state.known_revision(&name) {
-                            state.removed.remove(&name);
-                            state.observed.insert(name, (observed, kv.mod_revision));
-                        }
-                    }
-                    Err(e) => skip(e),
-                }
-            }
-            Key::Report { .. } | Key::Event { .. } | Key::AgentMember { .. } => {}
-        }
-    }
-
-    /// Applies one key deleted at `revision`.
-    pub fn apply_delete(&mut self, raw: &str, revision: i64) {
-        let Some(key) = self.parse(raw) else {
-            return;
-        };
-        let Some(pool) = key.pool().map(str::to_string) else {
-            return;
-        };
-        let Some(state) = self.pools.get_mut(&pool) else {
+    fn deleted(&mut self, key: &Key) {
+        let Some(state) = key.pool().and_then(|pool| self.pools.get_mut(pool)) else {
             return;
         };
         match key {
@@ -321,28 +291,197 @@ impl Pools {
                 state.config = None;
                 state.config_problem = None;
             }
-            Key::ZoneDesired { .. } => state.desired = None,
             Key::Exhausted { .. } => {
-                state.exhausted = false;
                 if state.pause.as_ref().is_some_and(|p| p.stockout) {
                     state.pause = None;
                 }
                 state.wake_within(Duration::ZERO);
             }
-            Key::Instance { name, .. } => {
-                if revision > state.known_revision(&name) {
-                    state.observed.remove(&name);
-                    state.removed.insert(name, revision);
-                }
-            }
-            Key::Report { .. } | Key::Event { .. } | Key::AgentMember { .. } => {}
+            Key::ZoneDesired { .. }
+            | Key::Instance { .. }
+            | Key::Report { .. }
+            | Key::Event { .. }
+            | Key::AgentMember { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pm_etcd::testing::{self, stored};
+    use pm_proto::{InstanceState, OnPreempted, ZoneDesired, ZoneExhaustion};
+    use prost::Message;
+
+    use super::*;
+
+    const LATER: Duration = Duration::from_secs(3600);
+
+    fn put(key: String, value: Vec<u8>, revision: i64) -> WatchBatch {
+        WatchBatch::Events(vec![testing::put(key, value, revision)])
+    }
+
+    fn delete(key: String, revision: i64) -> WatchBatch {
+        WatchBatch::Events(vec![testing::delete(key, revision)])
+    }
+
+    fn desired(count: i64, accept_new: bool, updated_unix_ms: i64) -> Vec<u8> {
+        ZoneDesired {
+            count,
+            accept_new,
+            updated_unix_ms,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn config(target: i64) -> PoolConfig {
+        PoolConfig {
+            target_vm_count: target,
+            ..crate::reconcile::tests::config(OnPreempted::Delete)
         }
     }
 
-    /// Forgets removals the watch has passed (`horizon`: its next revision).
-    pub fn forget_removed_before(&mut self, horizon: i64) {
-        for pool in self.pools.values_mut() {
-            pool.removed.retain(|_, rev| *rev >= horizon);
-        }
+    /// Pools of zone-a with the pool `web` configured, placed and exhausted, not due.
+    fn pools() -> (Pools, Keyspace) {
+        let ks = Keyspace::default();
+        let mut pools = Pools::new("zone-a", ks.clone());
+        pools.load(
+            &[
+                stored(ks.pool_config("web").unwrap(), config(2).encode_to_vec(), 2),
+                stored(
+                    ks.zone_desired("web", "zone-a").unwrap(),
+                    desired(2, true, 1),
+                    3,
+                ),
+                stored(
+                    ks.exhausted("web", "zone-a").unwrap(),
+                    ZoneExhaustion::default().encode_to_vec(),
+                    4,
+                ),
+            ],
+            4,
+        );
+        pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
+        (pools, ks)
+    }
+
+    fn due_now(pools: &Pools) -> bool {
+        pools.pools["web"].next_sync <= Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn desired_changes_wake_the_pool_only_when_count_or_accept_new_change() {
+        let (mut pools, ks) = pools();
+        let dk = ks.zone_desired("web", "zone-a").unwrap();
+        assert!(pools.zone_keys("web").exhausted.is_some());
+        pools.apply(put(dk.clone(), desired(2, true, 99), 5));
+        assert!(!due_now(&pools), "only its bookkeeping changed");
+        pools.apply(put(dk.clone(), desired(2, false, 99), 6));
+        assert!(due_now(&pools), "accept_new changed");
+        pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
+        pools.apply(put(dk.clone(), desired(3, false, 99), 7));
+        assert!(due_now(&pools), "the count changed");
+        pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
+        let other = ks.zone_desired("web", "zone-b").unwrap();
+        pools.apply(put(other, desired(9, true, 1), 8));
+        assert!(
+            !due_now(&pools),
+            "another zone's desired is not this agent's"
+        );
+        pools.apply(delete(dk, 9));
+        assert!(pools.zone_keys("web").desired.is_none());
+        assert!(
+            !due_now(&pools),
+            "a desired key going away waits for the pass"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stockout_pause_ends_when_the_exhausted_key_goes_away() {
+        let (mut pools, ks) = pools();
+        let state = pools.pools.get_mut("web").unwrap();
+        state.pause_creates(LATER, "stockout".into(), true);
+        state.next_sync = Instant::now() + LATER;
+        pools.apply(delete(ks.exhausted("web", "zone-a").unwrap(), 5));
+        let state = &pools.pools["web"];
+        assert!(state.pause.is_none() && due_now(&pools));
+        assert!(pools.zone_keys("web").exhausted.is_none());
+
+        let state = pools.pools.get_mut("web").unwrap();
+        state.pause_creates(LATER, "Quota".into(), false);
+        let xk = ks.exhausted("web", "zone-a").unwrap();
+        pools.apply(put(
+            xk.clone(),
+            ZoneExhaustion::default().encode_to_vec(),
+            6,
+        ));
+        pools.apply(delete(xk, 7));
+        assert!(
+            pools.pools["web"].pause.is_some(),
+            "a pause of another cause stays"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_change_wakes_the_pool_and_a_refused_one_keeps_the_last_valid() {
+        let (mut pools, ks) = pools();
+        let ck = ks.pool_config("web").unwrap();
+        let state = pools.pools.get_mut("web").unwrap();
+        state.pause_creates(LATER, "Quota".into(), false);
+        state.reported = Some("cannot list".into());
+        state.next_sync = Instant::now() + LATER;
+        pools.apply(put(ck.clone(), config(2).encode_to_vec(), 5));
+        assert!(!due_now(&pools), "the same config again changes nothing");
+        pools.apply(put(ck.clone(), config(4).encode_to_vec(), 6));
+        let state = &pools.pools["web"];
+        assert!(due_now(&pools));
+        assert!(state.pause.is_none() && state.reported.is_none());
+        assert_eq!(state.config.as_ref().map(|c| c.target_vm_count), Some(4));
+
+        pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
+        pools.apply(put(ck.clone(), config(-1).encode_to_vec(), 7));
+        let state = &pools.pools["web"];
+        assert!(due_now(&pools), "a refused config is reported at once");
+        assert_eq!(state.config.as_ref().map(|c| c.target_vm_count), Some(4));
+        assert!(state.config_problem.is_some() && !state.config_problem_reported);
+        let both = WatchBatch::Events(vec![
+            testing::put(ck.clone(), config(5).encode_to_vec(), 8),
+            testing::put(ck.clone(), config(-2).encode_to_vec(), 9),
+        ]);
+        pools.apply(both);
+        let state = &pools.pools["web"];
+        assert_eq!(
+            state.config.as_ref().map(|c| c.target_vm_count),
+            Some(5),
+            "the last valid config of a batch is kept"
+        );
+        pools.apply(delete(ck, 10));
+        let state = &pools.pools["web"];
+        assert!(state.config.is_none() && state.config_problem.is_none());
+        assert!(!state.is_gone(pools.zone_keys("web")), "placed here still");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_agents_own_writes_are_not_undone_by_stale_watch_events() {
+        let (mut pools, ks) = pools();
+        let ik = ks.instance("web", "zone-a", "web-a1").unwrap();
+        let provisioning = ObservedInstance {
+            state: InstanceState::Provisioning as i32,
+            ..Default::default()
+        };
+        pools.apply(put(ik.clone(), provisioning.encode_to_vec(), 5));
+        pools.record_written("web", "web-a1", None, 8).unwrap();
+        pools.apply(put(ik.clone(), provisioning.encode_to_vec(), 6));
+        assert!(pools.zone_keys("web").instances.is_empty());
+        let running = ObservedInstance {
+            state: InstanceState::Running as i32,
+            ..Default::default()
+        };
+        pools
+            .record_written("web", "web-a1", Some(running.clone()), 9)
+            .unwrap();
+        pools.apply(delete(ik, 8));
+        let held = &pools.zone_keys("web").instances["web-a1"];
+        assert_eq!((&held.value, held.mod_revision), (&running, 9));
     }
 }

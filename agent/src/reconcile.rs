@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pm_etcd::now_unix_ms;
+use pm_etcd::{now_unix_ms, ZoneKeys};
 use pm_gce::compute::Compute;
 use pm_gce::resources::Operation;
 use pm_pool::{is_pool_member, new_instance_name, pool_filter};
@@ -64,9 +64,15 @@ fn report(kind: &'static str, severity: Severity, message: String) -> Report {
     }
 }
 
-/// One pass over `pool`. It updates what only the pass decides in `state` (an expired
-/// pause is lifted; a failed list advances the back-off) and returns the rest.
-pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolState) -> Pass {
+/// One pass over `pool`, whose keys in the zone are `keys`. It updates what only the pass
+/// decides in `state` (an expired pause is lifted; a failed list advances the back-off)
+/// and returns the rest.
+pub async fn reconcile_pool(
+    ctx: &PassContext<'_>,
+    pool: &str,
+    state: &mut PoolState,
+    keys: &ZoneKeys,
+) -> Pass {
     let mut pass = Pass {
         listed: false,
         reports: Vec::new(),
@@ -88,7 +94,7 @@ pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolS
     let Some(config) = state.config.clone() else {
         return pass;
     };
-    if !state.concerns(ctx.zone) {
+    if !state.concerns(ctx.zone, keys) {
         return pass;
     }
     let Some(project) = pm_pool::project_or(&config, ctx.default_project) else {
@@ -138,17 +144,18 @@ pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolS
     {
         state.pause = None;
     }
-    let may_create = state.desired.as_ref().is_some_and(|d| d.accept_new)
-        && !state.exhausted
+    let desired = keys.desired.as_ref().map(|d| &d.value);
+    let may_create = desired.is_some_and(|d| d.accept_new)
+        && keys.exhausted.is_none()
         && state.pause.is_none()
         && !config.deleted;
-    let observed: BTreeMap<_, _> = state
-        .observed
+    let observed: BTreeMap<_, _> = keys
+        .instances
         .iter()
-        .map(|(n, (o, _))| (n.clone(), o.clone()))
+        .map(|(n, o)| (n.clone(), o.value.clone()))
         .collect();
     let inputs = PoolInputs {
-        desired: state.desired.as_ref().map_or(-1, |d| d.count),
+        desired: desired.map_or(-1, |d| d.count),
         may_create,
         on_preempted: config.on_preempted(),
         listed: listed.clone(),
@@ -171,7 +178,7 @@ pub async fn reconcile_pool(ctx: &PassContext<'_>, pool: &str, state: &mut PoolS
             tracing::info!(reason = %pause.reason, deficit = inputs.desired - decision.live, "creates paused");
         }
     }
-    if state.desired.is_none() {
+    if desired.is_none() {
         // Not placed here by the scheduler: never scale down on a guess.
         decision.delete.retain(|n| {
             listed.get(n).is_some_and(|l| is_stopped(l.status))
@@ -228,4 +235,4 @@ async fn preemption_operations(
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -11,6 +11,9 @@ use pm_pool::HookEvent;
 use pm_proto::{Hooks, ObservedInstance, OnPreempted, PoolConfig, ZoneDesired};
 use tokio::sync::Semaphore;
 
+use pm_etcd::testing::stored;
+use pm_etcd::{Keyspace, Stamped, StoredKey, WatchBatch, WatchEvent, ZoneKeys};
+
 use super::*;
 use crate::decide::InFlight;
 use crate::failure::{react, Action};
@@ -20,7 +23,7 @@ const ZONE: &str = "zone-a";
 const PROJECT: &str = "proj";
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn config(on_preempted: OnPreempted) -> PoolConfig {
+pub(crate) fn config(on_preempted: OnPreempted) -> PoolConfig {
     PoolConfig {
         target_vm_count: 2,
         allowed_zones: vec![ZONE.into()],
@@ -32,20 +35,38 @@ fn config(on_preempted: OnPreempted) -> PoolConfig {
     }
 }
 
-fn state(desired: i64, on_preempted: OnPreempted) -> PoolState {
-    PoolState {
-        config: Some(config(on_preempted)),
-        desired: Some(ZoneDesired {
-            count: desired,
-            accept_new: true,
+/// A pool as a pass sees it: the agent's state and the pool's keys in the zone.
+struct Pool {
+    state: PoolState,
+    keys: ZoneKeys,
+}
+
+fn state(desired: i64, on_preempted: OnPreempted) -> Pool {
+    Pool {
+        state: PoolState {
+            config: Some(config(on_preempted)),
             ..Default::default()
-        }),
-        ..Default::default()
+        },
+        keys: ZoneKeys {
+            desired: Some(Stamped {
+                value: ZoneDesired {
+                    count: desired,
+                    accept_new: true,
+                    ..Default::default()
+                },
+                mod_revision: 1,
+            }),
+            ..Default::default()
+        },
     }
 }
 
-fn observe(state: &mut PoolState, name: &str, o: ObservedInstance) {
-    state.observed.insert(name.into(), (o, 1));
+fn observe(pool: &mut Pool, name: &str, o: ObservedInstance) {
+    let stamped = Stamped {
+        value: o,
+        mod_revision: 1,
+    };
+    pool.keys.instances.insert(name.into(), stamped);
 }
 
 fn running(name: &str) -> ObservedInstance {
@@ -65,7 +86,7 @@ fn put(fake: &FakeCompute, name: &str, status: InstanceStatus) {
     fake.put_instance(PROJECT, ZONE, instance);
 }
 
-async fn pass(fake: &FakeCompute, state: &mut PoolState) -> Pass {
+async fn pass(fake: &FakeCompute, state: &mut PoolState, keys: &ZoneKeys) -> Pass {
     let ctx = PassContext {
         compute: fake,
         zone: ZONE,
@@ -73,11 +94,11 @@ async fn pass(fake: &FakeCompute, state: &mut PoolState) -> Pass {
         default_project: None,
         operation_timeout: TIMEOUT,
     };
-    reconcile_pool(&ctx, "web", state).await
+    reconcile_pool(&ctx, "web", state, keys).await
 }
 
-async fn effects_of(fake: &FakeCompute, state: &mut PoolState) -> Effects {
-    let pass = pass(fake, state).await;
+async fn effects_of(fake: &FakeCompute, pool: &mut Pool) -> Effects {
+    let pass = pass(fake, &mut pool.state, &pool.keys).await;
     assert!(pass.listed, "{:?}", pass.reports);
     let (project, fx) = pass.effects.expect("effects");
     assert_eq!(project, PROJECT);
@@ -131,10 +152,11 @@ async fn a_stockout_in_the_operation_reports_the_zone_and_forgets_the_intent() {
     assert!(reaction.forget_intent);
     assert!(fake.instances(PROJECT, ZONE).is_empty());
 
-    pool.pause_creates(pool.exhaustion_base(), "stockout".into(), true);
+    pool.state
+        .pause_creates(pool.state.exhaustion_base(), "stockout".into(), true);
     let fx = effects_of(&fake, &mut pool).await;
     assert!(fx.creates.is_empty(), "creates stay paused");
-    tokio::time::advance(pool.exhaustion_base()).await;
+    tokio::time::advance(pool.state.exhaustion_base()).await;
     let fx = effects_of(&fake, &mut pool).await;
     assert_eq!(
         fx.creates.len(),
@@ -161,7 +183,7 @@ async fn quota_pauses_creates_for_the_back_off() {
     let error = failure(&outcomes[0].2);
     assert_eq!(error.class(), ErrorClass::Quota);
     assert!(matches!(outcomes[1].2, Outcome::Done(_)));
-    let reaction = react(InFlight::Creating, error, || pool.retry.next_delay());
+    let reaction = react(InFlight::Creating, error, || pool.state.retry.next_delay());
     let Action::BackOff {
         delay,
         pause_creates: true,
@@ -173,8 +195,8 @@ async fn quota_pauses_creates_for_the_back_off() {
         delay <= Duration::from_secs(1),
         "first delay of the back-off"
     );
-    pool.pause_creates(delay, "Quota".into(), false);
-    assert!(pool.next_sync <= tokio::time::Instant::now() + delay);
+    pool.state.pause_creates(delay, "Quota".into(), false);
+    assert!(pool.state.next_sync <= tokio::time::Instant::now() + delay);
     let fx = effects_of(&fake, &mut pool).await;
     assert!(fx.creates.is_empty(), "paused");
     tokio::time::advance(delay).await;
@@ -200,7 +222,7 @@ async fn a_rate_limited_list_backs_the_pass_off() {
         ),
     );
     let now = tokio::time::Instant::now();
-    let first = pass(&fake, &mut pool).await;
+    let first = pass(&fake, &mut pool.state, &pool.keys).await;
     assert!(!first.listed && first.effects.is_none());
     assert_eq!(first.reports[0].kind, "gce-error");
     assert!(first.next_sync <= now + Duration::from_secs(1));
@@ -362,45 +384,42 @@ async fn an_instance_in_an_unknown_status_is_logged_once_and_left_alone() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
     let fake = FakeCompute::new();
-    let mut pools = crate::pool_state::Pools::new(ZONE, pm_etcd::Keyspace::default());
-    let keys = pm_etcd::Keyspace::default();
+    let mut pools = crate::pool_state::Pools::new(ZONE, Keyspace::default());
+    let keys = Keyspace::default();
     let key = keys.pool_config("web").expect("key");
-    let stored = |config: &PoolConfig, revision: i64| pm_etcd::StoredKey {
-        key: key.clone(),
-        value: prost::Message::encode_to_vec(config),
-        mod_revision: revision,
-        create_revision: 1,
-        lease: 0,
+    let stored = |config: &PoolConfig, revision: i64| {
+        stored(key.clone(), prost::Message::encode_to_vec(config), revision)
     };
+    let put = |kv: StoredKey| WatchBatch::Events(vec![WatchEvent::Put(kv)]);
     let good = config(OnPreempted::Delete);
-    pools.apply_put(&stored(&good, 2));
+    pools.apply(put(stored(&good, 2)));
     let mut bad = good.clone();
     bad.hooks = Some(Hooks {
         create: "../escape".into(),
         ..Default::default()
     });
-    pools.apply_put(&stored(&bad, 3));
-    let undecodable = pm_etcd::StoredKey {
+    pools.apply(put(stored(&bad, 3)));
+    let undecodable = StoredKey {
         value: b"\xff\xff garbage".to_vec(),
         ..stored(&good, 4)
     };
-    let state = pools.pools.get_mut("web").expect("pool");
+    let (state, zone) = pools.state_and_keys("web");
     assert_eq!(
         state.config.as_ref(),
         Some(&good),
         "the last valid config stays"
     );
-    let first = pass(&fake, state).await;
+    let first = pass(&fake, state, zone).await;
     assert_eq!(first.reports.len(), 1, "{:?}", first.reports);
     assert_eq!(first.reports[0].kind, "invalid-config");
     assert!(first.reports[0].message.contains("hooks.create"));
-    let second = pass(&fake, state).await;
+    let second = pass(&fake, state, zone).await;
     assert!(second.reports.is_empty(), "reported once");
-    pools.apply_put(&undecodable);
-    let state = pools.pools.get_mut("web").expect("pool");
+    pools.apply(put(undecodable));
+    let (state, zone) = pools.state_and_keys("web");
     assert_eq!(state.config.as_ref(), Some(&good));
-    let third = pass(&fake, state).await;
+    let third = pass(&fake, state, zone).await;
     assert_eq!(third.reports.len(), 1, "a new problem is reported");
-    pools.apply_put(&stored(&good, 5));
+    pools.apply(put(stored(&good, 5)));
     assert!(pools.pools["web"].config_problem.is_none());
 }

@@ -7,7 +7,12 @@
 //!   observation, and a token that fires as soon as leadership is lost.
 //! - [`ResumableWatch`]: a watch that resumes after errors and restarts, and re-lists
 //!   after compaction, so no change is lost or seen twice.
+//! - [`PoolsView`]: the one typed view of the `pools/` keyspace (configs, desired,
+//!   exhausted, reports, observed instances) that the daemons and pmctl read, built
+//!   from a listing and watch batches, telling what each changed.
 //! - [`EtcdOptions`]: endpoints, TLS and user/password.
+//!
+//! With the `testing` feature, [`testing`] builds stored keys and watch events for tests.
 //!
 //! The flags that fill [`EtcdOptions`] in (`EtcdArgs`) and the rest of a binary's start
 //! live in `pm-daemon`.
@@ -21,6 +26,9 @@ pub mod keys;
 mod retry;
 pub mod session;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod view;
 pub mod watch;
 
 pub use connect::{EtcdOptions, Secret, TlsFiles};
@@ -31,6 +39,7 @@ pub use fence::Fence;
 pub use keys::{Key, Keyspace};
 pub use session::Session;
 pub use store::{decode, put_op, Listing, Store, Versioned};
+pub use view::{Change, PoolKeys, PoolsView, Stamped, Value, ZoneKeys};
 pub use watch::{ResumableWatch, StoredKey, WatchBatch, WatchEvent, WatchRange};
 
 pub use etcd_client;

@@ -123,7 +123,7 @@ pub async fn show(
         .flat_map(|(z, zs)| {
             zs.instances
                 .iter()
-                .map(move |(n, i)| InstanceRow::new(z, n, i))
+                .map(move |(n, i)| InstanceRow::new(z, n, &i.value))
         })
         .collect();
     let view = InstancesView {

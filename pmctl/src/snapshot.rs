@@ -1,12 +1,10 @@
-//! Reading what etcd holds about pools, agents and the scheduler into one snapshot, and
-//! how an observed instance counts.
+//! Reading what etcd holds about pools (into pm-etcd's keyspace view, [`PoolsView`]),
+//! agents and the scheduler into one snapshot; GCE's word for an observed state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pm_etcd::{decode, Election, Key, LeaderInfo, Store};
-use pm_proto::{
-    AgentInfo, InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion,
-};
+use pm_etcd::{decode, Change, Election, Key, LeaderInfo, PoolKeys, PoolsView, Store};
+use pm_proto::{AgentInfo, InstanceState};
 
 use crate::error::Result;
 
@@ -16,34 +14,14 @@ pub fn state_name(state: InstanceState) -> &'static str {
     name.strip_prefix("INSTANCE_STATE_").unwrap_or(name)
 }
 
-/// One zone of one pool.
-#[derive(Debug, Clone, Default)]
-pub struct ZoneState {
-    /// The scheduler's desired count; absent means 0.
-    pub desired: Option<ZoneDesired>,
-    /// The exhaustion mark, while its lease lives.
-    pub exhausted: Option<ZoneExhaustion>,
-    /// Observed instances by name.
-    pub instances: BTreeMap<String, ObservedInstance>,
-}
-
-/// One pool: its config (if any) and every zone it has keys in.
-#[derive(Debug, Clone, Default)]
-pub struct PoolState {
-    /// The stored config; `None` when only zone keys are left.
-    pub config: Option<PoolConfig>,
-    /// The config key's mod_revision; 0 when absent.
-    pub config_revision: i64,
-    /// Zones with keys of this pool.
-    pub zones: BTreeMap<String, ZoneState>,
-}
-
-impl PoolState {
-    /// The zones to show: the allowed ones and every zone holding keys, sorted.
-    pub fn zone_names(&self) -> BTreeSet<String> {
-        let allowed = self.config.iter().flat_map(|c| c.allowed_zones.iter());
-        allowed.chain(self.zones.keys()).cloned().collect()
-    }
+/// The zones to show of a pool: the ones its stored config allows and every zone
+/// holding keys, sorted.
+pub fn zone_names(pool: &PoolKeys) -> BTreeSet<String> {
+    let allowed = pool
+        .config
+        .iter()
+        .flat_map(|c| c.value.allowed_zones.iter());
+    allowed.chain(pool.zones.keys()).cloned().collect()
 }
 
 /// The agents of one zone.
@@ -71,8 +49,8 @@ impl ZoneAgents {
 pub struct Snapshot {
     /// Revision of the pool listing; watch from `revision + 1` to follow it.
     pub revision: i64,
-    /// Pools by name.
-    pub pools: BTreeMap<String, PoolState>,
+    /// Pools by name, as stored.
+    pub pools: BTreeMap<String, PoolKeys>,
     /// Agents by zone.
     pub agents: BTreeMap<String, ZoneAgents>,
     /// The scheduler leader.
@@ -81,54 +59,29 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
 }
 
-/// Reads the keys of one pool (or of all) and sorts them into pools and zones. Events are
-/// skipped. Returns the pools, the listing's revision, and warnings about bad values.
+/// Reads the keys of one pool (or of all) into the keyspace view's pools and zones.
+/// Events are skipped. Returns the pools, the listing's revision, and warnings about
+/// values that do not decode.
 pub async fn read_pools(
     store: &Store,
     pool: Option<&str>,
-) -> Result<(BTreeMap<String, PoolState>, i64, Vec<String>)> {
+) -> Result<(BTreeMap<String, PoolKeys>, i64, Vec<String>)> {
     let keys = store.keys();
     let prefix = match pool {
         Some(pool) => keys.pool_prefix(pool)?,
         None => keys.pools_prefix(),
     };
     let (stored, revision) = store.list_raw(&prefix).await?;
-    let mut pools: BTreeMap<String, PoolState> = BTreeMap::new();
-    let mut warnings = Vec::new();
-    for kv in stored {
-        let Ok(key) = keys.parse(kv.key.as_bytes()) else {
-            continue;
-        };
-        let result = match key {
-            Key::PoolConfig { pool } => decode::<PoolConfig>(&kv.key, &kv.value).map(|c| {
-                let state = pools.entry(pool).or_default();
-                state.config = Some(c);
-                state.config_revision = kv.mod_revision;
-            }),
-            Key::ZoneDesired { pool, zone } => decode::<ZoneDesired>(&kv.key, &kv.value)
-                .map(|d| zone_of(&mut pools, pool, zone).desired = Some(d)),
-            Key::Exhausted { pool, zone } => decode::<ZoneExhaustion>(&kv.key, &kv.value)
-                .map(|e| zone_of(&mut pools, pool, zone).exhausted = Some(e)),
-            Key::Instance { pool, zone, name } => decode::<ObservedInstance>(&kv.key, &kv.value)
-                .map(|i| {
-                    zone_of(&mut pools, pool, zone).instances.insert(name, i);
-                }),
-            Key::Report { .. } | Key::Event { .. } | Key::AgentMember { .. } => Ok(()),
-        };
-        if let Err(e) = result {
-            warnings.push(e.to_string());
-        }
-    }
-    Ok((pools, revision, warnings))
-}
-
-fn zone_of(pools: &mut BTreeMap<String, PoolState>, pool: String, zone: String) -> &mut ZoneState {
-    pools
-        .entry(pool)
-        .or_default()
-        .zones
-        .entry(zone)
-        .or_default()
+    let mut view = PoolsView::new(keys.clone());
+    let warnings = view
+        .load(&stored, revision)
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Undecodable { error, .. } => Some(error.to_string()),
+            Change::Put { .. } | Change::Delete { .. } | Change::Malformed { .. } => None,
+        })
+        .collect();
+    Ok((view.into_pools(), revision, warnings))
 }
 
 /// Reads the registered agents of every zone, and the active agent of those zones and of
@@ -176,7 +129,7 @@ pub async fn read_leader(store: &Store) -> Result<Option<LeaderInfo>> {
 /// Reads pools (one or all), the agents of their zones, and the scheduler leader.
 pub async fn read(store: &Store, pool: Option<&str>) -> Result<Snapshot> {
     let (pools, revision, mut warnings) = read_pools(store, pool).await?;
-    let zones: BTreeSet<String> = pools.values().flat_map(PoolState::zone_names).collect();
+    let zones: BTreeSet<String> = pools.values().flat_map(zone_names).collect();
     let (mut agents, agent_warnings) = read_agents(store, &zones).await?;
     if pool.is_some() {
         agents.retain(|zone, _| zones.contains(zone));

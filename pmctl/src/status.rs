@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pm_etcd::{now_unix_ms, ResumableWatch, Store, WatchRange};
+use pm_etcd::{now_unix_ms, PoolKeys, ResumableWatch, Store, WatchRange};
 use pm_proto::{ObservedInstance, ZoneExhaustion};
 use serde::Serialize;
 
@@ -13,7 +13,7 @@ use crate::output::{self, Align, OutputFormat, Render, Table};
 use pm_pool::fields::distribution_name;
 use pm_pool::ObservedStatus;
 
-use crate::snapshot::{self, PoolState, Snapshot, ZoneAgents};
+use crate::snapshot::{self, zone_names, Snapshot, ZoneAgents};
 
 /// How often `--watch` redraws when nothing changes.
 const REDRAW_EVERY: Duration = Duration::from_secs(1);
@@ -205,30 +205,36 @@ pub struct StatusView {
     pub warnings: Vec<String>,
 }
 
-fn pool_status(name: &str, pool: &PoolState, snapshot: &Snapshot, now_ms: i64) -> PoolStatus {
-    let config = pool.config.as_ref();
+fn pool_status(name: &str, pool: &PoolKeys, snapshot: &Snapshot, now_ms: i64) -> PoolStatus {
+    let config = pool.config.as_ref().map(|c| &c.value);
     let phase = match config {
         None => Phase::Unconfigured,
         Some(c) if c.deleted => Phase::Deleting,
         Some(_) => Phase::Active,
     };
     let mut totals = Counts::default();
-    let zones = pool
-        .zone_names()
+    let zones = zone_names(pool)
         .into_iter()
         .map(|zone| {
-            let state = pool.zones.get(&zone).cloned().unwrap_or_default();
+            let state = pool.zone(&zone);
+            let desired = state.desired.as_ref().map(|d| &d.value);
             let mut counts = Counts {
-                desired: state.desired.as_ref().map_or(0, |d| d.count),
+                desired: desired.map_or(0, |d| d.count),
                 ..Counts::default()
             };
-            state.instances.values().for_each(|i| counts.count(i));
+            state
+                .instances
+                .values()
+                .for_each(|i| counts.count(&i.value));
             totals.add(&counts);
             ZoneStatus {
                 allowed: config.is_some_and(|c| !c.deleted && c.allowed_zones.contains(&zone)),
-                accept_new: state.desired.as_ref().is_some_and(|d| d.accept_new),
+                accept_new: desired.is_some_and(|d| d.accept_new),
                 counts,
-                exhausted: state.exhausted.as_ref().map(|e| Exhaustion::new(e, now_ms)),
+                exhausted: state
+                    .exhausted
+                    .as_ref()
+                    .map(|e| Exhaustion::new(&e.value, now_ms)),
                 agent: AgentSummary::new(snapshot.agents.get(&zone)),
                 zone,
             }
@@ -386,18 +392,25 @@ pub async fn watch(store: &Store, pool: Option<&str>, format: OutputFormat) -> R
 
 #[cfg(test)]
 mod tests {
+    use pm_etcd::{Stamped, ZoneKeys};
     use pm_proto::{InstanceState, PoolConfig, ZoneDesired};
 
     use super::*;
-    use crate::snapshot::ZoneState;
+
+    fn stamped<M>(value: M) -> Stamped<M> {
+        Stamped {
+            value,
+            mod_revision: 5,
+        }
+    }
 
     fn snapshot() -> Snapshot {
-        let mut zone_a = ZoneState {
-            desired: Some(ZoneDesired {
+        let mut zone_a = ZoneKeys {
+            desired: Some(stamped(ZoneDesired {
                 count: 2,
                 accept_new: true,
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         for (name, state, preempted) in [
@@ -407,30 +420,29 @@ mod tests {
         ] {
             zone_a.instances.insert(
                 name.into(),
-                ObservedInstance {
+                stamped(ObservedInstance {
                     state: state as i32,
                     preempted,
                     ..Default::default()
-                },
+                }),
             );
         }
-        let zone_b = ZoneState {
-            exhausted: Some(ZoneExhaustion {
+        let zone_b = ZoneKeys {
+            exhausted: Some(stamped(ZoneExhaustion {
                 since_unix_ms: 1_000,
                 until_unix_ms: 600_000,
                 backoff_multiplier: 1,
                 reason: "manual".into(),
                 set_by: "pmctl".into(),
-            }),
+            })),
             ..Default::default()
         };
-        let pool = PoolState {
-            config: Some(PoolConfig {
+        let pool = PoolKeys {
+            config: Some(stamped(PoolConfig {
                 target_vm_count: 3,
                 allowed_zones: vec!["zone-a".into(), "zone-b".into()],
                 ..Default::default()
-            }),
-            config_revision: 5,
+            })),
             zones: [
                 ("zone-a".to_string(), zone_a),
                 ("zone-b".to_string(), zone_b),

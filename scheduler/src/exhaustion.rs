@@ -7,17 +7,19 @@
 //!   the back-off and capacity hint remembered).
 //! - The back-off doubles on repeated stockouts up to [`MAX_MULTIPLIER`] and resets after
 //!   [`HEALTHY_AFTER_BASES`] healthy bases ([`next_backoff`]).
-//! - On expiry etcd deletes the key with its lease; the view notices
+//! - What was written is recorded in the leader's model ([`ExhaustionGrant::record`]), so
+//!   the watch's echo of it changes nothing.
+//! - On expiry etcd deletes the key with its lease; the model notices
 //!   ([`crate::model::Notice::ZoneUsable`]), the zone is usable again at the next
 //!   placement, and [`usable_again`] is the event.
 
 use std::time::Duration;
 
 use etcd_client::TxnOp;
-use pm_etcd::{put_op, Fence, Store};
+use pm_etcd::{put_op, Fence, Key, Store, Value};
 use pm_proto::{ExhaustionReport, PoolConfig, Severity, ZoneDesired, ZoneExhaustion};
 
-use crate::model::{PoolView, ZoneView};
+use crate::model::{Model, PoolView};
 use crate::pool_event::PoolEvent;
 
 /// The largest back-off multiplier: 16 × `secondsForExhaustion`.
@@ -84,12 +86,29 @@ pub struct ExhaustionGrant {
 }
 
 impl ExhaustionGrant {
-    /// Records the written grant in the leader's view of the zone: exhausted, the report
-    /// consumed, `desired` as of `revision`.
-    pub fn apply(&self, zone: &mut ZoneView, revision: i64) {
-        zone.exhausted = Some(self.exhaustion.clone());
-        zone.report = None;
-        zone.set_desired(Some(self.desired.clone()), revision);
+    /// Records the grant, written at `revision`, in the leader's model of `zone` of
+    /// `pool`: exhausted, the report consumed, the new `desired`.
+    pub fn record(
+        &self,
+        model: &mut Model,
+        pool: &str,
+        zone: &str,
+        revision: i64,
+    ) -> pm_etcd::Result<()> {
+        let (pool, zone) = (pool.to_string(), zone.to_string());
+        let exhausted = Key::Exhausted {
+            pool: pool.clone(),
+            zone: zone.clone(),
+        };
+        let exhaustion = Value::Exhausted(self.exhaustion.clone());
+        model.record(&exhausted, Some(exhaustion), revision)?;
+        let report = Key::Report {
+            pool: pool.clone(),
+            zone: zone.clone(),
+        };
+        model.record(&report, None, revision)?;
+        let desired = Some(Value::Desired(self.desired.clone()));
+        model.record(&Key::ZoneDesired { pool, zone }, desired, revision)
     }
 
     /// The `zone-exhausted` event.
@@ -150,7 +169,7 @@ pub fn decide_report(
     let mut desired = zv.desired.clone().unwrap_or_default();
     desired.backoff_multiplier = backoff.multiplier;
     desired.last_exhausted_until_unix_ms = backoff.until_unix_ms;
-    desired.capacity_hint = Some(zv.live_confirmed());
+    desired.capacity_hint = Some(zv.counts.live_confirmed);
     desired.accept_new = false;
     desired.updated_unix_ms = now_ms;
     desired.scheduler_id = scheduler_id.to_string();
@@ -170,25 +189,32 @@ fn reason(report: &ExhaustionReport) -> String {
     }
 }
 
-/// Consumes the stockout report of `zone` in `pool` (whose view is `view`) at `now_ms`:
-/// drops it or exhausts the zone, fenced by `fence`, and updates `view` to match. Returns
-/// the event to record, if any.
+/// Consumes the stockout report of `zone` in `pool` at `now_ms`: drops it or exhausts
+/// the zone, fenced by `fence`, and records what it wrote in `model`. Returns the event
+/// to record, if any.
 pub async fn consume_report(
     store: &Store,
     fence: &Fence,
     scheduler_id: &str,
     pool: &str,
     zone: &str,
-    view: &mut PoolView,
+    model: &mut Model,
     now_ms: i64,
 ) -> pm_etcd::Result<Option<PoolEvent>> {
+    let Some(view) = model.pool(pool) else {
+        return Ok(None);
+    };
     let keys = store.keys();
     let report_key = keys.report(pool, zone)?;
-    match decide_report(view, zone, scheduler_id, now_ms) {
+    match decide_report(&view, zone, scheduler_id, now_ms) {
         None => Ok(None),
         Some(ReportDecision::Drop) => {
-            store.delete_fenced(fence, &report_key).await?;
-            view.zone_mut(zone).report = None;
+            let revision = store.delete_fenced(fence, &report_key).await?;
+            let report = Key::Report {
+                pool: pool.to_string(),
+                zone: zone.to_string(),
+            };
+            model.record(&report, None, revision)?;
             Ok(None)
         }
         Some(ReportDecision::Exhaust(grant)) => {
@@ -199,7 +225,7 @@ pub async fn consume_report(
                 put_op(&keys.zone_desired(pool, zone)?, &grant.desired, 0),
             ];
             let revision = store.txn_fenced(fence, ops).await?;
-            grant.apply(view.zone_mut(zone), revision);
+            grant.record(model, pool, zone, revision)?;
             Ok(Some(grant.event(pool, zone)))
         }
     }
@@ -218,6 +244,10 @@ pub fn usable_again(pool: &str, zone: &str) -> PoolEvent {
 
 #[cfg(test)]
 mod tests {
+    use pm_etcd::testing::{delete, put, stored};
+    use pm_etcd::{Keyspace, WatchBatch};
+    use prost::Message;
+
     use super::*;
 
     const BASE: Duration = Duration::from_secs(60);
@@ -262,38 +292,55 @@ mod tests {
         assert_eq!(d.multiplier, 4);
     }
 
-    fn pool_with_report(allowed: bool, seconds_for_exhaustion: u32) -> PoolView {
-        let mut view = PoolView {
-            config: Some(PoolConfig {
-                allowed_zones: if allowed {
-                    vec!["z1".into()]
-                } else {
-                    Vec::new()
-                },
-                seconds_for_exhaustion,
-                ..Default::default()
-            }),
+    /// A model of the pool `web` whose zone `zone-a` (allowed or not) has 5 desired and a
+    /// stockout report.
+    fn model_with_report(allowed: bool, seconds_for_exhaustion: u32) -> Model {
+        let keys = Keyspace::default();
+        let config = PoolConfig {
+            target_vm_count: 5,
+            allowed_zones: vec![if allowed { "zone-a" } else { "zone-b" }.into()],
+            prefix: "web-".into(),
+            instance_json: "{}".into(),
+            seconds_for_exhaustion,
             ..Default::default()
         };
-        let zone = view.zone_mut("z1");
-        zone.report = Some(ExhaustionReport {
+        let report = ExhaustionReport {
             code: "ZONE_RESOURCE_POOL_EXHAUSTED".into(),
             message: "no capacity".into(),
             ..Default::default()
-        });
-        zone.set_desired(
-            Some(ZoneDesired {
-                count: 5,
-                accept_new: true,
-                ..Default::default()
-            }),
-            1,
+        };
+        let desired = ZoneDesired {
+            count: 5,
+            accept_new: true,
+            ..Default::default()
+        };
+        let mut model = Model::new(keys.clone());
+        model.load_pools(
+            &[
+                stored(keys.pool_config("web").unwrap(), config.encode_to_vec(), 1),
+                stored(
+                    keys.report("web", "zone-a").unwrap(),
+                    report.encode_to_vec(),
+                    2,
+                ),
+                stored(
+                    keys.zone_desired("web", "zone-a").unwrap(),
+                    desired.encode_to_vec(),
+                    3,
+                ),
+            ],
+            3,
         );
-        view
+        model
+    }
+
+    fn pool_with_report(allowed: bool, seconds_for_exhaustion: u32) -> PoolView {
+        let model = model_with_report(allowed, seconds_for_exhaustion);
+        model.pool("web").expect("pool")
     }
 
     fn granted(view: &PoolView, now_ms: i64) -> ExhaustionGrant {
-        match decide_report(view, "z1", "s1", now_ms) {
+        match decide_report(view, "zone-a", "s1", now_ms) {
             Some(ReportDecision::Exhaust(grant)) => grant,
             other => panic!("expected a grant, got {other:?}"),
         }
@@ -314,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_report_of_an_allowed_zone_exhausts_it_and_stops_its_growth() {
-        let mut view = pool_with_report(true, 60);
+        let view = pool_with_report(true, 60);
         let grant = granted(&view, 1_000);
         assert_eq!(grant.backoff, next_backoff(BASE, None, 1_000));
         assert_eq!(
@@ -338,48 +385,87 @@ mod tests {
             (d.backoff_multiplier, d.last_exhausted_until_unix_ms),
             (1, 61_000)
         );
-        let event = grant.event("web", "z1");
-        assert_eq!((event.kind, event.zone.as_str()), ("zone-exhausted", "z1"));
+        let event = grant.event("web", "zone-a");
+        assert_eq!(
+            (event.kind, event.zone.as_str()),
+            ("zone-exhausted", "zone-a")
+        );
         assert!(event
             .message
             .starts_with("zone exhausted for 60s (back-off x1)"));
 
-        let zone = view.zone_mut("z1");
-        grant.apply(zone, 2);
+        let mut model = model_with_report(true, 60);
+        grant.record(&mut model, "web", "zone-a", 10).unwrap();
+        let view = model.pool("web").unwrap();
+        let zone = &view.zones["zone-a"];
         assert!(zone.report.is_none());
         assert_eq!(zone.exhausted.as_ref(), Some(&grant.exhaustion));
         assert_eq!(zone.desired.as_ref(), Some(&grant.desired));
-        assert_eq!(decide_report(&view, "z1", "s1", 2_000), None, "consumed");
+        assert_eq!(
+            decide_report(&view, "zone-a", "s1", 2_000),
+            None,
+            "consumed"
+        );
+        model.take_dirty();
+        let keys = Keyspace::default();
+        let echo = |key: String, value: Vec<u8>| put(key, value, 10);
+        model.apply_pools(WatchBatch::Events(vec![
+            echo(
+                keys.exhausted("web", "zone-a").unwrap(),
+                grant.exhaustion.encode_to_vec(),
+            ),
+            echo(
+                keys.zone_desired("web", "zone-a").unwrap(),
+                grant.desired.encode_to_vec(),
+            ),
+        ]));
+        assert!(
+            model.take_dirty().is_empty(),
+            "the watch's echo of the grant changes nothing"
+        );
     }
 
     #[test]
     fn a_second_stockout_after_expiry_doubles_the_back_off() {
-        let mut view = pool_with_report(true, 60);
-        let first = granted(&view, 0);
-        first.apply(view.zone_mut("z1"), 2);
+        let mut model = model_with_report(true, 60);
+        let first = granted(&model.pool("web").unwrap(), 0);
+        first.record(&mut model, "web", "zone-a", 10).unwrap();
         // The lease runs out: etcd deletes the key, and another report comes.
-        let zone = view.zone_mut("z1");
-        zone.exhausted = None;
-        zone.report = Some(ExhaustionReport::default());
-        let second = granted(&view, first.backoff.until_unix_ms + 1);
+        let keys = Keyspace::default();
+        let notices = model.apply_pools(WatchBatch::Events(vec![
+            delete(keys.exhausted("web", "zone-a").unwrap(), 11),
+            put(
+                keys.report("web", "zone-a").unwrap(),
+                ExhaustionReport::default().encode_to_vec(),
+                12,
+            ),
+        ]));
+        assert_eq!(
+            notices,
+            [crate::model::Notice::ZoneUsable {
+                pool: "web".into(),
+                zone: "zone-a".into()
+            }]
+        );
+        let second = granted(&model.pool("web").unwrap(), first.backoff.until_unix_ms + 1);
         assert_eq!(second.backoff.multiplier, 2);
         assert_eq!(second.exhaustion.reason, "");
-        assert_eq!(usable_again("web", "z1").kind, "zone-usable");
+        assert_eq!(usable_again("web", "zone-a").kind, "zone-usable");
     }
 
     #[test]
     fn a_report_of_an_exhausted_or_unused_zone_is_dropped() {
         let view = pool_with_report(false, 60);
         assert_eq!(
-            decide_report(&view, "z1", "s1", 0),
+            decide_report(&view, "zone-a", "s1", 0),
             Some(ReportDecision::Drop)
         );
         let mut view = pool_with_report(true, 60);
-        view.zone_mut("z1").exhausted = Some(ZoneExhaustion::default());
+        view.zone_mut("zone-a").exhausted = Some(ZoneExhaustion::default());
         assert_eq!(
-            decide_report(&view, "z1", "s1", 0),
+            decide_report(&view, "zone-a", "s1", 0),
             Some(ReportDecision::Drop)
         );
-        assert_eq!(decide_report(&view, "z2", "s1", 0), None);
+        assert_eq!(decide_report(&view, "zone-b", "s1", 0), None);
     }
 }

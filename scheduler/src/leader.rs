@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, DeleteOptions, TxnOp};
 use pm_daemon::TermEnd;
 use pm_etcd::{
-    now_unix_ms, put_op, EventLog, Fence, Leadership, ResumableWatch, Store, WatchRange,
+    now_unix_ms, put_op, EventLog, Fence, Key, Leadership, ResumableWatch, Store, Value, WatchRange,
 };
 use pm_proto::Severity;
 use prost::Message;
@@ -55,7 +55,7 @@ struct Term<'a> {
     published: Option<Instant>,
     /// This term's fence; every write carries it.
     fence: Fence,
-    /// The keyspace as last read or written.
+    /// The keyspace view as last read or written, and what the leader keeps beside it.
     model: Model,
     /// When each zone was last seen with an agent; brought up to date at the start of
     /// each pass ([`Term::reconcile_dirty`]).
@@ -79,7 +79,7 @@ pub async fn lead(
         metrics,
         published: None,
         fence: leadership.fence().clone(),
-        model: Model::default(),
+        model: Model::new(store.keys().clone()),
         agents: AgentPresence::new(settings.agent_grace, now_unix_ms()),
         reported: PlacementEvents::default(),
     };
@@ -103,8 +103,8 @@ impl Term<'_> {
         let keys = self.store.keys().clone();
         let (pools, pools_rev) = self.store.list_raw(&keys.pools_prefix()).await?;
         let (agents, agents_rev) = self.store.list_raw(&keys.agents_prefix()).await?;
-        self.model.load_pools(&keys, &pools);
-        self.model.load_agents(&keys, &agents);
+        self.model.load_pools(&pools, pools_rev);
+        self.model.load_agents(&agents);
         let notices = self.model.take_notices();
         self.announce(notices).await;
         Ok((pools_rev, agents_rev))
@@ -113,21 +113,18 @@ impl Term<'_> {
     async fn follow(&mut self) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
         let (pools_rev, agents_rev) = self.load().await?;
-        let pools_prefix = keys.pools_prefix();
-        let agents_prefix = keys.agents_prefix();
         let client = self.store.client().clone();
         let mut pools_watch = ResumableWatch::new(
             client.clone(),
-            WatchRange::Prefix(pools_prefix.clone()),
+            WatchRange::Prefix(keys.pools_prefix()),
             pools_rev + 1,
         );
         let mut agents_watch = ResumableWatch::new(
             client,
-            WatchRange::Prefix(agents_prefix.clone()),
+            WatchRange::Prefix(keys.agents_prefix()),
             agents_rev + 1,
         );
-        let pools: Vec<String> = self.model.pools.keys().cloned().collect();
-        for pool in pools {
+        for pool in self.model.pool_names() {
             let message = format!("scheduler {} leads", self.settings.id);
             PoolEvent::pool(&pool, "leader-elected", Severity::Info, message)
                 .emit(self.events)
@@ -144,12 +141,10 @@ impl Term<'_> {
             }
             tokio::select! {
                 batch = pools_watch.next() => {
-                    let notices = self.model.apply(&keys, batch?, &pools_prefix);
+                    let notices = self.model.apply_pools(batch?);
                     self.announce(notices).await;
                 }
-                batch = agents_watch.next() => {
-                    self.model.apply(&keys, batch?, &agents_prefix);
-                }
+                batch = agents_watch.next() => self.model.apply_agents(batch?),
                 _ = tick.tick() => self.model.mark_all_dirty(),
                 _ = resync.tick() => {
                     self.load().await?;
@@ -196,7 +191,7 @@ impl Term<'_> {
     }
 
     async fn reconcile_pool(&mut self, pool: &str, now: i64) -> pm_etcd::Result<()> {
-        let Some(view) = self.model.pools.get(pool).cloned() else {
+        let Some(view) = self.model.pool(pool) else {
             return Ok(());
         };
         if view.config.is_none() && view.config_refused {
@@ -205,14 +200,13 @@ impl Term<'_> {
         }
         for (zone, zv) in &view.zones {
             if zv.report.is_some() {
-                let pool_view = self.model.pools.entry(pool.to_string()).or_default();
                 let event = exhaustion::consume_report(
                     self.store,
                     &self.fence,
                     &self.settings.id,
                     pool,
                     zone,
-                    pool_view,
+                    &mut self.model,
                     now,
                 )
                 .await?;
@@ -221,7 +215,7 @@ impl Term<'_> {
                 }
             }
         }
-        let Some(view) = self.model.pools.get(pool).cloned() else {
+        let Some(view) = self.model.pool(pool) else {
             return Ok(());
         };
         if view.is_deleted() && view.has_no_instances() {
@@ -255,7 +249,8 @@ impl Term<'_> {
             ),
             TxnOp::delete(config_key.as_str(), None),
         ];
-        self.store
+        let revision = self
+            .store
             .txn_fenced_if(
                 &self.fence,
                 vec![guard],
@@ -263,7 +258,7 @@ impl Term<'_> {
                 ops,
             )
             .await?;
-        self.model.pools.remove(pool);
+        self.model.record_removed(pool, revision)?;
         self.reported.forget(pool);
         if view.config.is_some() {
             let message = "pool scaled to 0 and its keys removed";
@@ -305,7 +300,7 @@ impl Term<'_> {
     }
 
     /// Writes the `desired` changes of a pool, fenced, in transactions of at most
-    /// [`MAX_TXN_OPS`], and records each in the view.
+    /// [`MAX_TXN_OPS`], and records each in the model.
     async fn write_desired(&mut self, pool: &str, writes: &[DesiredWrite]) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
         for chunk in writes.chunks(MAX_TXN_OPS) {
@@ -318,11 +313,13 @@ impl Term<'_> {
                 });
             }
             let revision = self.store.txn_fenced(&self.fence, ops).await?;
-            let pool_view = self.model.pools.entry(pool.to_string()).or_default();
             for write in chunk {
-                pool_view
-                    .zone_mut(&write.zone)
-                    .set_desired(write.next.clone(), revision);
+                let key = Key::ZoneDesired {
+                    pool: pool.to_string(),
+                    zone: write.zone.clone(),
+                };
+                let value = write.next.clone().map(Value::Desired);
+                self.model.record(&key, value, revision)?;
             }
         }
         Ok(())

@@ -9,7 +9,8 @@
 //! - [`exhaustion`]: a stockout report's way to an exhaustion lease, its back-off, expiry.
 //! - [`placement_events`]: which events a placement pass deserves.
 //! - [`pool_event`]: an event decided by pure code, recorded by the leader.
-//! - [`model`]: the leader's view of the keyspace.
+//! - [`model`]: the leader's model: pm-etcd's keyspace view (`pm_etcd::PoolsView`) and
+//!   what it keeps beside it (instance counts, last valid configs, dirty pools, notices).
 //! - [`leader`]: the leader's work for one term: gather facts, call the above, write.
 //! - [`metrics`]: what `--metrics` exports.
 //! - [`run`]: campaign, lead, lose, campaign again, through [`pm_daemon::run_elected`].

@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::model::{Model, ObservedStatus};
+use crate::model::{Model, ObservedStatus, ZoneView};
 
 /// `pm_scheduler_leader`: 1 while this replica leads.
 pub const LEADER: MetricDef = MetricDef::gauge(
@@ -144,16 +144,19 @@ impl SchedulerMetrics {
         let mut instances = Vec::new();
         let mut exhausted = Vec::new();
         let mut remaining = Vec::new();
-        let mut agent_zones: BTreeSet<&str> = model.agents.keys().map(String::as_str).collect();
-        for (pool, view) in &model.pools {
+        let mut agent_zones: BTreeSet<String> = model.agents.keys().cloned().collect();
+        for pool in model.pool_names() {
+            let Some(view) = model.pool(&pool) else {
+                continue;
+            };
             let config = view.config.as_ref().filter(|c| !c.deleted);
             let allowed: &[String] = config.map_or(&[], |c| &c.allowed_zones);
-            agent_zones.extend(allowed.iter().map(String::as_str));
+            agent_zones.extend(allowed.iter().cloned());
             target.push((
                 PoolLabels { pool: pool.clone() },
                 config.map_or(0.0, |c| c.target_vm_count as f64),
             ));
-            let mut zones: BTreeMap<&str, Option<&crate::model::ZoneView>> =
+            let mut zones: BTreeMap<&str, Option<&ZoneView>> =
                 allowed.iter().map(|z| (z.as_str(), None)).collect();
             zones.extend(view.zones.iter().map(|(z, v)| (z.as_str(), Some(v))));
             for (zone, zv) in zones {
@@ -164,7 +167,7 @@ impl SchedulerMetrics {
                 let count = zv.and_then(|v| v.desired.as_ref()).map_or(0, |d| d.count);
                 desired.push((labels.clone(), count as f64));
                 for status in ObservedStatus::ALL {
-                    let n = zv.map_or(0, |v| v.count(status));
+                    let n = zv.map_or(0, |v| v.counts.count(status));
                     let labels = StatusLabels {
                         pool: pool.clone(),
                         zone: zone.to_string(),
@@ -184,13 +187,8 @@ impl SchedulerMetrics {
         self.exhausted.replace(exhausted);
         self.remaining.replace(remaining);
         self.agents.replace(agent_zones.into_iter().map(|zone| {
-            let n = model.agents.get(zone).map_or(0, BTreeSet::len);
-            (
-                ZoneLabels {
-                    zone: zone.to_string(),
-                },
-                n as f64,
-            )
+            let n = model.agents.get(&zone).map_or(0, BTreeSet::len);
+            (ZoneLabels { zone }, n as f64)
         }));
     }
 
@@ -208,7 +206,8 @@ impl SchedulerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pm_etcd::{Keyspace, StoredKey, WatchBatch, WatchEvent};
+    use pm_etcd::testing::put;
+    use pm_etcd::{Keyspace, WatchBatch};
     use pm_proto::{InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion};
     use prometheus_client::encoding::text::encode;
     use prost::Message;
@@ -217,16 +216,6 @@ mod tests {
         let mut out = String::new();
         encode(&mut out, registry).unwrap();
         out
-    }
-
-    fn put(key: String, value: Vec<u8>) -> WatchEvent {
-        WatchEvent::Put(StoredKey {
-            key,
-            value,
-            mod_revision: 1,
-            create_revision: 1,
-            lease: 0,
-        })
     }
 
     #[test]
@@ -247,7 +236,7 @@ mod tests {
     #[test]
     fn the_view_is_published_and_deleted_pools_disappear() {
         let keys = Keyspace::default();
-        let mut model = Model::default();
+        let mut model = Model::new(keys.clone());
         let config = PoolConfig {
             target_vm_count: 3,
             allowed_zones: vec!["zone-a".into(), "zone-b".into()],
@@ -260,7 +249,7 @@ mod tests {
             ..Default::default()
         };
         let events = vec![
-            put(keys.pool_config("web").unwrap(), config.encode_to_vec()),
+            put(keys.pool_config("web").unwrap(), config.encode_to_vec(), 1),
             put(
                 keys.zone_desired("web", "zone-a").unwrap(),
                 ZoneDesired {
@@ -268,10 +257,12 @@ mod tests {
                     ..Default::default()
                 }
                 .encode_to_vec(),
+                2,
             ),
             put(
                 keys.instance("web", "zone-a", "web-a").unwrap(),
                 running.encode_to_vec(),
+                3,
             ),
             put(
                 keys.exhausted("web", "zone-b").unwrap(),
@@ -280,10 +271,12 @@ mod tests {
                     ..Default::default()
                 }
                 .encode_to_vec(),
+                4,
             ),
-            put(keys.agent_member("zone-a", "a1").unwrap(), Vec::new()),
         ];
-        model.apply(&keys, WatchBatch::Events(events), &keys.pools_prefix());
+        model.apply_pools(WatchBatch::Events(events));
+        let agent = put(keys.agent_member("zone-a", "a1").unwrap(), Vec::new(), 5);
+        model.apply_agents(WatchBatch::Events(vec![agent]));
         let mut registry = Registry::default();
         let metrics = SchedulerMetrics::new(&mut registry);
         metrics.publish(&model, 1_000);
@@ -302,7 +295,7 @@ mod tests {
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
-        model.pools.remove("web");
+        model.record_removed("web", 6).unwrap();
         metrics.publish(&model, 2_000);
         let out = text(&registry);
         assert!(!out.contains("web"), "{out}");

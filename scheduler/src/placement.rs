@@ -55,12 +55,13 @@ pub fn is_usable(allowed: bool, zone: &ZoneView, agent_ok: bool) -> bool {
 /// already, so handing them to another zone before it records them would have two agents
 /// create them.
 pub fn kept(zone: &ZoneView, usable: bool) -> u64 {
+    let counts = &zone.counts;
     if zone.exhausted.is_some() {
-        zone.live_confirmed()
+        counts.live_confirmed
     } else if usable {
-        zone.live.max(committed(zone))
+        counts.live.max(committed(zone))
     } else {
-        zone.live
+        counts.live
     }
 }
 
@@ -98,7 +99,7 @@ pub fn distribution_input(
                 live: kept(zv, usable),
                 usable,
                 capacity: capacity(zv, base, now_ms),
-                last_success_unix_ms: zv.last_success_unix_ms,
+                last_success_unix_ms: zv.counts.last_success_unix_ms,
                 zone: name,
             }
         })
@@ -199,7 +200,7 @@ fn desired_write(
 ) -> Option<DesiredWrite> {
     let stale_zone = !allowed
         && alloc.desired == 0
-        && zone.instances.is_empty()
+        && zone.counts.instances() == 0
         && zone.exhausted.is_none()
         && zone.report.is_none();
     if stale_zone {

@@ -11,7 +11,7 @@ use super::*;
 use crate::agent_presence::AgentPresence;
 use crate::distribution::PlacementOutcome;
 use crate::exhaustion::{decide_report, ReportDecision};
-use crate::model::{InstanceSummary, ObservedStatus};
+use crate::model::ZoneCounts;
 
 const NOW: i64 = 1_000_000;
 
@@ -34,17 +34,13 @@ fn zone_view(confirmed: u64, in_flight: u64, desired: Option<ZoneDesired>) -> Zo
 }
 
 fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
-    zone.instances = (0..confirmed + in_flight)
-        .map(|i| {
-            let summary = InstanceSummary {
-                live: true,
-                status: ObservedStatus::Running,
-                confirmed: i < confirmed,
-            };
-            (format!("vm-{i}"), summary)
-        })
-        .collect();
-    zone.live = confirmed + in_flight;
+    let live = confirmed + in_flight;
+    zone.counts = ZoneCounts {
+        live,
+        live_confirmed: confirmed,
+        by_status: [live, 0, 0, 0],
+        last_success_unix_ms: None,
+    };
 }
 
 fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
@@ -80,11 +76,11 @@ fn counts(placement: &Placement) -> Vec<(String, i64)> {
 fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
     let mut z = ZoneView::default();
     assert_eq!(committed(&z), 0);
-    z.set_desired(Some(desired(5, true)), 2);
+    z.desired = Some(desired(5, true));
     assert_eq!(committed(&z), 5);
-    z.set_desired(Some(desired(3, false)), 3);
+    z.desired = Some(desired(3, false));
     assert_eq!(committed(&z), 0, "an exhausted zone creates nothing");
-    z.set_desired(Some(desired(-1, true)), 4);
+    z.desired = Some(desired(-1, true));
     assert_eq!(committed(&z), 0);
 }
 
@@ -137,8 +133,7 @@ fn an_unchanged_placement_writes_nothing() {
     let mut view = pool(4, Distribution::Even, &["a", "b"]);
     let first = placed(&view, |_| true);
     for write in &first.writes {
-        view.zone_mut(&write.zone)
-            .set_desired(write.next.clone(), 1);
+        view.zone_mut(&write.zone).desired = write.next.clone();
     }
     let again = placed(&view, |_| true);
     assert!(again.writes.is_empty());
@@ -272,11 +267,11 @@ proptest! {
                 && agents.contains(&state.zone);
             prop_assert_eq!(state.usable, usable);
             let expected = if zone.exhausted.is_some() {
-                zone.live_confirmed()
+                zone.counts.live_confirmed
             } else if usable {
-                zone.live.max(committed(zone))
+                zone.counts.live.max(committed(zone))
             } else {
-                zone.live
+                zone.counts.live
             };
             prop_assert_eq!(state.live, expected);
         }
@@ -430,7 +425,8 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
                     sim.in_flight = 0;
                     sim.toward = 0;
                     set_instances(&mut sim.view, sim.confirmed, 0);
-                    grant.apply(&mut sim.view, 0);
+                    sim.view.exhausted = Some(grant.exhaustion);
+                    sim.view.desired = Some(grant.desired);
                 }
             }
             Step::Expire(z) => zones[z].view.exhausted = None,
@@ -485,7 +481,7 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
         let placement = place(&view, agent_ok, "s1", now).map_err(|e| e.to_string())?;
         for write in placement.writes {
             if let Some(z) = names.iter().position(|n| *n == write.zone) {
-                zones[z].view.set_desired(write.next, 0);
+                zones[z].view.desired = write.next;
             }
         }
         for sim in &zones {
