@@ -11,7 +11,7 @@
 //! count or `accept_new`, brings the pool's next pass forward to now; the exhausted key
 //! going away ends a stockout pause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_backoff::{Attempts, Backoff};

@@ -372,11 +372,11 @@ async fn an_instance_in_an_unknown_status_is_logged_once_and_left_alone() {
     assert!(fx.deletes.is_empty() && fx.restarts.is_empty(), "{fx:?}");
     assert!(!fx.writes.contains_key("w-a"), "its key stays as it was");
     assert_eq!(fx.creates.len(), 1, "not live: replaced");
-    assert!(pool.unrecognized_logged.contains("w-a"));
+    assert!(pool.state.unrecognized_logged.contains("w-a"));
     fake.set_status(PROJECT, ZONE, "w-a", InstanceStatus::Running);
     effects_of(&fake, &mut pool).await;
     assert!(
-        pool.unrecognized_logged.is_empty(),
+        pool.state.unrecognized_logged.is_empty(),
         "forgotten once GCE shows it known"
     );
 }
