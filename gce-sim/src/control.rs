@@ -1,5 +1,7 @@
 //! gce-sim's control API (`/sim/v1/...`): the endpoints DESIGN.md fixes, plus
-//! `GET /sim/v1/instances` for tests that watch every instance past fault injection.
+//! `GET /sim/v1/instances` for tests that watch every instance past fault injection
+//! and `POST /sim/v1/instances/<zone>/<name>/status` for statuses the lifecycle never
+//! reaches.
 //! Its message types, its handlers, and [`SimControl`], a client for tests and tools.
 
 use std::collections::BTreeMap;
@@ -142,6 +144,9 @@ pub struct Counters {
     pub started: u64,
     /// Instances stopped by `instances.stop`.
     pub stopped: u64,
+    /// SUSPENDED instances resumed.
+    #[serde(default)]
+    pub resumed: u64,
 }
 
 /// One zone in [`SimState`].
@@ -272,6 +277,30 @@ pub struct PreemptResponse {
     pub missing: Vec<String>,
 }
 
+/// Body of `POST /sim/v1/instances/<zone>/<name>/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// The status to show: `SUSPENDING`, `SUSPENDED`, `PENDING`, `PENDING_STOP`,
+    /// `DEPROVISIONING`, or any other upper-case name (one no client knows); not one the
+    /// lifecycle produces (`PROVISIONING`, `STAGING`, `RUNNING`, `STOPPING`,
+    /// `TERMINATED`).
+    pub status: String,
+    /// Only the instance of this project; absent: the instance of that name in every
+    /// project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// Reply to `POST /sim/v1/instances/<zone>/<name>/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// The projects whose instance now shows the status.
+    pub projects: Vec<String>,
+    /// The status set.
+    pub status: String,
+}
+
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
@@ -335,6 +364,22 @@ pub(super) async fn preempt(State(sim): State<Arc<Shared>>, body: Bytes) -> Resp
                 "send {\"zone\": Z, \"count\": N} or {\"names\": [...]}",
             )),
         }
+    }))
+}
+
+pub(super) async fn set_status(
+    State(sim): State<Arc<Shared>>,
+    Path((zone, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    respond(parse_body::<StatusRequest>(&body).and_then(|request| {
+        let projects =
+            sim.world()
+                .set_status(request.project.as_deref(), &zone, &name, &request.status)?;
+        Ok(StatusResponse {
+            projects,
+            status: request.status,
+        })
     }))
 }
 
@@ -481,6 +526,19 @@ impl SimControl {
     pub async fn preempt_names(&self, names: &[&str]) -> Result<PreemptResponse, SimControlError> {
         let body = serde_json::json!({ "names": names });
         self.call("preempt", Some(body)).await
+    }
+
+    /// `POST /sim/v1/instances/<zone>/<name>/status`: shows `status` for instance `name`
+    /// of `zone` (every project) until a call changes it.
+    pub async fn set_status(
+        &self,
+        zone: &str,
+        name: &str,
+        status: &str,
+    ) -> Result<StatusResponse, SimControlError> {
+        let body = serde_json::json!({ "status": status });
+        self.call(&format!("instances/{zone}/{name}/status"), Some(body))
+            .await
     }
 
     /// `POST /sim/v1/faults`: replaces the fault injection.

@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use control::{
     CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PoolReport, PreemptRequest,
-    PreemptResponse, SimControl, SimControlError, SimState, SimStats, ZoneReport,
+    PreemptResponse, SimControl, SimControlError, SimState, SimStats, StatusRequest,
+    StatusResponse, ZoneReport,
 };
 pub use world::URL_ROOT;
 
@@ -69,6 +70,12 @@ pub struct SimConfig {
     pub wait_bound: Duration,
     /// Random preemptions per live instance per hour (0 for none).
     pub preempt_rate: f64,
+    /// How long a preempted instance is STOPPING (holding its capacity) before it is
+    /// TERMINATED or deleted: GCE's 30 s notice.
+    pub preempt_notice: Duration,
+    /// Refuse compute calls without a bearer token the sim's token endpoint issued
+    /// (401), as GCE refuses calls without valid credentials.
+    pub require_auth: bool,
     /// Seed of the random source (ids, preemption choices, injected faults); `None`
     /// seeds from the OS.
     pub seed: Option<u64>,
@@ -76,7 +83,8 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     /// Three zones of capacity 100,000, 100 ms operations, 300 ms boots, 30 s wait bound,
-    /// no random preemption.
+    /// no random preemption, a 300 ms preemption notice, no authentication. The delays
+    /// are GCE's scaled 1:100: an operation of ~10 s, a boot of ~30 s, the 30 s notice.
     fn default() -> Self {
         SimConfig {
             zones: ["us-central1-a", "us-central1-b", "us-central1-c"]
@@ -88,6 +96,8 @@ impl Default for SimConfig {
             boot_delay: Duration::from_millis(300),
             wait_bound: Duration::from_secs(30),
             preempt_rate: 0.0,
+            preempt_notice: Duration::from_millis(300),
+            require_auth: false,
             seed: None,
         }
     }
@@ -197,6 +207,10 @@ impl SimBuilder {
         wait_bound: Duration,
         /// Random preemptions per live instance per hour.
         preempt_rate: f64,
+        /// How long a preempted instance is STOPPING.
+        preempt_notice: Duration,
+        /// Refuse compute calls without an issued bearer token.
+        require_auth: bool,
     }
 
     /// Seed of the random source.
@@ -262,6 +276,10 @@ impl Sim {
         let control = Router::new()
             .route("/sim/v1/state", get(control::state))
             .route("/sim/v1/instances", get(control::instances))
+            .route(
+                "/sim/v1/instances/{zone}/{name}/status",
+                post(control::set_status),
+            )
             .route("/sim/v1/zones/{zone}", post(control::set_capacity))
             .route("/sim/v1/preempt", post(control::preempt))
             .route("/sim/v1/faults", post(control::set_faults))

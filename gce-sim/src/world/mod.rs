@@ -8,6 +8,7 @@
 mod bulk_insert;
 mod capacity;
 mod error;
+mod forced_status;
 mod instance_spec;
 mod instance_view;
 mod instances;

@@ -1,12 +1,13 @@
 //! Zones: the per-zone, per-project stores of instances and operations, the sweep
-//! that removes deleted instances once due, and `zones.list` / `zones.get`.
+//! that removes deleted (and stocked-out) instances and releases the capacity of
+//! stopped ones once due, and `zones.list` / `zones.get`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::instances::SimInstance;
+use super::instances::{Phase, SimInstance};
 use super::operations::SimOperation;
 use super::paging::list_reply;
 use super::{zone_url, ApiError, World, URL_ROOT};
@@ -21,12 +22,13 @@ pub(super) struct ProjectZone {
 /// One zone: its capacity, live count and every project's resources.
 pub(super) struct Zone {
     pub(super) capacity: u64,
-    /// Number of instances with `is_live()`, over all projects.
+    /// Number of instances holding capacity (`holds_capacity`), over all projects.
     pub(super) live: u64,
     pub(super) projects: BTreeMap<String, ProjectZone>,
-    /// (when, project, name) of instances in
-    /// [`Phase::Deleting`](super::instances::Phase::Deleting), removed once due.
-    pub(super) removals: BTreeSet<(Instant, String, String)>,
+    /// (when, project, name) of instances whose `due_at` is set: removed then if in
+    /// [`Phase::Deleting`] or [`Phase::Refused`], else their capacity released. An entry
+    /// whose instance's `due_at` has changed since is stale and skipped.
+    pub(super) due: BTreeSet<(Instant, String, String)>,
 }
 
 impl Zone {
@@ -36,7 +38,7 @@ impl Zone {
             capacity,
             live: 0,
             projects: BTreeMap::new(),
-            removals: BTreeSet::new(),
+            due: BTreeSet::new(),
         }
     }
 
@@ -47,16 +49,28 @@ impl Zone {
             .is_some_and(|pz| pz.instances.contains_key(name))
     }
 
-    /// Removes the instances whose deletion is due.
+    /// Removes the instances whose removal is due, and releases the capacity of those
+    /// that are off.
     pub(super) fn sweep(&mut self, now: Instant) {
-        while let Some(first) = self.removals.first() {
-            if first.0 > now {
+        while self.due.first().is_some_and(|first| first.0 <= now) {
+            let Some((at, project, name)) = self.due.pop_first() else {
                 break;
+            };
+            let Some(pz) = self.projects.get_mut(&project) else {
+                continue;
+            };
+            let Some(instance) = pz.instances.get_mut(&name) else {
+                continue;
+            };
+            if instance.due_at != Some(at) {
+                continue;
             }
-            if let Some((_, project, name)) = self.removals.pop_first() {
-                if let Some(pz) = self.projects.get_mut(&project) {
-                    pz.instances.remove(&name);
-                }
+            instance.due_at = None;
+            if std::mem::replace(&mut instance.holds_capacity, false) {
+                self.live = self.live.saturating_sub(1);
+            }
+            if matches!(instance.phase, Phase::Deleting | Phase::Refused) {
+                pz.instances.remove(&name);
             }
         }
     }
