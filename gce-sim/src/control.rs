@@ -244,6 +244,21 @@ impl SimStats {
     }
 }
 
+/// Body of `GET /sim/v1/tokens` and of the reply to `POST /sim/v1/tokens/revoke`:
+/// access tokens issued by the token endpoint, and compute calls refused for want of
+/// one (with `--require-auth`), since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensReport {
+    /// Tokens issued.
+    pub issued: u64,
+    /// Tokens accepted now.
+    pub active: u64,
+    /// Tokens revoked.
+    pub revoked: u64,
+    /// Compute calls answered 401.
+    pub refused: u64,
+}
+
 /// Body of `POST /sim/v1/zones/<zone>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -548,6 +563,17 @@ impl SimControl {
             source,
         })?;
         self.call("faults", Some(body)).await
+    }
+
+    /// `GET /sim/v1/tokens`.
+    pub async fn tokens(&self) -> Result<TokensReport, SimControlError> {
+        self.call("tokens", None).await
+    }
+
+    /// `POST /sim/v1/tokens/revoke`: no token issued so far is accepted any more.
+    pub async fn revoke_tokens(&self) -> Result<TokensReport, SimControlError> {
+        self.call("tokens/revoke", Some(serde_json::json!({})))
+            .await
     }
 
     /// `POST /sim/v1/reset`.

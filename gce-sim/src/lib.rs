@@ -20,6 +20,7 @@
 //! ```
 
 mod api;
+mod auth;
 pub mod cli;
 mod clock;
 pub mod control;
@@ -40,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use control::{
     CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PoolReport, PreemptRequest,
     PreemptResponse, SimControl, SimControlError, SimState, SimStats, StatusRequest,
-    StatusResponse, ZoneReport,
+    StatusResponse, TokensReport, ZoneReport,
 };
 pub use world::URL_ROOT;
 
@@ -231,8 +232,10 @@ impl SimBuilder {
         Ok(Sim {
             shared: Arc::new(Shared {
                 world: Mutex::new(World::new(self.config.clone())),
+                tokens: Mutex::new(auth::Tokens::default()),
                 shutdown: CancellationToken::new(),
                 preempt_rate: self.config.preempt_rate,
+                require_auth: self.config.require_auth,
             }),
         })
     }
@@ -241,9 +244,13 @@ impl SimBuilder {
 /// State shared by all handlers.
 struct Shared {
     world: Mutex<World>,
+    /// Access tokens issued by `POST /token`; kept across `/sim/v1/reset`.
+    tokens: Mutex<auth::Tokens>,
     /// Cancelled when the server stops: ends held waits and injected latencies.
     shutdown: CancellationToken,
     preempt_rate: f64,
+    /// Compute calls need an issued bearer token.
+    require_auth: bool,
 }
 
 impl Shared {
@@ -251,6 +258,13 @@ impl Shared {
         // World methods leave it consistent at every return, so a panic in one handler
         // does not make the data unusable.
         self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, auth::Tokens> {
+        // Every change to the token set is a single insert or clear.
+        self.tokens
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -267,12 +281,18 @@ impl Sim {
         SimBuilder::default()
     }
 
-    /// The HTTP routes: `/compute/v1/...` and `/sim/v1/...`.
+    /// The HTTP routes: `/compute/v1/...`, the token endpoint `/token` and
+    /// `/sim/v1/...`.
     pub fn router(&self) -> Router {
-        let compute = api::routes().layer(axum::middleware::from_fn_with_state(
-            self.shared.clone(),
-            api::faults_and_stats,
-        ));
+        let compute = api::routes()
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                auth::require_bearer,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                api::faults_and_stats,
+            ));
         let control = Router::new()
             .route("/sim/v1/state", get(control::state))
             .route("/sim/v1/instances", get(control::instances))
@@ -284,7 +304,10 @@ impl Sim {
             .route("/sim/v1/preempt", post(control::preempt))
             .route("/sim/v1/faults", post(control::set_faults))
             .route("/sim/v1/reset", post(control::reset))
-            .route("/sim/v1/stats", get(control::stats));
+            .route("/sim/v1/stats", get(control::stats))
+            .route("/sim/v1/tokens", get(auth::report))
+            .route("/sim/v1/tokens/revoke", post(auth::revoke))
+            .route("/token", post(auth::token));
         compute
             .merge(control)
             .fallback(api::unknown_path)
@@ -380,6 +403,12 @@ impl RunningSim {
     /// `http://HOST:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint, `http://HOST:PORT/token`, for a service-account key file's
+    /// `token_uri`.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
     }
 
     /// The Compute API root, `http://HOST:PORT/compute/v1/`.
