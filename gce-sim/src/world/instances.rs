@@ -149,7 +149,7 @@ impl World {
         Ok(())
     }
 
-    /// Stores a new instance in `phase`; a `due_at` is queued for the zone's sweep.
+    /// Stores a new instance in `phase`, queued for the zone's sweep at `due_at`.
     fn add_instance(
         &mut self,
         project: &str,
@@ -172,18 +172,18 @@ impl World {
             phase_since: Instant::now(),
             delete_on_preempt: spec.delete_on_preempt,
             holds_capacity: false,
-            due_at,
+            due_at: None,
         };
-        let z = self.zone_mut(project, zone)?;
-        if let Some(at) = due_at {
-            z.due.insert((at, project.to_string(), spec.name.clone()));
-        }
-        z.projects
+        self.zone_mut(project, zone)?
+            .projects
             .entry(project.to_string())
             .or_default()
             .instances
             .insert(spec.name.clone(), instance);
-        Ok(())
+        match due_at {
+            Some(at) => self.schedule(project, zone, &spec.name, at),
+            None => Ok(()),
+        }
     }
 
     /// An instance with its zone's live count and capacity.
@@ -218,12 +218,7 @@ impl World {
             let pool = pool_of(&instance.labels);
             instance.phase = Phase::Deleting;
             instance.phase_since = Instant::now();
-            instance.due_at = Some(remove_at);
-            self.zone_mut(project, zone)?.due.insert((
-                remove_at,
-                project.to_string(),
-                name.to_string(),
-            ));
+            self.schedule(project, zone, name, remove_at)?;
             if was_live {
                 count_live(&mut self.pools, project, pool, false);
             }
@@ -296,12 +291,7 @@ impl World {
                 instance.phase_since = Instant::now();
                 instance.last_stop = Some(SystemTime::now());
                 if instance.holds_capacity {
-                    instance.due_at = Some(off_at);
-                    self.zone_mut(project, zone)?.due.insert((
-                        off_at,
-                        project.to_string(),
-                        name.to_string(),
-                    ));
+                    self.schedule(project, zone, name, off_at)?;
                 }
                 if was_live {
                     count_live(&mut self.pools, project, pool, false);

@@ -110,11 +110,12 @@ impl World {
         } else {
             Phase::Stopping { lasts: notice }
         };
-        instance.due_at = Some(now + notice);
-        z.due
-            .insert((now + notice, project.to_string(), name.to_string()));
         let id = instance.id;
-        count_live(&mut self.pools, project, pool_of(&instance.labels), false);
+        let pool = pool_of(&instance.labels);
+        if self.schedule(project, zone, name, now + notice).is_err() {
+            return;
+        }
+        count_live(&mut self.pools, project, pool, false);
         self.counters.preempted += 1;
         let op_name = system_event_name(&mut self.rng, wall);
         let op = SimOperation {
@@ -130,11 +131,13 @@ impl World {
             hung: false,
             failure: None,
         };
-        z.projects
-            .entry(project.to_string())
-            .or_default()
-            .operations
-            .insert(op_name, op);
+        if let Some(z) = self.zones.get_mut(zone) {
+            z.projects
+                .entry(project.to_string())
+                .or_default()
+                .operations
+                .insert(op_name, op);
+        }
     }
 
     /// Random preemptions over `elapsed`: each live instance is preempted at

@@ -87,6 +87,26 @@ impl World {
         Ok(found)
     }
 
+    /// Sets instance `name`'s `due_at` to `at` and queues it for its zone's sweep.
+    pub(super) fn schedule(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        at: Instant,
+    ) -> Result<(), ApiError> {
+        let z = self.zone_mut(project, zone)?;
+        if let Some(instance) = z
+            .projects
+            .get_mut(project)
+            .and_then(|pz| pz.instances.get_mut(name))
+        {
+            instance.due_at = Some(at);
+        }
+        z.due.insert((at, project.to_string(), name.to_string()));
+        Ok(())
+    }
+
     /// `zones.list`.
     pub fn list_zones(&self, project: &str) -> Value {
         let items: Vec<Value> = self
