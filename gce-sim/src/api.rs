@@ -25,6 +25,7 @@ const BULK_INSERT: &str = "/compute/v1/projects/{project}/zones/{zone}/instances
 const INSTANCE: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}";
 const START: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/start";
 const STOP: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/stop";
+const RESUME: &str = "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/resume";
 const SET_LABELS: &str =
     "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/setLabels";
 const AGGREGATED: &str = "/compute/v1/projects/{project}/aggregated/instances";
@@ -58,6 +59,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             STOP,
             post(|s, p, q| change(|name| Mutation::Stop(name), s, p, q)),
         )
+        .route(
+            RESUME,
+            post(|s, p, q| change(|name| Mutation::Resume(name), s, p, q)),
+        )
         .route(SET_LABELS, post(set_labels))
         .route(AGGREGATED, get(aggregated_instances))
         .route(OPERATIONS, get(list_operations))
@@ -80,6 +85,7 @@ fn method_name(method: &Method, route: Option<&str>) -> &'static str {
         ("DELETE", INSTANCE) => "compute.instances.delete",
         ("POST", START) => "compute.instances.start",
         ("POST", STOP) => "compute.instances.stop",
+        ("POST", RESUME) => "compute.instances.resume",
         ("POST", SET_LABELS) => "compute.instances.setLabels",
         ("GET", AGGREGATED) => "compute.instances.aggregatedList",
         ("GET", OPERATIONS) => "compute.zoneOperations.list",
@@ -140,6 +146,7 @@ fn changed_instance<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str
         "compute.instances.delete"
             | "compute.instances.start"
             | "compute.instances.stop"
+            | "compute.instances.resume"
             | "compute.instances.setLabels"
     ) {
         return None;
@@ -250,7 +257,7 @@ async fn create(
     mutate(&sim, (&project, &zone), mutation(&body), &query)
 }
 
-/// `instances.delete`, `.start` and `.stop`: a call on one instance.
+/// `instances.delete`, `.start`, `.stop` and `.resume`: a call on one instance.
 async fn change(
     mutation: fn(&str) -> Mutation<'_>,
     State(sim): SharedState,

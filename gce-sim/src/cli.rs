@@ -36,6 +36,15 @@ pub struct Args {
     /// Random preemptions per live instance per hour.
     #[arg(long, default_value_t = 0.0)]
     pub preempt_rate: f64,
+    /// Milliseconds a preempted instance is STOPPING (its preempted operation recorded
+    /// at the start) before it is TERMINATED or deleted: GCE's 30 s notice, scaled 1:100
+    /// like the default delays.
+    #[arg(long, default_value_t = 300)]
+    pub preempt_notice_ms: u64,
+    /// Refuse compute calls without a bearer token (401), and serve a token endpoint,
+    /// `POST /token`, that issues them for a service account's signed JWT.
+    #[arg(long)]
+    pub require_auth: bool,
     /// Seed of the random source, for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -59,6 +68,8 @@ impl Args {
             op_delay: Duration::from_millis(self.op_delay_ms),
             boot_delay: Duration::from_millis(self.boot_delay_ms),
             preempt_rate: self.preempt_rate,
+            preempt_notice: Duration::from_millis(self.preempt_notice_ms),
+            require_auth: self.require_auth,
             seed: self.seed,
             machine_types: self
                 .machine_types
@@ -124,6 +135,9 @@ mod tests {
             "e2-small, n2-standard-2",
             "--discovery-document",
             "/tmp/compute.v1.json",
+            "--preempt-notice-ms",
+            "40",
+            "--require-auth",
         ])
         .expect("parses");
         let config = args.config().expect("valid");
@@ -138,10 +152,14 @@ mod tests {
             config.discovery_document.as_deref(),
             Some(std::path::Path::new("/tmp/compute.v1.json"))
         );
+        assert_eq!(config.preempt_notice, Duration::from_millis(40));
+        assert!(config.require_auth);
         let defaults = Args::try_parse_from(["gce-sim"]).expect("parses");
         let config = defaults.config().expect("valid");
         assert_eq!(config.machine_types, crate::default_machine_types());
         assert_eq!(config.discovery_document, None);
+        assert_eq!(config.preempt_notice, SimConfig::default().preempt_notice);
+        assert!(!config.require_auth);
     }
 
     #[test]

@@ -1,13 +1,22 @@
-//! Wall-clock formatting as GCE does it, and the ids and names it assigns.
+//! Wall-clock formatting as GCE does it (Pacific offsets), and the ids and names it assigns.
 
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, Offset, SecondsFormat, Utc};
 use rand::Rng;
 
-/// RFC 3339 with milliseconds, e.g. `2024-05-01T05:06:07.123+00:00`.
+/// Pacific Daylight Time's offset from UTC, which GCE's timestamps carry
+/// (`2026-04-16T16:19:12.606-07:00`); the sim uses it all year rather than switching to
+/// `-08:00` in winter.
+const PACIFIC_OFFSET_SECS: i32 = -7 * 3600;
+
+/// RFC 3339 with milliseconds at the Pacific offset, as GCE writes it, e.g.
+/// `2024-04-30T22:06:07.123-07:00`.
 pub fn rfc3339(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, false)
+    let pacific = FixedOffset::east_opt(PACIFIC_OFFSET_SECS).unwrap_or_else(|| Utc.fix());
+    DateTime::<Utc>::from(time)
+        .with_timezone(&pacific)
+        .to_rfc3339_opts(SecondsFormat::Millis, false)
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).
@@ -51,7 +60,11 @@ mod tests {
     #[test]
     fn formats_like_gce() {
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_539_967_123);
-        assert_eq!(rfc3339(time), "2024-05-01T05:06:07.123+00:00");
+        assert_eq!(rfc3339(time), "2024-04-30T22:06:07.123-07:00");
+        assert_eq!(
+            pm_gce::resources::unix_ms(&rfc3339(time)),
+            Some(1_714_539_967_123)
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let name = operation_name(&mut rng, time);
         assert!(name.starts_with("operation-1714539967123-"), "{name}");

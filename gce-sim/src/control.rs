@@ -1,5 +1,7 @@
 //! gce-sim's control API (`/sim/v1/...`): the endpoints DESIGN.md fixes, plus
-//! `GET /sim/v1/instances` for tests that watch every instance past fault injection.
+//! `GET /sim/v1/instances` for tests that watch every instance past fault injection
+//! and `POST /sim/v1/instances/<zone>/<name>/status` for statuses the lifecycle never
+//! reaches.
 //! Its message types, its handlers, and [`SimControl`], a client for tests and tools.
 
 use std::collections::BTreeMap;
@@ -142,6 +144,9 @@ pub struct Counters {
     pub started: u64,
     /// Instances stopped by `instances.stop`.
     pub stopped: u64,
+    /// SUSPENDED instances resumed.
+    #[serde(default)]
+    pub resumed: u64,
 }
 
 /// One zone in [`SimState`].
@@ -239,6 +244,21 @@ impl SimStats {
     }
 }
 
+/// Body of `GET /sim/v1/tokens` and of the reply to `POST /sim/v1/tokens/revoke`:
+/// access tokens issued by the token endpoint, and compute calls refused for want of
+/// one (with `--require-auth`), since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokensReport {
+    /// Tokens issued.
+    pub issued: u64,
+    /// Tokens accepted now.
+    pub active: u64,
+    /// Tokens revoked.
+    pub revoked: u64,
+    /// Compute calls answered 401.
+    pub refused: u64,
+}
+
 /// Body of `POST /sim/v1/zones/<zone>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +290,30 @@ pub struct PreemptResponse {
     /// Requested names that were not found or not live.
     #[serde(default)]
     pub missing: Vec<String>,
+}
+
+/// Body of `POST /sim/v1/instances/<zone>/<name>/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// The status to show: `SUSPENDING`, `SUSPENDED`, `PENDING`, `PENDING_STOP`,
+    /// `DEPROVISIONING`, or any other upper-case name (one no client knows); not one the
+    /// lifecycle produces (`PROVISIONING`, `STAGING`, `RUNNING`, `STOPPING`,
+    /// `TERMINATED`).
+    pub status: String,
+    /// Only the instance of this project; absent: the instance of that name in every
+    /// project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// Reply to `POST /sim/v1/instances/<zone>/<name>/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// The projects whose instance now shows the status.
+    pub projects: Vec<String>,
+    /// The status set.
+    pub status: String,
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -335,6 +379,22 @@ pub(super) async fn preempt(State(sim): State<Arc<Shared>>, body: Bytes) -> Resp
                 "send {\"zone\": Z, \"count\": N} or {\"names\": [...]}",
             )),
         }
+    }))
+}
+
+pub(super) async fn set_status(
+    State(sim): State<Arc<Shared>>,
+    Path((zone, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    respond(parse_body::<StatusRequest>(&body).and_then(|request| {
+        let projects =
+            sim.world()
+                .set_status(request.project.as_deref(), &zone, &name, &request.status)?;
+        Ok(StatusResponse {
+            projects,
+            status: request.status,
+        })
     }))
 }
 
@@ -483,6 +543,19 @@ impl SimControl {
         self.call("preempt", Some(body)).await
     }
 
+    /// `POST /sim/v1/instances/<zone>/<name>/status`: shows `status` for instance `name`
+    /// of `zone` (every project) until a call changes it.
+    pub async fn set_status(
+        &self,
+        zone: &str,
+        name: &str,
+        status: &str,
+    ) -> Result<StatusResponse, SimControlError> {
+        let body = serde_json::json!({ "status": status });
+        self.call(&format!("instances/{zone}/{name}/status"), Some(body))
+            .await
+    }
+
     /// `POST /sim/v1/faults`: replaces the fault injection.
     pub async fn set_faults(&self, faults: &Faults) -> Result<Faults, SimControlError> {
         let body = serde_json::to_value(faults).map_err(|source| SimControlError::Decode {
@@ -490,6 +563,17 @@ impl SimControl {
             source,
         })?;
         self.call("faults", Some(body)).await
+    }
+
+    /// `GET /sim/v1/tokens`.
+    pub async fn tokens(&self) -> Result<TokensReport, SimControlError> {
+        self.call("tokens", None).await
+    }
+
+    /// `POST /sim/v1/tokens/revoke`: no token issued so far is accepted any more.
+    pub async fn revoke_tokens(&self) -> Result<TokensReport, SimControlError> {
+        self.call("tokens/revoke", Some(serde_json::json!({})))
+            .await
     }
 
     /// `POST /sim/v1/reset`.

@@ -20,6 +20,7 @@
 //! ```
 
 mod api;
+mod auth;
 pub mod cli;
 mod clock;
 pub mod control;
@@ -42,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use control::{
     CapacityRequest, Counters, Faults, InstanceReport, InstancesReport, PoolReport, PreemptRequest,
-    PreemptResponse, SimControl, SimControlError, SimState, SimStats, ZoneReport,
+    PreemptResponse, SimControl, SimControlError, SimState, SimStats, StatusRequest,
+    StatusResponse, TokensReport, ZoneReport,
 };
 pub use machine_types::default_machine_types;
 pub use world::{DiscoveryError, URL_ROOT};
@@ -73,6 +75,12 @@ pub struct SimConfig {
     pub wait_bound: Duration,
     /// Random preemptions per live instance per hour (0 for none).
     pub preempt_rate: f64,
+    /// How long a preempted instance is STOPPING (holding its capacity) before it is
+    /// TERMINATED or deleted: GCE's 30 s notice.
+    pub preempt_notice: Duration,
+    /// Refuse compute calls without a bearer token the sim's token endpoint issued
+    /// (401), as GCE refuses calls without valid credentials.
+    pub require_auth: bool,
     /// Seed of the random source (ids, preemption choices, injected faults); `None`
     /// seeds from the OS.
     pub seed: Option<u64>,
@@ -85,8 +93,9 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     /// Three zones of capacity 100,000, 100 ms operations, 300 ms boots, 30 s wait bound,
-    /// no random preemption, [`default_machine_types`], the compiled-in discovery
-    /// document.
+    /// no random preemption, a 300 ms preemption notice, no authentication,
+    /// [`default_machine_types`], the compiled-in discovery document. The delays are GCE's
+    /// scaled 1:100: an operation of ~10 s, a boot of ~30 s, the 30 s notice.
     fn default() -> Self {
         SimConfig {
             zones: ["us-central1-a", "us-central1-b", "us-central1-c"]
@@ -98,6 +107,8 @@ impl Default for SimConfig {
             boot_delay: Duration::from_millis(300),
             wait_bound: Duration::from_secs(30),
             preempt_rate: 0.0,
+            preempt_notice: Duration::from_millis(300),
+            require_auth: false,
             seed: None,
             machine_types: default_machine_types(),
             discovery_document: None,
@@ -231,6 +242,10 @@ impl SimBuilder {
         wait_bound: Duration,
         /// Random preemptions per live instance per hour.
         preempt_rate: f64,
+        /// How long a preempted instance is STOPPING.
+        preempt_notice: Duration,
+        /// Refuse compute calls without an issued bearer token.
+        require_auth: bool,
     }
 
     /// The machine types every zone offers.
@@ -263,8 +278,10 @@ impl SimBuilder {
         Ok(Sim {
             shared: Arc::new(Shared {
                 world: Mutex::new(World::with_schemas(self.config.clone(), schemas)),
+                tokens: Mutex::new(auth::Tokens::default()),
                 shutdown: CancellationToken::new(),
                 preempt_rate: self.config.preempt_rate,
+                require_auth: self.config.require_auth,
             }),
         })
     }
@@ -273,9 +290,13 @@ impl SimBuilder {
 /// State shared by all handlers.
 struct Shared {
     world: Mutex<World>,
+    /// Access tokens issued by `POST /token`; kept across `/sim/v1/reset`.
+    tokens: Mutex<auth::Tokens>,
     /// Cancelled when the server stops: ends held waits and injected latencies.
     shutdown: CancellationToken,
     preempt_rate: f64,
+    /// Compute calls need an issued bearer token.
+    require_auth: bool,
 }
 
 impl Shared {
@@ -283,6 +304,13 @@ impl Shared {
         // World methods leave it consistent at every return, so a panic in one handler
         // does not make the data unusable.
         self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, auth::Tokens> {
+        // Every change to the token set is a single insert or clear.
+        self.tokens
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -299,23 +327,39 @@ impl Sim {
         SimBuilder::default()
     }
 
-    /// The HTTP routes: `/compute/v1/...` and `/sim/v1/...`.
+    /// The HTTP routes: `/compute/v1/...`, the token endpoint `/token` and
+    /// `/sim/v1/...`.
     pub fn router(&self) -> Router {
-        let compute = api::routes().layer(axum::middleware::from_fn_with_state(
-            self.shared.clone(),
-            api::faults_and_stats,
-        ));
+        let compute = api::routes()
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                auth::require_bearer,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                api::faults_and_stats,
+            ));
         let control = Router::new()
             .route("/sim/v1/state", get(control::state))
             .route("/sim/v1/instances", get(control::instances))
+            .route(
+                "/sim/v1/instances/{zone}/{name}/status",
+                post(control::set_status),
+            )
             .route("/sim/v1/zones/{zone}", post(control::set_capacity))
             .route("/sim/v1/preempt", post(control::preempt))
             .route("/sim/v1/faults", post(control::set_faults))
             .route("/sim/v1/reset", post(control::reset))
             .route("/sim/v1/stats", get(control::stats))
+            .route("/sim/v1/tokens", get(auth::report))
+            .route("/sim/v1/tokens/revoke", post(auth::revoke))
             .layer(axum::middleware::from_fn(framing::enforce));
+        // The OAuth token endpoint takes a form body, as Google's does on its own host;
+        // the Compute front end's JSON rule is not its.
+        let oauth = Router::new().route("/token", post(auth::token));
         compute
             .merge(control)
+            .merge(oauth)
             .fallback(api::unknown_path)
             .with_state(self.shared.clone())
     }
@@ -409,6 +453,12 @@ impl RunningSim {
     /// `http://HOST:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint, `http://HOST:PORT/token`, for a service-account key file's
+    /// `token_uri`.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
     }
 
     /// The Compute API root, `http://HOST:PORT/compute/v1/`.

@@ -247,8 +247,13 @@ def test_stockout_surfaces_as_the_operation_error(sim):
     wait_done(compute, insert(compute, "web-fits", zone=ZONE_B), zone=ZONE_B)
     op = wait_done(compute, insert(compute, "web-no-room", zone=ZONE_B), zone=ZONE_B)
     errors = op["error"]["errors"]
-    assert errors[0]["code"] == "ZONE_RESOURCE_POOL_EXHAUSTED"
+    assert errors[0]["code"] == "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"
     assert f"'projects/{PROJECT}/zones/{ZONE_B}'" in errors[0]["message"]
+    info = [d["errorInfo"] for d in errors[0]["errorDetails"] if "errorInfo" in d][0]
+    assert info["reason"] == "resource_availability"
+    assert info["domain"] == "compute.googleapis.com"
+    assert info["metadatas"]["zone"] == ZONE_B
+    assert ZONE_A in info["metadatas"]["zonesAvailable"].split(",")
     assert op["httpErrorStatusCode"] == 503
     assert op["httpErrorMessage"] == "SERVICE UNAVAILABLE"
     with pytest.raises(HttpError) as raised:

@@ -70,6 +70,9 @@ pub struct ClusterBuilder {
     etcd_members: usize,
     /// The agents' `--operation-timeout`.
     operation_timeout: Duration,
+    /// gce-sim refuses calls without a token (`--require-auth`); agents and the
+    /// cluster's own client use a generated service-account key file.
+    require_auth: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -85,6 +88,7 @@ impl Default for ClusterBuilder {
             lease_ttl: Duration::from_secs(2),
             etcd_members: 1,
             operation_timeout: Duration::from_secs(30),
+            require_auth: false,
         }
     }
 }
@@ -145,6 +149,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// gce-sim requires credentials; a service-account key file whose `token_uri` is
+    /// gce-sim's token endpoint is generated, and the agents (`--credentials FILE`) and
+    /// the cluster's own client use it.
+    pub fn require_auth(mut self) -> Self {
+        self.require_auth = true;
+        self
+    }
+
     /// Starts etcd, gce-sim, the schedulers and the agents.
     pub async fn start(self) -> Cluster {
         let etcd = EtcdCluster::start(self.etcd_members).await;
@@ -154,6 +166,7 @@ impl ClusterBuilder {
             .capacity(self.capacity)
             .op_delay(self.op_delay)
             .boot_delay(self.boot_delay)
+            .require_auth(self.require_auth)
             .build()
             .expect("gce-sim settings")
             .start_local()
@@ -165,7 +178,13 @@ impl ClusterBuilder {
             .await
             .expect("etcd");
         let store = Store::new(client, Keyspace::new(&prefix).expect("prefix"));
-        let mut rest = RestConfig::new(sim.compute_url(), Auth::None).expect("rest config");
+        let credentials = self.require_auth.then(|| {
+            crate::service_account::generate(&etcd.dir().join("credentials"), &sim.token_url())
+        });
+        let auth = credentials
+            .clone()
+            .map_or(Auth::None, Auth::ServiceAccountFile);
+        let mut rest = RestConfig::new(sim.compute_url(), auth).expect("rest config");
         rest.timeout = Duration::from_secs(10);
         let compute: Arc<dyn Compute> =
             Arc::new(RestCompute::new(rest).await.expect("rest client"));
@@ -175,6 +194,7 @@ impl ClusterBuilder {
             sim,
             store,
             compute,
+            credentials,
             prefix,
             zones: zones.clone(),
             schedulers: Vec::new(),
@@ -205,6 +225,8 @@ pub struct Cluster {
     store: Store,
     /// The REST client against gce-sim, as an operator would look at GCE.
     compute: Arc<dyn Compute>,
+    /// The service-account key file agents get, when gce-sim requires credentials.
+    credentials: Option<PathBuf>,
     /// The key prefix of this cluster.
     prefix: String,
     /// Zone names.
@@ -326,6 +348,23 @@ impl Cluster {
     /// Starts one more agent for `zone` that reaches etcd at `etcd` (comma-separated
     /// client URLs, e.g. through a [`crate::TcpProxy`]); returns its index in the zone.
     pub fn start_agent_via(&mut self, zone: &str, etcd: &str) -> usize {
+        let auth = match &self.credentials {
+            Some(file) => vec!["--credentials".into(), file.to_string_lossy().into_owned()],
+            None => vec!["--no-auth".into()],
+        };
+        self.start_agent_with(zone, etcd, auth)
+    }
+
+    /// Starts one more agent for `zone` that sends no credentials (`--no-auth`), even
+    /// when gce-sim requires them; returns its index in the zone.
+    pub fn start_agent_without_credentials(&mut self, zone: &str) -> usize {
+        let etcd = self.etcd_endpoints();
+        self.start_agent_with(zone, &etcd, vec!["--no-auth".into()])
+    }
+
+    /// Starts one more agent for `zone` reaching etcd at `etcd`, with the credential
+    /// flags `auth`; returns its index in the zone.
+    fn start_agent_with(&mut self, zone: &str, etcd: &str, auth: Vec<String>) -> usize {
         self.started += 1;
         let id = format!("agent-{zone}-{}", self.started);
         let mut args = self.common_args(etcd);
@@ -338,7 +377,6 @@ impl Cluster {
             PROJECT.into(),
             "--gce-endpoint".into(),
             self.sim.compute_url(),
-            "--no-auth".into(),
             "--gce-timeout".into(),
             "10s".into(),
             "--hook-timeout".into(),
@@ -346,6 +384,7 @@ impl Cluster {
             "--operation-timeout".into(),
             format!("{}ms", self.settings.operation_timeout.as_millis()),
         ]);
+        args.extend(auth);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
         }

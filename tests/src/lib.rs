@@ -442,6 +442,7 @@ impl Daemon {
 
 pub mod cluster;
 pub mod proxy;
+pub mod service_account;
 pub mod tls;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use proxy::TcpProxy;

@@ -600,3 +600,119 @@ async fn without_etcd_quorum_pm_pauses_safely_and_resumes() {
     .await;
     assert_no_leaks(&c, "q").await;
 }
+
+/// The names of `pool`'s instances in gce-sim with their status, and the calls that
+/// changed each (read past the compute API).
+async fn sim_instances(c: &Cluster, pool: &str) -> BTreeMap<String, gce_sim::InstanceReport> {
+    c.sim()
+        .instances()
+        .await
+        .unwrap()
+        .instances
+        .into_iter()
+        .filter(|i| i.labels.get("pm-pool").map(String::as_str) == Some(pool))
+        .map(|i| (i.name.clone(), i))
+        .collect()
+}
+
+/// The state etcd records for instance `name` of `pool` in `zone`.
+async fn observed_state(
+    c: &Cluster,
+    pool: &str,
+    zone: &str,
+    name: &str,
+) -> Option<pm_proto::InstanceState> {
+    let key = c.store().keys().instance(pool, zone, name).unwrap();
+    let found = c.store().get::<ObservedInstance>(&key).await.unwrap()?;
+    Some(found.value.state())
+}
+
+/// Statuses GCE added lately, produced through gce-sim's control API, in delete mode:
+/// SUSPENDED is lost (deleted and replaced), DEPROVISIONING is stopping (deleted and
+/// replaced), and a status pm does not know is left alone, not counted live.
+#[tokio::test]
+async fn new_statuses_in_delete_mode_are_replaced_or_left_alone() {
+    let c = Cluster::builder().zones(1).start().await;
+    c.set_pool("web", c.pool_config("web", 3)).await;
+    wait_running(&c, "web", 3).await;
+    let names: Vec<String> = sim_instances(&c, "web").await.into_keys().collect();
+    let (suspended, deprovisioning, unknown) = (&names[0], &names[1], &names[2]);
+    for (name, status) in [
+        (suspended, "SUSPENDED"),
+        (deprovisioning, "DEPROVISIONING"),
+        (unknown, "HIBERNATING"),
+    ] {
+        c.sim().set_status("zone-a", name, status).await.unwrap();
+    }
+    let after = c
+        .wait(
+            "SUSPENDED and DEPROVISIONING replaced, the unknown one kept beside 3 RUNNING",
+            BOUND,
+            || async {
+                let now = sim_instances(&c, "web").await;
+                let running = now.values().filter(|i| i.status == "RUNNING").count();
+                let gone = !now.contains_key(suspended) && !now.contains_key(deprovisioning);
+                (gone && running == 3 && now.len() == 4).then_some(now)
+            },
+        )
+        .await;
+    let kept = &after[unknown];
+    assert_eq!(kept.status, "HIBERNATING");
+    assert!(kept.changes.is_empty(), "left alone: {kept:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = sim_instances(&c, "web").await;
+    assert_eq!(later.len(), 4, "no more creates: {later:?}");
+    assert!(later[unknown].changes.is_empty(), "still left alone");
+}
+
+/// In restart mode a SUSPENDED VM is resumed (the same VM, no replacement) and a
+/// DEPROVISIONING one is stopping: counted as coming back, neither deleted nor replaced.
+#[tokio::test]
+async fn new_statuses_in_restart_mode_are_resumed_or_waited_for() {
+    let c = Cluster::builder().zones(1).start().await;
+    let mut config = c.pool_config("web", 2);
+    config.on_preempted = pm_proto::OnPreempted::Restart as i32;
+    c.set_pool("web", config).await;
+    wait_running(&c, "web", 2).await;
+    let before = sim_instances(&c, "web").await;
+    let names: Vec<&String> = before.keys().collect();
+    let (suspended, deprovisioning) = (names[0], names[1]);
+    c.sim()
+        .set_status("zone-a", suspended, "SUSPENDED")
+        .await
+        .unwrap();
+    c.sim()
+        .set_status("zone-a", deprovisioning, "DEPROVISIONING")
+        .await
+        .unwrap();
+    c.wait("the SUSPENDED VM resumed", BOUND, || async {
+        let now = sim_instances(&c, "web").await;
+        (now[suspended].status == "RUNNING").then_some(())
+    })
+    .await;
+    c.wait(
+        "the DEPROVISIONING VM recorded as stopping",
+        BOUND,
+        || async {
+            (observed_state(&c, "web", "zone-a", deprovisioning).await
+                == Some(pm_proto::InstanceState::Stopping))
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sim_instances(&c, "web").await;
+    assert_eq!(after.len(), 2, "nothing replaced: {after:?}");
+    assert_eq!(after[suspended].id, before[suspended].id, "the same VM");
+    assert_eq!(
+        after[suspended].changes.get("compute.instances.resume"),
+        Some(&1)
+    );
+    assert_eq!(after[deprovisioning].status, "DEPROVISIONING");
+    assert!(
+        after[deprovisioning].changes.is_empty(),
+        "waited for: {:?}",
+        after[deprovisioning]
+    );
+    assert_eq!(c.sim().state().await.unwrap().counters.resumed, 1);
+}

@@ -62,7 +62,8 @@ impl World {
         let creatable = available.min(request.count) as usize;
         let first = names.first().cloned().unwrap_or_default();
         let failure = if (creatable as u64) < min_count {
-            Some(self.stockout(project, zone))
+            let body = specs.first().map_or(&[][..], |spec| &spec.body[..]);
+            Some(self.stockout(project, zone, body))
         } else {
             for spec in specs.iter().take(creatable) {
                 let id = resource_id(&mut self.rng);

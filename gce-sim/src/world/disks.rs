@@ -48,10 +48,16 @@ fn created_disks(name: &str, instance: &SimInstance) -> Vec<DiskName> {
     disk_names(name, &stored)
 }
 
-/// Frees the names of the disks removed with instance `name`.
-pub(super) fn release_disks(disks: &mut BTreeSet<String>, name: &str, instance: &SimInstance) {
+/// Frees the names of the disks removed with instance `name`: those deleted with it, or
+/// all of them when it never came up (`never_created`: its insert stocked out).
+pub(super) fn release_disks(
+    disks: &mut BTreeSet<String>,
+    name: &str,
+    instance: &SimInstance,
+    never_created: bool,
+) {
     for disk in created_disks(name, instance) {
-        if disk.auto_delete {
+        if disk.auto_delete || never_created {
             disks.remove(&disk.name);
         }
     }

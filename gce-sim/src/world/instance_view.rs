@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pm_gce::resources::InstanceStatus;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
@@ -58,7 +57,7 @@ struct InstanceView<'a> {
     project: &'a str,
     zone: &'a str,
     name: &'a str,
-    status: InstanceStatus,
+    status: &'a str,
 }
 
 impl Serialize for InstanceView<'_> {
@@ -73,7 +72,7 @@ impl Serialize for InstanceView<'_> {
         for (key, value) in &i.body {
             map.serialize_entry(key, value)?;
         }
-        map.serialize_entry("status", self.status.as_str())?;
+        map.serialize_entry("status", self.status)?;
         map.serialize_entry("zone", &zone)?;
         map.serialize_entry("selfLink", &format!("{zone}/instances/{}", self.name))?;
         if !i.labels.is_empty() {
@@ -103,7 +102,7 @@ impl<'a> InstanceView<'a> {
             project,
             zone,
             name,
-            status: instance.status(now, boot_delay),
+            status: instance.status_text(now, boot_delay),
         }
     }
 
@@ -112,7 +111,7 @@ impl<'a> InstanceView<'a> {
         let i = self.instance;
         match field {
             "name" => Some(Cow::Borrowed(self.name)),
-            "status" => Some(Cow::Borrowed(self.status.as_str())),
+            "status" => Some(Cow::Borrowed(self.status)),
             "id" => Some(Cow::Owned(i.id.to_string())),
             "zone" => Some(Cow::Owned(zone_url(self.project, self.zone))),
             "labelFingerprint" => Some(Cow::Borrowed(&i.label_fingerprint)),

@@ -6,25 +6,36 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use pm_gce::resources::InstanceStatus;
+use serde::de::value::{self, StrDeserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::capacity::pool_of;
+use super::capacity::{count_live, pool_of};
 use super::instance_spec::{parse_instance, parse_labels, InstanceSpec};
 use super::operations::NewOperation;
 use super::{instance_path, ApiError, World};
 use crate::clock::resource_id;
 
 /// How an instance is doing; with the time it entered the phase this gives its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Phase {
     /// PROVISIONING, then STAGING, then RUNNING (each boot-delay half).
     Booting,
-    /// STOPPING for the boot delay, then TERMINATED.
-    Stopping,
+    /// Inserted into a full zone: PROVISIONING until its insert operation fails, then
+    /// removed, as GCE shows a stocked-out create.
+    Refused,
+    /// STOPPING for `lasts` (the boot delay, or the preemption notice), then TERMINATED.
+    Stopping {
+        /// How long it is STOPPING.
+        lasts: Duration,
+    },
     /// STOPPING until it is removed (delete, or preemption with action DELETE).
     Deleting,
+    /// A status set through the control API (`SUSPENDED`, `DEPROVISIONING`, or one pm
+    /// does not know), kept until a call changes it.
+    Forced(Box<str>),
 }
 
 /// One instance, as the world keeps it.
@@ -43,21 +54,40 @@ pub(super) struct SimInstance {
     pub(super) phase: Phase,
     pub(super) phase_since: Instant,
     pub(super) delete_on_preempt: bool,
+    /// Counted in its zone's `live`: from boot until it is off (a STOPPING instance
+    /// still holds its machine), or until it is SUSPENDED.
+    pub(super) holds_capacity: bool,
+    /// When its zone's sweep next acts on it: removes it (in [`Phase::Deleting`] and
+    /// [`Phase::Refused`]) or releases its capacity (it is off).
+    pub(super) due_at: Option<Instant>,
 }
 
 impl SimInstance {
+    /// Its status at `now`, as pm reads it.
     pub(super) fn status(&self, now: Instant, boot_delay: Duration) -> InstanceStatus {
         let elapsed = now.saturating_duration_since(self.phase_since);
-        match self.phase {
+        match &self.phase {
             Phase::Booting if elapsed >= boot_delay => InstanceStatus::Running,
             Phase::Booting if elapsed >= boot_delay / 2 => InstanceStatus::Staging,
-            Phase::Booting => InstanceStatus::Provisioning,
-            Phase::Stopping if elapsed >= boot_delay => InstanceStatus::Terminated,
-            Phase::Stopping | Phase::Deleting => InstanceStatus::Stopping,
+            Phase::Booting | Phase::Refused => InstanceStatus::Provisioning,
+            Phase::Stopping { lasts } if elapsed >= *lasts => InstanceStatus::Terminated,
+            Phase::Stopping { .. } | Phase::Deleting => InstanceStatus::Stopping,
+            Phase::Forced(status) => {
+                InstanceStatus::deserialize(StrDeserializer::<value::Error>::new(status))
+                    .unwrap_or(InstanceStatus::Unrecognized)
+            }
         }
     }
 
-    /// Counts against the zone's capacity.
+    /// Its status at `now`, as GCE spells it (a forced unknown status as it was set).
+    pub(super) fn status_text(&self, now: Instant, boot_delay: Duration) -> &str {
+        match &self.phase {
+            Phase::Forced(status) => status,
+            _ => self.status(now, boot_delay).as_str(),
+        }
+    }
+
+    /// Booting or up: counts in its pool's live count, and may be preempted.
     pub(super) fn is_live(&self) -> bool {
         self.phase == Phase::Booting
     }
@@ -76,7 +106,8 @@ fn label_fingerprint(labels: &BTreeMap<String, String>) -> String {
 }
 
 impl World {
-    /// `instances.insert`.
+    /// `instances.insert`. Into a full zone the instance shows as PROVISIONING until
+    /// its operation fails with the stockout, then it is gone.
     pub(super) fn insert(
         &mut self,
         project: &str,
@@ -94,7 +125,10 @@ impl World {
         self.check_disk_names(project, zone, &spec.disks)?;
         let z = self.zone_mut(project, zone)?;
         let failure = if z.live >= z.capacity {
-            Some(self.stockout(project, zone))
+            let failure = self.stockout(project, zone, &spec.body);
+            let fails_at = Instant::now() + self.config.op_delay;
+            self.add_instance(project, zone, id, &spec, Phase::Refused, Some(fails_at))?;
+            Some(failure)
         } else {
             self.create(project, zone, id, &spec)?;
             None
@@ -110,6 +144,22 @@ impl World {
         id: u64,
         spec: &InstanceSpec,
     ) -> Result<(), ApiError> {
+        self.add_instance(project, zone, id, spec, Phase::Booting, None)?;
+        self.went_live(project, zone, &spec.name)?;
+        self.counters.inserted += 1;
+        Ok(())
+    }
+
+    /// Stores a new instance in `phase`, queued for the zone's sweep at `due_at`.
+    fn add_instance(
+        &mut self,
+        project: &str,
+        zone: &str,
+        id: u64,
+        spec: &InstanceSpec,
+        phase: Phase,
+        due_at: Option<Instant>,
+    ) -> Result<(), ApiError> {
         let wall = SystemTime::now();
         let instance = SimInstance {
             id,
@@ -119,11 +169,12 @@ impl World {
             created: wall,
             last_start: wall,
             last_stop: None,
-            phase: Phase::Booting,
+            phase,
             phase_since: Instant::now(),
             delete_on_preempt: spec.delete_on_preempt,
+            holds_capacity: false,
+            due_at: None,
         };
-        let pool = pool_of(&instance.labels);
         let pz = self
             .zone_mut(project, zone)?
             .projects
@@ -132,13 +183,14 @@ impl World {
         pz.instances.insert(spec.name.clone(), instance);
         pz.disks
             .extend(spec.disks.iter().map(|disk| disk.name.clone()));
-        self.live_changed(project, zone, pool, true)?;
-        self.counters.inserted += 1;
-        Ok(())
+        match due_at {
+            Some(at) => self.schedule(project, zone, &spec.name, at),
+            None => Ok(()),
+        }
     }
 
     /// An instance with its zone's live count and capacity.
-    fn instance_mut(
+    pub(super) fn instance_mut(
         &mut self,
         project: &str,
         zone: &str,
@@ -153,7 +205,8 @@ impl World {
             .ok_or_else(|| ApiError::not_found(&instance_path(project, zone, name)))
     }
 
-    /// `instances.delete`.
+    /// `instances.delete`: STOPPING until the operation's delay passes, holding its
+    /// capacity until it is gone.
     pub(super) fn delete(
         &mut self,
         project: &str,
@@ -163,18 +216,14 @@ impl World {
         let remove_at = Instant::now() + self.config.op_delay;
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
-        let was_live = instance.is_live();
-        let pool = pool_of(&instance.labels);
         if instance.phase != Phase::Deleting {
+            let was_live = instance.is_live();
+            let pool = pool_of(&instance.labels);
             instance.phase = Phase::Deleting;
             instance.phase_since = Instant::now();
-            self.zone_mut(project, zone)?.removals.insert((
-                remove_at,
-                project.to_string(),
-                name.to_string(),
-            ));
+            self.schedule(project, zone, name, remove_at)?;
             if was_live {
-                self.live_changed(project, zone, pool, false)?;
+                count_live(&mut self.pools, project, pool, false);
             }
             self.counters.deleted += 1;
         }
@@ -192,45 +241,68 @@ impl World {
         let now = Instant::now();
         let (instance, live, capacity) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
-        let pool = pool_of(&instance.labels);
-        let failure = match (instance.phase, instance.status(now, boot)) {
+        let failure = match (&instance.phase, instance.status(now, boot)) {
             (Phase::Booting, _) => None,
-            (Phase::Stopping, InstanceStatus::Terminated) if live < capacity => {
-                instance.phase = Phase::Booting;
-                instance.phase_since = now;
-                instance.last_start = SystemTime::now();
-                self.live_changed(project, zone, pool, true)?;
+            (Phase::Stopping { .. }, InstanceStatus::Terminated) if live < capacity => {
+                self.boot_again(project, zone, name)?;
                 self.counters.started += 1;
                 None
             }
-            (Phase::Stopping, InstanceStatus::Terminated) => Some(self.stockout(project, zone)),
-            (Phase::Stopping | Phase::Deleting, _) => {
+            (Phase::Stopping { .. }, InstanceStatus::Terminated) => {
+                let body = instance.body.clone();
+                Some(self.stockout(project, zone, &body))
+            }
+            (Phase::Stopping { .. } | Phase::Deleting | Phase::Refused | Phase::Forced(_), _) => {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         };
         Ok(self.new_operation("start", name, id, failure))
     }
 
-    /// `instances.stop`.
+    /// A stopped or suspended instance boots from now, taking capacity again.
+    pub(super) fn boot_again(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let (instance, _, _) = self.instance_mut(project, zone, name)?;
+        instance.phase = Phase::Booting;
+        instance.phase_since = Instant::now();
+        instance.last_start = SystemTime::now();
+        instance.due_at = None;
+        self.went_live(project, zone, name)
+    }
+
+    /// `instances.stop`: STOPPING for the boot delay, holding its capacity until it is
+    /// TERMINATED.
     pub(super) fn stop(
         &mut self,
         project: &str,
         zone: &str,
         name: &str,
     ) -> Result<NewOperation, ApiError> {
+        let off_at = Instant::now() + self.config.boot_delay;
+        let lasts = self.config.boot_delay;
         let (instance, _, _) = self.instance_mut(project, zone, name)?;
         let id = instance.id;
-        let pool = pool_of(&instance.labels);
         match instance.phase {
-            Phase::Booting => {
-                instance.phase = Phase::Stopping;
+            Phase::Booting | Phase::Forced(_) => {
+                let was_live = instance.is_live();
+                let pool = pool_of(&instance.labels);
+                instance.phase = Phase::Stopping { lasts };
                 instance.phase_since = Instant::now();
                 instance.last_stop = Some(SystemTime::now());
-                self.live_changed(project, zone, pool, false)?;
+                if instance.holds_capacity {
+                    self.schedule(project, zone, name, off_at)?;
+                }
+                if was_live {
+                    count_live(&mut self.pools, project, pool, false);
+                }
                 self.counters.stopped += 1;
             }
-            Phase::Stopping => {}
-            Phase::Deleting => {
+            Phase::Stopping { .. } => {}
+            Phase::Deleting | Phase::Refused => {
                 return Err(ApiError::not_ready(&instance_path(project, zone, name)))
             }
         }
@@ -289,6 +361,32 @@ mod tests {
         let op = w.get_operation("p", "z1", &op.name).expect("op");
         assert_eq!(op.status, OperationStatus::Done);
         assert!(op.end_time.is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn stopping_and_deleting_instances_hold_their_capacity_until_they_are_off() {
+        let mut w = world(Duration::from_millis(100), Duration::from_millis(200));
+        for name in ["a", "b", "c"] {
+            w.mutate("p", "z1", Mutation::Insert(&body(name)), None)
+                .expect("insert");
+        }
+        w.mutate("p", "z1", Mutation::Stop("a"), None)
+            .expect("stop");
+        w.mutate("p", "z1", Mutation::Delete("b"), None)
+            .expect("delete");
+        assert_eq!(w.pool_reports()[0].live, 1, "only c is live in its pool");
+        assert_eq!(
+            w.report().0["z1"].live,
+            3,
+            "but a and b still hold machines"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(w.get_instance("p", "z1", "b").is_err(), "deleted");
+        assert_eq!(w.report().0["z1"].live, 2);
+        assert_eq!(status_of(&mut w, "a"), "STOPPING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status_of(&mut w, "a"), "TERMINATED");
+        assert_eq!(w.report().0["z1"].live, 1);
     }
 
     #[tokio::test(flavor = "current_thread")]

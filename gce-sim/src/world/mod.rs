@@ -10,6 +10,7 @@ mod capacity;
 mod discovery;
 mod disks;
 mod error;
+mod forced_status;
 mod instance_spec;
 mod instance_view;
 mod instances;

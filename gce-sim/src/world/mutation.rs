@@ -1,5 +1,5 @@
 //! Calls that change instances (`insert`, `bulkInsert`, `delete`, `start`, `stop`,
-//! `setLabels`): each is answered with an operation, and a call that repeats a
+//! `resume`, `setLabels`): each is answered with an operation, and a call that repeats a
 //! `requestId` gets the first call's operation back and changes nothing.
 
 use pm_gce::resources::Operation;
@@ -19,6 +19,8 @@ pub enum Mutation<'a> {
     Start(&'a str),
     /// `instances.stop` of this instance.
     Stop(&'a str),
+    /// `instances.resume` of this instance.
+    Resume(&'a str),
     /// `instances.setLabels` of this instance, with this request body.
     SetLabels(&'a str, &'a [u8]),
 }
@@ -42,6 +44,7 @@ impl World {
             Mutation::Delete(name) => self.delete(project, zone, name),
             Mutation::Start(name) => self.start(project, zone, name),
             Mutation::Stop(name) => self.stop(project, zone, name),
+            Mutation::Resume(name) => self.resume(project, zone, name),
             Mutation::SetLabels(name, body) => self.set_labels(project, zone, name, body),
         }?;
         self.store_operation(project, zone, request_id, op)

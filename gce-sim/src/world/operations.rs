@@ -20,6 +20,8 @@ use crate::clock::{operation_name, resource_id, rfc3339};
 pub(super) struct Failure {
     pub(super) code: &'static str,
     pub(super) message: String,
+    /// `errorDetails`, as GCE sends them.
+    pub(super) details: Vec<Value>,
     pub(super) http_status: u16,
     pub(super) http_message: &'static str,
 }
@@ -263,7 +265,7 @@ fn operation_view(
                 code: f.code.into(),
                 message: Some(f.message.clone()),
                 location: None,
-                error_details: Vec::new(),
+                error_details: f.details.clone(),
             }],
         }),
         http_error_status_code: failure.map(|f| f.http_status),

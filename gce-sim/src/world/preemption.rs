@@ -1,6 +1,7 @@
 //! Preemption: named or counted preemptions from the control API, random ones at
-//! `--preempt-rate`, each stopping or deleting a live instance and recording a
-//! `compute.instances.preempted` operation.
+//! `--preempt-rate`, each recording a `compute.instances.preempted` operation and
+//! giving a live instance its notice (`--preempt-notice-ms`, STOPPING) before it is
+//! stopped or deleted.
 
 use std::time::{Duration, SystemTime};
 
@@ -82,12 +83,13 @@ impl World {
         Preempted { preempted, missing }
     }
 
-    /// Stops (or deletes, per `instanceTerminationAction`) one live instance and records
-    /// a `compute.instances.preempted` operation.
+    /// Preempts one live instance: STOPPING (holding its capacity) for the preemption
+    /// notice, then TERMINATED or, per `instanceTerminationAction: DELETE`, gone; its
+    /// `compute.instances.preempted` operation is recorded at the start, as GCE does.
     fn preempt_one(&mut self, project: &str, zone: &str, name: &str) {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let remove_at = now + self.config.boot_delay;
+        let notice = self.config.preempt_notice;
         let Some(z) = self.zones.get_mut(zone) else {
             return;
         };
@@ -104,15 +106,16 @@ impl World {
         instance.last_stop = Some(wall);
         instance.phase_since = now;
         instance.phase = if instance.delete_on_preempt {
-            z.removals
-                .insert((remove_at, project.to_string(), name.to_string()));
             Phase::Deleting
         } else {
-            Phase::Stopping
+            Phase::Stopping { lasts: notice }
         };
         let id = instance.id;
-        z.live = z.live.saturating_sub(1);
-        count_live(&mut self.pools, project, pool_of(&instance.labels), false);
+        let pool = pool_of(&instance.labels);
+        if self.schedule(project, zone, name, now + notice).is_err() {
+            return;
+        }
+        count_live(&mut self.pools, project, pool, false);
         self.counters.preempted += 1;
         let op_name = system_event_name(&mut self.rng, wall);
         let op = SimOperation {
@@ -128,11 +131,13 @@ impl World {
             hung: false,
             failure: None,
         };
-        z.projects
-            .entry(project.to_string())
-            .or_default()
-            .operations
-            .insert(op_name, op);
+        if let Some(z) = self.zones.get_mut(zone) {
+            z.projects
+                .entry(project.to_string())
+                .or_default()
+                .operations
+                .insert(op_name, op);
+        }
     }
 
     /// Random preemptions over `elapsed`: each live instance is preempted at
@@ -145,7 +150,15 @@ impl World {
         let zones: Vec<(String, u64)> = self
             .zones
             .iter()
-            .map(|(name, zone)| (name.clone(), zone.live))
+            .map(|(name, zone)| {
+                let live = zone
+                    .projects
+                    .values()
+                    .flat_map(|pz| pz.instances.values())
+                    .filter(|i| i.is_live())
+                    .count();
+                (name.clone(), live as u64)
+            })
             .collect();
         for (zone, live) in zones {
             let rate_per_second = rate_per_hour * live as f64 / 3600.0;
@@ -227,12 +240,65 @@ mod tests {
         assert_eq!(w.preempt_count("z1", 5).expect("count"), vec!["keep"]);
     }
 
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_preempted_instance_is_stopping_through_its_notice_and_holds_its_capacity() {
+        let mut w = World::new(SimConfig {
+            zones: vec!["z1".into()],
+            capacity: 2,
+            op_delay: Duration::ZERO,
+            boot_delay: Duration::ZERO,
+            preempt_notice: Duration::from_millis(300),
+            seed: Some(1),
+            ..SimConfig::default()
+        });
+        w.mutate("p", "z1", Mutation::Insert(&body("keep")), None)
+            .expect("insert");
+        let mut gone = instance("gone");
+        gone["scheduling"] =
+            json!({"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"});
+        let delete_body = serde_json::to_vec(&gone).expect("json");
+        w.mutate("p", "z1", Mutation::Insert(&delete_body), None)
+            .expect("insert");
+        let result = w.preempt_names(&["keep".into(), "gone".into()]);
+        assert_eq!(result.preempted, vec!["keep", "gone"]);
+        let query = ListQuery {
+            filter: Some("operationType = \"compute.instances.preempted\""),
+            ..ListQuery::default()
+        };
+        let ops = w.list_operations("p", "z1", &query).expect("list");
+        assert_eq!(
+            ops["items"].as_array().map(Vec::len),
+            Some(2),
+            "recorded at the start"
+        );
+        tokio::time::sleep(Duration::from_millis(299)).await;
+        assert_eq!(status_of(&mut w, "keep"), "STOPPING");
+        assert_eq!(status_of(&mut w, "gone"), "STOPPING");
+        assert_eq!(w.report().0["z1"].live, 2, "both still hold their machines");
+        let full = w
+            .mutate("p", "z1", Mutation::Insert(&body("new")), None)
+            .expect("accepted");
+        assert!(full.error.is_some(), "no room while they are STOPPING");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(status_of(&mut w, "keep"), "TERMINATED");
+        assert_eq!(
+            w.get_instance("p", "z1", "gone").expect_err("gone").status,
+            404
+        );
+        assert_eq!(w.report().0["z1"].live, 0);
+        let op = w
+            .mutate("p", "z1", Mutation::Insert(&body("new2")), None)
+            .expect("insert");
+        assert!(op.error.is_none());
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn random_preemption_follows_the_rate() {
         let config = SimConfig {
             zones: vec!["z1".into()],
             op_delay: Duration::ZERO,
             boot_delay: Duration::ZERO,
+            preempt_notice: Duration::ZERO,
             // Ten preemptions per instance per second: over one second all three go.
             preempt_rate: 36_000.0,
             seed: Some(3),

@@ -39,7 +39,7 @@ impl World {
                     operations += pz.operations.len() as u64;
                     for instance in pz.instances.values() {
                         *instances
-                            .entry(instance.status(now, boot).as_str().to_string())
+                            .entry(instance.status_text(now, boot).to_string())
                             .or_default() += 1;
                     }
                 }
@@ -69,7 +69,7 @@ impl World {
                         zone: zone_name.clone(),
                         name: name.clone(),
                         id: instance.id.to_string(),
-                        status: instance.status(now, boot).as_str().to_string(),
+                        status: instance.status_text(now, boot).to_string(),
                         labels: instance.labels.iter().cloned().collect(),
                         changes: self
                             .changes

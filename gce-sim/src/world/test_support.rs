@@ -7,13 +7,15 @@ use serde_json::{json, Value};
 use super::World;
 use crate::SimConfig;
 
-/// A world of zones `z1` and `z2`, capacity 3 each, seeded, with the delays given.
+/// A world of zones `z1` and `z2`, capacity 3 each, seeded, with the delays given (the
+/// preemption notice as long as a boot).
 pub(super) fn world(op_delay: Duration, boot_delay: Duration) -> World {
     let config = SimConfig {
         zones: vec!["z1".into(), "z2".into()],
         capacity: 3,
         op_delay,
         boot_delay,
+        preempt_notice: boot_delay,
         seed: Some(1),
         ..SimConfig::default()
     };

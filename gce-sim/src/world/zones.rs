@@ -1,5 +1,6 @@
 //! Zones: the per-zone, per-project stores of instances, operations and disk names, the
-//! sweep that removes deleted instances once due, and `zones.list` / `zones.get`.
+//! sweep that removes deleted (and stocked-out) instances and releases the capacity of
+//! stopped ones once due, and `zones.list` / `zones.get`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::disks::release_disks;
-use super::instances::SimInstance;
+use super::instances::{Phase, SimInstance};
 use super::operations::SimOperation;
 use super::paging::list_reply;
 use super::{zone_url, ApiError, World, URL_ROOT};
@@ -24,12 +25,13 @@ pub(super) struct ProjectZone {
 /// One zone: its capacity, live count and every project's resources.
 pub(super) struct Zone {
     pub(super) capacity: u64,
-    /// Number of instances with `is_live()`, over all projects.
+    /// Number of instances holding capacity (`holds_capacity`), over all projects.
     pub(super) live: u64,
     pub(super) projects: BTreeMap<String, ProjectZone>,
-    /// (when, project, name) of instances in
-    /// [`Phase::Deleting`](super::instances::Phase::Deleting), removed once due.
-    pub(super) removals: BTreeSet<(Instant, String, String)>,
+    /// (when, project, name) of instances whose `due_at` is set: removed then if in
+    /// [`Phase::Deleting`] or [`Phase::Refused`], else their capacity released. An entry
+    /// whose instance's `due_at` has changed since is stale and skipped.
+    pub(super) due: BTreeSet<(Instant, String, String)>,
 }
 
 impl Zone {
@@ -39,7 +41,7 @@ impl Zone {
             capacity,
             live: 0,
             projects: BTreeMap::new(),
-            removals: BTreeSet::new(),
+            due: BTreeSet::new(),
         }
     }
 
@@ -50,17 +52,30 @@ impl Zone {
             .is_some_and(|pz| pz.instances.contains_key(name))
     }
 
-    /// Removes the instances whose deletion is due.
+    /// Removes the instances whose removal is due, and releases the capacity of those
+    /// that are off.
     pub(super) fn sweep(&mut self, now: Instant) {
-        while let Some(first) = self.removals.first() {
-            if first.0 > now {
+        while self.due.first().is_some_and(|first| first.0 <= now) {
+            let Some((at, project, name)) = self.due.pop_first() else {
                 break;
+            };
+            let Some(pz) = self.projects.get_mut(&project) else {
+                continue;
+            };
+            let Some(instance) = pz.instances.get_mut(&name) else {
+                continue;
+            };
+            if instance.due_at != Some(at) {
+                continue;
             }
-            if let Some((_, project, name)) = self.removals.pop_first() {
-                if let Some(pz) = self.projects.get_mut(&project) {
-                    if let Some(instance) = pz.instances.remove(&name) {
-                        release_disks(&mut pz.disks, &name, &instance);
-                    }
+            instance.due_at = None;
+            if std::mem::replace(&mut instance.holds_capacity, false) {
+                self.live = self.live.saturating_sub(1);
+            }
+            if matches!(instance.phase, Phase::Deleting | Phase::Refused) {
+                let refused = instance.phase == Phase::Refused;
+                if let Some(instance) = pz.instances.remove(&name) {
+                    release_disks(&mut pz.disks, &name, &instance, refused);
                 }
             }
         }
@@ -76,6 +91,26 @@ impl World {
             .ok_or_else(|| ApiError::not_found(&format!("projects/{project}/zones/{zone}")))?;
         found.sweep(Instant::now());
         Ok(found)
+    }
+
+    /// Sets instance `name`'s `due_at` to `at` and queues it for its zone's sweep.
+    pub(super) fn schedule(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        at: Instant,
+    ) -> Result<(), ApiError> {
+        let z = self.zone_mut(project, zone)?;
+        if let Some(instance) = z
+            .projects
+            .get_mut(project)
+            .and_then(|pz| pz.instances.get_mut(name))
+        {
+            instance.due_at = Some(at);
+        }
+        z.due.insert((at, project.to_string(), name.to_string()));
+        Ok(())
     }
 
     /// `zones.list`.
