@@ -103,18 +103,7 @@ async fn a_hanging_hook_is_killed_at_the_timeout_and_recorded() {
         },
     )
     .await;
-    let prefix = store.keys().events_prefix("web").unwrap();
-    let e = eventually("a hook-failed event", Duration::from_secs(10), || async {
-        store
-            .list::<Event>(&prefix)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|(_, v)| v.value)
-            .find(|e| e.kind == "hook-failed")
-    })
-    .await;
+    let e = event_of(&store, "hook-failed").await;
     assert!(e.message.contains("timed out"), "{}", e.message);
 }
 

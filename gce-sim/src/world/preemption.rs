@@ -193,9 +193,9 @@ mod tests {
     use crate::world::{ListQuery, Mutation, World};
     use crate::SimConfig;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn preemption_stops_or_deletes_and_records_an_operation() {
-        let mut w = world(Duration::ZERO, Duration::ZERO);
+    /// Inserts `keep` (stopped when preempted) and `gone` (a Spot VM deleted when
+    /// preempted) in `z1`.
+    fn insert_keep_and_gone(w: &mut World) {
         w.mutate("p", "z1", Mutation::Insert(&body("keep")), None)
             .expect("insert");
         let mut gone = instance("gone");
@@ -204,6 +204,12 @@ mod tests {
         let delete_body = serde_json::to_vec(&gone).expect("json");
         w.mutate("p", "z1", Mutation::Insert(&delete_body), None)
             .expect("insert");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn preemption_stops_or_deletes_and_records_an_operation() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        insert_keep_and_gone(&mut w);
         let result = w.preempt_names(&["keep".into(), "gone".into(), "nobody".into()]);
         assert_eq!(result.preempted, vec!["keep", "gone"]);
         assert_eq!(result.missing, vec!["nobody"]);
@@ -251,14 +257,7 @@ mod tests {
             seed: Some(1),
             ..SimConfig::default()
         });
-        w.mutate("p", "z1", Mutation::Insert(&body("keep")), None)
-            .expect("insert");
-        let mut gone = instance("gone");
-        gone["scheduling"] =
-            json!({"provisioningModel": "SPOT", "instanceTerminationAction": "DELETE"});
-        let delete_body = serde_json::to_vec(&gone).expect("json");
-        w.mutate("p", "z1", Mutation::Insert(&delete_body), None)
-            .expect("insert");
+        insert_keep_and_gone(&mut w);
         let result = w.preempt_names(&["keep".into(), "gone".into()]);
         assert_eq!(result.preempted, vec!["keep", "gone"]);
         let query = ListQuery {
