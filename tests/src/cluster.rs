@@ -70,6 +70,8 @@ pub struct ClusterBuilder {
     etcd_members: usize,
     /// The agents' `--operation-timeout`.
     operation_timeout: Duration,
+    /// The agents' `--max-concurrent`; `None`: the agent's default.
+    max_concurrent: Option<usize>,
 }
 
 impl Default for ClusterBuilder {
@@ -85,6 +87,7 @@ impl Default for ClusterBuilder {
             lease_ttl: Duration::from_secs(2),
             etcd_members: 1,
             operation_timeout: Duration::from_secs(30),
+            max_concurrent: None,
         }
     }
 }
@@ -142,6 +145,12 @@ impl ClusterBuilder {
     /// The agents' `--operation-timeout` (default 30 s).
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
+        self
+    }
+
+    /// The agents' `--max-concurrent` (default: the agent's).
+    pub fn max_concurrent(mut self, max: usize) -> Self {
+        self.max_concurrent = Some(max);
         self
     }
 
@@ -348,6 +357,9 @@ impl Cluster {
         ]);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
+        }
+        if let Some(max) = self.settings.max_concurrent {
+            args.extend(["--max-concurrent".into(), max.to_string()]);
         }
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-agent", &args, &[]);
         let list = self.agents.entry(zone.to_string()).or_default();
