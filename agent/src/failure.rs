@@ -9,6 +9,7 @@ use pm_gce::error::{ErrorClass, GceError};
 use pm_proto::Severity;
 
 use crate::decide::InFlight;
+use crate::throttle;
 
 /// How long a permanent error (a bad template) pauses creates unless the config changes.
 pub const PERMANENT_PAUSE: Duration = Duration::from_secs(300);
@@ -45,7 +46,8 @@ pub enum Action {
     /// `delay` (when the operation was a create or restart) and hold the next list for at
     /// least `min(delay, secondsToRest)`.
     BackOff {
-        /// The next delay of the pool's operation back-off.
+        /// The next delay of the pool's operation back-off, or the `Retry-After` GCE sent
+        /// when that is longer.
         delay: Duration,
         /// Whether creates pause.
         pause_creates: bool,
@@ -100,7 +102,7 @@ pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Dura
             | ErrorClass::RateLimit
             | ErrorClass::Retryable
             | ErrorClass::Stockout => Action::BackOff {
-                delay: next_delay(),
+                delay: next_delay().max(throttle::told(error.retry_after())),
                 pause_creates: creating,
             },
             ErrorClass::Permanent | ErrorClass::NotFound => Action::Permanent {
@@ -263,11 +265,8 @@ mod tests {
             event(InFlight::Creating, "w-a", &transient, &r.action).expect("event");
         assert_eq!(kind, "create-failed");
         assert!(message.contains("backing off 4s"), "{message}");
-        let delete = react(
-            InFlight::Deleting,
-            &GceError::http(ApiCall::Delete, 429, "rateLimitExceeded", "slow down"),
-            || DELAY,
-        );
+        let mut limited = GceError::http(ApiCall::Delete, 429, "rateLimitExceeded", "slow down");
+        let delete = react(InFlight::Deleting, &limited, || DELAY);
         assert_eq!(
             delete,
             Reaction {
@@ -277,6 +276,18 @@ mod tests {
                     pause_creates: false
                 }
             }
+        );
+        if let GceError::Http { retry_after, .. } = &mut limited {
+            *retry_after = Some(Duration::from_secs(30));
+        }
+        let told = react(InFlight::Deleting, &limited, || DELAY);
+        assert_eq!(
+            told.action,
+            Action::BackOff {
+                delay: Duration::from_secs(30),
+                pause_creates: false
+            },
+            "the Retry-After GCE sent is waited"
         );
     }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs};
 use crate::effects::{effects, EffectInputs, Effects};
 use crate::pool_state::PoolState;
-use crate::throttle::MAX_RETRY_AFTER;
+use crate::throttle::told;
 
 /// What a pass needs besides the pool's state.
 pub struct PassContext<'a> {
@@ -111,8 +111,7 @@ pub async fn reconcile_pool(
     let listed = match ctx.compute.list(&project, ctx.zone, Some(&filter)).await {
         Ok(list) => list,
         Err(e) => {
-            let told = e.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER);
-            let delay = state.list_retry.next_delay().max(told);
+            let delay = state.list_retry.next_delay().max(told(e.retry_after()));
             pass.next_sync = Instant::now() + delay;
             tracing::warn!(error = %e, ?delay, "cannot list instances");
             pass.reports.push(report(

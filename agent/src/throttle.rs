@@ -83,8 +83,7 @@ impl Throttle {
         if self.backing_off_until.is_some_and(|until| now < until) {
             return None;
         }
-        let told = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
-        let delay = self.attempts.next_delay().max(told);
+        let delay = self.attempts.next_delay().max(told(retry_after));
         self.backing_off_until = Some(now + delay);
         self.window = Some(1);
         let entered = self.cause.is_none();
@@ -109,6 +108,12 @@ impl Throttle {
             None => wanted,
         }
     }
+}
+
+/// The least wait a `Retry-After` asks for, at most [`MAX_RETRY_AFTER`]; zero without
+/// one.
+pub fn told(retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_default().min(MAX_RETRY_AFTER)
 }
 
 /// The cause of a throttle, in messages.
