@@ -240,6 +240,13 @@ impl<'a> ActiveAgent<'a> {
             .await;
     }
 
+    /// Records a change of the pool's state as an event (always: each change happens
+    /// once).
+    async fn report_change(&self, pool: &str, report: Report) {
+        self.emit(pool, report.kind, report.severity, "", report.message)
+            .await;
+    }
+
     /// Carries out a pass's effects: keys first (every insert is recorded before it is
     /// sent), then events and hooks, then the calls.
     async fn carry_out(&mut self, pool: &str, project: &str, fx: Effects) -> pm_etcd::Result<()> {
@@ -424,9 +431,9 @@ impl<'a> ActiveAgent<'a> {
             (InFlight::Creating, Outcome::Done(target_id)) => {
                 // The insert is done: record it, so that an instance missing from GCE
                 // from now on is a loss, not an insert to resume.
-                let state = self.state(pool);
-                state.retry.reset();
-                state.reported = None;
+                if let Some(left) = self.state(pool).create_succeeded() {
+                    self.report_change(pool, left).await;
+                }
                 let recorded = self.pools.zone_keys(pool).instances.get(name);
                 let recorded = recorded.map(|o| o.value.clone());
                 if let Some(mut o) = recorded.filter(|o| o.gce_id.is_empty()) {
@@ -456,6 +463,9 @@ impl<'a> ActiveAgent<'a> {
                 self.count_and_notify(pool, &project, &config, notice).await;
             }
             (InFlight::Starting, Outcome::Done(_)) => {
+                if let Some(left) = self.state(pool).create_succeeded() {
+                    self.report_change(pool, left).await;
+                }
                 let message = format!("restarted preempted {name}");
                 self.emit(pool, "restarted", Severity::Info, name, message)
                     .await;
@@ -482,7 +492,7 @@ impl<'a> ActiveAgent<'a> {
     ) -> pm_etcd::Result<()> {
         let zone = self.ctx.zone.clone();
         let state = self.state(pool);
-        let reaction = failure::react(kind, &e, || state.retry.next_delay());
+        let reaction = failure::react(kind, &e, || state.create_retry.next_delay());
         if reaction.forget_intent {
             self.write_one(pool, name, None).await?;
         }
@@ -491,7 +501,7 @@ impl<'a> ActiveAgent<'a> {
             // The result already brings the next pass forward (SETTLE).
             Action::FollowInLists | Action::Relist => {}
             Action::Stockout => {
-                std::mem::replace(&mut state.create_gate, CancellationToken::new()).cancel();
+                state.cancel_queued_creates();
                 let base = state.exhaustion_base();
                 let report = ExhaustionReport {
                     observed_unix_ms: now_unix_ms(),
@@ -507,6 +517,12 @@ impl<'a> ActiveAgent<'a> {
                     .await?;
                 self.state(pool)
                     .pause_creates(base, "stockout".into(), true);
+            }
+            Action::Throttle => {
+                tracing::info!(%name, error = %e, "create refused; creates throttled");
+                if let Some(entered) = state.throttle_creates(&e) {
+                    self.report_change(pool, entered).await;
+                }
             }
             Action::BackOff {
                 delay,

@@ -9,6 +9,7 @@ use pm_gce::error::{ErrorClass, GceError};
 use pm_proto::Severity;
 
 use crate::decide::InFlight;
+use crate::throttle;
 
 /// How long a permanent error (a bad template) pauses creates unless the config changes.
 pub const PERMANENT_PAUSE: Duration = Duration::from_secs(300);
@@ -36,11 +37,17 @@ pub enum Action {
     /// stockout to the scheduler, pause creates for the pool's exhaustion base, and run
     /// the exhausted hook.
     Stockout,
-    /// A quota, rate-limit or transient failure: pause creates for `delay` (when the
-    /// operation was a create or restart) and hold the next list for at least
-    /// `min(delay, secondsToRest)`.
+    /// Quota or a rate limit refused a create or restart: cancel the creates still
+    /// queued and throttle creates ([`crate::throttle`]): one probe after the back-off,
+    /// then a ramp as probes succeed. Events mark entering and leaving the throttle, not
+    /// each refusal.
+    Throttle,
+    /// A transient failure, or quota or a rate limit refusing a delete: pause creates for
+    /// `delay` (when the operation was a create or restart) and hold the next list for at
+    /// least `min(delay, secondsToRest)`.
     BackOff {
-        /// The next delay of the pool's create back-off.
+        /// The next delay of the pool's operation back-off, or the `Retry-After` GCE sent
+        /// when that is longer.
         delay: Duration,
         /// Whether creates pause.
         pause_creates: bool,
@@ -68,7 +75,7 @@ pub fn what(kind: InFlight) -> &'static str {
 }
 
 /// The reaction to `error` of an operation of `kind`. `next_delay` advances the pool's
-/// create back-off; it is called for every failure except a slow operation.
+/// operation back-off; it is called only for [`Action::BackOff`].
 pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Duration) -> Reaction {
     let class = error.class();
     let creating = matches!(kind, InFlight::Creating | InFlight::Starting);
@@ -88,14 +95,14 @@ pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Dura
     let action = if let GceError::OperationTimeout { .. } = error {
         Action::FollowInLists
     } else {
-        let delay = next_delay();
         match class {
             ErrorClass::Stockout if creating => Action::Stockout,
+            ErrorClass::Quota | ErrorClass::RateLimit if creating => Action::Throttle,
             ErrorClass::Quota
             | ErrorClass::RateLimit
             | ErrorClass::Retryable
             | ErrorClass::Stockout => Action::BackOff {
-                delay,
+                delay: next_delay().max(throttle::told(error.retry_after())),
                 pause_creates: creating,
             },
             ErrorClass::Permanent | ErrorClass::NotFound => Action::Permanent {
@@ -111,7 +118,8 @@ pub fn react(kind: InFlight, error: &GceError, next_delay: impl FnOnce() -> Dura
 }
 
 /// The event a reaction records: kind, severity and message; `None` for an adoption,
-/// which is only logged.
+/// which is only logged, and for a throttle, whose events mark its state changes
+/// ([`crate::throttle::entered`], [`crate::throttle::left`]).
 pub fn event(
     kind: InFlight,
     name: &str,
@@ -164,7 +172,7 @@ pub fn event(
                 "{what} of {name}: the instance or its operation is gone; listing again: {error}"
             ),
         )),
-        Action::Adopt => None,
+        Action::Adopt | Action::Throttle => None,
     }
 }
 
@@ -236,32 +244,29 @@ mod tests {
     }
 
     #[test]
-    fn quota_and_rate_limits_back_off_creates() {
+    fn quota_and_rate_limits_throttle_creates_without_an_event_per_call() {
         for error in [
             GceError::http(ApiCall::Insert, 403, "quotaExceeded", "quota"),
             GceError::http(ApiCall::Insert, 429, "rateLimitExceeded", "slow down"),
             GceError::http(ApiCall::Insert, 403, "rateLimitExceeded", "slow down"),
         ] {
-            let r = react(InFlight::Creating, &error, || DELAY);
+            let r = react(InFlight::Creating, &error, || {
+                panic!("the throttle has its own back-off")
+            });
             assert!(r.forget_intent, "{error}");
-            assert_eq!(
-                r.action,
-                Action::BackOff {
-                    delay: DELAY,
-                    pause_creates: true
-                },
-                "{error}"
-            );
-            let (kind, _, message) =
-                event(InFlight::Creating, "w-a", &error, &r.action).expect("event");
-            assert_eq!(kind, "create-failed");
-            assert!(message.contains("backing off 4s"), "{message}");
+            assert_eq!(r.action, Action::Throttle, "{error}");
+            assert_eq!(event(InFlight::Creating, "w-a", &error, &r.action), None);
+            let restart = react(InFlight::Starting, &error, || DELAY);
+            assert_eq!(restart.action, Action::Throttle, "{error}");
         }
-        let delete = react(
-            InFlight::Deleting,
-            &GceError::http(ApiCall::Delete, 429, "rateLimitExceeded", "slow down"),
-            || DELAY,
-        );
+        let transient = GceError::http(ApiCall::Insert, 503, "backendError", "oops");
+        let r = react(InFlight::Creating, &transient, || DELAY);
+        let (kind, _, message) =
+            event(InFlight::Creating, "w-a", &transient, &r.action).expect("event");
+        assert_eq!(kind, "create-failed");
+        assert!(message.contains("backing off 4s"), "{message}");
+        let mut limited = GceError::http(ApiCall::Delete, 429, "rateLimitExceeded", "slow down");
+        let delete = react(InFlight::Deleting, &limited, || DELAY);
         assert_eq!(
             delete,
             Reaction {
@@ -271,6 +276,18 @@ mod tests {
                     pause_creates: false
                 }
             }
+        );
+        if let GceError::Http { retry_after, .. } = &mut limited {
+            *retry_after = Some(Duration::from_secs(30));
+        }
+        let told = react(InFlight::Deleting, &limited, || DELAY);
+        assert_eq!(
+            told.action,
+            Action::BackOff {
+                delay: Duration::from_secs(30),
+                pause_creates: false
+            },
+            "the Retry-After GCE sent is waited"
         );
     }
 

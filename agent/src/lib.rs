@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod operations;
 pub mod pool_state;
 pub mod reconcile;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Operations in flight: each insert, delete or start runs in its own task, holding one
 //! of `--max-concurrent` slots for the call (not for the wait), and reports its outcome
-//! back to the loop. Every task ends when the term does.
+//! back to the loop. A fresh create refused for a stockout, quota or a rate limit
+//! cancels the creates of its pool still queued for a slot. Every task ends when the
+//! term does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +24,9 @@ pub enum Op {
         request_id: String,
         /// The rendered instance.
         instance: Box<Instance>,
-        /// For fresh creates: skip the insert if this fired while waiting for a slot (the
-        /// zone stocked out meanwhile). Resumed inserts have none: they are always sent.
+        /// For fresh creates: skip the insert if this fired while waiting for a slot (a
+        /// stockout, quota or a rate limit refused a create of the pool meanwhile).
+        /// Resumed inserts have none: they are always sent.
         gate: Option<CancellationToken>,
     },
     /// `instances.delete`.
@@ -70,8 +73,38 @@ pub enum Outcome {
 }
 
 /// Runs `op` on instance `name`: the call holds a slot of `slots`, waiting for its
-/// operation (at most `timeout`) does not.
+/// operation (at most `timeout`) does not. A fresh create refused for a stockout, quota
+/// or a rate limit fires its gate at once, so the creates queued behind it give up
+/// before they take the slot it frees (the loop hears of the refusal only later).
 pub async fn run(
+    compute: &dyn Compute,
+    slots: Arc<Semaphore>,
+    project: &str,
+    zone: &str,
+    name: &str,
+    op: &Op,
+    timeout: Duration,
+) -> Outcome {
+    let outcome = call_and_wait(compute, slots, project, zone, name, op, timeout).await;
+    if let (
+        Outcome::Failed(e),
+        Op::Insert {
+            gate: Some(gate), ..
+        },
+    ) = (&outcome, op)
+    {
+        if matches!(
+            e.class(),
+            ErrorClass::Stockout | ErrorClass::Quota | ErrorClass::RateLimit
+        ) {
+            gate.cancel();
+        }
+    }
+    outcome
+}
+
+/// [`run`] without the gate's reaction to a refusal.
+async fn call_and_wait(
     compute: &dyn Compute,
     slots: Arc<Semaphore>,
     project: &str,
@@ -324,6 +357,29 @@ mod tests {
         let outcome = insert_outcome(&fake, Some(gate), Duration::from_secs(5)).await;
         assert!(matches!(outcome, Outcome::NotSent), "{outcome:?}");
         assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_refused_for_quota_fires_the_gate_of_those_queued_behind_it() {
+        let fake = FakeCompute::new();
+        for (status, reason) in [(403, "quotaExceeded"), (429, "rateLimitExceeded")] {
+            let gate = CancellationToken::new();
+            let refused = GceError::http(ApiCall::Insert, status, reason, "no");
+            fake.fail_next(Some(ApiCall::Insert), refused);
+            let first = insert_outcome(&fake, Some(gate.clone()), Duration::from_secs(5)).await;
+            assert!(matches!(first, Outcome::Failed(_)), "{first:?}");
+            let queued = insert_outcome(&fake, Some(gate), Duration::from_secs(5)).await;
+            assert!(matches!(queued, Outcome::NotSent), "{reason}: {queued:?}");
+        }
+        assert_eq!(fake.calls_of(ApiCall::Insert).len(), 2);
+        let gate = CancellationToken::new();
+        let transient = GceError::http(ApiCall::Insert, 503, "backendError", "oops");
+        fake.fail_next(Some(ApiCall::Insert), transient);
+        insert_outcome(&fake, Some(gate.clone()), Duration::from_secs(5)).await;
+        assert!(
+            !gate.is_cancelled(),
+            "a transient error says nothing of the others"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,8 +2,9 @@
 //! zone ([`PoolsView::for_zone`]: the stored config, the zone's desired count and
 //! exhaustion mark, the observed keys with their revisions, fed from etcd's listing and
 //! watch, and the agent's own writes) and, beside it, what is the agent's own: the last
-//! valid config, the operations in flight, why creates are paused, and when the pool is
-//! due next.
+//! valid config, the operations in flight, why creates are paused, the back-offs of
+//! failed lists, failed operations and throttled creates (each its own), and when the
+//! pool is due next.
 //!
 //! Every stored config is checked with [`pm_pool::check_stored`], the rules pmctl
 //! applies: a config that fails, or does not decode, leaves the pool as it was, and its
@@ -16,15 +17,23 @@ use std::time::Duration;
 
 use pm_backoff::{Attempts, Backoff};
 use pm_etcd::{Change, Key, Keyspace, PoolsView, StoredKey, Value, WatchBatch, ZoneKeys};
+use pm_gce::error::GceError;
 use pm_pool::Problem;
 use pm_proto::{ObservedInstance, PoolConfig};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::InFlight;
+use crate::reconcile::Report;
+use crate::throttle::{self, Throttle};
 
-/// Back-off of a pool's creates after quota, rate-limit and transient errors.
+/// Back-off of a pool's operations after transient errors (and of deletes after quota
+/// and rate limits); quota and rate limits of creates have the throttle's own.
 pub const CREATE_BACKOFF: Backoff =
+    Backoff::from_consts(Duration::from_secs(1), Duration::from_secs(120));
+
+/// Back-off of a pool's passes after failed lists.
+pub const LIST_BACKOFF: Backoff =
     Backoff::from_consts(Duration::from_secs(1), Duration::from_secs(120));
 
 /// Why creates in a pool are paused.
@@ -50,8 +59,13 @@ pub struct PoolState {
     pub in_flight: BTreeMap<String, InFlight>,
     /// Creates paused, and why.
     pub pause: Option<CreatePause>,
-    /// Growing delays after create failures; reset on success.
-    pub retry: Attempts,
+    /// Growing delays after failed operations ([`CREATE_BACKOFF`]); reset when a create
+    /// succeeds.
+    pub create_retry: Attempts,
+    /// Growing delays after failed lists ([`LIST_BACKOFF`]); reset when a list succeeds.
+    pub list_retry: Attempts,
+    /// Creates throttled by quota or a rate limit: one probe, then a ramp.
+    pub throttle: Throttle,
     /// When to list GCE for this pool next.
     pub next_sync: Instant,
     /// The last problem reported as an event, so it is reported once, not every sync.
@@ -71,7 +85,9 @@ impl Default for PoolState {
             config_problem_reported: false,
             in_flight: BTreeMap::new(),
             pause: None,
-            retry: CREATE_BACKOFF.attempts(),
+            create_retry: CREATE_BACKOFF.attempts(),
+            list_retry: LIST_BACKOFF.attempts(),
+            throttle: Throttle::default(),
             next_sync: Instant::now(),
             reported: None,
             unrecognized_logged: BTreeSet::new(),
@@ -116,6 +132,35 @@ impl PoolState {
             stockout,
         });
         self.next_sync = self.next_sync.min(until);
+    }
+
+    /// Fresh creates still waiting for a slot give up (their inserts would only fail
+    /// too); later creates get a new gate.
+    pub fn cancel_queued_creates(&mut self) {
+        std::mem::replace(&mut self.create_gate, CancellationToken::new()).cancel();
+    }
+
+    /// Quota or a rate limit refused a create or restart with `error`: the queued creates
+    /// are cancelled and creates are throttled until the probe after the throttle's
+    /// back-off (and the next list held as long, at most `secondsToRest`). Returns the
+    /// event of entering the throttle when this refusal entered it.
+    pub fn throttle_creates(&mut self, error: &GceError) -> Option<Report> {
+        self.cancel_queued_creates();
+        let refused = self.throttle.refused(error.class(), error.retry_after())?;
+        self.pause_creates(refused.delay, format!("{:?}", error.class()), false);
+        self.hold_until(Instant::now() + refused.delay.min(self.rest()));
+        refused
+            .entered
+            .then(|| throttle::entered(error, refused.delay))
+    }
+
+    /// A create or restart succeeded: the operation back-off starts over and the
+    /// throttle's window grows. Returns the event of leaving the throttle when this ends
+    /// it.
+    pub fn create_succeeded(&mut self) -> Option<Report> {
+        self.create_retry.reset();
+        self.reported = None;
+        self.throttle.succeeded().map(throttle::left)
     }
 
     /// Whether the agent of `zone` has anything to do for this pool, whose keys in the

@@ -13,9 +13,10 @@ use pm_pool::{is_pool_member, new_instance_name, pool_filter};
 use pm_proto::{InstanceState, Severity};
 use tokio::time::Instant;
 
-use crate::decide::{decide, is_stopped, Listed, PoolInputs};
+use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs};
 use crate::effects::{effects, EffectInputs, Effects};
 use crate::pool_state::PoolState;
+use crate::throttle::told;
 
 /// What a pass needs besides the pool's state.
 pub struct PassContext<'a> {
@@ -65,8 +66,9 @@ fn report(kind: &'static str, severity: Severity, message: String) -> Report {
 }
 
 /// One pass over `pool`, whose keys in the zone are `keys`. It updates what only the pass
-/// decides in `state` (an expired pause is lifted; a failed list advances the back-off)
-/// and returns the rest.
+/// decides in `state` (an expired pause is lifted; a failed list advances the list
+/// back-off, and waits at least the `Retry-After` GCE sent) and returns the rest. Fresh
+/// creates are limited to what the throttle allows ([`crate::throttle`]).
 pub async fn reconcile_pool(
     ctx: &PassContext<'_>,
     pool: &str,
@@ -109,7 +111,7 @@ pub async fn reconcile_pool(
     let listed = match ctx.compute.list(&project, ctx.zone, Some(&filter)).await {
         Ok(list) => list,
         Err(e) => {
-            let delay = state.retry.next_delay();
+            let delay = state.list_retry.next_delay().max(told(e.retry_after()));
             pass.next_sync = Instant::now() + delay;
             tracing::warn!(error = %e, ?delay, "cannot list instances");
             pass.reports.push(report(
@@ -121,6 +123,7 @@ pub async fn reconcile_pool(
         }
     };
     pass.listed = true;
+    state.list_retry.reset();
     let listed: BTreeMap<String, Listed> = listed
         .into_iter()
         .filter(|i| is_pool_member(i, pool, &config.prefix))
@@ -165,6 +168,21 @@ pub async fn reconcile_pool(
         insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
     };
     let mut decision = decide(&inputs);
+    let creating = state
+        .in_flight
+        .values()
+        .filter(|k| **k == InFlight::Creating)
+        .count();
+    let allowed = state.throttle.allow(decision.create, creating);
+    if allowed < decision.create {
+        tracing::info!(
+            cause = ?state.throttle.cause(),
+            wanted = decision.create,
+            allowed,
+            "creates throttled"
+        );
+        decision.create = allowed;
+    }
     for name in &decision.unrecognized {
         if state.unrecognized_logged.insert(name.clone()) {
             tracing::warn!(instance = %name, "GCE shows the instance in a status pm does not know; leaving it alone");
@@ -174,6 +192,8 @@ pub async fn reconcile_pool(
         .unrecognized_logged
         .retain(|n| decision.unrecognized.contains(n));
     if let Some(pause) = &state.pause {
+        // Creates go on when the pause ends, not a rest later.
+        pass.next_sync = pass.next_sync.min(pause.until);
         if decision.live < inputs.desired {
             tracing::info!(reason = %pause.reason, deficit = inputs.desired - decision.live, "creates paused");
         }

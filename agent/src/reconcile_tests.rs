@@ -165,46 +165,166 @@ async fn a_stockout_in_the_operation_reports_the_zone_and_forgets_the_intent() {
     );
 }
 
+fn quota() -> GceError {
+    GceError::http(
+        ApiCall::Insert,
+        403,
+        "quotaExceeded",
+        "Quota 'CPUS' exceeded",
+    )
+}
+
+/// Sends the fresh creates of `fx` as the loop does: behind the pool's gate, one slot,
+/// each outcome fed back to the pool's state at once. Returns the kinds of the events of
+/// state changes.
+async fn create_gated(fake: &FakeCompute, pool: &mut Pool, fx: Effects) -> Vec<&'static str> {
+    let slots = Arc::new(Semaphore::new(1));
+    let gate = pool.state.create_gate.clone();
+    let mut changes = Vec::new();
+    for insert in fx.creates {
+        let op = Op::Insert {
+            request_id: insert.request_id,
+            instance: Box::new(insert.instance),
+            gate: Some(gate.clone()),
+        };
+        let outcome = run(
+            fake,
+            slots.clone(),
+            PROJECT,
+            ZONE,
+            &insert.name,
+            &op,
+            TIMEOUT,
+        )
+        .await;
+        let change = match outcome {
+            Outcome::Done(_) => pool.state.create_succeeded(),
+            Outcome::Failed(e) => {
+                let reaction = react(InFlight::Creating, &e, || panic!("its own back-off"));
+                assert_eq!(reaction.action, Action::Throttle, "{e}");
+                pool.state.throttle_creates(&e)
+            }
+            Outcome::NotSent => None,
+        };
+        changes.extend(change.map(|r| r.kind));
+    }
+    changes
+}
+
+/// Advances the clock to the end of the pool's create pause.
+async fn until_the_pause_ends(pool: &Pool) {
+    let until = pool.state.pause.as_ref().expect("paused").until;
+    tokio::time::advance(until.saturating_duration_since(tokio::time::Instant::now())).await;
+}
+
 #[tokio::test(start_paused = true)]
-async fn quota_pauses_creates_for_the_back_off() {
+async fn a_quota_storm_sends_one_probe_per_back_off_then_ramps_up_as_probes_succeed() {
+    const REFUSED: usize = 4;
     let fake = FakeCompute::new();
-    let mut pool = state(2, OnPreempted::Delete);
+    let mut pool = state(20, OnPreempted::Delete);
     let fx = effects_of(&fake, &mut pool).await;
-    fake.fail_next(
-        Some(ApiCall::Insert),
-        GceError::http(
-            ApiCall::Insert,
-            403,
-            "quotaExceeded",
-            "Quota 'CPUS' exceeded",
-        ),
+    assert_eq!(fx.creates.len(), 20);
+    for _ in 0..REFUSED {
+        fake.fail_next(Some(ApiCall::Insert), quota());
+    }
+    let changes = create_gated(&fake, &mut pool, fx).await;
+    assert_eq!(
+        fake.calls_of(ApiCall::Insert).len(),
+        1,
+        "the refusal cancels the creates still queued"
     );
-    let outcomes = operate(&fake, fx).await;
-    let error = failure(&outcomes[0].2);
-    assert_eq!(error.class(), ErrorClass::Quota);
-    assert!(matches!(outcomes[1].2, Outcome::Done(_)));
-    let reaction = react(InFlight::Creating, error, || pool.state.retry.next_delay());
-    let Action::BackOff {
-        delay,
-        pause_creates: true,
-    } = reaction.action
-    else {
+    assert_eq!(changes, ["creates-throttled"]);
+    let until = pool.state.pause.as_ref().expect("paused").until;
+    let paused = pass(&fake, &mut pool.state, &pool.keys).await;
+    assert!(paused.effects.expect("effects").1.creates.is_empty());
+    assert!(
+        paused.next_sync <= until,
+        "the pass after the pause is not a rest later"
+    );
+    let mut probes = Vec::new();
+    for _ in 1..REFUSED {
+        until_the_pause_ends(&pool).await;
+        let fx = effects_of(&fake, &mut pool).await;
+        probes.push(fx.creates.len());
+        let started = tokio::time::Instant::now();
+        let changes = create_gated(&fake, &mut pool, fx).await;
+        assert!(changes.is_empty(), "no event per refusal: {changes:?}");
+        let until = pool.state.pause.as_ref().expect("paused").until;
+        assert!(until - started <= crate::throttle::QUOTA_BACKOFF.max());
+    }
+    assert_eq!(probes, [1, 1, 1], "one probe insert per back-off");
+
+    // The quota is back: the next probe succeeds and creates ramp up round by round.
+    until_the_pause_ends(&pool).await;
+    let mut rounds = Vec::new();
+    let mut changes = Vec::new();
+    loop {
+        let fx = effects_of(&fake, &mut pool).await;
+        if fx.creates.is_empty() {
+            break;
+        }
+        rounds.push(fx.creates.len());
+        changes.extend(create_gated(&fake, &mut pool, fx).await);
+    }
+    assert_eq!(rounds, [1, 2, 4, 8, 5]);
+    assert_eq!(changes, ["creates-unthrottled"]);
+    assert_eq!(fake.instances(PROJECT, ZONE).len(), 20);
+    assert_eq!(fake.calls_of(ApiCall::Insert).len(), REFUSED + 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_holds_the_probe_back() {
+    let fake = FakeCompute::new();
+    let mut pool = state(3, OnPreempted::Delete);
+    let fx = effects_of(&fake, &mut pool).await;
+    let mut told = quota();
+    if let GceError::Http { retry_after, .. } = &mut told {
+        *retry_after = Some(Duration::from_secs(40));
+    }
+    fake.fail_next(Some(ApiCall::Insert), told);
+    create_gated(&fake, &mut pool, fx).await;
+    tokio::time::advance(Duration::from_secs(39)).await;
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty(), "GCE said 40 s");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(fx.creates.len(), 1, "then one probe");
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_failures_and_create_failures_back_off_apart() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Delete);
+    let unavailable = |call| GceError::http(call, 503, "backendError", "try later");
+    for _ in 0..6 {
+        fake.fail_next(Some(ApiCall::List), unavailable(ApiCall::List));
+        let failed = pass(&fake, &mut pool.state, &pool.keys).await;
+        assert!(!failed.listed);
+    }
+    let reaction = react(InFlight::Creating, &unavailable(ApiCall::Insert), || {
+        pool.state.create_retry.next_delay()
+    });
+    let Action::BackOff { delay, .. } = reaction.action else {
         panic!("{reaction:?}")
     };
     assert!(
-        delay <= Duration::from_secs(1),
-        "first delay of the back-off"
+        delay <= crate::pool_state::CREATE_BACKOFF.base(),
+        "the first create failure waits the first delay, not one grown by lists: {delay:?}"
     );
-    pool.state.pause_creates(delay, "Quota".into(), false);
-    assert!(pool.state.next_sync <= tokio::time::Instant::now() + delay);
-    let fx = effects_of(&fake, &mut pool).await;
-    assert!(fx.creates.is_empty(), "paused");
-    tokio::time::advance(delay).await;
-    let fx = effects_of(&fake, &mut pool).await;
-    assert_eq!(
-        fx.creates.len(),
-        1,
-        "the one missing is created after the back-off"
+    fake.fail_next(Some(ApiCall::List), unavailable(ApiCall::List));
+    let now = tokio::time::Instant::now();
+    let failed = pass(&fake, &mut pool.state, &pool.keys).await;
+    assert!(
+        failed.next_sync >= now + Duration::from_secs(32),
+        "the lists' own back-off goes on growing"
+    );
+    assert_eq!(effects_of(&fake, &mut pool).await.creates.len(), 1);
+    fake.fail_next(Some(ApiCall::List), unavailable(ApiCall::List));
+    let now = tokio::time::Instant::now();
+    let failed = pass(&fake, &mut pool.state, &pool.keys).await;
+    assert!(
+        failed.next_sync <= now + crate::pool_state::LIST_BACKOFF.base(),
+        "a list that succeeds starts the list back-off over"
     );
 }
 
@@ -239,15 +359,9 @@ async fn a_rate_limited_list_backs_the_pass_off() {
     );
     let outcomes = operate(&fake, fx).await;
     let reaction = react(InFlight::Creating, failure(&outcomes[0].2), || {
-        Duration::from_secs(2)
+        panic!("a rate-limited create has the throttle's back-off")
     });
-    assert_eq!(
-        reaction.action,
-        Action::BackOff {
-            delay: Duration::from_secs(2),
-            pause_creates: true
-        }
-    );
+    assert_eq!(reaction.action, Action::Throttle);
 }
 
 #[tokio::test(start_paused = true)]

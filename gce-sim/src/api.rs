@@ -116,17 +116,31 @@ pub(super) async fn faults_and_stats(
         let faults = world.faults().clone();
         let fail =
             faults.error_rate > 0.0 && faults.targets(method) && world.draw() < faults.error_rate;
-        let injected = fail.then(|| (faults.status, faults.effective_reason()));
+        let injected = fail.then(|| {
+            (
+                faults.status,
+                faults.effective_reason(),
+                faults.retry_after_seconds,
+            )
+        });
         (Duration::from_millis(faults.latency_ms), injected)
     };
     hold(&sim, latency).await;
     let response = match (crate::framing::refusal(&request), injected) {
         (Some(refused), _) => refused,
-        (None, Some((status, reason))) => envelope(
-            status,
-            &reason,
-            &format!("Injected fault: HTTP {status} {reason}"),
-        ),
+        (None, Some((status, reason, retry_after))) => {
+            let mut response = envelope(
+                status,
+                &reason,
+                &format!("Injected fault: HTTP {status} {reason}"),
+            );
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            }
+            response
+        }
         (None, None) => next.run(request).await,
     };
     let mut world = sim.world();

@@ -49,6 +49,10 @@ pub struct Faults {
     /// when GCE loses track of one; what they do to instances still happens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hang_operations: bool,
+    /// Injected errors carry `Retry-After: <this>` (seconds), as GCE's front end may on
+    /// quota and rate-limit answers; absent: no such header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
 }
 
 fn default_fault_status() -> u16 {
@@ -65,6 +69,7 @@ impl Default for Faults {
             methods: None,
             op_delay_ms: None,
             hang_operations: false,
+            retry_after_seconds: None,
         }
     }
 }
@@ -601,5 +606,9 @@ mod tests {
         let quota: Faults =
             serde_json::from_str(r#"{"status": 403, "reason": "quotaExceeded"}"#).expect("parses");
         assert_eq!(quota.effective_reason(), "quotaExceeded");
+        assert_eq!(quota.retry_after_seconds, None);
+        let told: Faults =
+            serde_json::from_str(r#"{"errorRate": 1, "retryAfterSeconds": 7}"#).expect("parses");
+        assert_eq!(told.retry_after_seconds, Some(7));
     }
 }

@@ -88,6 +88,9 @@ pub enum GceError {
         message: String,
         /// `error.errors[]` of GCE's envelope (empty when the body was not one).
         errors: Vec<ErrorItem>,
+        /// The answer's `Retry-After` (delta-seconds form), when it had one: the server's
+        /// word on when to try again.
+        retry_after: Option<Duration>,
     },
     /// An operation finished with `error` set.
     #[error(
@@ -252,6 +255,15 @@ impl GceError {
         }
     }
 
+    /// How long the server asked the caller to wait before trying again (`Retry-After`);
+    /// `None` when it did not say.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GceError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Shorthand for `class() == Stockout`.
     pub fn is_stockout(&self) -> bool {
         self.class() == ErrorClass::Stockout
@@ -358,6 +370,7 @@ impl GceError {
                 reason: reason.to_string(),
                 message: message.to_string(),
             }],
+            retry_after: None,
         }
     }
 }

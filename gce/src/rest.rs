@@ -244,7 +244,9 @@ impl RestCompute {
             .retry(
                 self.max_attempts,
                 |error: &GceError| {
-                    let retry = error.class().is_retryable();
+                    // An answer that says when to come back goes to the caller, who
+                    // waits that long; retrying sooner would ignore it.
+                    let retry = error.class().is_retryable() && error.retry_after().is_none();
                     if retry {
                         tracing::debug!(%error, "retrying Compute call");
                     }
@@ -304,9 +306,10 @@ impl RestCompute {
         };
         let response = builder.send().await.map_err(transport)?;
         let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
         let body = response.bytes().await.map_err(transport)?;
         if !(200..300).contains(&status) {
-            return Err(http_error(call, url, status, &body));
+            return Err(http_error(call, url, status, &body, retry_after));
         }
         serde_json::from_slice(&body).map_err(|e| GceError::Decode {
             call,
@@ -388,23 +391,35 @@ fn snippet(body: &[u8]) -> String {
         .collect()
 }
 
+/// The `Retry-After` of an answer, in its delta-seconds form (the form GCE sends); an
+/// HTTP-date or a value that does not parse counts as none.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
 /// An HTTP error status as a [`GceError::Http`], decoding GCE's envelope when present.
-fn http_error(call: ApiCall, url: &str, status: u16, body: &[u8]) -> GceError {
-    match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(envelope) => GceError::Http {
-            call,
-            url: url.to_string(),
-            status,
-            message: envelope.error.message,
-            errors: envelope.error.errors,
-        },
-        Err(_) => GceError::Http {
-            call,
-            url: url.to_string(),
-            status,
-            message: format!("non-GCE error body: {:?}", snippet(body)),
-            errors: Vec::new(),
-        },
+fn http_error(
+    call: ApiCall,
+    url: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> GceError {
+    let (message, errors) = match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) => (envelope.error.message, envelope.error.errors),
+        Err(_) => (
+            format!("non-GCE error body: {:?}", snippet(body)),
+            Vec::new(),
+        ),
+    };
+    GceError::Http {
+        call,
+        url: url.to_string(),
+        status,
+        message,
+        errors,
+        retry_after,
     }
 }
 
@@ -587,7 +602,7 @@ mod tests {
 
     #[test]
     fn non_envelope_error_bodies_are_quoted() {
-        let error = http_error(ApiCall::Get, "u", 502, b"<html>Bad Gateway</html>");
+        let error = http_error(ApiCall::Get, "u", 502, b"<html>Bad Gateway</html>", None);
         assert_eq!(error.class(), ErrorClass::Retryable);
         assert!(error.to_string().contains("<html>Bad Gateway"), "{error}");
         let error = http_error(
@@ -595,8 +610,20 @@ mod tests {
             "u",
             403,
             br#"{"error":{"code":403,"message":"Quota","errors":[{"domain":"usageLimits","reason":"quotaExceeded","message":"q"}]}}"#,
+            None,
         );
         assert_eq!(error.class(), ErrorClass::Quota);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "12".parse().expect("value"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value");
+        headers.insert(reqwest::header::RETRY_AFTER, date);
+        assert_eq!(retry_after(&headers), None, "an HTTP-date is not read");
     }
 
     /// A server that records each request's head (lower-cased) and answers with `reply`.

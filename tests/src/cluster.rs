@@ -73,6 +73,8 @@ pub struct ClusterBuilder {
     /// gce-sim refuses calls without a token (`--require-auth`); agents and the
     /// cluster's own client use a generated service-account key file.
     require_auth: bool,
+    /// The agents' `--max-concurrent`; `None`: the agent's default.
+    max_concurrent: Option<usize>,
 }
 
 impl Default for ClusterBuilder {
@@ -89,6 +91,7 @@ impl Default for ClusterBuilder {
             etcd_members: 1,
             operation_timeout: Duration::from_secs(30),
             require_auth: false,
+            max_concurrent: None,
         }
     }
 }
@@ -154,6 +157,12 @@ impl ClusterBuilder {
     /// the cluster's own client use it.
     pub fn require_auth(mut self) -> Self {
         self.require_auth = true;
+        self
+    }
+
+    /// The agents' `--max-concurrent` (default: the agent's).
+    pub fn max_concurrent(mut self, max: usize) -> Self {
+        self.max_concurrent = Some(max);
         self
     }
 
@@ -387,6 +396,9 @@ impl Cluster {
         args.extend(auth);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
+        }
+        if let Some(max) = self.settings.max_concurrent {
+            args.extend(["--max-concurrent".into(), max.to_string()]);
         }
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-agent", &args, &[]);
         let list = self.agents.entry(zone.to_string()).or_default();

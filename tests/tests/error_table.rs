@@ -105,13 +105,13 @@ async fn each_row_of_the_error_table_leads_to_its_reaction() {
     heal(&c).await;
     wait_running(&c, "flaky", 1).await;
 
-    // Quota and rate limits back creates off.
+    // Quota and rate limits throttle creates: one probe at a time until one succeeds.
     inserts_fail(&c, 403, "quotaExceeded").await;
     c.set_pool("quota", c.pool_config("quota-", 1)).await;
-    wait_event(&c, "quota", "create-failed", "Quota").await;
+    wait_event(&c, "quota", "creates-throttled", "throttled: quota").await;
     inserts_fail(&c, 429, "rateLimitExceeded").await;
     c.set_pool("rate", c.pool_config("rate-", 1)).await;
-    wait_event(&c, "rate", "create-failed", "RateLimit").await;
+    wait_event(&c, "rate", "creates-throttled", "throttled: rate limit").await;
     // resourceNotReady is transient.
     inserts_fail(&c, 400, "resourceNotReady").await;
     c.set_pool("ready", c.pool_config("ready-", 1)).await;
@@ -120,6 +120,7 @@ async fn each_row_of_the_error_table_leads_to_its_reaction() {
     for pool in ["quota", "rate", "ready"] {
         wait_running(&c, pool, 1).await;
     }
+    wait_event(&c, "quota", "creates-unthrottled", "probe insert succeeded").await;
 
     // A 409 naming a disk is the template's fault (a fixed diskName): the event names it.
     let mut fixed = c.pool_config("disk-", 2);

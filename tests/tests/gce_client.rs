@@ -285,6 +285,38 @@ async fn rate_limits_are_retried_then_reported() {
 }
 
 #[tokio::test]
+async fn a_retry_after_reaches_the_caller_unretried() {
+    let s = setup().await;
+    for (status, reason) in [(429, None), (403, Some("quotaExceeded"))] {
+        s.control.reset().await.expect("reset");
+        s.control
+            .set_faults(&Faults {
+                error_rate: 1.0,
+                status,
+                reason: reason.map(str::to_string),
+                retry_after_seconds: Some(7),
+                ..Faults::default()
+            })
+            .await
+            .expect("faults");
+        let error = s
+            .compute
+            .insert(PROJECT, ZONE, &instance("web-1"), &request_id_for("web-1"))
+            .await
+            .expect_err("limited");
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)), "{error}");
+        assert_eq!(
+            requests_of(&s.control, "compute.instances.insert").await,
+            1,
+            "the server said when to come back: HTTP {status} is not retried sooner"
+        );
+    }
+    inject(&s.control, 429, None).await;
+    let error = s.compute.list(PROJECT, ZONE, None).await.expect_err("429");
+    assert_eq!(error.retry_after(), None, "no header, no delay: {error}");
+}
+
+#[tokio::test]
 async fn transient_errors_are_retried_until_success() {
     let s = setup().await;
     s.control

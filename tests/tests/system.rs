@@ -489,8 +489,8 @@ async fn quota_and_permanent_errors_do_not_spin() {
         .unwrap();
     let mut config = c.pool_config("q-", 3);
     c.set_pool("q", config.clone()).await;
-    let e = wait_event(&c, "q", "create-failed").await;
-    assert!(e.message.contains("Quota"), "{}", e.message);
+    let e = wait_event(&c, "q", "creates-throttled").await;
+    assert!(e.message.contains("quota"), "{}", e.message);
     wait_syncs(&c, 5).await;
     let inserts = c.sim().stats().await.unwrap().count(insert);
     assert!(
@@ -534,6 +534,81 @@ async fn quota_and_permanent_errors_do_not_spin() {
         "{} inserts for 2 missing instances",
         after_failure - before
     );
+}
+
+/// A quota storm at a small scale: every insert is refused for 20 s while the pool is 20
+/// short. The agent cancels its queued creates and probes with one insert at a time
+/// instead of sending the deficit, records entering and leaving the throttle once each,
+/// and the pool is whole within about 30 s of the quota coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_storm_is_probed_not_hammered_and_recovers_quickly() {
+    const SHORT: usize = 20;
+    const SLOTS: usize = 4;
+    let c = Cluster::builder()
+        .zones(1)
+        .max_concurrent(SLOTS)
+        .start()
+        .await;
+    let insert = "compute.instances.insert";
+    c.sim()
+        .set_faults(&gce_sim::Faults {
+            error_rate: 1.0,
+            status: 403,
+            reason: Some("quotaExceeded".into()),
+            methods: Some(vec![insert.into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.set_pool("storm", c.pool_config("storm-", SHORT as i64))
+        .await;
+    c.wait("the first insert", BOUND, || async {
+        (c.sim().stats().await.unwrap().count(insert) > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let inserts = c.sim().stats().await.unwrap().count(insert);
+    let kinds: Vec<String> = events(&c, "storm")
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    c.sim()
+        .set_faults(&gce_sim::Faults::default())
+        .await
+        .unwrap();
+    let back = tokio::time::Instant::now();
+    assert!(
+        inserts <= (SLOTS + 8) as u64,
+        "{inserts} inserts in a 20 s storm: the slots' worth, then one probe per back-off"
+    );
+    assert!(
+        kinds.len() <= 4,
+        "events during the storm are state changes, not one per refusal: {kinds:?}"
+    );
+    c.wait(
+        "the pool is whole soon after the quota returns",
+        Duration::from_secs(40),
+        || async {
+            let running = c.count_status("storm", "RUNNING").await;
+            (total(&running) == SHORT).then_some(())
+        },
+    )
+    .await;
+    let recovered = back.elapsed();
+    assert!(
+        recovered <= Duration::from_secs(32),
+        "{recovered:?} to recover after the quota came back"
+    );
+    wait_running(&c, "storm", SHORT).await;
+    let changes: Vec<String> = events(&c, "storm")
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("creates-"))
+        .collect();
+    assert_eq!(changes, ["creates-throttled", "creates-unthrottled"]);
+    assert_no_leaks(&c, "storm").await;
 }
 
 #[test]
