@@ -51,6 +51,14 @@ async fn setup() -> Setup {
     }
 }
 
+/// The member value of an active agent that completes its passes.
+fn reconciling_agent() -> pm_proto::AgentInfo {
+    pm_proto::AgentInfo {
+        reconciling: true,
+        ..Default::default()
+    }
+}
+
 async fn register_agent(store: &Store, zone: &str) -> Session {
     let session = Session::grant(store.client(), Duration::from_secs(30))
         .await
@@ -60,7 +68,7 @@ async fn register_agent(store: &Store, zone: &str) -> Session {
         .agent_member(zone, &format!("agent-{zone}"))
         .unwrap();
     store
-        .put(&key, &pm_proto::AgentInfo::default(), session.lease_id())
+        .put(&key, &reconciling_agent(), session.lease_id())
         .await
         .unwrap();
     session
