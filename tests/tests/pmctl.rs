@@ -690,6 +690,7 @@ async fn reads_show_what_etcd_holds() {
             hostname: format!("host-{id}"),
             started_unix_ms: pm_etcd::now_unix_ms() - 3_600_000,
             version: "0.1.0".into(),
+            ..Default::default()
         };
         store
             .put(
