@@ -1,8 +1,8 @@
 //! The report an agent writes when a zone cannot take more instances of a pool, for the
 //! scheduler to exhaust the zone and move its share: a stockout, and the other create
 //! errors that are the zone's, not the pool's, each with its class
-//! ([`zone_error_class`]): a quota of the zone's region, or a 400 that names the zone
-//! (a machine type it does not offer).
+//! ([`zone_error_class`]): a quota of the zone's region, or a 400 that names the zone,
+//! quoted (a machine type it does not offer, or one of another zone).
 
 use pm_gce::error::{ErrorClass, GceError};
 use pm_proto::{ExhaustionClass, ExhaustionReport};
@@ -13,7 +13,7 @@ pub fn zone_error_class(error: &GceError, zone: &str) -> Option<ExhaustionClass>
     let text = error.to_string();
     match error.class() {
         ErrorClass::Quota if text.contains("region") => Some(ExhaustionClass::Quota),
-        ErrorClass::Permanent if text.contains(&format!("zone '{zone}'")) => {
+        ErrorClass::Permanent if text.contains(&format!("'{zone}'")) => {
             Some(ExhaustionClass::ZoneError)
         }
         _ => None,
@@ -94,6 +94,7 @@ mod tests {
         let template = http(400, "invalid", "Invalid value for field 'resource.name'.");
         assert_eq!(zone_error_class(&template, "z1"), None);
         let other_zone = http(400, "invalid", "does not exist in zone 'z2'.");
+        assert_eq!(zone_error_class(&other_zone, "z"), None, "not a prefix");
         assert_eq!(zone_error_class(&other_zone, "z1"), None);
     }
 }

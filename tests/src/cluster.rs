@@ -326,6 +326,13 @@ impl Cluster {
     /// Starts one more agent for `zone` that reaches etcd at `etcd` (comma-separated
     /// client URLs, e.g. through a [`crate::TcpProxy`]); returns its index in the zone.
     pub fn start_agent_via(&mut self, zone: &str, etcd: &str) -> usize {
+        self.start_agent_with(zone, etcd, &[])
+    }
+
+    /// Starts one more agent for `zone` that reaches etcd at `etcd`, with `extra` flag
+    /// and value pairs in place of the usual ones (or added); returns its index in the
+    /// zone.
+    pub fn start_agent_with(&mut self, zone: &str, etcd: &str, extra: &[(&str, &str)]) -> usize {
         self.started += 1;
         let id = format!("agent-{zone}-{}", self.started);
         let mut args = self.common_args(etcd);
@@ -348,6 +355,12 @@ impl Cluster {
         ]);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
+        }
+        for (flag, value) in extra {
+            match args.iter().position(|a| a == flag) {
+                Some(i) => args[i + 1] = value.to_string(),
+                None => args.extend([flag.to_string(), value.to_string()]),
+            }
         }
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-agent", &args, &[]);
         let list = self.agents.entry(zone.to_string()).or_default();
