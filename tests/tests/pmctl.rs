@@ -534,6 +534,7 @@ async fn zone_exhaust_writes_a_lease_bound_mark_and_clear_removes_it() {
         keys_of(&exhausted["exhausted"]),
         [
             "backoff_multiplier",
+            "class",
             "reason",
             "seconds_left",
             "set_by",
