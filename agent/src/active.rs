@@ -3,7 +3,8 @@
 //! runs a reconcile pass over each pool when it is due
 //! ([`crate::reconcile`]), carries out what the pass returns (fenced writes of the
 //! observed keys, events, hooks, operations), and reacts to each operation's outcome
-//! ([`crate::operations`], [`crate::failure`]).
+//! ([`crate::operations`], [`crate::failure`]). Its member key says whether its passes
+//! complete ([`crate::heartbeat`]), written only when that changes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, ResumableWatch, Store, Watch
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
-use pm_proto::{ExhaustionReport, ObservedInstance, PoolConfig, Severity};
+use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity};
 use pm_telemetry::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,12 +25,13 @@ use tracing::Instrument;
 use crate::decide::InFlight;
 use crate::effects::{Effects, Notice};
 use crate::failure::{self, Action, PERMANENT_PAUSE};
+use crate::heartbeat::{Heartbeat, Member};
 use crate::hooks::{HookCall, HookRunner};
 use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
 use crate::operations::{Op, OpResult, Operations, Outcome};
 use crate::pool_state::{PoolState, Pools};
 use crate::reconcile::{reconcile_pool, PassContext, Report};
-use crate::AGENT_CONDITION;
+use crate::{zone_report, AGENT_CONDITION};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
@@ -65,6 +67,8 @@ pub struct AgentContext {
     pub max_concurrent: usize,
     /// Longest wait for one operation.
     pub operation_timeout: Duration,
+    /// An active agent without a completed pass for this long is stalled.
+    pub stall_after: Duration,
 }
 
 /// The active agent for one term.
@@ -79,11 +83,21 @@ pub struct ActiveAgent<'a> {
     pools: Pools,
     /// Operations in flight.
     ops: Operations,
+    /// The member key the heartbeat is written to.
+    member: Member,
+    /// Whether passes complete, and what the member key says of it.
+    heartbeat: Heartbeat,
 }
 
 impl<'a> ActiveAgent<'a> {
-    /// An active agent for a term with `fence`, ending when `lost` fires.
-    pub fn new(ctx: &'a AgentContext, fence: Fence, lost: CancellationToken) -> Self {
+    /// An active agent for a term with `fence`, ending when `lost` fires, registered as
+    /// `member`.
+    pub fn new(
+        ctx: &'a AgentContext,
+        fence: Fence,
+        lost: CancellationToken,
+        member: Member,
+    ) -> Self {
         let ops = Operations::new(
             ctx.compute.clone(),
             ctx.max_concurrent,
@@ -97,6 +111,8 @@ impl<'a> ActiveAgent<'a> {
             lost,
             pools: Pools::new(&ctx.zone, ctx.store.keys().clone()),
             ops,
+            member,
+            heartbeat: Heartbeat::new(ctx.stall_after),
         }
     }
 
@@ -141,11 +157,13 @@ impl<'a> ActiveAgent<'a> {
         );
         loop {
             self.reconcile_due().await?;
+            self.beat().await?;
             let wake = self
                 .pools
                 .pools
                 .values()
                 .map(|p| p.next_sync)
+                .chain(self.heartbeat.deadline())
                 .min()
                 .unwrap_or_else(|| Instant::now() + IDLE);
             tokio::select! {
@@ -154,6 +172,23 @@ impl<'a> ActiveAgent<'a> {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// Writes the member key when what it says of the passes changed.
+    async fn beat(&mut self) -> pm_etcd::Result<()> {
+        let Some(value) = self.heartbeat.change(&self.member.info, Instant::now()) else {
+            return Ok(());
+        };
+        if !value.reconciling {
+            tracing::warn!(stall_after = ?self.ctx.stall_after, "no reconcile pass completed; the zone counts as without agent");
+        }
+        let member = &self.member;
+        self.ctx
+            .store
+            .put_fenced(&self.fence, &member.key, &value, member.lease)
+            .await?;
+        self.heartbeat.recorded(&value);
+        Ok(())
     }
 
     async fn emit(&self, pool: &str, kind: &str, severity: Severity, name: &str, message: String) {
@@ -189,6 +224,7 @@ impl<'a> ActiveAgent<'a> {
         if !self.pools.any_concerns_zone() {
             // No pool uses the zone: there is nothing to list, and nothing in the way.
             self.ctx.readiness.met(AGENT_CONDITION);
+            self.heartbeat.passed(now, now_unix_ms());
         }
         Ok(())
     }
@@ -211,6 +247,7 @@ impl<'a> ActiveAgent<'a> {
         state.next_sync = pass.next_sync;
         if pass.listed {
             ctx.readiness.met(AGENT_CONDITION);
+            self.heartbeat.passed(Instant::now(), now_unix_ms());
         }
         for report in pass.reports {
             self.report_once(pool, report).await;
@@ -480,6 +517,22 @@ impl<'a> ActiveAgent<'a> {
         Ok(())
     }
 
+    /// Reports to the scheduler that the zone can take no more instances of `pool`, as
+    /// `error` of `class` (with GCE's `code`) says: its share is to move.
+    async fn report_zone(
+        &self,
+        pool: &str,
+        error: &GceError,
+        class: ExhaustionClass,
+        code: String,
+    ) -> pm_etcd::Result<()> {
+        let ctx = self.ctx;
+        let report = zone_report::report(error, class, code, &ctx.agent_id, now_unix_ms());
+        let key = ctx.store.keys().report(pool, &ctx.zone)?;
+        ctx.store.put_fenced(&self.fence, &key, &report, 0).await?;
+        Ok(())
+    }
+
     /// Carries out [`failure::react`]'s reaction to a failed operation.
     async fn handle_failure(
         &mut self,
@@ -503,17 +556,9 @@ impl<'a> ActiveAgent<'a> {
             Action::Stockout => {
                 state.cancel_queued_creates();
                 let base = state.exhaustion_base();
-                let report = ExhaustionReport {
-                    observed_unix_ms: now_unix_ms(),
-                    code: failure::stockout_code(&e),
-                    message: e.to_string(),
-                    agent_id: self.ctx.agent_id.clone(),
-                };
-                let key = self.ctx.store.keys().report(pool, &zone)?;
+                let code = failure::stockout_code(&e);
                 self.ctx.metrics.count(PoolCount::Stockout, pool, &zone);
-                self.ctx
-                    .store
-                    .put_fenced(&self.fence, &key, &report, 0)
+                self.report_zone(pool, &e, ExhaustionClass::Stockout, code)
                     .await?;
                 self.state(pool)
                     .pause_creates(base, "stockout".into(), true);
@@ -542,6 +587,10 @@ impl<'a> ActiveAgent<'a> {
             Action::Adopt => {
                 tracing::info!(%name, "insert found the instance already there; adopting it");
             }
+        }
+        let zone_error = zone_report::zone_error_class(&e, &zone);
+        if let Some(class) = zone_error.filter(|_| kind == InFlight::Creating) {
+            self.report_zone(pool, &e, class, String::new()).await?;
         }
         if let Some((kind, severity, message)) = failure::event(kind, name, &e, &reaction.action) {
             self.emit(pool, &kind, severity, name, message).await;

@@ -64,6 +64,10 @@ pub struct AgentConfig {
     /// Longest wait for one GCE operation to finish.
     #[arg(long, env = "PM_OPERATION_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
     pub operation_timeout: Duration,
+    /// An active agent that completed no reconcile pass (no GCE list) for this long says
+    /// so in its member key: the scheduler then counts its zone as without agent.
+    #[arg(long, env = "PM_STALL_AFTER", value_parser = parse_duration, default_value = "60s")]
+    pub stall_after: Duration,
     /// Timeout of each GCE call.
     #[arg(long, env = "PM_GCE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub gce_timeout: Duration,

@@ -12,7 +12,9 @@
 //! - [`effects`]: the pure effects of a decision: keys, events, hooks, calls.
 //! - [`operations`]: operations in flight, each in its own task.
 //! - [`failure`]: the pure reaction to a failed operation (error class to action).
+//! - [`zone_report`]: the report of a zone that can take no more: stockout, quota, 400.
 //! - [`hooks`]: the hook runner.
+//! - [`heartbeat`]: whether the active agent completes passes, in its member key.
 //! - [`metrics`]: what `--metrics` exports; [`metered`] measures the GCE client.
 
 pub mod active;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod decide;
 pub mod effects;
 pub mod failure;
+pub mod heartbeat;
 pub mod hooks;
 pub mod metered;
 pub mod metrics;
@@ -27,9 +30,10 @@ pub mod operations;
 pub mod pool_state;
 pub mod reconcile;
 pub mod throttle;
+pub mod zone_report;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pm_daemon::{Candidate, TermEnd};
 use pm_etcd::{now_unix_ms, EventLog, Leadership, Session};
@@ -42,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use active::{ActiveAgent, AgentContext};
 pub use config::AgentConfig;
+use heartbeat::Member;
 use hooks::HookRunner;
 use metered::MeteredCompute;
 use metrics::AgentMetrics;
@@ -147,6 +152,7 @@ pub async fn run_with(
         default_project: config.project.clone(),
         max_concurrent: config.max_concurrent,
         operation_timeout: config.operation_timeout,
+        stall_after: config.stall_after,
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
     let count_error = |_: &pm_etcd::Error| {
@@ -160,6 +166,7 @@ pub async fn run_with(
         member: keys
             .agent_member(&ctx.zone, &ctx.agent_id)
             .map_err(|e| AgentError::Config(e.to_string()))?,
+        registered: Mutex::new(None),
         ctx: &ctx,
     };
     let election = keys
@@ -186,6 +193,8 @@ struct AgentTerm<'a> {
     ctx: &'a AgentContext,
     /// The agent's member key, bound to each term's session.
     member: String,
+    /// What this term registered, for the active agent's heartbeat.
+    registered: Mutex<Option<Member>>,
 }
 
 impl Candidate for AgentTerm<'_> {
@@ -206,10 +215,17 @@ impl Candidate for AgentTerm<'_> {
                 .to_string(),
             started_unix_ms: now_unix_ms(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
         };
         ctx.store
             .put(&self.member, &info, session.lease_id())
             .await?;
+        let member = Member {
+            key: self.member.clone(),
+            info,
+            lease: session.lease_id(),
+        };
+        *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = Some(member);
         ctx.readiness.met(AGENT_CONDITION);
         tracing::info!(zone = %ctx.zone, "registered; standing by for the zone");
         Ok(())
@@ -224,7 +240,12 @@ impl Candidate for AgentTerm<'_> {
     }
 
     async fn lead(&self, leadership: &Leadership) -> TermEnd {
-        let agent = ActiveAgent::new(self.ctx, leadership.fence().clone(), leadership.lost());
+        let registered = self.registered.lock().map(|m| m.clone());
+        let Some(member) = registered.unwrap_or_else(|e| e.into_inner().clone()) else {
+            return TermEnd::Lost;
+        };
+        let fence = leadership.fence().clone();
+        let agent = ActiveAgent::new(self.ctx, fence, leadership.lost(), member);
         agent.run().await
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pm_etcd::{now_unix_ms, PoolKeys, ResumableWatch, Store, WatchRange};
-use pm_proto::{ObservedInstance, ZoneExhaustion};
+use pm_proto::{ExhaustionClass, ObservedInstance, ZoneExhaustion};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -67,6 +67,9 @@ pub struct Exhaustion {
     pub set_by: String,
     /// Back-off multiplier (1, 2, 4, ...).
     pub backoff_multiplier: u32,
+    /// What the zone ran out of: `stockout`, `quota` (of its region) or `zone-error`
+    /// (a create error of the zone, e.g. a machine type it does not offer).
+    pub class: &'static str,
 }
 
 impl Exhaustion {
@@ -79,16 +82,31 @@ impl Exhaustion {
             reason: mark.reason.clone(),
             set_by: mark.set_by.clone(),
             backoff_multiplier: mark.backoff_multiplier,
+            class: class_name(mark.class()),
         }
     }
 
-    /// `2026-11-01T12:10:00Z (9m58s left)`.
+    /// `2026-11-01T12:10:00Z (9m58s left)`, after `quota: ` or `zone-error: ` when the
+    /// zone did not run out of capacity.
     pub fn until_text(&self) -> String {
-        format!(
+        let until = format!(
             "{} ({} left)",
             output::time(self.until_unix_ms),
             output::span(self.seconds_left)
-        )
+        );
+        match self.class {
+            "stockout" => until,
+            class => format!("{class}: {until}"),
+        }
+    }
+}
+
+/// The name `pmctl status` gives an exhaustion's class.
+fn class_name(class: ExhaustionClass) -> &'static str {
+    match class {
+        ExhaustionClass::Stockout => "stockout",
+        ExhaustionClass::Quota => "quota",
+        ExhaustionClass::ZoneError => "zone-error",
     }
 }
 
@@ -434,6 +452,7 @@ mod tests {
                 backoff_multiplier: 1,
                 reason: "manual".into(),
                 set_by: "pmctl".into(),
+                class: ExhaustionClass::Quota as i32,
             })),
             ..Default::default()
         };
@@ -490,10 +509,12 @@ mod tests {
         let table = view.table();
         assert!(table.contains("scheduler leader: NONE"), "{table}");
         assert!(table.contains("(9m59s left)"), "{table}");
+        assert!(table.contains("quota: "), "the class is shown: {table}");
         assert!(table.contains("agent-1 +1 standby"), "{table}");
         let json = serde_json::to_value(&view).expect("serializes");
         assert_eq!(json["pools"][0]["zones"][0]["running"], 1);
         assert_eq!(json["pools"][0]["zones"][1]["exhausted"]["set_by"], "pmctl");
+        assert_eq!(json["pools"][0]["zones"][1]["exhausted"]["class"], "quota");
         assert_eq!(json["leader"], serde_json::Value::Null);
     }
 }

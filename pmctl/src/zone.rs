@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pm_etcd::etcd_client::LeaseTimeToLiveOptions;
 use pm_etcd::{now_unix_ms, Store};
-use pm_proto::{PoolConfig, Severity, ZoneExhaustion};
+use pm_proto::{ExhaustionClass, PoolConfig, Severity, ZoneExhaustion};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -130,6 +130,7 @@ pub async fn exhaust(
         backoff_multiplier: 1,
         reason: "manual".into(),
         set_by: crate::events::SOURCE.into(),
+        class: ExhaustionClass::Stockout as i32,
     };
     store.put(&key, &mark, lease).await?;
     if let Some(previous) = previous {

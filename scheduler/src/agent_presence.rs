@@ -1,6 +1,8 @@
-//! Whether a zone's agents are alive enough for the zone to get new instances: a zone
-//! without agent members stays usable for the agent grace after it was last seen with
-//! one (or after the term began, for a zone never seen with one).
+//! Whether a zone's agents are alive enough for the zone to get new instances and for
+//! its recorded instances to count: a zone has an agent while one of its members
+//! reconciles (an active agent that completes passes, not just a member key); one
+//! without stays usable for the agent grace after it was last seen with one (or after
+//! the term began, for a zone never seen with one).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use etcd_client::TxnOp;
 use pm_etcd::{put_op, Fence, Key, Store, Value};
-use pm_proto::{ExhaustionReport, PoolConfig, Severity, ZoneDesired, ZoneExhaustion};
+use pm_proto::{
+    ExhaustionClass, ExhaustionReport, PoolConfig, Severity, ZoneDesired, ZoneExhaustion,
+};
 
 use crate::model::{Model, PoolView};
 use crate::pool_event::PoolEvent;
@@ -119,9 +121,10 @@ impl ExhaustionGrant {
             Severity::Warning,
             zone,
             format!(
-                "zone exhausted for {}s (back-off x{}) after a stockout: {}",
+                "zone exhausted for {}s (back-off x{}) after {}: {}",
                 self.backoff.ttl.as_secs(),
                 self.backoff.multiplier,
+                cause(self.exhaustion.class()),
                 self.exhaustion.reason
             ),
         )
@@ -165,6 +168,7 @@ pub fn decide_report(
         backoff_multiplier: backoff.multiplier,
         reason: reason(report),
         set_by: scheduler_id.to_string(),
+        class: report.class,
     };
     let mut desired = zv.desired.clone().unwrap_or_default();
     desired.backoff_multiplier = backoff.multiplier;
@@ -178,6 +182,15 @@ pub fn decide_report(
         exhaustion,
         desired,
     }))
+}
+
+/// What a report of `class` is, for the event.
+fn cause(class: ExhaustionClass) -> &'static str {
+    match class {
+        ExhaustionClass::Stockout => "a stockout",
+        ExhaustionClass::Quota => "a regional quota",
+        ExhaustionClass::ZoneError => "an error of the zone",
+    }
 }
 
 /// The exhaustion's reason: the report's message, after its GCE code when it has one.
@@ -422,6 +435,27 @@ mod tests {
         assert!(
             model.take_dirty().is_empty(),
             "the watch's echo of the grant changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_reports_class_is_kept_in_the_exhaustion_and_told_in_the_event() {
+        let mut view = pool_with_report(true, 60);
+        assert_eq!(
+            granted(&view, 0).exhaustion.class(),
+            ExhaustionClass::Stockout
+        );
+        let zone = view.zone_mut("zone-a");
+        if let Some(report) = zone.report.as_mut() {
+            report.class = ExhaustionClass::Quota as i32;
+        }
+        let grant = granted(&view, 0);
+        assert_eq!(grant.exhaustion.class(), ExhaustionClass::Quota);
+        let event = grant.event("web", "zone-a");
+        assert!(
+            event.message.contains("after a regional quota"),
+            "{}",
+            event.message
         );
     }
 

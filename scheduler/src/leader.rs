@@ -57,8 +57,8 @@ struct Term<'a> {
     fence: Fence,
     /// The keyspace view as last read or written, and what the leader keeps beside it.
     model: Model,
-    /// When each zone was last seen with an agent; brought up to date at the start of
-    /// each pass ([`Term::reconcile_dirty`]).
+    /// When each zone was last seen with a reconciling agent; brought up to date at the
+    /// start of each pass ([`Term::reconcile_dirty`]).
     agents: AgentPresence,
     /// The placement conditions already reported.
     reported: PlacementEvents,
@@ -175,7 +175,7 @@ impl Term<'_> {
 
     async fn reconcile_dirty(&mut self) -> pm_etcd::Result<()> {
         let now = now_unix_ms();
-        self.agents.seen(self.model.agents.keys(), now);
+        self.agents.seen(self.model.reconciling.keys(), now);
         for pool in self.model.take_dirty() {
             let span = tracing::info_span!("reconcile", pool = %pool);
             match self.reconcile_pool(&pool, now).instrument(span).await {
@@ -279,7 +279,7 @@ impl Term<'_> {
     ) -> pm_etcd::Result<PlacementReport> {
         let agent_ok = |zone: &str| {
             self.agents
-                .is_ok(zone, self.model.agents.contains_key(zone), now)
+                .is_ok(zone, self.model.reconciling.contains_key(zone), now)
         };
         let agents = placement::allowed_zones(view)
             .into_iter()

@@ -3,7 +3,8 @@
 //! it, what is the scheduler's own: each zone's instance counts ([`ZoneCounts`], kept up
 //! to date from the view's changes, never recounted per event), each pool's last valid
 //! config (stored configs are checked with [`pm_pool::check_stored`]), the pools changed
-//! since the last pass, notices, and the live agents.
+//! since the last pass, notices, and the agents: registered, and those that reconcile
+//! (an active agent whose member key says it completes passes, `AgentInfo.reconciling`).
 //!
 //! [`Model::pool`] assembles one pool's [`PoolView`], what placement and exhaustion read.
 //! Values that do not decode are logged and skipped, so one bad key never stops the
@@ -13,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pm_etcd::{Change, Key, Keyspace, PoolsView, StoredKey, Value, WatchBatch, WatchEvent};
 use pm_proto::{
-    ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion,
+    AgentInfo, ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, ZoneDesired,
+    ZoneExhaustion,
 };
 
 pub use pm_pool::{is_live, ObservedStatus};
@@ -172,6 +174,8 @@ pub struct Model {
     pools: BTreeMap<String, PoolState>,
     /// Live agent members by zone; a zone without members is absent.
     pub agents: BTreeMap<String, BTreeSet<String>>,
+    /// The members of each zone that say they reconcile; a zone without is absent.
+    pub reconciling: BTreeMap<String, BTreeSet<String>>,
     /// Pools changed since the last `take_dirty`.
     dirty: BTreeSet<String>,
     /// The problem of each pool's refused config, kept across reloads so that it is
@@ -189,6 +193,7 @@ impl Model {
             keys,
             pools: BTreeMap::new(),
             agents: BTreeMap::new(),
+            reconciling: BTreeMap::new(),
             dirty: BTreeSet::new(),
             refused: BTreeMap::new(),
             notices: Vec::new(),
@@ -265,8 +270,9 @@ impl Model {
     /// the zones whose membership changed.
     pub fn load_agents(&mut self, listing: &[StoredKey]) -> BTreeSet<String> {
         let before = std::mem::take(&mut self.agents);
+        self.reconciling.clear();
         for kv in listing {
-            self.agent_joined(&kv.key);
+            self.agent_put(kv);
         }
         let mut changed = BTreeSet::new();
         for zone in before.keys().chain(self.agents.keys()) {
@@ -295,7 +301,7 @@ impl Model {
             WatchBatch::Events(events) => {
                 for event in events {
                     match event {
-                        WatchEvent::Put(kv) => self.agent_joined(&kv.key),
+                        WatchEvent::Put(kv) => self.agent_put(&kv),
                         WatchEvent::Delete { key, .. } => self.agent_left(&key),
                     }
                 }
@@ -422,21 +428,34 @@ impl Model {
         }
     }
 
-    fn agent_joined(&mut self, raw: &str) {
-        if let Some((zone, agent_id)) = self.agent_key(raw) {
-            self.agents.entry(zone).or_default().insert(agent_id);
+    /// An agent's member key was written: it is registered, and reconciling as its
+    /// value says (a value that does not decode says it is not).
+    fn agent_put(&mut self, kv: &StoredKey) {
+        if let Some((zone, agent_id)) = self.agent_key(&kv.key) {
+            let reconciling = match pm_etcd::decode::<AgentInfo>(&kv.key, &kv.value) {
+                Ok(info) => info.reconciling,
+                Err(error) => {
+                    tracing::warn!(%error, "an agent member value does not decode");
+                    false
+                }
+            };
+            self.agents
+                .entry(zone.clone())
+                .or_default()
+                .insert(agent_id.clone());
+            if reconciling {
+                self.reconciling.entry(zone).or_default().insert(agent_id);
+            } else {
+                drop_member(&mut self.reconciling, &zone, &agent_id);
+            }
             self.mark_all_dirty();
         }
     }
 
     fn agent_left(&mut self, raw: &str) {
         if let Some((zone, agent_id)) = self.agent_key(raw) {
-            if let Some(members) = self.agents.get_mut(&zone) {
-                members.remove(&agent_id);
-                if members.is_empty() {
-                    self.agents.remove(&zone);
-                }
-            }
+            drop_member(&mut self.agents, &zone, &agent_id);
+            drop_member(&mut self.reconciling, &zone, &agent_id);
             self.mark_all_dirty();
         }
     }
@@ -463,6 +482,16 @@ impl Model {
     fn zone_state(&mut self, pool: &str, zone: &str) -> &mut ZoneState {
         let state = self.pool_state(pool);
         state.zones.entry(zone.to_string()).or_default()
+    }
+}
+
+/// Removes `agent_id` from the members of `zone`, and the zone once it has none.
+fn drop_member(zones: &mut BTreeMap<String, BTreeSet<String>>, zone: &str, agent_id: &str) {
+    if let Some(members) = zones.get_mut(zone) {
+        members.remove(agent_id);
+        if members.is_empty() {
+            zones.remove(zone);
+        }
     }
 }
 

@@ -226,6 +226,33 @@ fn agents_come_and_go() {
     assert!(m.agents.is_empty());
 }
 
+#[test]
+fn a_zone_has_a_reconciling_agent_only_while_its_member_says_so() {
+    let keys = Keyspace::default();
+    let mut m = Model::new(keys.clone());
+    let a = keys.agent_member("z1", "a1").unwrap();
+    let info = |reconciling| {
+        pm_proto::AgentInfo {
+            reconciling,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    m.load_agents(&[stored(a.clone(), info(false), 1)]);
+    assert!(m.agents.contains_key("z1"), "registered");
+    assert!(m.reconciling.is_empty(), "a member key alone is no agent");
+    m.apply_agents(events(vec![put(a.clone(), info(true), 2)]));
+    assert!(m.reconciling["z1"].contains("a1"));
+    m.apply_agents(events(vec![put(a.clone(), info(false), 3)]));
+    assert!(m.reconciling.is_empty(), "stalled");
+    m.apply_agents(events(vec![put(a.clone(), info(true), 4)]));
+    m.apply_agents(events(vec![put(a.clone(), b"\xff\xff".to_vec(), 5)]));
+    assert!(m.reconciling.is_empty(), "undecodable");
+    m.apply_agents(events(vec![put(a.clone(), info(true), 6)]));
+    m.apply_agents(events(vec![delete(a, 7)]));
+    assert!(m.reconciling.is_empty() && m.agents.is_empty(), "gone");
+}
+
 /// The counts of `zone`, counted again from the view's instance keys.
 fn recounted(m: &Model, zone: &str) -> ZoneCounts {
     let mut counts = ZoneCounts::default();

@@ -5,8 +5,10 @@
 //! The rules:
 //! - A zone is *usable* when the pool allows it, it is not exhausted, and its agent is
 //!   alive or gone for less than the grace ([`is_usable`]).
-//! - What a zone *keeps* ([`kept`]): an exhausted zone what GCE confirmed (its inserts in
-//!   flight will fail); a usable zone at least the count it is *committed* to
+//! - What a zone *keeps* ([`kept`]): nothing once its agent is gone past the grace (no
+//!   agent replaces what it loses, so what it recorded is no longer known to be there:
+//!   its share moves to other zones); an exhausted zone what GCE confirmed (its inserts
+//!   in flight will fail); a usable zone at least the count it is *committed* to
 //!   ([`committed`]), since its agent may be creating toward it; any other zone its live
 //!   instances ([`crate::model::is_live`]).
 //! - A zone's capacity hint holds while its exhaustion's probation lasts ([`capacity`]).
@@ -48,15 +50,20 @@ pub fn is_usable(allowed: bool, zone: &ZoneView, agent_ok: bool) -> bool {
     allowed && zone.exhausted.is_none() && agent_ok
 }
 
-/// The instances the zone counts as keeping when the pool is placed.
+/// The instances the zone counts as keeping when the pool is placed; `agent_ok` tells
+/// whether its agent is alive (or gone for less than the grace).
 ///
-/// An exhausted zone keeps what GCE has, not the inserts about to fail. A usable zone
-/// keeps what its agent was told to reach: the agent may be creating those instances
-/// already, so handing them to another zone before it records them would have two agents
-/// create them.
-pub fn kept(zone: &ZoneView, usable: bool) -> u64 {
+/// A zone whose agent is gone past the grace keeps nothing: nobody replaces what it
+/// loses, so its recorded instances are not counted on, and if they are still there
+/// when the agent is back they are counted again (and the surplus shed). An exhausted
+/// zone keeps what GCE has, not the inserts about to fail. A usable zone keeps what its
+/// agent was told to reach: the agent may be creating those instances already, so
+/// handing them to another zone before it records them would have two agents create them.
+pub fn kept(zone: &ZoneView, usable: bool, agent_ok: bool) -> u64 {
     let counts = &zone.counts;
-    if zone.exhausted.is_some() {
+    if !agent_ok {
+        0
+    } else if zone.exhausted.is_some() {
         counts.live_confirmed
     } else if usable {
         counts.live.max(committed(zone))
@@ -93,10 +100,11 @@ pub fn distribution_input(
         .map(|name| {
             let zv = view.zones.get(&name).unwrap_or(&empty);
             let is_allowed = allowed.contains(&name);
-            let usable = is_usable(is_allowed, zv, agent_ok(&name));
+            let agent = agent_ok(&name);
+            let usable = is_usable(is_allowed, zv, agent);
             ZoneState {
                 allowed: is_allowed,
-                live: kept(zv, usable),
+                live: kept(zv, usable, agent),
                 usable,
                 capacity: capacity(zv, base, now_ms),
                 last_success_unix_ms: zv.counts.last_success_unix_ms,

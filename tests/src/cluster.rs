@@ -357,23 +357,42 @@ impl Cluster {
     /// Starts one more agent for `zone` that reaches etcd at `etcd` (comma-separated
     /// client URLs, e.g. through a [`crate::TcpProxy`]); returns its index in the zone.
     pub fn start_agent_via(&mut self, zone: &str, etcd: &str) -> usize {
-        let auth = match &self.credentials {
-            Some(file) => vec!["--credentials".into(), file.to_string_lossy().into_owned()],
-            None => vec!["--no-auth".into()],
-        };
-        self.start_agent_with(zone, etcd, auth)
+        let auth = self.auth_flags();
+        self.spawn_agent(zone, etcd, auth, &[])
     }
 
     /// Starts one more agent for `zone` that sends no credentials (`--no-auth`), even
     /// when gce-sim requires them; returns its index in the zone.
     pub fn start_agent_without_credentials(&mut self, zone: &str) -> usize {
         let etcd = self.etcd_endpoints();
-        self.start_agent_with(zone, &etcd, vec!["--no-auth".into()])
+        self.spawn_agent(zone, &etcd, vec!["--no-auth".into()], &[])
+    }
+
+    /// Starts one more agent for `zone` that reaches etcd at `etcd`, with `extra` flag
+    /// and value pairs in place of the usual ones (or added); returns its index in the
+    /// zone.
+    pub fn start_agent_with(&mut self, zone: &str, etcd: &str, extra: &[(&str, &str)]) -> usize {
+        let auth = self.auth_flags();
+        self.spawn_agent(zone, etcd, auth, extra)
+    }
+
+    /// The credential flags of agents: the generated key file, or `--no-auth`.
+    fn auth_flags(&self) -> Vec<String> {
+        match &self.credentials {
+            Some(file) => vec!["--credentials".into(), file.to_string_lossy().into_owned()],
+            None => vec!["--no-auth".into()],
+        }
     }
 
     /// Starts one more agent for `zone` reaching etcd at `etcd`, with the credential
-    /// flags `auth`; returns its index in the zone.
-    fn start_agent_with(&mut self, zone: &str, etcd: &str, auth: Vec<String>) -> usize {
+    /// flags `auth` and the `extra` flag and value pairs; returns its index in the zone.
+    fn spawn_agent(
+        &mut self,
+        zone: &str,
+        etcd: &str,
+        auth: Vec<String>,
+        extra: &[(&str, &str)],
+    ) -> usize {
         self.started += 1;
         let id = format!("agent-{zone}-{}", self.started);
         let mut args = self.common_args(etcd);
@@ -399,6 +418,12 @@ impl Cluster {
         }
         if let Some(max) = self.settings.max_concurrent {
             args.extend(["--max-concurrent".into(), max.to_string()]);
+        }
+        for (flag, value) in extra {
+            match args.iter().position(|a| a == flag) {
+                Some(i) => args[i + 1] = value.to_string(),
+                None => args.extend([flag.to_string(), value.to_string()]),
+            }
         }
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-agent", &args, &[]);
         let list = self.agents.entry(zone.to_string()).or_default();

@@ -534,6 +534,7 @@ async fn zone_exhaust_writes_a_lease_bound_mark_and_clear_removes_it() {
         keys_of(&exhausted["exhausted"]),
         [
             "backoff_multiplier",
+            "class",
             "reason",
             "seconds_left",
             "set_by",
@@ -690,6 +691,7 @@ async fn reads_show_what_etcd_holds() {
             hostname: format!("host-{id}"),
             started_unix_ms: pm_etcd::now_unix_ms() - 3_600_000,
             version: "0.1.0".into(),
+            ..Default::default()
         };
         store
             .put(

@@ -51,6 +51,14 @@ async fn setup() -> Setup {
     }
 }
 
+/// The member value of an active agent that completes its passes.
+fn reconciling_agent() -> pm_proto::AgentInfo {
+    pm_proto::AgentInfo {
+        reconciling: true,
+        ..Default::default()
+    }
+}
+
 async fn register_agent(store: &Store, zone: &str) -> Session {
     let session = Session::grant(store.client(), Duration::from_secs(30))
         .await
@@ -60,7 +68,7 @@ async fn register_agent(store: &Store, zone: &str) -> Session {
         .agent_member(zone, &format!("agent-{zone}"))
         .unwrap();
     store
-        .put(&key, &pm_proto::AgentInfo::default(), session.lease_id())
+        .put(&key, &reconciling_agent(), session.lease_id())
         .await
         .unwrap();
     session
@@ -333,14 +341,15 @@ async fn a_stockout_report_becomes_an_exhaustion_lease_and_moves_the_deficit() {
     assert_eq!(counts(&d), want);
     wait_event(&s.store, "web", "zone-usable").await;
 
-    // Once zone-c's agent is gone past the grace, its unfulfilled share (one instance)
-    // is free again, and goes to the emptiest usable zone: zone-a.
+    // Once zone-c's agent is gone past the grace, its whole share is free again, its
+    // recorded instance included (nobody replaces it if it is lost), and goes to the
+    // emptiest usable zone: zone-a.
     let session = s.agents.remove("zone-c").unwrap();
     session.close().await.unwrap();
     wait_counts(
         &s.store,
         "web",
-        &[("zone-a", 1), ("zone-b", 3), ("zone-c", 1)],
+        &[("zone-a", 2), ("zone-b", 3), ("zone-c", 0)],
     )
     .await;
 
@@ -359,6 +368,43 @@ async fn a_stockout_report_becomes_an_exhaustion_lease_and_moves_the_deficit() {
         .await
         .unwrap();
     assert!(ttl.granted_ttl() == 4, "granted {}", ttl.granted_ttl());
+}
+
+#[tokio::test]
+async fn a_zone_whose_active_agent_does_not_reconcile_counts_as_without_agent() {
+    let s = setup().await;
+    set_config(&s.store, "web", &pool_config(3, &ZONES)).await;
+    start_scheduler(&s, "s1");
+    wait_counts(
+        &s.store,
+        "web",
+        &[("zone-a", 1), ("zone-b", 1), ("zone-c", 1)],
+    )
+    .await;
+    // zone-c's member key stays, but says its passes stopped completing.
+    let key = s
+        .store
+        .keys()
+        .agent_member("zone-c", "agent-zone-c")
+        .unwrap();
+    let lease = s.agents["zone-c"].lease_id();
+    let stalled = pm_proto::AgentInfo::default();
+    s.store.put(&key, &stalled, lease).await.unwrap();
+    let d = wait_counts(
+        &s.store,
+        "web",
+        &[("zone-a", 2), ("zone-b", 1), ("zone-c", 0)],
+    )
+    .await;
+    assert!(!d["zone-c"].1);
+    s.store
+        .put(&key, &reconciling_agent(), lease)
+        .await
+        .unwrap();
+    eventually("zone-c accepts again", BOUND, || async {
+        desired(&s.store, "web").await["zone-c"].1.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

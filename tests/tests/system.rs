@@ -248,6 +248,97 @@ async fn a_stocked_out_zone_is_exhausted_and_its_share_moves() {
     assert_no_leaks(&c, "api").await;
 }
 
+/// Running instances of `pool` by zone in GCE, whatever pm recorded.
+async fn running_in_gce(c: &Cluster, pool: &str) -> BTreeMap<String, usize> {
+    let zones = c.gce_instances(pool).await.into_iter();
+    zones
+        .map(|(zone, list)| {
+            let running = list
+                .iter()
+                .filter(|i| i.status == Some(pm_gce::resources::InstanceStatus::Running));
+            (zone, running.count())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_whose_agent_is_gone_past_the_grace_loses_its_share_until_it_is_back() {
+    let mut c = Cluster::builder().zones(2).start().await;
+    c.set_pool("web", c.pool_config("web-", 4)).await;
+    let running = wait_running(&c, "web", 4).await;
+    assert_eq!((running["zone-a"], running["zone-b"]), (2, 2));
+    c.agent("zone-b", 0).kill9().await;
+    // Past the grace (5s) zone-b's recorded instances no longer count: zone-a takes it all.
+    c.wait("zone-a holds the whole target", BOUND, || async {
+        (running_in_gce(&c, "web").await.get("zone-a") == Some(&4)).then_some(())
+    })
+    .await;
+    // Back, zone-b's survivors count again: the surplus is shed, down to the target.
+    c.start_agent("zone-b");
+    c.wait("the surplus is shed", BOUND, || async {
+        let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
+        (all == 4).then_some(())
+    })
+    .await;
+    wait_running(&c, "web", 4).await;
+    assert_no_leaks(&c, "web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_agent_that_cannot_reconcile_counts_as_gone() {
+    let mut c = Cluster::builder().zones(2).start().await;
+    c.set_pool("web", c.pool_config("web-", 4)).await;
+    wait_running(&c, "web", 4).await;
+    // zone-b's agent is replaced by one that cannot reach GCE: it is registered and
+    // active, but completes no pass.
+    c.agent("zone-b", 0).kill9().await;
+    let etcd = c.etcd_endpoints();
+    let unreachable = [
+        ("--gce-endpoint", "http://127.0.0.1:9/compute/v1/"),
+        ("--gce-timeout", "1s"),
+        ("--stall-after", "3s"),
+    ];
+    c.start_agent_with("zone-b", &etcd, &unreachable);
+    c.wait("zone-a holds the whole target", BOUND, || async {
+        (running_in_gce(&c, "web").await.get("zone-a") == Some(&4)).then_some(())
+    })
+    .await;
+    let members = c.store().keys().agent_members_prefix("zone-b").unwrap();
+    let listed = c
+        .store()
+        .list::<pm_proto::AgentInfo>(&members)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1, "zone-b still has a member key");
+    assert!(
+        !listed.items[0].1.value.reconciling,
+        "it says it is stalled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_moves() {
+    let c = Cluster::builder().zones(2).start().await;
+    let mut config = c.pool_config("mt-", 4);
+    // The machine type is zone-a's: zone-b answers 400 naming itself.
+    config.instance_json =
+        TEMPLATE.replace("zones/{zone}/machineTypes", "zones/zone-a/machineTypes");
+    config.seconds_for_exhaustion = 120;
+    c.set_pool("mt", config).await;
+    let key = c.store().keys().exhausted("mt", "zone-b").unwrap();
+    let x = c
+        .wait("zone-b is exhausted", BOUND, || async {
+            c.store().get::<ZoneExhaustion>(&key).await.unwrap()
+        })
+        .await;
+    assert_eq!(x.value.class(), pm_proto::ExhaustionClass::ZoneError);
+    let running = wait_running(&c, "mt", 4).await;
+    assert_eq!(running["zone-a"], 4, "zone-b's share moved");
+    let status = pmctl_status(&c, "mt");
+    let zones = &status["zones"];
+    assert_eq!(zones[1]["exhausted"]["class"], "zone-error", "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_insert_is_replaced_without_duplicates() {
     // Slow operations: inserts are in flight when the agent dies.

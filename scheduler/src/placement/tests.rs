@@ -88,13 +88,23 @@ fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
 fn what_a_zone_keeps_depends_on_whether_it_can_create() {
     let mut zone = zone_view(2, 1, Some(desired(6, true)));
     assert_eq!(
-        kept(&zone, true),
+        kept(&zone, true, true),
         6,
         "usable: the count its agent creates toward"
     );
-    assert_eq!(kept(&zone, false), 3, "agentless: its live instances");
+    assert_eq!(
+        kept(&zone, false, true),
+        3,
+        "not allowed: its live instances"
+    );
+    assert_eq!(kept(&zone, false, false), 0, "agent gone: nothing");
     zone.exhausted = Some(ZoneExhaustion::default());
-    assert_eq!(kept(&zone, false), 2, "exhausted: what GCE confirmed");
+    assert_eq!(kept(&zone, false, true), 2, "exhausted: what GCE confirmed");
+    assert_eq!(
+        kept(&zone, false, false),
+        0,
+        "exhausted, agent gone: nothing"
+    );
     assert!(!is_usable(true, &zone, true));
 }
 
@@ -171,7 +181,7 @@ fn the_capacity_hint_holds_only_while_the_probation_lasts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_zone_without_agent_past_the_grace_keeps_what_it_has_and_gets_nothing_new() {
+async fn a_zone_without_agent_past_the_grace_gets_nothing_new_and_its_share_moves() {
     let grace = Duration::from_secs(30);
     let start = tokio::time::Instant::now();
     let now = || NOW + i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -198,7 +208,11 @@ async fn a_zone_without_agent_past_the_grace_keeps_what_it_has_and_gets_nothing_
     );
     tokio::time::advance(Duration::from_millis(1)).await;
     let past = at(&presence, now());
-    assert_eq!(counts(&past), [("a".into(), 1), ("b".into(), 5)]);
+    assert_eq!(
+        counts(&past),
+        [("a".into(), 0), ("b".into(), 6)],
+        "a's recorded instance is not counted on: nobody replaces it"
+    );
     let a = past.plan.zone("a").map(|alloc| alloc.accept_new);
     assert_eq!(a, Some(false));
 }
@@ -266,7 +280,9 @@ proptest! {
                 && zone.exhausted.is_none()
                 && agents.contains(&state.zone);
             prop_assert_eq!(state.usable, usable);
-            let expected = if zone.exhausted.is_some() {
+            let expected = if !agents.contains(&state.zone) {
+                0
+            } else if zone.exhausted.is_some() {
                 zone.counts.live_confirmed
             } else if usable {
                 zone.counts.live.max(committed(zone))
@@ -345,10 +361,14 @@ enum Step {
     Stockout(usize),
     /// The exhaustion lease runs out.
     Expire(usize),
-    /// The zone's agents are gone past the grace; they stop creating.
+    /// The zone's agents are gone past the grace; they stop creating, and what they
+    /// recorded is written off (it may survive in GCE).
     LoseAgent(usize),
-    /// An agent is back; it has not read the zone's desired yet.
+    /// An agent is back, with the instances that survived; it has not read the zone's
+    /// desired yet.
     RegainAgent(usize),
+    /// The agent deletes one instance above the zone's desired count.
+    Shed(usize),
     /// The agent reads the zone's desired count and creates toward it from now on.
     Read(usize),
     /// The agent starts one insert, if below the count it creates toward.
@@ -366,6 +386,7 @@ fn step(zones: usize) -> impl Strategy<Value = Step> {
         1 => z.clone().prop_map(Step::Expire),
         1 => z.clone().prop_map(Step::LoseAgent),
         1 => z.clone().prop_map(Step::RegainAgent),
+        2 => z.clone().prop_map(Step::Shed),
         3 => z.clone().prop_map(Step::Read),
         6 => z.clone().prop_map(Step::Create),
         3 => z.clone().prop_map(Step::Confirm),
@@ -385,6 +406,9 @@ struct SimZone {
     toward: u64,
     /// An agent runs in the zone.
     agent: bool,
+    /// Instances the zone had when its agent was lost, as far as they survive: the
+    /// leader stopped counting on them, so other zones replaced them.
+    written_off: u64,
     /// The leader's view of the zone.
     view: ZoneView,
 }
@@ -395,7 +419,13 @@ impl SimZone {
     }
 }
 
-fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> Result<(), String> {
+/// Runs the steps; the instances left at the end, or what broke.
+fn simulate(
+    target: i64,
+    policy: Distribution,
+    count: usize,
+    steps: &[Step],
+) -> Result<u64, String> {
     let names: Vec<String> = (0..count).map(|i| format!("zone-{i}")).collect();
     let allowed: Vec<&str> = names.iter().map(String::as_str).collect();
     let config = pool(target, policy, &allowed).config;
@@ -431,8 +461,12 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
             }
             Step::Expire(z) => zones[z].view.exhausted = None,
             Step::LoseAgent(z) => {
-                zones[z].agent = false;
-                zones[z].toward = 0;
+                let sim = &mut zones[z];
+                if sim.agent {
+                    sim.written_off = sim.live();
+                }
+                sim.agent = false;
+                sim.toward = 0;
             }
             Step::RegainAgent(z) => zones[z].agent = true,
             Step::Read(z) => {
@@ -458,10 +492,18 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
                 let sim = &mut zones[z];
                 sim.confirmed = sim.confirmed.saturating_sub(1);
             }
+            Step::Shed(z) => {
+                let sim = &mut zones[z];
+                let told = sim.view.desired.as_ref().map_or(0, |d| d.count);
+                if sim.agent && sim.confirmed > 0 && sim.live() as i64 > told {
+                    sim.confirmed -= 1;
+                }
+            }
         }
         for sim in &mut zones {
             let (confirmed, in_flight) = (sim.confirmed, sim.in_flight);
             set_instances(&mut sim.view, confirmed, in_flight);
+            sim.written_off = sim.written_off.min(sim.live());
         }
         let view = PoolView {
             config_refused: false,
@@ -492,14 +534,16 @@ fn simulate(target: i64, policy: Distribution, count: usize, steps: &[Step]) -> 
                 }
             }
         }
+        // Only instances written off while their agent was gone may be above the bound.
         let total: u64 = zones.iter().map(|z| z.live().max(z.toward)).sum();
-        if total > bound {
+        let written_off: u64 = zones.iter().map(|z| z.written_off).sum();
+        if total > bound + written_off {
             return Err(format!(
-                "after step {i} {step:?}: {total} > {bound}: {zones:#?}"
+                "after step {i} {step:?}: {total} > {bound} + {written_off}: {zones:#?}"
             ));
         }
     }
-    Ok(())
+    Ok(zones.iter().map(SimZone::live).sum())
 }
 
 proptest! {
@@ -533,5 +577,29 @@ fn two_zones_becoming_usable_do_not_both_create_the_same_instances() {
         Create(0),
         Create(0),
     ];
-    assert_eq!(simulate(12, Distribution::Even, 2, &steps), Ok(()));
+    assert!(simulate(12, Distribution::Even, 2, &steps).is_ok());
+}
+
+#[test]
+fn a_lost_agents_share_moves_and_its_surplus_is_shed_when_it_is_back() {
+    use Step::*;
+    // The first placement follows the first step: read again after it.
+    let mut steps = vec![Confirm(0), Read(0), Read(1)];
+    let fill = |steps: &mut Vec<Step>, z: usize, n: usize| {
+        for _ in 0..n {
+            steps.extend([Create(z), Confirm(z)]);
+        }
+    };
+    fill(&mut steps, 0, 3);
+    fill(&mut steps, 1, 3);
+    // Zone 0's agent is gone past the grace: zone 1 is told the whole target.
+    steps.extend([LoseAgent(0), Read(1)]);
+    fill(&mut steps, 1, 3);
+    assert_eq!(simulate(6, Distribution::Even, 2, &steps), Ok(9));
+    // It is back with its 3 instances: the surplus is shed, nothing more is created.
+    steps.extend([RegainAgent(0), Read(0), Read(1)]);
+    for _ in 0..3 {
+        steps.extend([Shed(0), Shed(1), Create(0), Create(1)]);
+    }
+    assert_eq!(simulate(6, Distribution::Even, 2, &steps), Ok(6));
 }
