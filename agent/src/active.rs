@@ -16,7 +16,7 @@ use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
 use pm_proto::{ExhaustionReport, ObservedInstance, PoolConfig, Severity};
-use pm_telemetry::Readiness;
+use pm_telemetry::{Readiness, WATCH_CONDITION};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,6 +65,8 @@ pub struct AgentContext {
     pub max_concurrent: usize,
     /// Longest wait for one operation.
     pub operation_timeout: Duration,
+    /// Period of the full re-read of the pools prefix, on top of the watch (`--resync`).
+    pub resync: Duration,
 }
 
 /// The active agent for one term.
@@ -136,9 +138,12 @@ impl<'a> ActiveAgent<'a> {
         }
         let mut watch = ResumableWatch::new(
             self.ctx.store.client().clone(),
-            WatchRange::Prefix(prefix),
+            WatchRange::Prefix(prefix.clone()),
             revision + 1,
-        );
+        )
+        .with_health(self.ctx.readiness.reporter(WATCH_CONDITION));
+        let mut resync = tokio::time::interval(self.ctx.resync);
+        resync.tick().await;
         loop {
             self.reconcile_due().await?;
             let wake = self
@@ -152,6 +157,10 @@ impl<'a> ActiveAgent<'a> {
                 batch = watch.next() => self.pools.apply(batch?),
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = resync.tick() => {
+                    let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
+                    self.pools.load(&listing, revision);
+                }
             }
         }
     }

@@ -146,6 +146,7 @@ pub async fn run_with(
         default_project: config.project.clone(),
         max_concurrent: config.max_concurrent,
         operation_timeout: config.operation_timeout,
+        resync: config.daemon.resync,
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
     let count_error = |_: &pm_etcd::Error| {
