@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure what pm's build, tests and quick start need is installed. On Debian as root
 # it installs what is missing with apt-get; otherwise it says what to install.
-#   scripts/prereqs.sh          etcd, protoc
+#   scripts/prereqs.sh          etcd, etcdctl (the snapshot restore tests), protoc
 #   scripts/prereqs.sh --python also python3-venv (for the gce-sim fidelity tests), and
 #                               promtool if it can (Debian's prometheus package, for the
 #                               alert rule tests, which only parse the rules without it)
@@ -10,6 +10,7 @@ set -euo pipefail
 missing=()
 optional=()
 command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

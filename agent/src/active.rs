@@ -17,7 +17,7 @@ use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
 use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity};
-use pm_telemetry::Readiness;
+use pm_telemetry::{Readiness, WATCH_CONDITION};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -69,6 +69,8 @@ pub struct AgentContext {
     pub operation_timeout: Duration,
     /// An active agent without a completed pass for this long is stalled.
     pub stall_after: Duration,
+    /// Period of the full re-read of the pools prefix, on top of the watch (`--resync`).
+    pub resync: Duration,
 }
 
 /// The active agent for one term.
@@ -152,9 +154,12 @@ impl<'a> ActiveAgent<'a> {
         }
         let mut watch = ResumableWatch::new(
             self.ctx.store.client().clone(),
-            WatchRange::Prefix(prefix),
+            WatchRange::Prefix(prefix.clone()),
             revision + 1,
-        );
+        )
+        .with_health(self.ctx.readiness.reporter(WATCH_CONDITION));
+        let mut resync = tokio::time::interval(self.ctx.resync);
+        resync.tick().await;
         loop {
             self.reconcile_due().await?;
             self.beat().await?;
@@ -170,6 +175,10 @@ impl<'a> ActiveAgent<'a> {
                 batch = watch.next() => self.pools.apply(batch?),
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = resync.tick() => {
+                    let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
+                    self.pools.load(&listing, revision);
+                }
             }
         }
     }

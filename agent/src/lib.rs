@@ -153,6 +153,7 @@ pub async fn run_with(
         max_concurrent: config.max_concurrent,
         operation_timeout: config.operation_timeout,
         stall_after: config.stall_after,
+        resync: config.daemon.resync,
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
     let count_error = |_: &pm_etcd::Error| {

@@ -27,6 +27,10 @@ pub struct DaemonArgs {
     /// logged); no server when absent.
     #[arg(long, env = "PM_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Period of the daemon's full re-read of etcd, on top of its watches (the scheduler's
+    /// leader and the active agent both re-list their view this often).
+    #[arg(long, env = "PM_RESYNC", value_parser = parse_duration, default_value = "30s")]
+    pub resync: Duration,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "PM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -38,8 +42,12 @@ impl DaemonArgs {
         self.id.clone().unwrap_or_else(default_id)
     }
 
-    /// Checks what clap cannot: the lease TTL, the id, the etcd settings.
+    /// Checks what clap cannot: the lease TTL, the resync period, the id, the etcd
+    /// settings.
     pub fn validate(&self) -> Result<(), String> {
+        if self.resync < Duration::from_millis(100) {
+            return Err(format!("--resync {:?} is below 100ms", self.resync));
+        }
         if self.lease_ttl < Duration::from_secs(1) {
             return Err(format!(
                 "--lease-ttl {:?} is below etcd's minimum of 1s",

@@ -151,14 +151,17 @@ impl EtcdOptions {
 
     /// Connects. With user auth this authenticates at once, so a wrong password is an error
     /// here; otherwise connections are made lazily and each request is bounded by
-    /// `request_timeout`.
+    /// `request_timeout`. Every request requires a leader (etcd's `require_leader`): a
+    /// member cut off from the others refuses it at once ("etcdserver: no leader") and
+    /// ends its watch streams, so the client moves on to a member that has one.
     pub async fn connect(&self) -> Result<Client> {
         self.validate()?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
             .with_timeout(self.request_timeout)
             .with_keep_alive(self.keep_alive, self.keep_alive)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         if let Some(files) = &self.tls {
             options = options.with_tls(Self::tls_options(files)?);
         }

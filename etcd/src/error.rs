@@ -69,6 +69,14 @@ pub enum Error {
     /// Connection settings are unusable (bad endpoint, unreadable TLS file).
     #[error("etcd configuration: {0}")]
     Config(String),
+    /// etcd cancelled a watch, saying why (e.g. "etcdserver: permission denied").
+    #[error("watch of {range} cancelled by etcd: {reason}")]
+    WatchCancelled {
+        /// The watched range.
+        range: String,
+        /// etcd's cancel reason.
+        reason: String,
+    },
     /// The lease backing a session or leadership was lost.
     #[error("lease {0:x} lost")]
     LeaseLost(i64),

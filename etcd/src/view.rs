@@ -7,7 +7,9 @@
 //! records its own writes at their revision ([`PoolsView::record`]). Every key keeps the
 //! newest revision the view knows of it, a deleted key too until the watch has passed
 //! it, and a put or delete no newer than that is ignored: a stale watch event never undoes
-//! a newer write. Loading and applying return the [`Change`]s they made, each with the
+//! a newer write. A listing made at a revision below the newest the view has seen means
+//! etcd was restored from a snapshot: the view then takes the listing as it is, whatever
+//! the revisions it knew. Loading and applying return the [`Change`]s they made, each with the
 //! values it concerns, so a caller keeps what it derives (counts, wake-ups, notices) up to
 //! date without recomputing it; an event costs a few map lookups, whatever the size of
 //! the view.
@@ -206,6 +208,10 @@ pub struct PoolsView {
     pools: BTreeMap<String, PoolKeys>,
     /// The revision each deleted key was deleted at, until the watch has passed it.
     removed: HashMap<String, i64>,
+    /// The newest revision listed or applied from a watch (not the writer's records: a
+    /// listing may have started before a write it is applied after); a listing below it
+    /// means etcd was restored from a snapshot.
+    seen: i64,
 }
 
 impl PoolsView {
@@ -216,6 +222,7 @@ impl PoolsView {
             zone: None,
             pools: BTreeMap::new(),
             removed: HashMap::new(),
+            seen: 0,
         }
     }
 
@@ -249,8 +256,15 @@ impl PoolsView {
 
     /// Takes a listing of the pools prefix (or of one pool's) made at `revision`: every
     /// listed key newer than the view's, and the deletion of every key the view holds
-    /// from before `revision` that the listing lacks.
+    /// from before `revision` that the listing lacks. A `revision` below the newest the
+    /// view has seen (etcd restored from a snapshot) makes the listing the whole truth:
+    /// every listed key is taken and every other key deleted.
     pub fn load(&mut self, listing: &[StoredKey], revision: i64) -> Vec<Change> {
+        if revision < self.seen {
+            self.forget_revisions();
+            self.seen = revision;
+        }
+        self.seen = self.seen.max(revision);
         let mut changes = Vec::new();
         for kv in listing {
             self.put(kv, &mut changes);
@@ -273,6 +287,7 @@ impl PoolsView {
         let (changes, horizon) = match batch {
             WatchBatch::Events(events) => {
                 let horizon = events.last().map_or(0, |e| e.revision() + 1);
+                self.seen = self.seen.max(horizon - 1);
                 let mut changes = Vec::new();
                 for event in events {
                     match event {
@@ -323,6 +338,28 @@ impl PoolsView {
             self.record(&key, None, revision)?;
         }
         Ok(())
+    }
+
+    /// Forgets the revision of every key held and deleted, so that a listing from a
+    /// restored etcd replaces them all.
+    fn forget_revisions(&mut self) {
+        self.removed.clear();
+        for pool in self.pools.values_mut() {
+            if let Some(config) = &mut pool.config {
+                config.mod_revision = 0;
+            }
+            for zone in pool.zones.values_mut() {
+                let singles = [
+                    zone.desired.as_mut().map(|s| &mut s.mod_revision),
+                    zone.exhausted.as_mut().map(|s| &mut s.mod_revision),
+                    zone.report.as_mut().map(|s| &mut s.mod_revision),
+                ];
+                let instances = zone.instances.values_mut().map(|s| &mut s.mod_revision);
+                for revision in singles.into_iter().flatten().chain(instances) {
+                    *revision = 0;
+                }
+            }
+        }
     }
 
     /// Whether the view keeps `key`: a pool key, of the view's zone when it has one.

@@ -19,17 +19,11 @@ pub struct SchedulerConfig {
     /// A zone whose agents have all been gone this long gets no new instances.
     #[arg(long, env = "PM_AGENT_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub agent_grace: Duration,
-    /// Period of the leader's full re-read of etcd, on top of its watches.
-    #[arg(long, env = "PM_RESYNC", value_parser = parse_duration, default_value = "30s")]
-    pub resync: Duration,
 }
 
 impl SchedulerConfig {
     /// Checks the settings that clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.resync < Duration::from_millis(100) {
-            return Err(format!("--resync {:?} is below 100ms", self.resync));
-        }
         self.daemon.validate()?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use pm_etcd::{
     now_unix_ms, put_op, EventLog, Fence, Key, Leadership, ResumableWatch, Store, Value, WatchRange,
 };
 use pm_proto::Severity;
+use pm_telemetry::{Readiness, WATCH_CONDITION};
 use prost::Message;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -51,6 +52,8 @@ struct Term<'a> {
     settings: &'a LeaderSettings,
     /// Where the view is published.
     metrics: &'a SchedulerMetrics,
+    /// Where the watches tell an error that retrying cannot fix.
+    readiness: &'a Readiness,
     /// When the view was last published; `None` before the first time.
     published: Option<Instant>,
     /// This term's fence; every write carries it.
@@ -70,6 +73,7 @@ pub async fn lead(
     events: &EventLog,
     settings: &LeaderSettings,
     metrics: &SchedulerMetrics,
+    readiness: &Readiness,
     leadership: &Leadership,
 ) -> TermEnd {
     let mut term = Term {
@@ -77,6 +81,7 @@ pub async fn lead(
         events,
         settings,
         metrics,
+        readiness,
         published: None,
         fence: leadership.fence().clone(),
         model: Model::new(store.keys().clone()),
@@ -118,12 +123,14 @@ impl Term<'_> {
             client.clone(),
             WatchRange::Prefix(keys.pools_prefix()),
             pools_rev + 1,
-        );
+        )
+        .with_health(self.readiness.reporter(WATCH_CONDITION));
         let mut agents_watch = ResumableWatch::new(
             client,
             WatchRange::Prefix(keys.agents_prefix()),
             agents_rev + 1,
-        );
+        )
+        .with_health(self.readiness.reporter(WATCH_CONDITION));
         for pool in self.model.pool_names() {
             let message = format!("scheduler {} leads", self.settings.id);
             PoolEvent::pool(&pool, "leader-elected", Severity::Info, message)

@@ -69,7 +69,7 @@ pub async fn run(
     let settings = LeaderSettings {
         id: id.clone(),
         agent_grace: config.agent_grace,
-        resync: config.resync,
+        resync: config.daemon.resync,
     };
     let mut registry = Registry::default();
     let metrics = SchedulerMetrics::new(&mut registry);
@@ -104,6 +104,7 @@ pub async fn run(
         events: &events,
         settings: &settings,
         metrics: &metrics,
+        readiness: &readiness,
     };
     pm_daemon::run_elected(
         &store,
@@ -125,6 +126,7 @@ struct SchedulerTerm<'a> {
     events: &'a EventLog,
     settings: &'a LeaderSettings,
     metrics: &'a SchedulerMetrics,
+    readiness: &'a Readiness,
 }
 
 impl Candidate for SchedulerTerm<'_> {
@@ -139,6 +141,7 @@ impl Candidate for SchedulerTerm<'_> {
             self.events,
             self.settings,
             self.metrics,
+            self.readiness,
             leadership,
         )
         .await

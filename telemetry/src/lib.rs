@@ -3,7 +3,8 @@
 //! - [`MetricDef`]: a metric's name, help and kind, declared once; each daemon lists its
 //!   definitions in a `METRICS` constant, the single source of truth that registration,
 //!   dashboards and alert rules are checked against.
-//! - [`Readiness`]: the conditions a daemon must meet to be ready, set as they change.
+//! - [`Readiness`]: the conditions a daemon must meet to be ready, set as they change;
+//!   [`WATCH_CONDITION`] is the one its etcd watches set.
 //! - [`probe_etcd`]: a background request to etcd that keeps the `etcd` condition true.
 //! - [`serve`]: the HTTP server of `--metrics ADDR`: `/metrics`, `/healthz`, `/readyz`.
 //! - [`serve_then_connect`]: a daemon's start, with both of the above.
@@ -15,5 +16,5 @@ mod server;
 
 pub use metric::{exposed_families, EtcdErrorLabels, GaugeSet, MetricDef, MetricKind, ETCD_ERRORS};
 pub use probe::{probe_etcd, serve_then_connect, ETCD_CONDITION, PROBE_INTERVAL};
-pub use readiness::Readiness;
+pub use readiness::{Readiness, WATCH_CONDITION};
 pub use server::serve;

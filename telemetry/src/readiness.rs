@@ -3,6 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The condition a daemon's etcd watches set: unmet, with etcd's reason, while a watch is
+/// refused by an error that retrying cannot fix (permission denied, ...).
+pub const WATCH_CONDITION: &str = "etcd-watch";
+
 /// A shared, cheap-to-clone set of conditions. Each is met, or unmet with a reason; the
 /// daemon is ready when every condition is met. A condition must be declared with
 /// [`Readiness::unmet`] before it counts, so a daemon starts not ready.
@@ -32,6 +36,16 @@ impl Readiness {
     pub fn unmet(&self, condition: &'static str, reason: impl Into<String>) {
         let reason = reason.into();
         self.with(|c| c.insert(condition, Some(reason)));
+    }
+
+    /// A callback that marks `condition` unmet with the reason it is given, and met when
+    /// given `None`: what `pm_etcd::ResumableWatch::with_health` takes.
+    pub fn reporter(&self, condition: &'static str) -> impl Fn(Option<&str>) + Send + Sync {
+        let readiness = self.clone();
+        move |reason| match reason {
+            Some(reason) => readiness.unmet(condition, reason),
+            None => readiness.met(condition),
+        }
     }
 
     /// `Ok` when every condition is met, else every unmet one as `name: reason`, joined.
@@ -70,5 +84,18 @@ mod tests {
         assert_eq!(r.check(), Ok(()));
         r.unmet("etcd", "down");
         assert_eq!(r.check(), Err("etcd: down".into()));
+    }
+
+    #[test]
+    fn a_reporter_sets_its_condition() {
+        let r = Readiness::new();
+        let report = r.reporter(WATCH_CONDITION);
+        report(Some("etcdserver: permission denied"));
+        assert_eq!(
+            r.check(),
+            Err("etcd-watch: etcdserver: permission denied".into())
+        );
+        report(None);
+        assert_eq!(r.check(), Ok(()));
     }
 }

@@ -304,6 +304,8 @@ impl Cluster {
             format!("{}s", self.settings.lease_ttl.as_secs()),
             "--metrics".into(),
             "127.0.0.1:0".into(),
+            "--resync".into(),
+            "10s".into(),
         ]
     }
 
@@ -340,8 +342,6 @@ impl Cluster {
             id.clone(),
             "--agent-grace".into(),
             "5s".into(),
-            "--resync".into(),
-            "10s".into(),
         ]);
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-scheduler", &args, &[]);
         self.schedulers.push(daemon);

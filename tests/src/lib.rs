@@ -317,6 +317,57 @@ impl EtcdCluster {
         self.spawn(index);
     }
 
+    /// Saves a snapshot of the cluster, taken through member 0, into `path` with
+    /// `etcdctl snapshot save` (Debian's etcd-client package).
+    pub async fn snapshot_save(&self, path: &Path) {
+        assert!(
+            self.tls.is_none(),
+            "snapshots of TLS clusters are not supported"
+        );
+        etcdctl(&[
+            "--endpoints",
+            &self.endpoint(0),
+            "snapshot",
+            "save",
+            &path.to_string_lossy(),
+        ])
+        .await;
+    }
+
+    /// Restores the snapshot at `path` as an operator would: kills every member, replaces
+    /// each one's data dir with `etcdctl snapshot restore`, starts them again and waits
+    /// until the cluster serves. Revisions go back to the snapshot's.
+    pub async fn restore_snapshot(&mut self, path: &Path) {
+        for i in 0..self.members.len() {
+            self.kill(i).await;
+        }
+        for i in 0..self.members.len() {
+            let member = &self.members[i];
+            let data_dir = self.dir.path().join(&member.name);
+            std::fs::remove_dir_all(&data_dir).ok();
+            etcdctl(&[
+                "snapshot",
+                "restore",
+                &path.to_string_lossy(),
+                "--name",
+                &member.name,
+                "--data-dir",
+                &data_dir.to_string_lossy(),
+                "--initial-cluster",
+                &self.initial_cluster,
+                "--initial-cluster-token",
+                &self.dir.path().to_string_lossy(),
+                "--initial-advertise-peer-urls",
+                &member.peer_url(),
+            ])
+            .await;
+        }
+        for i in 0..self.members.len() {
+            self.restart(i);
+        }
+        self.wait_ready().await;
+    }
+
     /// Kills every member, starts them again and waits until the cluster serves.
     pub async fn restart_all(&mut self) {
         for i in 0..self.members.len() {
@@ -327,6 +378,22 @@ impl EtcdCluster {
         }
         self.wait_ready().await;
     }
+}
+
+/// Runs `etcdctl` (API v3) with `args`; panics with its output when it fails.
+async fn etcdctl(args: &[&str]) {
+    let output = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run etcdctl (apt-get install etcd-client): {e}"));
+    assert!(
+        output.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Path of a binary of this workspace (`pm-scheduler`, `pm-agent`, `pmctl`, `gce-sim`):

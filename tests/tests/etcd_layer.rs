@@ -1,14 +1,17 @@
 //! The etcd layer against a real etcd: fencing, elections, resumable watches, clusters,
 //! and bad values.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pm_etcd::etcd_client::Permission;
+use pm_etcd::watch::STALL_BOUND;
 use pm_etcd::{
-    Election, Error, EtcdOptions, ResumableWatch, Session, Store, WatchBatch, WatchEvent,
+    Election, Error, EtcdOptions, ResumableWatch, Secret, Session, Store, WatchBatch, WatchEvent,
     WatchRange,
 };
 use pm_proto::{PoolConfig, ZoneDesired};
-use pm_tests::{eventually, EtcdCluster};
+use pm_tests::{eventually, EtcdCluster, TcpProxy};
 use tokio_util::sync::CancellationToken;
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -460,4 +463,157 @@ async fn a_session_bound_key_vanishes_when_the_session_closes() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// Waits for the next batch of `watch`, for at most `bound`.
+async fn next_within(watch: &mut ResumableWatch, bound: Duration) -> WatchBatch {
+    tokio::time::timeout(bound, watch.next())
+        .await
+        .unwrap_or_else(|_| panic!("no watch batch within {bound:?}"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_member_without_a_leader_refuses_requests_at_once() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let lone = EtcdOptions::new(vec![etcd.endpoint(0)]);
+    let mut client = lone.connect().await.unwrap();
+    etcd.kill(1).await;
+    etcd.kill(2).await;
+    // require_leader: "no leader" at once, not a request timing out on a lone member.
+    let err = eventually("the lone member knows it has no leader", BOUND, || {
+        let mut client = client.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let err = client.get("k", None).await.err()?;
+            (started.elapsed() < Duration::from_secs(2)).then_some(err)
+        }
+    })
+    .await;
+    assert!(err.to_string().contains("no leader"), "{err}");
+    client.get("k", None).await.expect_err("still no leader");
+}
+
+#[tokio::test]
+async fn a_watch_whose_stream_goes_silent_moves_to_another_member() {
+    let etcd = EtcdCluster::start(3).await;
+    let writer = store(&etcd).await;
+    let prefix = writer.keys().pools_prefix();
+    let key = |i: usize| writer.keys().zone_desired(&format!("p{i}"), "z1").unwrap();
+    let (_, start) = writer.list_raw(&prefix).await.unwrap();
+    // The watch reaches etcd through two proxies; the second is cut until the stream is
+    // open, so it goes through the first.
+    let first = TcpProxy::for_url(&etcd.endpoint(0)).await;
+    let second = TcpProxy::for_url(&etcd.endpoint(1)).await;
+    second.cut();
+    let mut options = EtcdOptions::new(vec![first.url(), second.url()]);
+    // HTTP/2 pings would notice the silence only after minutes.
+    options.keep_alive = Duration::from_secs(300);
+    let client = options.connect().await.unwrap();
+    let mut watch = ResumableWatch::new(client, WatchRange::Prefix(prefix), start + 1);
+    writer.put(&key(0), &desired(1), 0).await.unwrap();
+    let batch = next_within(&mut watch, BOUND).await;
+    assert!(
+        matches!(&batch, WatchBatch::Events(e) if e[0].key() == key(0)),
+        "{batch:?}"
+    );
+
+    second.restore();
+    first.blackhole();
+    writer.put(&key(1), &desired(1), 0).await.unwrap();
+    let batch = next_within(&mut watch, STALL_BOUND * 4).await;
+    assert!(
+        matches!(&batch, WatchBatch::Events(e) if e.len() == 1 && e[0].key() == key(1)),
+        "{batch:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_relists_after_a_snapshot_restore() {
+    let mut etcd = EtcdCluster::start(1).await;
+    let store = store(&etcd).await;
+    let prefix = store.keys().pools_prefix();
+    let key = |i: usize| store.keys().zone_desired(&format!("p{i}"), "z1").unwrap();
+    for i in 0..3 {
+        store.put(&key(i), &desired(1), 0).await.unwrap();
+    }
+    let snapshot = etcd.dir().join("backup.db");
+    etcd.snapshot_save(&snapshot).await;
+    let (_, start) = store.list_raw(&prefix).await.unwrap();
+    let mut watch = ResumableWatch::new(
+        store.client().clone(),
+        WatchRange::Prefix(prefix.clone()),
+        start + 1,
+    );
+    // After the snapshot: more writes, all delivered.
+    store.delete(&key(0)).await.unwrap();
+    for i in 3..8 {
+        store.put(&key(i), &desired(2), 0).await.unwrap();
+    }
+    let mut delivered = 0;
+    while delivered < 6 {
+        match next_within(&mut watch, BOUND).await {
+            WatchBatch::Events(events) => delivered += events.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    etcd.restore_snapshot(&snapshot).await;
+    let store = Store::new(
+        EtcdOptions::new(etcd.endpoints()).connect().await.unwrap(),
+        store.keys().clone(),
+    );
+    let batch = next_within(&mut watch, BOUND).await;
+    let WatchBatch::Resync { revision, keys } = batch else {
+        panic!("expected a re-list after the restore, got {batch:?}");
+    };
+    assert!(revision < start + 6, "revisions went back");
+    let names: Vec<_> = keys.iter().map(|k| k.key.clone()).collect();
+    assert_eq!(names, vec![key(0), key(1), key(2)], "the snapshot's keys");
+    // And it follows the restored etcd on.
+    store.put(&key(9), &desired(3), 0).await.unwrap();
+    let batch = next_within(&mut watch, BOUND).await;
+    assert!(
+        matches!(&batch, WatchBatch::Events(e) if e.len() == 1 && e[0].key() == key(9)),
+        "{batch:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_refused_by_etcd_tells_its_health_until_it_works() {
+    let etcd = EtcdCluster::start(1).await;
+    let keys = store(&etcd).await.keys().clone();
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "root-password", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("pm").await.unwrap();
+    admin.user_add("pm", "pm-password", None).await.unwrap();
+    admin.user_grant_role("pm", "pm").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut options = EtcdOptions::new(etcd.endpoints());
+    options.user = Some(("pm".into(), Secret::new("pm-password")));
+    let client = options.connect().await.unwrap();
+    let health: Arc<Mutex<Option<String>>> = Arc::default();
+    let told = health.clone();
+    let mut watch = ResumableWatch::new(client, WatchRange::Prefix(keys.pools_prefix()), 1)
+        .with_health(move |reason| *told.lock().unwrap() = reason.map(str::to_string));
+    let following = tokio::spawn(async move { watch.next().await });
+    let reason = eventually("the refusal is told", BOUND, || async {
+        health.lock().unwrap().clone()
+    })
+    .await;
+    assert!(reason.contains("permission denied"), "{reason}");
+
+    let mut root = EtcdOptions::new(etcd.endpoints());
+    root.user = Some(("root".into(), Secret::new("root-password")));
+    let mut root = root.connect().await.unwrap();
+    root.role_grant_permission("pm", Permission::read(keys.root()).with_prefix())
+        .await
+        .unwrap();
+    eventually("the watch works again", BOUND, || async {
+        health.lock().unwrap().is_none().then_some(())
+    })
+    .await;
+    following.abort();
 }

@@ -1,5 +1,6 @@
 //! The whole system as separate processes: etcd, gce-sim, pm-scheduler, pm-agent.
-//! Converging, preemption, stockouts, scale-down, crashes and hooks.
+//! Converging, preemption, stockouts, scale-down, crashes and hooks; etcd losing quorum,
+//! one etcd member partitioned from the agents, and etcd restored from a snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use pm_proto::{Event, Hooks, ObservedInstance, ZoneExhaustion};
 use pm_tests::cluster::{PROJECT, TEMPLATE};
-use pm_tests::Cluster;
+use pm_tests::{Cluster, TcpProxy};
 
 const BOUND: Duration = Duration::from_secs(45);
 
@@ -881,4 +882,114 @@ async fn new_statuses_in_restart_mode_are_resumed_or_waited_for() {
         after[deprovisioning]
     );
     assert_eq!(c.sim().state().await.unwrap().counters.resumed, 1);
+}
+
+/// Waits until etcd records exactly the instances GCE has of `pool`, `want` of them.
+async fn wait_recorded(c: &Cluster, pool: &str, want: usize) {
+    c.wait(
+        &format!("{want} instances of {pool} recorded"),
+        BOUND,
+        || async {
+            let names: usize = c
+                .try_observed(pool)
+                .await
+                .ok()?
+                .values()
+                .map(Vec::len)
+                .sum();
+            (names == want).then_some(())
+        },
+    )
+    .await;
+    assert_no_leaks(c, pool).await;
+}
+
+/// The agent of `zone` that is active (`pm_agent_active` 1), by index.
+async fn active_agent(c: &Cluster, zone: &str) -> usize {
+    c.wait(&format!("an active agent in {zone}"), BOUND, || async {
+        for i in 0..c.agent_count(zone) {
+            let addr = c.agent_metrics(zone, i).await;
+            let (_, text) = pm_tests::cluster::http_get(addr, "/metrics").await?;
+            if pm_tests::cluster::metric_sum(&text, "pm_agent_active", &[]) == 1.0 {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Known failing: with one member's proxy blackholed, the agents' unary requests and
+/// lease keep-alives that the client balances onto that member fail only when HTTP/2
+/// pings time out (about 4 s, past the 2 s lease), so terms keep ending and the zone goes
+/// without an agent. The watch itself moves on (etcd_layer's
+/// `a_watch_whose_stream_goes_silent_moves_to_another_member`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 15 item 3: sessions and requests routed to a partitioned member still fail terms"]
+async fn one_etcd_member_partitioned_from_the_agents_freezes_nothing() {
+    let mut c = Cluster::builder()
+        .zones(1)
+        .agents(0)
+        .etcd_members(3)
+        .start()
+        .await;
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(TcpProxy::for_url(&c.etcd().endpoint(i)).await);
+    }
+    let via: Vec<String> = proxies.iter().map(TcpProxy::url).collect();
+    c.start_agent_via("zone-a", &via.join(","));
+    c.start_agent_via("zone-a", &via.join(","));
+    let mut config = c.pool_config("part-", 2);
+    c.set_pool("part", config.clone()).await;
+    wait_running(&c, "part", 2).await;
+
+    // Each member in turn is cut off from the agents (the two others keep quorum): one of
+    // them carries the active agent's watch, which must not freeze its view.
+    for (i, proxy) in proxies.iter().enumerate() {
+        proxy.blackhole();
+        config.target_vm_count = 3 + i as i64;
+        c.set_pool("part", config.clone()).await;
+        wait_running(&c, "part", 3 + i).await;
+        proxy.restore();
+    }
+
+    // With a member cut off, the active agent dies: the standby takes over.
+    proxies[0].blackhole();
+    let active = active_agent(&c, "zone-a").await;
+    c.agent("zone-a", active).kill9().await;
+    config.target_vm_count = 2;
+    c.set_pool("part", config).await;
+    wait_running(&c, "part", 2).await;
+    wait_recorded(&c, "part", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_etcd_snapshot_restore_pm_converges_on_the_restored_state() {
+    let mut c = Cluster::builder().zones(2).start().await;
+    let mut config = c.pool_config("snap-", 2);
+    c.set_pool("snap", config.clone()).await;
+    wait_running(&c, "snap", 2).await;
+    wait_recorded(&c, "snap", 2).await;
+    let snapshot = c.etcd().dir().join("backup.db");
+    c.etcd().snapshot_save(&snapshot).await;
+
+    // After the backup: the pool grows, and etcd's revisions go well past the snapshot's.
+    config.target_vm_count = 5;
+    c.set_pool("snap", config).await;
+    wait_running(&c, "snap", 5).await;
+    wait_recorded(&c, "snap", 5).await;
+
+    // The restore brings back target 2 and two recorded instances, at older revisions:
+    // the daemons must follow it, and the three VMs etcd no longer knows must go.
+    c.etcd().restore_snapshot(&snapshot).await;
+    wait_running(&c, "snap", 2).await;
+    wait_recorded(&c, "snap", 2).await;
+    let target = c
+        .store()
+        .get::<pm_proto::PoolConfig>(&c.store().keys().pool_config("snap").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(target.value.target_vm_count, 2, "the restored config");
 }

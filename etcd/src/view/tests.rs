@@ -430,3 +430,43 @@ fn a_pool_deleted_by_the_writer_is_gone_and_its_echoes_change_nothing() {
     assert!(changes.is_empty(), "{:?}", described(&changes));
     assert!(view.removed.is_empty());
 }
+
+#[test]
+fn a_listing_from_before_what_was_seen_is_a_restore_and_replaces_the_view() {
+    let ks = keys();
+    let mut view = PoolsView::new(ks.clone());
+    let ck = ks.pool_config("web").unwrap();
+    let dk = ks.zone_desired("web", "zone-a").unwrap();
+    let a1 = instance_key("zone-a", "web-a1");
+    let a2 = instance_key("zone-a", "web-a2");
+    view.load(
+        &[
+            stored(ck.clone(), config(6), 90),
+            stored(dk.clone(), desired(6).encode_to_vec(), 91),
+            stored(a1.clone(), instance(InstanceState::Running), 92),
+        ],
+        95,
+    );
+    view.apply(events(vec![put(
+        a2.clone(),
+        instance(InstanceState::Running),
+        99,
+    )]));
+    // etcd restored from a snapshot taken at revision 50: older values, fewer keys.
+    let changes = view.load(
+        &[
+            stored(ck, config(3), 40),
+            stored(dk, desired(3).encode_to_vec(), 41),
+        ],
+        50,
+    );
+    assert_eq!(changes.len(), 4, "{:?}", described(&changes));
+    let pool = view.pool("web").unwrap();
+    assert_eq!(pool.config.as_ref().unwrap().value.target_vm_count, 3);
+    assert_eq!(count(&view, "zone-a"), Some(3));
+    assert!(view.zone("web", "zone-a").instances.is_empty());
+    // From then on the restored revisions count.
+    let changes = view.apply(events(vec![put(a1, instance(InstanceState::Running), 51)]));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(view.zone("web", "zone-a").instances.len(), 1);
+}
