@@ -563,22 +563,27 @@ async fn operations_that_never_finish_do_not_stall_creates() {
     .await;
 }
 
+/// Every insert answered 403 `quotaExceeded` from now on.
+async fn refuse_inserts_for_quota(c: &Cluster) {
+    c.sim()
+        .set_faults(&gce_sim::Faults {
+            error_rate: 1.0,
+            status: 403,
+            reason: Some("quotaExceeded".into()),
+            methods: Some(vec!["compute.instances.insert".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_and_permanent_errors_do_not_spin() {
     let c = Cluster::builder().zones(1).start().await;
     let insert = "compute.instances.insert";
 
     // Quota: every insert is refused; the agent backs off instead of retrying at once.
-    c.sim()
-        .set_faults(&gce_sim::Faults {
-            error_rate: 1.0,
-            status: 403,
-            reason: Some("quotaExceeded".into()),
-            methods: Some(vec![insert.into()]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    refuse_inserts_for_quota(&c).await;
     let mut config = c.pool_config("q-", 3);
     c.set_pool("q", config.clone()).await;
     let e = wait_event(&c, "q", "creates-throttled").await;
@@ -642,16 +647,7 @@ async fn a_quota_storm_is_probed_not_hammered_and_recovers_quickly() {
         .start()
         .await;
     let insert = "compute.instances.insert";
-    c.sim()
-        .set_faults(&gce_sim::Faults {
-            error_rate: 1.0,
-            status: 403,
-            reason: Some("quotaExceeded".into()),
-            methods: Some(vec![insert.into()]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    refuse_inserts_for_quota(&c).await;
     c.set_pool("storm", c.pool_config("storm-", SHORT as i64))
         .await;
     c.wait("the first insert", BOUND, || async {
