@@ -188,7 +188,7 @@ impl<'a> ActiveAgent<'a> {
         let Some(value) = self.heartbeat.change(&self.member.info, Instant::now()) else {
             return Ok(());
         };
-        if !value.reconciling {
+        if value.reconciling == Some(false) {
             tracing::warn!(stall_after = ?self.ctx.stall_after, "no reconcile pass completed; the zone counts as without agent");
         }
         let member = &self.member;

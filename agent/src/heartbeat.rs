@@ -65,7 +65,7 @@ impl Heartbeat {
     pub fn change(&self, info: &AgentInfo, now: Instant) -> Option<AgentInfo> {
         let reconciling = self.reconciling(now);
         (reconciling != self.recorded).then(|| AgentInfo {
-            reconciling,
+            reconciling: Some(reconciling),
             last_pass_unix_ms: self.last_pass.map_or(0, |(_, ms)| ms),
             ..info.clone()
         })
@@ -73,7 +73,7 @@ impl Heartbeat {
 
     /// The member key now says `value`.
     pub fn recorded(&mut self, value: &AgentInfo) {
-        self.recorded = value.reconciling;
+        self.recorded = value.reconciling.unwrap_or(false);
     }
 
     /// When the agent stalls unless a pass completes first: `None` while it is not
@@ -94,7 +94,7 @@ mod tests {
     fn write(beat: &mut Heartbeat, now: Instant) -> Option<bool> {
         let value = beat.change(&AgentInfo::default(), now)?;
         beat.recorded(&value);
-        Some(value.reconciling)
+        value.reconciling
     }
 
     #[tokio::test(start_paused = true)]
@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(beat.deadline(), None);
         beat.passed(Instant::now(), 1_000);
         let value = beat.change(&AgentInfo::default(), Instant::now()).unwrap();
-        assert_eq!((value.reconciling, value.last_pass_unix_ms), (true, 1_000));
+        assert_eq!(
+            (value.reconciling, value.last_pass_unix_ms),
+            (Some(true), 1_000)
+        );
         beat.recorded(&value);
         for _ in 0..100 {
             tokio::time::advance(Duration::from_secs(5)).await;
@@ -123,7 +126,10 @@ mod tests {
         assert_eq!(write(&mut beat, Instant::now()), None);
         tokio::time::advance(Duration::from_millis(1)).await;
         let value = beat.change(&AgentInfo::default(), Instant::now()).unwrap();
-        assert_eq!((value.reconciling, value.last_pass_unix_ms), (false, 1_000));
+        assert_eq!(
+            (value.reconciling, value.last_pass_unix_ms),
+            (Some(false), 1_000)
+        );
         beat.recorded(&value);
         assert_eq!(beat.deadline(), None, "stalled: nothing more to watch");
         assert_eq!(write(&mut beat, Instant::now()), None);

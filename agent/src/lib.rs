@@ -216,6 +216,9 @@ impl Candidate for AgentTerm<'_> {
                 .to_string(),
             started_unix_ms: now_unix_ms(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            // Said from the start, so the scheduler never takes this agent for an older
+            // one, which it counts by its member key alone.
+            reconciling: Some(false),
             ..Default::default()
         };
         ctx.store

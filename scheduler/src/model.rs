@@ -429,11 +429,12 @@ impl Model {
     }
 
     /// An agent's member key was written: it is registered, and reconciling as its
-    /// value says (a value that does not decode says it is not).
+    /// value says (a value that does not decode says it is not; one without the field,
+    /// from an agent older than it, counts as reconciling, as member keys did before).
     fn agent_put(&mut self, kv: &StoredKey) {
         if let Some((zone, agent_id)) = self.agent_key(&kv.key) {
             let reconciling = match pm_etcd::decode::<AgentInfo>(&kv.key, &kv.value) {
-                Ok(info) => info.reconciling,
+                Ok(info) => info.reconciling.unwrap_or(true),
                 Err(error) => {
                     tracing::warn!(%error, "an agent member value does not decode");
                     false

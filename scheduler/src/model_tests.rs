@@ -233,7 +233,7 @@ fn a_zone_has_a_reconciling_agent_only_while_its_member_says_so() {
     let a = keys.agent_member("z1", "a1").unwrap();
     let info = |reconciling| {
         pm_proto::AgentInfo {
-            reconciling,
+            reconciling: Some(reconciling),
             ..Default::default()
         }
         .encode_to_vec()
@@ -248,6 +248,12 @@ fn a_zone_has_a_reconciling_agent_only_while_its_member_says_so() {
     m.apply_agents(events(vec![put(a.clone(), info(true), 4)]));
     m.apply_agents(events(vec![put(a.clone(), b"\xff\xff".to_vec(), 5)]));
     assert!(m.reconciling.is_empty(), "undecodable");
+    let legacy = pm_proto::AgentInfo::default().encode_to_vec();
+    m.apply_agents(events(vec![put(a.clone(), legacy, 6)]));
+    assert!(
+        m.reconciling["z1"].contains("a1"),
+        "an agent older than the field counts by its member key, as before"
+    );
     m.apply_agents(events(vec![put(a.clone(), info(true), 6)]));
     m.apply_agents(events(vec![delete(a, 7)]));
     assert!(m.reconciling.is_empty() && m.agents.is_empty(), "gone");

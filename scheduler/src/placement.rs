@@ -95,6 +95,13 @@ pub fn distribution_input(
     let mut names = allowed.clone();
     names.extend(view.zones.keys().cloned());
     let empty = ZoneView::default();
+    // A zone without agent is written off only when another zone can take its share:
+    // with nowhere to go, writing it off would only tell its agent, when it is back, to
+    // delete what it has (all agents restarting at once after the grace, say).
+    let share_can_move = allowed.iter().any(|name| {
+        let zv = view.zones.get(name).unwrap_or(&empty);
+        is_usable(true, zv, agent_ok(name))
+    });
     let zones = names
         .into_iter()
         .map(|name| {
@@ -104,7 +111,7 @@ pub fn distribution_input(
             let usable = is_usable(is_allowed, zv, agent);
             ZoneState {
                 allowed: is_allowed,
-                live: kept(zv, usable, agent),
+                live: kept(zv, usable, agent || !share_can_move),
                 usable,
                 capacity: capacity(zv, base, now_ms),
                 last_success_unix_ms: zv.counts.last_success_unix_ms,

@@ -54,7 +54,7 @@ async fn setup() -> Setup {
 /// The member value of an active agent that completes its passes.
 fn reconciling_agent() -> pm_proto::AgentInfo {
     pm_proto::AgentInfo {
-        reconciling: true,
+        reconciling: Some(true),
         ..Default::default()
     }
 }
@@ -388,7 +388,10 @@ async fn a_zone_whose_active_agent_does_not_reconcile_counts_as_without_agent() 
         .agent_member("zone-c", "agent-zone-c")
         .unwrap();
     let lease = s.agents["zone-c"].lease_id();
-    let stalled = pm_proto::AgentInfo::default();
+    let stalled = pm_proto::AgentInfo {
+        reconciling: Some(false),
+        ..Default::default()
+    };
     s.store.put(&key, &stalled, lease).await.unwrap();
     let d = wait_counts(
         &s.store,

@@ -312,7 +312,7 @@ async fn an_active_agent_that_cannot_reconcile_counts_as_gone() {
         .unwrap();
     assert_eq!(listed.items.len(), 1, "zone-b still has a member key");
     assert!(
-        !listed.items[0].1.value.reconciling,
+        listed.items[0].1.value.reconciling == Some(false),
         "it says it is stalled"
     );
 }

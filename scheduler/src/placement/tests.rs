@@ -274,13 +274,16 @@ proptest! {
     fn the_input_follows_the_rules((view, agents) in random_pool()) {
         let input = distribution_input(&view, |z| agents.contains(z), NOW);
         let allowed = allowed_zones(&view);
+        let share_can_move = allowed.iter().any(|z| {
+            agents.contains(z) && view.zones.get(z).is_none_or(|zv| zv.exhausted.is_none())
+        });
         for state in &input.zones {
             let zone = &view.zones[&state.zone];
             let usable = allowed.contains(&state.zone)
                 && zone.exhausted.is_none()
                 && agents.contains(&state.zone);
             prop_assert_eq!(state.usable, usable);
-            let expected = if !agents.contains(&state.zone) {
+            let expected = if !agents.contains(&state.zone) && share_can_move {
                 0
             } else if zone.exhausted.is_some() {
                 zone.counts.live_confirmed
@@ -602,4 +605,36 @@ fn a_lost_agents_share_moves_and_its_surplus_is_shed_when_it_is_back() {
         steps.extend([Shed(0), Shed(1), Create(0), Create(1)]);
     }
     assert_eq!(simulate(6, Distribution::Even, 2, &steps), Ok(6));
+}
+
+#[test]
+fn zones_without_agent_keep_their_instances_when_no_zone_can_take_them() {
+    let mut view = pool(4, Distribution::Even, &["a", "b"]);
+    view.zones
+        .insert("a".into(), zone_view(2, 0, Some(desired(2, true))));
+    view.zones
+        .insert("b".into(), zone_view(2, 0, Some(desired(2, true))));
+    let live = |agents: &[&str]| -> Vec<u64> {
+        distribution_input(&view, |z| agents.contains(&z), NOW)
+            .zones
+            .iter()
+            .map(|z| z.live)
+            .collect()
+    };
+    assert_eq!(live(&["a"]), [2, 0], "b's share can move to a: written off");
+    assert_eq!(
+        live(&[]),
+        [2, 2],
+        "no agent anywhere: nothing to move to, both keep what they have"
+    );
+    let placement = placed(&view, |_| false);
+    let counts: Vec<i64> = placement
+        .writes
+        .iter()
+        .filter_map(|w| w.next.as_ref().map(|d| d.count))
+        .collect();
+    assert!(
+        counts.iter().all(|&c| c == 2),
+        "returning agents are not told to delete: {placement:?}"
+    );
 }
