@@ -161,8 +161,8 @@ pub async fn reconcile_pool(
         desired: desired.map_or(-1, |d| d.count),
         may_create,
         on_preempted: config.on_preempted(),
-        listed: listed.clone(),
-        observed: observed.clone(),
+        listed,
+        observed,
         in_flight: state.in_flight.clone(),
         now_ms: now_unix_ms(),
         insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
@@ -201,8 +201,9 @@ pub async fn reconcile_pool(
     if desired.is_none() {
         // Not placed here by the scheduler: never scale down on a guess.
         decision.delete.retain(|n| {
-            listed.get(n).is_some_and(|l| is_stopped(l.status))
-                || observed
+            inputs.listed.get(n).is_some_and(|l| is_stopped(l.status))
+                || inputs
+                    .observed
                     .get(n)
                     .is_some_and(|o| o.state() == InstanceState::Deleting)
         });
@@ -212,18 +213,20 @@ pub async fn reconcile_pool(
     } else {
         preemption_operations(ctx, &project, &mut pass.reports).await
     };
-    let inputs = EffectInputs {
+    let effect_inputs = EffectInputs {
         pool,
         project: &project,
         zone: ctx.zone,
         agent_id: ctx.agent_id,
         now_ms: now_unix_ms(),
         config: &config,
-        listed: &listed,
-        observed: &observed,
+        listed: &inputs.listed,
+        observed: &inputs.observed,
         preempted_ops: &preempted_ops,
     };
-    let fx = effects(&decision, &inputs, || new_instance_name(&config.prefix));
+    let fx = effects(&decision, &effect_inputs, || {
+        new_instance_name(&config.prefix)
+    });
     pass.effects = Some((project, fx));
     pass
 }

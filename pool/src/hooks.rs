@@ -45,6 +45,17 @@ impl HookEvent {
     }
 
     /// The hook a pool's `hooks` names for this event (empty: none).
+    pub fn name(self, hooks: &Hooks) -> &str {
+        match self {
+            HookEvent::Create => &hooks.create,
+            HookEvent::Delete => &hooks.delete,
+            HookEvent::Vanished => &hooks.vanished,
+            HookEvent::Exhausted => &hooks.exhausted,
+            HookEvent::Preempted => &hooks.preempted,
+        }
+    }
+
+    /// The field of a pool's `hooks` that names this event's hook, to set it.
     pub fn slot(self, hooks: &mut Hooks) -> &mut String {
         match self {
             HookEvent::Create => &mut hooks.create,
@@ -57,9 +68,8 @@ impl HookEvent {
 
     /// The hook name a pool configured for this event.
     pub fn configured(self, hooks: Option<&Hooks>) -> Option<String> {
-        let mut hooks = hooks?.clone();
-        let name = std::mem::take(self.slot(&mut hooks));
-        (!name.is_empty()).then_some(name)
+        let name = self.name(hooks?);
+        (!name.is_empty()).then(|| name.to_string())
     }
 }
 
