@@ -50,20 +50,17 @@ pub fn is_usable(allowed: bool, zone: &ZoneView, agent_ok: bool) -> bool {
     allowed && zone.exhausted.is_none() && agent_ok
 }
 
-/// The instances the zone counts as keeping when the pool is placed; `agent_ok` tells
-/// whether its agent is alive (or gone for less than the grace).
+/// The instances the zone counts as keeping when the pool is placed.
 ///
-/// A zone whose agent is gone past the grace keeps nothing: nobody replaces what it
-/// loses, so its recorded instances are not counted on, and if they are still there
-/// when the agent is back they are counted again (and the surplus shed). An exhausted
+/// A zone that is not usable (not allowed, or its agent gone past the grace) keeps its
+/// live instances: they still exist, and handing their share to other zones would
+/// overshoot target + zones when they come back (the fault suite saw 16 for 12 + 3). An exhausted
 /// zone keeps what GCE has, not the inserts about to fail. A usable zone keeps what its
 /// agent was told to reach: the agent may be creating those instances already, so
 /// handing them to another zone before it records them would have two agents create them.
-pub fn kept(zone: &ZoneView, usable: bool, agent_ok: bool) -> u64 {
+pub fn kept(zone: &ZoneView, usable: bool) -> u64 {
     let counts = &zone.counts;
-    if !agent_ok {
-        0
-    } else if zone.exhausted.is_some() {
+    if zone.exhausted.is_some() {
         counts.live_confirmed
     } else if usable {
         counts.live.max(committed(zone))
@@ -95,13 +92,6 @@ pub fn distribution_input(
     let mut names = allowed.clone();
     names.extend(view.zones.keys().cloned());
     let empty = ZoneView::default();
-    // A zone without agent is written off only when another zone can take its share:
-    // with nowhere to go, writing it off would only tell its agent, when it is back, to
-    // delete what it has (all agents restarting at once after the grace, say).
-    let share_can_move = allowed.iter().any(|name| {
-        let zv = view.zones.get(name).unwrap_or(&empty);
-        is_usable(true, zv, agent_ok(name))
-    });
     let zones = names
         .into_iter()
         .map(|name| {
@@ -111,7 +101,7 @@ pub fn distribution_input(
             let usable = is_usable(is_allowed, zv, agent);
             ZoneState {
                 allowed: is_allowed,
-                live: kept(zv, usable, agent || !share_can_move),
+                live: kept(zv, usable),
                 usable,
                 capacity: capacity(zv, base, now_ms),
                 last_success_unix_ms: zv.counts.last_success_unix_ms,

@@ -249,40 +249,40 @@ async fn a_stocked_out_zone_is_exhausted_and_its_share_moves() {
     assert_no_leaks(&c, "api").await;
 }
 
-/// Running instances of `pool` by zone in GCE, whatever pm recorded.
-async fn running_in_gce(c: &Cluster, pool: &str) -> BTreeMap<String, usize> {
-    let zones = c.gce_instances(pool).await.into_iter();
-    zones
-        .map(|(zone, list)| {
-            let running = list
-                .iter()
-                .filter(|i| i.status == Some(pm_gce::resources::InstanceStatus::Running));
-            (zone, running.count())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zone_whose_agent_is_gone_past_the_grace_loses_its_share_until_it_is_back() {
+async fn a_zone_whose_agent_is_gone_past_the_grace_gets_nothing_new_until_it_is_back() {
     let mut c = Cluster::builder().zones(2).start().await;
     c.set_pool("web", c.pool_config("web-", 4)).await;
     let running = wait_running(&c, "web", 4).await;
     assert_eq!((running["zone-a"], running["zone-b"]), (2, 2));
     c.agent("zone-b", 0).kill9().await;
-    // Past the grace (5s) zone-b's recorded instances no longer count: zone-a takes it all.
-    c.wait("zone-a holds the whole target", BOUND, || async {
-        (running_in_gce(&c, "web").await.get("zone-a") == Some(&4)).then_some(())
-    })
-    .await;
-    // Back, zone-b's survivors count again: the surplus is shed, down to the target.
+    // Past the grace (5s) zone-b gets nothing new; its instances still exist and count,
+    // so nothing is created elsewhere (target + zones holds when the agent is back).
+    wait_accepts_new(&c, "zone-b", false).await;
+    let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
+    assert_eq!(all, 4, "no replacement for instances that still run");
     c.start_agent("zone-b");
-    c.wait("the surplus is shed", BOUND, || async {
-        let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
-        (all == 4).then_some(())
-    })
-    .await;
+    wait_accepts_new(&c, "zone-b", true).await;
     wait_running(&c, "web", 4).await;
     assert_no_leaks(&c, "web").await;
+}
+
+/// Waits until the scheduler tells `zone` of pool `web` that it may (or may not) create.
+async fn wait_accepts_new(c: &Cluster, zone: &str, accept_new: bool) {
+    let key = c.store().keys().zone_desired("web", zone).unwrap();
+    c.wait(
+        &format!("{zone} accept_new = {accept_new}"),
+        BOUND,
+        || async {
+            let d = c
+                .store()
+                .get::<pm_proto::ZoneDesired>(&key)
+                .await
+                .unwrap()?;
+            (d.value.accept_new == accept_new).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,10 +300,7 @@ async fn an_active_agent_that_cannot_reconcile_counts_as_gone() {
         ("--stall-after", "3s"),
     ];
     c.start_agent_with("zone-b", &etcd, &unreachable);
-    c.wait("zone-a holds the whole target", BOUND, || async {
-        (running_in_gce(&c, "web").await.get("zone-a") == Some(&4)).then_some(())
-    })
-    .await;
+    wait_accepts_new(&c, "zone-b", false).await;
     let members = c.store().keys().agent_members_prefix("zone-b").unwrap();
     let listed = c
         .store()

@@ -88,23 +88,17 @@ fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
 fn what_a_zone_keeps_depends_on_whether_it_can_create() {
     let mut zone = zone_view(2, 1, Some(desired(6, true)));
     assert_eq!(
-        kept(&zone, true, true),
+        kept(&zone, true),
         6,
         "usable: the count its agent creates toward"
     );
     assert_eq!(
-        kept(&zone, false, true),
+        kept(&zone, false),
         3,
-        "not allowed: its live instances"
+        "not usable (not allowed, or its agent gone): its live instances"
     );
-    assert_eq!(kept(&zone, false, false), 0, "agent gone: nothing");
     zone.exhausted = Some(ZoneExhaustion::default());
-    assert_eq!(kept(&zone, false, true), 2, "exhausted: what GCE confirmed");
-    assert_eq!(
-        kept(&zone, false, false),
-        0,
-        "exhausted, agent gone: nothing"
-    );
+    assert_eq!(kept(&zone, false), 2, "exhausted: what GCE confirmed");
     assert!(!is_usable(true, &zone, true));
 }
 
@@ -210,8 +204,8 @@ async fn a_zone_without_agent_past_the_grace_gets_nothing_new_and_its_share_move
     let past = at(&presence, now());
     assert_eq!(
         counts(&past),
-        [("a".into(), 0), ("b".into(), 6)],
-        "a's recorded instance is not counted on: nobody replaces it"
+        [("a".into(), 1), ("b".into(), 5)],
+        "a keeps what it has and gets nothing new; the rest goes to b"
     );
     let a = past.plan.zone("a").map(|alloc| alloc.accept_new);
     assert_eq!(a, Some(false));
@@ -274,18 +268,13 @@ proptest! {
     fn the_input_follows_the_rules((view, agents) in random_pool()) {
         let input = distribution_input(&view, |z| agents.contains(z), NOW);
         let allowed = allowed_zones(&view);
-        let share_can_move = allowed.iter().any(|z| {
-            agents.contains(z) && view.zones.get(z).is_none_or(|zv| zv.exhausted.is_none())
-        });
         for state in &input.zones {
             let zone = &view.zones[&state.zone];
             let usable = allowed.contains(&state.zone)
                 && zone.exhausted.is_none()
                 && agents.contains(&state.zone);
             prop_assert_eq!(state.usable, usable);
-            let expected = if !agents.contains(&state.zone) && share_can_move {
-                0
-            } else if zone.exhausted.is_some() {
+            let expected = if zone.exhausted.is_some() {
                 zone.counts.live_confirmed
             } else if usable {
                 zone.counts.live.max(committed(zone))
@@ -563,78 +552,4 @@ proptest! {
             prop_assert!(false, "{}", failure);
         }
     }
-}
-
-#[test]
-fn two_zones_becoming_usable_do_not_both_create_the_same_instances() {
-    use Step::*;
-    // Zone 0 alone is told 12 and its agent starts creating; then zone 1's agent is back
-    // and reads at once: zone 1 must get nothing of zone 0's share.
-    let steps = [
-        LoseAgent(1),
-        Read(0),
-        Create(0),
-        RegainAgent(1),
-        Read(1),
-        Create(1),
-        Create(0),
-        Create(0),
-    ];
-    assert!(simulate(12, Distribution::Even, 2, &steps).is_ok());
-}
-
-#[test]
-fn a_lost_agents_share_moves_and_its_surplus_is_shed_when_it_is_back() {
-    use Step::*;
-    // The first placement follows the first step: read again after it.
-    let mut steps = vec![Confirm(0), Read(0), Read(1)];
-    let fill = |steps: &mut Vec<Step>, z: usize, n: usize| {
-        for _ in 0..n {
-            steps.extend([Create(z), Confirm(z)]);
-        }
-    };
-    fill(&mut steps, 0, 3);
-    fill(&mut steps, 1, 3);
-    // Zone 0's agent is gone past the grace: zone 1 is told the whole target.
-    steps.extend([LoseAgent(0), Read(1)]);
-    fill(&mut steps, 1, 3);
-    assert_eq!(simulate(6, Distribution::Even, 2, &steps), Ok(9));
-    // It is back with its 3 instances: the surplus is shed, nothing more is created.
-    steps.extend([RegainAgent(0), Read(0), Read(1)]);
-    for _ in 0..3 {
-        steps.extend([Shed(0), Shed(1), Create(0), Create(1)]);
-    }
-    assert_eq!(simulate(6, Distribution::Even, 2, &steps), Ok(6));
-}
-
-#[test]
-fn zones_without_agent_keep_their_instances_when_no_zone_can_take_them() {
-    let mut view = pool(4, Distribution::Even, &["a", "b"]);
-    view.zones
-        .insert("a".into(), zone_view(2, 0, Some(desired(2, true))));
-    view.zones
-        .insert("b".into(), zone_view(2, 0, Some(desired(2, true))));
-    let live = |agents: &[&str]| -> Vec<u64> {
-        distribution_input(&view, |z| agents.contains(&z), NOW)
-            .zones
-            .iter()
-            .map(|z| z.live)
-            .collect()
-    };
-    assert_eq!(live(&["a"]), [2, 0], "b's share can move to a: written off");
-    assert_eq!(
-        live(&[]),
-        [2, 2],
-        "no agent anywhere: nothing to move to, both keep what they have"
-    );
-    let placement = placed(&view, |_| false);
-    let counts: Vec<i64> = placement
-        .writes
-        .iter()
-        .filter_map(|w| w.next.as_ref().map(|d| d.count))
-        .collect();
-    assert!(
-        counts.iter().all(|&c| c == 2),
-        "returning agents are not told to delete: {placement:?}"
-    );
 }
