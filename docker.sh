@@ -62,7 +62,8 @@ member_args() {
         --listen-client-urls "http://$listen:$cport" --advertise-client-urls "http://$host:$cport" \
         --listen-peer-urls "http://$listen:$pport" --initial-advertise-peer-urls "http://$host:$pport" \
         --initial-cluster "$(initial_cluster "$n" "$host")" --initial-cluster-state new \
-        --initial-cluster-token pm-local
+        --initial-cluster-token pm-local \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h
 }
 
 wait_healthy() {

@@ -6,7 +6,7 @@
 //! ([`crate::operations`], [`crate::failure`]). Its member key says whether its passes
 //! complete ([`crate::heartbeat`]), written only when that changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +27,11 @@ use crate::effects::{Effects, Notice};
 use crate::failure::{self, Action, PERMANENT_PAUSE};
 use crate::heartbeat::{Heartbeat, Member};
 use crate::hooks::{HookCall, HookRunner};
+use crate::lists::{Lists, Returned};
 use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
 use crate::operations::{Op, OpResult, Operations, Outcome};
 use crate::pool_state::{PoolState, Pools};
-use crate::reconcile::{reconcile_pool, PassContext, Report};
+use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Start};
 use crate::{zone_report, AGENT_CONDITION};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
@@ -41,6 +42,10 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// How long the loop sleeps when no pool is due (none known yet).
 const IDLE: Duration = Duration::from_secs(5);
+
+/// How long a pool whose list is in flight is not due; the pass sets the real time when
+/// the list returns (the client's own timeout ends a list well before).
+const LIST_IN_FLIGHT: Duration = Duration::from_secs(3600);
 
 /// What every term of an agent shares.
 pub struct AgentContext {
@@ -89,6 +94,8 @@ pub struct ActiveAgent<'a> {
     member: Member,
     /// Whether passes complete, and what the member key says of it.
     heartbeat: Heartbeat,
+    /// The GCE lists of passes in flight.
+    lists: Lists,
 }
 
 impl<'a> ActiveAgent<'a> {
@@ -115,6 +122,7 @@ impl<'a> ActiveAgent<'a> {
             ops,
             member,
             heartbeat: Heartbeat::new(ctx.stall_after),
+            lists: Lists::default(),
         }
     }
 
@@ -135,7 +143,7 @@ impl<'a> ActiveAgent<'a> {
 
     async fn follow(&mut self) -> pm_etcd::Result<()> {
         let prefix = self.ctx.store.keys().pools_prefix();
-        let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
+        let (listing, revision) = self.ctx.store.list_zone(&self.ctx.zone).await?;
         self.pools.load(&listing, revision);
         let served: Vec<String> = self
             .pools
@@ -174,9 +182,10 @@ impl<'a> ActiveAgent<'a> {
             tokio::select! {
                 batch = watch.next() => self.pools.apply(batch?),
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
+                returned = self.lists.next() => self.listed(returned).await?,
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = resync.tick() => {
-                    let (listing, revision) = self.ctx.store.list_raw(&prefix).await?;
+                    let (listing, revision) = self.ctx.store.list_zone(&self.ctx.zone).await?;
                     self.pools.load(&listing, revision);
                 }
             }
@@ -220,15 +229,23 @@ impl<'a> ActiveAgent<'a> {
             .filter(|(_, s)| s.next_sync <= now)
             .map(|(name, _)| name.clone())
             .collect();
+        let mut live = BTreeSet::new();
         for pool in due {
             let keys = self.pools.zone_keys(&pool);
             if self.pools.pools.get(&pool).is_some_and(|s| s.is_gone(keys)) {
                 self.pools.pools.remove(&pool);
                 self.ctx.metrics.forget_pool(&pool, &self.ctx.zone);
-                continue;
+            } else {
+                live.insert(pool);
             }
-            let span = tracing::info_span!("reconcile", pool = %pool, zone = %self.ctx.zone);
-            self.reconcile_one(&pool).instrument(span).await?;
+        }
+        for pool in live {
+            if self.lists.full() {
+                break;
+            }
+            if !self.lists.busy(&pool) {
+                self.start_pass(&pool).await?;
+            }
         }
         if !self.pools.any_concerns_zone() {
             // No pool uses the zone: there is nothing to list, and nothing in the way.
@@ -238,22 +255,76 @@ impl<'a> ActiveAgent<'a> {
         Ok(())
     }
 
-    /// One pass over `pool`, carried out. Passes over pools that do not use the zone do
-    /// nothing and are not timed.
-    async fn reconcile_one(&mut self, pool: &str) -> pm_etcd::Result<()> {
+    fn pass_context(&self) -> PassContext<'a> {
         let ctx = self.ctx;
-        let started = Instant::now();
-        let pass_ctx = PassContext {
+        PassContext {
             compute: ctx.compute.as_ref(),
             zone: &ctx.zone,
             agent_id: &ctx.agent_id,
             default_project: ctx.default_project.as_deref(),
             operation_timeout: ctx.operation_timeout,
-        };
+        }
+    }
+
+    /// Starts a pass over `pool`: done at once when there is nothing to list, else its
+    /// GCE list runs beside the other pools' ([`Lists`]) and the pass goes on in
+    /// [`Self::listed`].
+    async fn start_pass(&mut self, pool: &str) -> pm_etcd::Result<()> {
+        let pass_ctx = self.pass_context();
         let (state, keys) = self.pools.state_and_keys(pool);
-        let timed = state.config.is_some() && state.concerns(&ctx.zone, keys);
-        let pass = reconcile_pool(&pass_ctx, pool, state, keys).await;
+        match start_pass(&pass_ctx, pool, state, keys) {
+            Start::Done(pass) => {
+                state.next_sync = pass.next_sync;
+                let span = tracing::info_span!("reconcile", pool = %pool, zone = %self.ctx.zone);
+                self.finish_pass(pool, pass, None).instrument(span).await
+            }
+            Start::List(request) => {
+                // Not due again while its list runs: the pass sets the next time.
+                state.next_sync = Instant::now() + LIST_IN_FLIGHT;
+                let compute = self.ctx.compute.clone();
+                self.lists.start(pool, request, compute, &self.ctx.zone);
+                Ok(())
+            }
+        }
+    }
+
+    /// Goes on with a pass whose list returned. A pool gone meanwhile, or whose config
+    /// changed, is passed over again with what is stored now.
+    async fn listed(&mut self, returned: Returned) -> pm_etcd::Result<()> {
+        let Returned {
+            pool,
+            request,
+            started,
+            listed,
+        } = returned;
+        let pass_ctx = self.pass_context();
+        let Some(state) = self.pools.pools.get_mut(&pool) else {
+            return Ok(());
+        };
+        if state.config.as_ref() != Some(&*request.config) {
+            state.next_sync = Instant::now();
+            return Ok(());
+        }
+        let (state, keys) = self.pools.state_and_keys(&pool);
+        let timed = state.concerns(&self.ctx.zone, keys);
+        let span = tracing::info_span!("reconcile", pool = %pool, zone = %self.ctx.zone);
+        let pass = continue_pass(&pass_ctx, &pool, state, keys, request, listed)
+            .instrument(span.clone())
+            .await;
         state.next_sync = pass.next_sync;
+        self.finish_pass(&pool, pass, timed.then_some(started))
+            .instrument(span)
+            .await
+    }
+
+    /// Carries out one pass over `pool`.
+    async fn finish_pass(
+        &mut self,
+        pool: &str,
+        pass: Pass,
+        started: Option<Instant>,
+    ) -> pm_etcd::Result<()> {
+        let ctx = self.ctx;
         if pass.listed {
             ctx.readiness.met(AGENT_CONDITION);
             self.heartbeat.passed(Instant::now(), now_unix_ms());
@@ -264,7 +335,7 @@ impl<'a> ActiveAgent<'a> {
         if let Some((project, effects)) = pass.effects {
             self.carry_out(pool, &project, effects).await?;
         }
-        if timed {
+        if let Some(started) = started {
             let labels = ZoneLabels {
                 zone: ctx.zone.clone(),
             };

@@ -24,6 +24,7 @@ pub mod effects;
 pub mod failure;
 pub mod heartbeat;
 pub mod hooks;
+pub mod lists;
 pub mod metered;
 pub mod metrics;
 pub mod operations;
@@ -118,6 +119,7 @@ pub async fn run_with(
         registry,
         &readiness,
         metrics.etcd_errors.clone(),
+        metrics.etcd_largest_reply.clone(),
         &config.daemon.etcd,
         &shutdown,
     )

@@ -1,7 +1,7 @@
 //! pm-agent's metrics: what the agent did in its zone (instances, stockouts, GCE calls,
 //! reconciles, hooks) and whether it is the zone's active agent.
 
-use pm_telemetry::{EtcdErrorLabels, MetricDef, ETCD_ERRORS};
+use pm_telemetry::{EtcdErrorLabels, MetricDef, ETCD_ERRORS, ETCD_LARGEST_REPLY};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,6 +75,7 @@ pub const METRICS: &[MetricDef] = &[
     RECONCILE_DURATION,
     HOOK_RUNS,
     ETCD_ERRORS,
+    ETCD_LARGEST_REPLY,
 ];
 
 /// Labels of per-zone series.
@@ -177,6 +178,8 @@ pub struct AgentMetrics {
     pub hook_runs: Family<HookRunLabels, Counter>,
     /// etcd failures.
     pub etcd_errors: Family<EtcdErrorLabels, Counter>,
+    /// `pm_etcd_largest_reply_bytes`.
+    pub etcd_largest_reply: Gauge,
 }
 
 impl AgentMetrics {
@@ -195,6 +198,7 @@ impl AgentMetrics {
             reconcile: Family::new_with_constructor(reconcile_histogram as fn() -> Histogram),
             hook_runs: Family::default(),
             etcd_errors: Family::default(),
+            etcd_largest_reply: Gauge::default(),
         };
         AGENT_ACTIVE.register(registry, metrics.active.clone());
         INSTANCES_CREATED.register(registry, metrics.created.clone());
@@ -207,6 +211,7 @@ impl AgentMetrics {
         RECONCILE_DURATION.register(registry, metrics.reconcile.clone());
         HOOK_RUNS.register(registry, metrics.hook_runs.clone());
         ETCD_ERRORS.register(registry, metrics.etcd_errors.clone());
+        ETCD_LARGEST_REPLY.register(registry, metrics.etcd_largest_reply.clone());
         metrics.set_active(zone, false);
         metrics
     }

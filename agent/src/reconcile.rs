@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use pm_etcd::{now_unix_ms, ZoneKeys};
 use pm_gce::compute::Compute;
-use pm_gce::resources::Operation;
+use pm_gce::error::GceError;
+use pm_gce::resources::{Instance, Operation};
 use pm_pool::{is_pool_member, new_instance_name, pool_filter};
-use pm_proto::{InstanceState, Severity};
+use pm_proto::{InstanceState, PoolConfig, Severity};
 use tokio::time::Instant;
 
 use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs};
@@ -65,16 +66,38 @@ fn report(kind: &'static str, severity: Severity, message: String) -> Report {
     }
 }
 
-/// One pass over `pool`, whose keys in the zone are `keys`. It updates what only the pass
-/// decides in `state` (an expired pause is lifted; a failed list advances the list
+/// What a pass asks GCE to list before it can decide, and the pass so far.
+pub struct ListRequest {
+    /// The pool's project.
+    pub project: String,
+    /// The label filter of the pool's instances.
+    pub filter: String,
+    /// The config the pass decides with.
+    pub config: Box<PoolConfig>,
+    /// What the pass found so far.
+    pub pass: Pass,
+}
+
+/// How a pass begins: done at once (nothing to list), or with a list to make.
+pub enum Start {
+    /// The pass is over without calling GCE.
+    Done(Pass),
+    /// The pass goes on once GCE listed the pool's instances.
+    List(ListRequest),
+}
+
+/// The start of a pass over `pool`, whose keys in the zone are `keys`, before GCE is
+/// called: what the config allows. Then GCE lists the pool's instances (beside other
+/// pools' lists, [`crate::lists`]) and [`continue_pass`] decides. A pass updates what only
+/// it decides in `state` (an expired pause is lifted; a failed list advances the list
 /// back-off, and waits at least the `Retry-After` GCE sent) and returns the rest. Fresh
 /// creates are limited to what the throttle allows ([`crate::throttle`]).
-pub async fn reconcile_pool(
+pub fn start_pass(
     ctx: &PassContext<'_>,
     pool: &str,
     state: &mut PoolState,
     keys: &ZoneKeys,
-) -> Pass {
+) -> Start {
     let mut pass = Pass {
         listed: false,
         reports: Vec::new(),
@@ -94,10 +117,10 @@ pub async fn reconcile_pool(
         }
     }
     let Some(config) = state.config.clone() else {
-        return pass;
+        return Start::Done(pass);
     };
     if !state.concerns(ctx.zone, keys) {
-        return pass;
+        return Start::Done(pass);
     }
     let Some(project) = pm_pool::project_or(&config, ctx.default_project) else {
         pass.reports.push(report(
@@ -105,10 +128,32 @@ pub async fn reconcile_pool(
             Severity::Error,
             "the pool names no project and the agent has no --project".into(),
         ));
-        return pass;
+        return Start::Done(pass);
     };
-    let filter = pool_filter(pool);
-    let listed = match ctx.compute.list(&project, ctx.zone, Some(&filter)).await {
+    Start::List(ListRequest {
+        project,
+        filter: pool_filter(pool),
+        config: Box::new(config),
+        pass,
+    })
+}
+
+/// The rest of a pass, with what GCE listed: decide and work out the effects.
+pub async fn continue_pass(
+    ctx: &PassContext<'_>,
+    pool: &str,
+    state: &mut PoolState,
+    keys: &ZoneKeys,
+    request: ListRequest,
+    listed: Result<Vec<Instance>, GceError>,
+) -> Pass {
+    let ListRequest {
+        project,
+        config,
+        mut pass,
+        ..
+    } = request;
+    let listed = match listed {
         Ok(list) => list,
         Err(e) => {
             let delay = state.list_retry.next_delay().max(told(e.retry_after()));

@@ -94,7 +94,16 @@ async fn pass(fake: &FakeCompute, state: &mut PoolState, keys: &ZoneKeys) -> Pas
         default_project: None,
         operation_timeout: TIMEOUT,
     };
-    reconcile_pool(&ctx, "web", state, keys).await
+    match start_pass(&ctx, "web", state, keys) {
+        Start::Done(pass) => pass,
+        Start::List(request) => {
+            let listed = ctx
+                .compute
+                .list(&request.project, ctx.zone, Some(&request.filter))
+                .await;
+            continue_pass(&ctx, "web", state, keys, request, listed).await
+        }
+    }
 }
 
 async fn effects_of(fake: &FakeCompute, pool: &mut Pool) -> Effects {

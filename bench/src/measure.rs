@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use gce_sim::{SimState, SimStats, ZoneReport};
+use pm_etcd::etcd_client::GetOptions;
 use pm_proto::ZoneDesired;
+use pm_tests::cluster::{http_get, metric_sum};
 use pm_tests::Cluster;
 
 /// Instances PROVISIONING, STAGING or RUNNING in one zone (not those stopping).
@@ -46,6 +48,55 @@ pub async fn etcd_revision(c: &Cluster) -> anyhow::Result<i64> {
         .list_raw(&format!("{}none/", c.store().keys().root()))
         .await?;
     Ok(revision)
+}
+
+/// etcd's database size in MiB and the number of pm's keys.
+pub async fn etcd_size(c: &Cluster) -> anyhow::Result<(f64, i64)> {
+    let client = c.store().client();
+    let status = client.maintenance_client().status().await?;
+    let options = GetOptions::new().with_prefix().with_count_only();
+    let keys = client
+        .kv_client()
+        .get(c.store().keys().root(), Some(options))
+        .await?
+        .count();
+    Ok((status.db_size() as f64 / (1024.0 * 1024.0), keys))
+}
+
+/// The largest etcd reply any of the cluster's daemons received (their
+/// `pm_etcd_largest_reply_bytes`), in bytes.
+pub async fn largest_reply(c: &Cluster) -> f64 {
+    let mut addrs = Vec::new();
+    for i in 0..c.scheduler_count() {
+        addrs.push(c.scheduler_metrics(i).await);
+    }
+    for zone in c.zones() {
+        for i in 0..c.agent_count(zone) {
+            addrs.push(c.agent_metrics(zone, i).await);
+        }
+    }
+    let mut largest: f64 = 0.0;
+    for addr in addrs {
+        if let Some((200, text)) = http_get(addr, "/metrics").await {
+            largest = largest.max(metric_sum(&text, "pm_etcd_largest_reply_bytes", &[]));
+        }
+    }
+    largest
+}
+
+/// Peak RSS in MiB of every agent of the cluster: the largest and the sum.
+pub fn agents_peak_rss_mib(c: &mut Cluster) -> (f64, f64) {
+    let zones = c.zones().to_vec();
+    let mut peaks = Vec::new();
+    for zone in &zones {
+        for i in 0..c.agent_count(zone) {
+            peaks.push(peak_rss_mib(c.agent(zone, i).pid()));
+        }
+    }
+    (
+        peaks.iter().copied().fold(0.0, f64::max),
+        peaks.iter().sum(),
+    )
 }
 
 /// The sum of the desired counts of `pool` over the cluster's zones.

@@ -153,6 +153,16 @@ pub struct Converge {
     pub scheduler_peak_rss_mib: f64,
     /// One agent's peak RSS.
     pub agent_peak_rss_mib: f64,
+    /// The largest peak RSS of all agents (one a zone).
+    pub agent_peak_rss_mib_max: f64,
+    /// The peak RSS of all agents together.
+    pub agents_peak_rss_mib_total: f64,
+    /// etcd's database size with the pool converged.
+    pub etcd_db_size_mib: f64,
+    /// pm's keys in etcd with the pool converged.
+    pub etcd_keys: i64,
+    /// The largest etcd reply any daemon received over the run.
+    pub largest_etcd_reply_bytes: f64,
 }
 
 /// Runs the converge scenario for `n` instances over `zones`.
@@ -193,6 +203,8 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
     let rev_s1 = measure::etcd_revision(&c).await?;
     let calls_s1 = measure::stats(&c).await?.total;
     let (cpu_s1, cpu_a1) = (measure::cpu_seconds(scheduler), measure::cpu_seconds(agent));
+    let (db_size, keys) = measure::etcd_size(&c).await?;
+    let (rss_max, rss_total) = measure::agents_peak_rss_mib(&mut c);
 
     c.set_pool(POOL, p.pool(&c, 0)).await;
     until(
@@ -207,6 +219,7 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
         |(live, observed)| *live == 0 && *observed == 0,
     )
     .await?;
+    let largest_reply = measure::largest_reply(&c).await;
     let rev2 = measure::etcd_revision(&c).await?;
     let writes = (rev1 - rev0) + (rev2 - rev_s1);
     Ok(Converge {
@@ -226,6 +239,11 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
         agent_cpu_seconds: measure::cpu_seconds(agent),
         scheduler_peak_rss_mib: measure::peak_rss_mib(scheduler),
         agent_peak_rss_mib: measure::peak_rss_mib(agent),
+        agent_peak_rss_mib_max: rss_max,
+        agents_peak_rss_mib_total: rss_total,
+        etcd_db_size_mib: db_size,
+        etcd_keys: keys,
+        largest_etcd_reply_bytes: largest_reply,
     })
 }
 

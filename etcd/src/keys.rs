@@ -54,7 +54,7 @@ pub enum Key {
         /// Zone name.
         zone: String,
     },
-    /// `pools/<pool>/events/<seq>`
+    /// `events/<pool>/<seq>` (`pools/<pool>/events/<seq>` before it moved)
     Event {
         /// Pool name.
         pool: String,
@@ -260,9 +260,16 @@ impl Keyspace {
         Ok(format!("{}report", self.zone_prefix(pool, zone)?))
     }
 
+    /// Prefix of every pool's events: `<root>events/`, off the `pools/` prefix so that
+    /// the daemons' watches never carry event traffic.
+    pub fn all_events_prefix(&self) -> String {
+        format!("{}events/", self.root)
+    }
+
     /// Prefix of a pool's events.
     pub fn events_prefix(&self, pool: &str) -> Result<String> {
-        Ok(format!("{}events/", self.pool_prefix(pool)?))
+        validate_pool(pool)?;
+        Ok(format!("{}{pool}/", self.all_events_prefix()))
     }
 
     /// The key of one event.
@@ -348,7 +355,8 @@ impl Keyspace {
                     name: name.to_string(),
                 })
             }
-            ["pools", pool, "events", seq] => {
+            // Events before they moved off the pools/ prefix, until their lease ends.
+            ["events", pool, seq] | ["pools", pool, "events", seq] => {
                 validate_pool(pool).map_err(name_err)?;
                 validate_token("event sequence", seq).map_err(name_err)?;
                 Ok(Key::Event {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod fence;
 pub mod keys;
+pub mod range;
 mod retry;
 pub mod session;
 pub mod store;

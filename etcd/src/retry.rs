@@ -36,7 +36,14 @@ where
     F: Fn(KvClient) -> Fut,
     Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
 {
-    unsent(op, || call(client.kv_client())).await
+    unsent(op, || {
+        call(
+            client
+                .kv_client()
+                .max_decoding_message_size(crate::range::DECODE_LIMIT),
+        )
+    })
+    .await
 }
 
 /// Runs any request, retrying it while it could not be sent to any member.

@@ -1,14 +1,14 @@
 //! Typed reads and writes of pm's protobuf values, plain, fenced and compare-and-swap.
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::keys::Keyspace;
+use crate::keys::{prefix_range_end, Keyspace};
+use crate::range::{self, Span};
 use crate::retry;
 use crate::watch::StoredKey;
 
@@ -122,34 +122,91 @@ impl Store {
         })
     }
 
-    /// Reads every key under `prefix` undecoded, with the revision of the read: the
-    /// starting point of a [`crate::ResumableWatch`] at `revision + 1`.
+    /// Reads every key under `prefix` undecoded, in bounded pages at one revision, with
+    /// that revision: the starting point of a [`crate::ResumableWatch`] at `revision + 1`.
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<StoredKey>, i64)> {
-        let resp = retry::kv(
-            &self.client,
-            || format!("list {prefix}"),
-            |mut kv| async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await },
-        )
-        .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((resp.kvs().iter().map(StoredKey::from).collect(), revision))
+        self.list_span(prefix, prefix, &prefix_range_end(prefix.as_bytes()))
+            .await
+    }
+
+    /// Reads every key from `start` (inclusive) to `end` (exclusive) undecoded, in bounded
+    /// pages at one revision; `what` names the read in errors.
+    pub async fn list_span(
+        &self,
+        what: &str,
+        start: &str,
+        end: &[u8],
+    ) -> Result<(Vec<StoredKey>, i64)> {
+        let span = Span {
+            start: start.as_bytes(),
+            end,
+        };
+        range::read(&self.client, what, span, false).await
+    }
+
+    /// Reads what an agent of `zone` holds of `pools/` at one revision: every pool's
+    /// config and the pool's keys of that zone, not the other zones'. It steps from pool
+    /// to pool (one keys-only read of limit 1 finds the next pool), so it costs three
+    /// small reads per pool plus the zone's own keys, whatever the size of the others.
+    pub async fn list_zone(&self, zone: &str) -> Result<(Vec<StoredKey>, i64)> {
+        let mut restarts = 0;
+        loop {
+            match self.list_zone_once(zone).await {
+                Err(e) if range::compacted(&e) && restarts < 5 => restarts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_zone_once(&self, zone: &str) -> Result<(Vec<StoredKey>, i64)> {
+        let pools = self.keys.pools_prefix();
+        let end = prefix_range_end(pools.as_bytes());
+        let mut from = pools.clone().into_bytes();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let span = Span {
+                start: &from,
+                end: &end,
+            };
+            let (first, at) = range::first_key(&self.client, &pools, span, revision).await?;
+            revision = at;
+            let Some(first) = first else {
+                return Ok((out, revision));
+            };
+            let rest = &first.key[pools.len()..];
+            let pool = rest.split('/').next().unwrap_or(rest);
+            let pool_prefix = format!("{pools}{pool}/");
+            for prefix in [
+                format!("{pool_prefix}config"),
+                format!("{pool_prefix}zones/{zone}/"),
+            ] {
+                let end = if prefix.ends_with('/') {
+                    prefix_range_end(prefix.as_bytes())
+                } else {
+                    [prefix.as_bytes(), &[0]].concat()
+                };
+                let span = Span {
+                    start: prefix.as_bytes(),
+                    end: &end,
+                };
+                let (keys, _) =
+                    range::read_at(&self.client, &prefix, span, false, revision).await?;
+                out.extend(keys);
+            }
+            from = prefix_range_end(pool_prefix.as_bytes());
+        }
     }
 
     /// Lists the raw keys under `prefix`, without values.
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let resp = retry::kv(
-            &self.client,
-            || format!("list keys {prefix}"),
-            |mut kv| async move {
-                kv.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-            },
-        )
-        .await?;
-        Ok(resp.kvs().iter().map(key_string).collect())
+        let end = prefix_range_end(prefix.as_bytes());
+        let span = Span {
+            start: prefix.as_bytes(),
+            end: &end,
+        };
+        let (keys, _) = range::read(&self.client, prefix, span, true).await?;
+        Ok(keys.into_iter().map(|k| k.key).collect())
     }
 
     /// Writes a value unconditionally, bound to `lease` when non-zero. Returns the new

@@ -4,7 +4,9 @@
 //! remembers the next revision it owes its consumer and re-opens the stream from there.
 //! When that revision was compacted away it re-lists the range and hands the consumer a
 //! full snapshot ([`WatchBatch::Resync`]) before following on. Either way every change is
-//! delivered exactly once, in revision order.
+//! delivered exactly once, in revision order. A revision that etcd splits over several
+//! replies (a transaction or lease expiry that deletes many keys: the stream asks for
+//! fragments, so no reply exceeds etcd's request size) is handed out whole.
 //!
 //! A stream can also freeze without an error: the member behind it may be cut off while
 //! its connection still answers. So the watch asks for a progress notification whenever
@@ -20,14 +22,16 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, EventType, GetOptions, KeyValue, WatchOptions, WatchRequestSender, WatchResponse,
+    Client, EventType, KeyValue, WatchOptions, WatchRequestSender, WatchResponse,
     WatchResponseStream,
 };
 use pm_backoff::{Attempts, Backoff};
+use prost::Message;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::retry;
+use crate::keys::prefix_range_end;
+use crate::range::{self, note_reply, Span, DECODE_LIMIT};
 
 /// Delays between attempts to re-open a broken watch stream.
 const RESUME_BACKOFF: Backoff =
@@ -151,6 +155,9 @@ struct Open {
     heard: Instant,
     /// Whether a progress notification was asked for since then.
     probed: bool,
+    /// The events of a revision etcd split over several replies (`fragment`), until its
+    /// last reply: a revision is handed out whole or not at all.
+    fragments: Vec<WatchEvent>,
 }
 
 /// A watch that resumes from the last delivered revision + 1 after any error, re-opens a
@@ -207,7 +214,8 @@ impl ResumableWatch {
     fn options(&self) -> WatchOptions {
         let options = WatchOptions::new()
             .with_start_revision(self.next_revision)
-            .with_progress_notify();
+            .with_progress_notify()
+            .with_fragment();
         match &self.range {
             WatchRange::Key(_) => options,
             WatchRange::Prefix(_) => options.with_prefix(),
@@ -262,6 +270,7 @@ impl ResumableWatch {
             let stream = self
                 .client
                 .watch_client()
+                .max_decoding_message_size(DECODE_LIMIT)
                 .watch(self.range.key(), Some(self.options()))
                 .await
                 .map_err(|e| self.error(e))?;
@@ -271,6 +280,7 @@ impl ResumableWatch {
                 responses,
                 heard: Instant::now(),
                 probed: false,
+                fragments: Vec::new(),
             });
         }
         let Some(open) = self.stream.as_mut() else {
@@ -300,6 +310,7 @@ impl ResumableWatch {
                 self.range
             )));
         };
+        note_reply(resp.0.encoded_len());
         if resp.compact_revision() > 0 {
             self.stream = None;
             return self.resync().await.map(Some);
@@ -316,20 +327,24 @@ impl ResumableWatch {
             return self.resync().await.map(Some);
         }
         let floor = self.next_revision;
-        let events: Vec<WatchEvent> = resp
-            .events()
-            .iter()
-            .filter_map(|event| {
-                let kv = event.kv()?;
-                (kv.mod_revision() >= floor).then(|| match event.event_type() {
-                    EventType::Put => WatchEvent::Put(StoredKey::from(kv)),
-                    EventType::Delete => WatchEvent::Delete {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        mod_revision: kv.mod_revision(),
-                    },
-                })
+        let events = resp.events().iter().filter_map(|event| {
+            let kv = event.kv()?;
+            (kv.mod_revision() >= floor).then(|| match event.event_type() {
+                EventType::Put => WatchEvent::Put(StoredKey::from(kv)),
+                EventType::Delete => WatchEvent::Delete {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    mod_revision: kv.mod_revision(),
+                },
             })
-            .collect();
+        });
+        let Some(open) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        open.fragments.extend(events);
+        if resp.0.fragment {
+            return Ok(None);
+        }
+        let events = std::mem::take(&mut open.fragments);
         match events.last() {
             Some(last) => {
                 self.next_revision = last.revision() + 1;
@@ -363,26 +378,19 @@ impl ResumableWatch {
     }
 
     async fn resync(&mut self) -> Result<WatchBatch> {
-        let options = match &self.range {
-            WatchRange::Key(_) => None,
-            WatchRange::Prefix(_) => Some(GetOptions::new().with_prefix()),
+        let key = self.range.key().as_bytes();
+        let end = match &self.range {
+            WatchRange::Key(_) => [key, &[0]].concat(),
+            WatchRange::Prefix(_) => prefix_range_end(key),
         };
-        let key = self.range.key();
-        let resp = retry::kv(
-            &self.client,
-            || format!("re-list {key}"),
-            |mut kv| {
-                let options = options.clone();
-                async move { kv.get(key, options).await }
-            },
-        )
-        .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let what = format!("re-list {:?}", self.range);
+        let span = Span {
+            start: key,
+            end: &end,
+        };
+        let (keys, revision) = range::read(&self.client, &what, span, false).await?;
         self.next_revision = revision + 1;
-        Ok(WatchBatch::Resync {
-            revision,
-            keys: resp.kvs().iter().map(StoredKey::from).collect(),
-        })
+        Ok(WatchBatch::Resync { revision, keys })
     }
 }
 

@@ -114,8 +114,11 @@ pub(super) async fn faults_and_stats(
     let (latency, injected) = {
         let mut world = sim.world();
         let faults = world.faults().clone();
-        let fail =
-            faults.error_rate > 0.0 && faults.targets(method) && world.draw() < faults.error_rate;
+        let covered = faults.covers(&path);
+        let fail = covered
+            && faults.error_rate > 0.0
+            && faults.targets(method)
+            && world.draw() < faults.error_rate;
         let injected = fail.then(|| {
             (
                 faults.status,
@@ -123,7 +126,8 @@ pub(super) async fn faults_and_stats(
                 faults.retry_after_seconds,
             )
         });
-        (Duration::from_millis(faults.latency_ms), injected)
+        let latency = if covered { faults.latency_ms } else { 0 };
+        (Duration::from_millis(latency), injected)
     };
     hold(&sim, latency).await;
     let response = match (crate::framing::refusal(&request), injected) {

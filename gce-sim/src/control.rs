@@ -53,6 +53,10 @@ pub struct Faults {
     /// quota and rate-limit answers; absent: no such header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// Only calls for these projects get the latency and the injected errors; absent:
+    /// every project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
 }
 
 fn default_fault_status() -> u16 {
@@ -70,6 +74,7 @@ impl Default for Faults {
             op_delay_ms: None,
             hang_operations: false,
             retry_after_seconds: None,
+            projects: None,
         }
     }
 }
@@ -80,6 +85,16 @@ impl Faults {
 
     /// Longest operation delay accepted.
     pub const MAX_OP_DELAY_MS: u64 = 3_600_000;
+
+    /// Whether latency and errors apply to a call at `path` (`/compute/v1/projects/P/...`).
+    pub fn covers(&self, path: &str) -> bool {
+        let project = path
+            .strip_prefix("/compute/v1/projects/")
+            .and_then(|rest| rest.split('/').next());
+        self.projects
+            .as_ref()
+            .is_none_or(|projects| project.is_some_and(|p| projects.iter().any(|q| q == p)))
+    }
 
     /// Whether errors are injected into calls of `method`.
     pub fn targets(&self, method: &str) -> bool {

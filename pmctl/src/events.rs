@@ -51,6 +51,10 @@ pub struct EventRow {
     pub message: String,
     /// Who recorded it: an agent or scheduler id, or `pmctl`.
     pub source: String,
+    /// How many times the source recorded it within the repeat window (1: once).
+    pub count: u32,
+    /// When it was last repeated (Unix ms), 0 when it happened once.
+    pub last_unix_ms: i64,
 }
 
 fn severity_name(severity: Severity) -> &'static str {
@@ -85,6 +89,8 @@ impl EventRow {
             instance: event.instance,
             message: event.message,
             source: event.source,
+            count: event.count.max(1),
+            last_unix_ms: event.last_unix_ms,
         })
     }
 
@@ -97,8 +103,17 @@ impl EventRow {
                 s.to_string()
             }
         };
+        let repeats = if self.count > 1 {
+            format!(
+                " (x{}, last {})",
+                self.count,
+                output::time(self.last_unix_ms)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{:<20}  {:<8}  {:<12}  {:<18}  {:<15}  {:<22}  {} [{}]",
+            "{:<20}  {:<8}  {:<12}  {:<18}  {:<15}  {:<22}  {}{repeats} [{}]",
             self.time,
             self.severity,
             self.pool,
@@ -146,7 +161,7 @@ impl Render for EventsView {
 fn range(store: &Store, pool: Option<&str>) -> Result<String> {
     Ok(match pool {
         Some(pool) => store.keys().events_prefix(pool)?,
-        None => store.keys().pools_prefix(),
+        None => store.keys().all_events_prefix(),
     })
 }
 
@@ -245,6 +260,8 @@ mod tests {
             instance: "web-abcd1234".into(),
             message: "instance preempted".into(),
             source: "agent-1".into(),
+            count: 1,
+            last_unix_ms: 0,
         };
         let view = EventsView { events: vec![row] };
         let text = view.table();

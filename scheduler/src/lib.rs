@@ -79,6 +79,7 @@ pub async fn run(
         registry,
         &readiness,
         metrics.etcd_errors.clone(),
+        metrics.etcd_largest_reply.clone(),
         &config.daemon.etcd,
         &shutdown,
     )

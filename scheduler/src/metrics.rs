@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pm_telemetry::{EtcdErrorLabels, GaugeSet, MetricDef, ETCD_ERRORS};
+use pm_telemetry::{EtcdErrorLabels, GaugeSet, MetricDef, ETCD_ERRORS, ETCD_LARGEST_REPLY};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +59,7 @@ pub const METRICS: &[MetricDef] = &[
     ZONE_EXHAUSTION_REMAINING,
     ZONE_AGENTS,
     ETCD_ERRORS,
+    ETCD_LARGEST_REPLY,
 ];
 
 /// Labels of per-pool series.
@@ -102,6 +103,8 @@ pub struct SchedulerMetrics {
     pub leader: Gauge,
     /// etcd failures.
     pub etcd_errors: Family<EtcdErrorLabels, Counter>,
+    /// `pm_etcd_largest_reply_bytes`.
+    pub etcd_largest_reply: Gauge,
     /// Pool targets.
     target: GaugeSet<PoolLabels>,
     /// Desired counts.
@@ -123,9 +126,12 @@ impl SchedulerMetrics {
         LEADER.register(registry, leader.clone());
         let etcd_errors = Family::default();
         ETCD_ERRORS.register(registry, etcd_errors.clone());
+        let etcd_largest_reply = Gauge::default();
+        ETCD_LARGEST_REPLY.register(registry, etcd_largest_reply.clone());
         Self {
             leader,
             etcd_errors,
+            etcd_largest_reply,
             target: GaugeSet::register(&POOL_TARGET, registry),
             desired: GaugeSet::register(&ZONE_DESIRED, registry),
             instances: GaugeSet::register(&ZONE_INSTANCES, registry),

@@ -14,7 +14,10 @@ mod probe;
 mod readiness;
 mod server;
 
-pub use metric::{exposed_families, EtcdErrorLabels, GaugeSet, MetricDef, MetricKind, ETCD_ERRORS};
+pub use metric::{
+    exposed_families, EtcdErrorLabels, GaugeSet, MetricDef, MetricKind, ETCD_ERRORS,
+    ETCD_LARGEST_REPLY,
+};
 pub use probe::{probe_etcd, serve_then_connect, ETCD_CONDITION, PROBE_INTERVAL};
 pub use readiness::{Readiness, WATCH_CONDITION};
 pub use server::serve;

@@ -116,6 +116,13 @@ pub const ETCD_ERRORS: MetricDef = MetricDef::counter(
     "Failed etcd requests: op=probe is the readiness probe, op=term a session, campaign or leader term that ended on an etcd error",
 );
 
+/// The largest etcd reply the daemon received (a range page or a watch response), shared
+/// by both daemons: pm reads in pages, so it stays near 512 KiB whatever the size.
+pub const ETCD_LARGEST_REPLY: MetricDef = MetricDef::gauge(
+    "pm_etcd_largest_reply_bytes",
+    "The largest etcd reply (range page or watch response) this process received, in bytes",
+);
+
 /// The families of an exposition text, from its `# TYPE name kind` lines, in order.
 pub fn exposed_families(text: &str) -> Vec<(String, String)> {
     text.lines()

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use pm_daemon::EtcdArgs;
 use pm_etcd::etcd_client::GetOptions;
+use pm_etcd::range::largest_reply_bytes;
 use pm_etcd::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +28,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads one key (counting only, so nothing is transferred) every [`PROBE_INTERVAL`]
 /// until `shutdown`: an answer marks the [`ETCD_CONDITION`] met, a failure or no answer
-/// within 2 s marks it unmet and counts an etcd error with `op="probe"`.
+/// within 2 s marks it unmet and counts an etcd error with `op="probe"`. Each time it
+/// also sets `largest` to the largest etcd reply the process received so far.
 pub async fn probe_etcd(
     store: Store,
     readiness: Readiness,
     errors: Family<EtcdErrorLabels, Counter>,
+    largest: Gauge,
     shutdown: CancellationToken,
 ) {
     let key = store.keys().root().to_string();
@@ -42,6 +46,7 @@ pub async fn probe_etcd(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        largest.set(i64::try_from(largest_reply_bytes()).unwrap_or(i64::MAX));
         let request = kv.get(key.as_str(), Some(GetOptions::new().with_count_only()));
         let failure = match tokio::time::timeout(PROBE_TIMEOUT, request).await {
             Ok(Ok(_)) => None,
@@ -60,13 +65,15 @@ pub async fn probe_etcd(
 
 /// How a daemon starts: it serves `/metrics`, `/healthz` and `/readyz` at `metrics` when
 /// given, waits until etcd answers, and from then on keeps the `etcd` readiness condition
-/// following etcd. `Ok(None)`: `shutdown` fired before etcd answered. `Err`: the
+/// following etcd and `largest` ([`crate::ETCD_LARGEST_REPLY`]) up to date.
+/// `Ok(None)`: `shutdown` fired before etcd answered. `Err`: the
 /// `metrics` address could not be bound.
 pub async fn serve_then_connect(
     metrics: Option<SocketAddr>,
     registry: Registry,
     readiness: &Readiness,
     etcd_errors: Family<EtcdErrorLabels, Counter>,
+    largest: Gauge,
     etcd: &EtcdArgs,
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, (SocketAddr, io::Error)> {
@@ -84,6 +91,7 @@ pub async fn serve_then_connect(
             store.clone(),
             readiness.clone(),
             etcd_errors,
+            largest,
             shutdown.clone(),
         ));
     }

@@ -872,7 +872,17 @@ async fn reads_show_what_etcd_holds() {
     assert_eq!(
         keys_of(last),
         [
-            "instance", "kind", "message", "pool", "seq", "severity", "source", "time", "unix_ms",
+            "count",
+            "instance",
+            "kind",
+            "last_unix_ms",
+            "message",
+            "pool",
+            "seq",
+            "severity",
+            "source",
+            "time",
+            "unix_ms",
             "zone"
         ]
     );

@@ -203,6 +203,7 @@ fn password_of(user: &str) -> String {
 fn least_privilege_roles(keys: &Keyspace) -> Vec<(&'static str, Vec<Permission>)> {
     let root = keys.root();
     let pools = keys.pools_prefix();
+    let events = keys.all_events_prefix();
     let scheduler = format!("{root}scheduler/");
     let agents_zone_a = format!("{}zone-a/", keys.agents_prefix());
     vec![
@@ -211,6 +212,7 @@ fn least_privilege_roles(keys: &Keyspace) -> Vec<(&'static str, Vec<Permission>)
             vec![
                 Permission::read(root).with_prefix(),
                 Permission::read_write(pools.as_str()).with_prefix(),
+                Permission::read_write(events.as_str()).with_prefix(),
                 Permission::read_write(scheduler).with_prefix(),
             ],
         ),
@@ -220,6 +222,7 @@ fn least_privilege_roles(keys: &Keyspace) -> Vec<(&'static str, Vec<Permission>)
                 // The root key itself, not the prefix: the readiness probe of --metrics.
                 Permission::read(root),
                 Permission::read_write(pools.as_str()).with_prefix(),
+                Permission::read_write(events.as_str()).with_prefix(),
                 Permission::read_write(agents_zone_a).with_prefix(),
             ],
         ),
@@ -228,6 +231,7 @@ fn least_privilege_roles(keys: &Keyspace) -> Vec<(&'static str, Vec<Permission>)
             vec![
                 Permission::read(root).with_prefix(),
                 Permission::read_write(pools.as_str()).with_prefix(),
+                Permission::read_write(events.as_str()).with_prefix(),
             ],
         ),
         ("pm-viewer", vec![Permission::read(root).with_prefix()]),

@@ -1,0 +1,98 @@
+//! The GCE lists of passes in flight, one per pool, so that one slow list never holds the
+//! other pools back: a pass starts ([`crate::reconcile::start_pass`]), its list runs here
+//! beside the others, and the pass goes on when its list returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use pm_gce::compute::{ApiCall, Compute};
+use pm_gce::error::GceError;
+use pm_gce::resources::Instance;
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
+
+use crate::reconcile::ListRequest;
+
+/// Lists in flight at once; pools beyond them wait until one returns.
+pub const PARALLEL_LISTS: usize = 8;
+
+/// What a list returns.
+type Listed = Result<Vec<Instance>, GceError>;
+
+/// A returned list with its pass.
+pub struct Returned {
+    /// The pool.
+    pub pool: String,
+    /// The pass that asked for it.
+    pub request: ListRequest,
+    /// When the pass started.
+    pub started: Instant,
+    /// What GCE answered.
+    pub listed: Listed,
+}
+
+/// The lists in flight, each in its own task; dropping this (the term ends) aborts them.
+#[derive(Default)]
+pub struct Lists {
+    running: JoinSet<Listed>,
+    /// The pool of each task.
+    tasks: HashMap<Id, String>,
+    waiting: BTreeMap<String, (ListRequest, Instant)>,
+}
+
+impl Lists {
+    /// Whether a list of `pool` is in flight.
+    pub fn busy(&self, pool: &str) -> bool {
+        self.waiting.contains_key(pool)
+    }
+
+    /// Whether no more lists may start now.
+    pub fn full(&self) -> bool {
+        self.waiting.len() >= PARALLEL_LISTS
+    }
+
+    /// Starts the list `request` asks for, in `zone`.
+    pub fn start(
+        &mut self,
+        pool: &str,
+        request: ListRequest,
+        compute: Arc<dyn Compute>,
+        zone: &str,
+    ) {
+        let (project, filter) = (request.project.clone(), request.filter.clone());
+        let zone = zone.to_string();
+        let task = self
+            .running
+            .spawn(async move { compute.list(&project, &zone, Some(&filter)).await });
+        self.tasks.insert(task.id(), pool.to_string());
+        self.waiting
+            .insert(pool.to_string(), (request, Instant::now()));
+    }
+
+    /// The next list to return; pending forever while none is in flight, so that it can
+    /// sit in a `select!`.
+    pub async fn next(&mut self) -> Returned {
+        loop {
+            let (id, listed) = match self.running.join_next_with_id().await {
+                Some(Ok((id, listed))) => (id, listed),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "a GCE list task failed");
+                    let failed = GceError::http(ApiCall::List, 500, "internal", &e.to_string());
+                    (e.id(), Err(failed))
+                }
+                None => std::future::pending().await,
+            };
+            let Some(pool) = self.tasks.remove(&id) else {
+                continue;
+            };
+            if let Some((request, started)) = self.waiting.remove(&pool) {
+                return Returned {
+                    pool,
+                    request,
+                    started,
+                    listed,
+                };
+            }
+        }
+    }
+}
