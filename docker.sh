@@ -9,7 +9,10 @@
 # binary in the background, with data and logs under $PM_ETCD_DIR (default .pm-etcd/ in
 # this directory). When there is neither and it runs as root, it installs Debian's
 # etcd-server with apt-get. Client ports start at $PM_ETCD_PORT (default 2379); member i
-# uses client port PORT+2i and peer port PORT+2i+1.
+# uses client port PORT+2i and peer port PORT+2i+1. etcd runs with periodic
+# auto-compaction (1 h); `status` shows each member's database size, and
+#   etcdctl --endpoints URL defrag
+# shrinks a member's database file after compaction (one member at a time).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +21,7 @@ base_port=${PM_ETCD_PORT:-2379}
 image=${PM_ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.17}
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -169,6 +172,9 @@ status() {
     done
     echo "etcd: $alive of $n member(s) running ($mode)"
     echo "  PM_ETCD=$(endpoints "$n")"
+    if command -v etcdctl >/dev/null 2>&1 && [ "$alive" -gt 0 ]; then
+        ETCDCTL_API=3 etcdctl --endpoints "$(endpoints "$n")" --dial-timeout 1s endpoint status -w table 2>/dev/null || true
+    fi
 }
 
 case ${1:-} in

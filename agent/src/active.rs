@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use etcd_client::TxnOp;
 use pm_daemon::TermEnd;
-use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, ResumableWatch, Store, WatchRange};
+use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, Store};
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
 use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity};
-use pm_telemetry::{Readiness, WATCH_CONDITION};
+use pm_telemetry::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,9 +29,10 @@ use crate::heartbeat::{Heartbeat, Member};
 use crate::hooks::{HookCall, HookRunner};
 use crate::lists::{Lists, Returned};
 use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
-use crate::operations::{Op, OpResult, Operations, Outcome};
+use crate::operations::{Op, OpResult, Operations, Outcome, Slots};
 use crate::pool_state::{PoolState, Pools};
 use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Start};
+use crate::zone_watch::{ZoneWatches, DISCOVERY};
 use crate::{zone_report, AGENT_CONDITION};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
@@ -68,8 +69,8 @@ pub struct AgentContext {
     pub agent_id: String,
     /// Project of pools naming none.
     pub default_project: Option<String>,
-    /// Operations in flight at once.
-    pub max_concurrent: usize,
+    /// Operations in flight and waited on at once.
+    pub slots: Slots,
     /// Longest wait for one operation.
     pub operation_timeout: Duration,
     /// An active agent without a completed pass for this long is stalled.
@@ -109,7 +110,7 @@ impl<'a> ActiveAgent<'a> {
     ) -> Self {
         let ops = Operations::new(
             ctx.compute.clone(),
-            ctx.max_concurrent,
+            ctx.slots.clone(),
             &ctx.zone,
             ctx.operation_timeout,
             lost.clone(),
@@ -142,32 +143,25 @@ impl<'a> ActiveAgent<'a> {
     }
 
     async fn follow(&mut self) -> pm_etcd::Result<()> {
-        let prefix = self.ctx.store.keys().pools_prefix();
-        let (listing, revision) = self.ctx.store.list_zone(&self.ctx.zone).await?;
-        self.pools.load(&listing, revision);
+        let ctx = self.ctx;
+        let mut watches = ZoneWatches::new(ctx.store.clone(), &ctx.zone, ctx.readiness.clone());
+        self.relist(&mut watches).await?;
         let served: Vec<String> = self
             .pools
             .pools
             .iter()
-            .filter(|(pool, state)| state.concerns(&self.ctx.zone, self.pools.zone_keys(pool)))
+            .filter(|(pool, state)| state.concerns(&ctx.zone, self.pools.zone_keys(pool)))
             .map(|(pool, _)| pool.clone())
             .collect();
         for pool in served {
-            let message = format!(
-                "agent {} is the active agent of the zone",
-                self.ctx.agent_id
-            );
+            let message = format!("agent {} is the active agent of the zone", ctx.agent_id);
             self.emit(&pool, "agent-active", Severity::Info, "", message)
                 .await;
         }
-        let mut watch = ResumableWatch::new(
-            self.ctx.store.client().clone(),
-            WatchRange::Prefix(prefix.clone()),
-            revision + 1,
-        )
-        .with_health(self.ctx.readiness.reporter(WATCH_CONDITION));
-        let mut resync = tokio::time::interval(self.ctx.resync);
+        let mut resync = tokio::time::interval(ctx.resync);
         resync.tick().await;
+        let mut discovery = tokio::time::interval(DISCOVERY);
+        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.reconcile_due().await?;
             self.beat().await?;
@@ -180,14 +174,54 @@ impl<'a> ActiveAgent<'a> {
                 .min()
                 .unwrap_or_else(|| Instant::now() + IDLE);
             tokio::select! {
-                batch = watch.next() => self.pools.apply(batch?),
+                heard = watches.next() => {
+                    let heard = heard?;
+                    self.pools.apply_span(heard.batch, (&heard.start, &heard.end));
+                }
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
                 returned = self.lists.next() => self.listed(returned).await?,
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = resync.tick() => {
-                    let (listing, revision) = self.ctx.store.list_zone(&self.ctx.zone).await?;
-                    self.pools.load(&listing, revision);
-                }
+                _ = discovery.tick() => self.discover(&mut watches).await?,
+                _ = resync.tick() => self.relist(&mut watches).await?,
+            }
+        }
+    }
+
+    /// Reads every pool's config and keys of the zone again as the whole truth, and
+    /// follows the pools not followed yet.
+    async fn relist(&mut self, watches: &mut ZoneWatches) -> pm_etcd::Result<()> {
+        let listing = self.ctx.store.list_zone(&self.ctx.zone).await?;
+        self.pools.load(&listing.keys, listing.revision);
+        for pool in &listing.pools {
+            watches.follow(pool, listing.revision + 1)?;
+        }
+        self.drop_gone(watches, &listing.pools);
+        Ok(())
+    }
+
+    /// Follows the pools that appeared since the last look, each from a listing of its
+    /// spans; stops following those gone.
+    async fn discover(&mut self, watches: &mut ZoneWatches) -> pm_etcd::Result<()> {
+        let store = &self.ctx.store;
+        let (names, _) = store.pool_names().await?;
+        let followed = watches.followed();
+        for pool in names.iter().filter(|p| !followed.contains(*p)) {
+            let (keys, revision) = store.list_pool_zone(pool, &self.ctx.zone, 0).await?;
+            for (start, end) in store.zone_spans(pool, &self.ctx.zone)? {
+                self.pools.load_span(&keys, revision, (&start, &end));
+            }
+            watches.follow(pool, revision + 1)?;
+        }
+        self.drop_gone(watches, &names);
+        Ok(())
+    }
+
+    /// Stops following the pools that hold no key any more and that the agent has
+    /// forgotten.
+    fn drop_gone(&self, watches: &mut ZoneWatches, present: &[String]) {
+        for pool in watches.followed() {
+            if !present.contains(&pool) && !self.pools.pools.contains_key(&pool) {
+                watches.forget(&pool);
             }
         }
     }

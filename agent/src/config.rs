@@ -61,6 +61,10 @@ pub struct AgentConfig {
     /// GCE creates and deletes in flight at once, over all pools.
     #[arg(long, env = "PM_MAX_CONCURRENT", default_value_t = 32)]
     pub max_concurrent: usize,
+    /// GCE operations waited on at once, over all pools: each wait is a long poll that
+    /// holds one connection; operations beyond it wait for a slot before they are polled.
+    #[arg(long, env = "PM_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: usize,
     /// Longest wait for one GCE operation to finish.
     #[arg(long, env = "PM_OPERATION_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
     pub operation_timeout: Duration,
@@ -79,6 +83,9 @@ impl AgentConfig {
         pm_etcd::keys::validate_zone(&self.zone).map_err(|e| format!("--zone: {e}"))?;
         if self.max_concurrent == 0 {
             return Err("--max-concurrent must be at least 1".into());
+        }
+        if self.max_waiting == 0 {
+            return Err("--max-waiting must be at least 1".into());
         }
         if self.hook_concurrency == 0 {
             return Err("--hook-concurrency must be at least 1".into());

@@ -32,6 +32,7 @@ pub mod pool_state;
 pub mod reconcile;
 pub mod throttle;
 pub mod zone_report;
+pub mod zone_watch;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,8 @@ use pm_proto::AgentInfo;
 use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+use crate::operations::Slots;
 
 use active::{ActiveAgent, AgentContext};
 pub use config::AgentConfig;
@@ -152,7 +155,7 @@ pub async fn run_with(
         zone: config.zone.clone(),
         agent_id: id.clone(),
         default_project: config.project.clone(),
-        max_concurrent: config.max_concurrent,
+        slots: Slots::new(config.max_concurrent, config.max_waiting),
         operation_timeout: config.operation_timeout,
         stall_after: config.stall_after,
         resync: config.daemon.resync,

@@ -1,6 +1,7 @@
 //! Operations in flight: each insert, delete or start runs in its own task, holding one
-//! of `--max-concurrent` slots for the call (not for the wait), and reports its outcome
-//! back to the loop. A fresh create refused for a stockout, quota or a rate limit
+//! of `--max-concurrent` slots for the call and then one of `--max-waiting` slots for
+//! the wait on its operation (a long poll, one connection each over HTTP/1.1), and
+//! reports its outcome back to the loop. A fresh create refused for a stockout, quota or a rate limit
 //! cancels the creates of its pool still queued for a slot. Every task ends when the
 //! term does.
 
@@ -72,13 +73,32 @@ pub enum Outcome {
     NotSent,
 }
 
-/// Runs `op` on instance `name`: the call holds a slot of `slots`, waiting for its
-/// operation (at most `timeout`) does not. A fresh create refused for a stockout, quota
+/// The bounds of one term's operations.
+#[derive(Clone)]
+pub struct Slots {
+    /// Calls in flight (`--max-concurrent`).
+    calls: Arc<Semaphore>,
+    /// Operations waited on at once (`--max-waiting`).
+    waits: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// At most `calls` calls in flight and `waits` operations waited on at once.
+    pub fn new(calls: usize, waits: usize) -> Self {
+        Self {
+            calls: Arc::new(Semaphore::new(calls.max(1))),
+            waits: Arc::new(Semaphore::new(waits.max(1))),
+        }
+    }
+}
+
+/// Runs `op` on instance `name`: the call holds a call slot of `slots`, then waiting for
+/// its operation (at most `timeout`) holds a wait slot. A fresh create refused for a stockout, quota
 /// or a rate limit fires its gate at once, so the creates queued behind it give up
 /// before they take the slot it frees (the loop hears of the refusal only later).
 pub async fn run(
     compute: &dyn Compute,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     project: &str,
     zone: &str,
     name: &str,
@@ -106,7 +126,7 @@ pub async fn run(
 /// [`run`] without the gate's reaction to a refusal.
 async fn call_and_wait(
     compute: &dyn Compute,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     project: &str,
     zone: &str,
     name: &str,
@@ -114,7 +134,7 @@ async fn call_and_wait(
     timeout: Duration,
 ) -> Outcome {
     let started = {
-        let Ok(_permit) = slots.acquire_owned().await else {
+        let Ok(_permit) = slots.calls.acquire_owned().await else {
             return Outcome::NotSent;
         };
         let call = match op {
@@ -140,6 +160,9 @@ async fn call_and_wait(
             Err(e) => return Outcome::Failed(e),
         }
     };
+    let Ok(_waiting) = slots.waits.acquire_owned().await else {
+        return Outcome::NotSent;
+    };
     match started {
         Some(started) => match wait_until_done(compute, project, started, timeout).await {
             Ok(done) => Outcome::Done(done.target_id),
@@ -159,8 +182,8 @@ async fn call_and_wait(
 pub struct Operations {
     /// GCE.
     compute: Arc<dyn Compute>,
-    /// Permits for calls in flight (`--max-concurrent`).
-    slots: Arc<Semaphore>,
+    /// Permits for calls in flight and operations waited on.
+    slots: Slots,
     /// Results arrive here.
     results_tx: mpsc::UnboundedSender<OpResult>,
     /// Receiving end of `results_tx`; one result per spawned operation, so it holds at
@@ -175,11 +198,10 @@ pub struct Operations {
 }
 
 impl Operations {
-    /// Operations against `compute` in `zone`, at most `max_concurrent` calls at once,
-    /// ending when `term` fires.
+    /// Operations against `compute` in `zone` within `slots`, ending when `term` fires.
     pub fn new(
         compute: Arc<dyn Compute>,
-        max_concurrent: usize,
+        slots: Slots,
         zone: &str,
         timeout: Duration,
         term: CancellationToken,
@@ -187,7 +209,7 @@ impl Operations {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         Self {
             compute,
-            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            slots,
             results_tx,
             results_rx,
             term,
@@ -259,7 +281,7 @@ mod tests {
         gate: Option<CancellationToken>,
         timeout: Duration,
     ) -> Outcome {
-        let slots = Arc::new(Semaphore::new(1));
+        let slots = Slots::new(1, 1);
         let op = insert("w-a", gate);
         run(fake, slots, "p", "z-a", "w-a", &op, timeout).await
     }
@@ -323,7 +345,7 @@ mod tests {
             not_found("RESOURCE_NOT_FOUND"),
         );
         let delete = || async {
-            let slots = Arc::new(Semaphore::new(1));
+            let slots = Slots::new(1, 1);
             run(
                 &fake,
                 slots,
@@ -383,10 +405,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn operations_past_the_wait_bound_are_sent_but_polled_later() {
+        let fake = Arc::new(FakeCompute::new());
+        fake.hang_operations(true);
+        let term = CancellationToken::new();
+        let mut ops = Operations::new(
+            fake.clone(),
+            Slots::new(4, 1),
+            "z-a",
+            Duration::from_secs(5),
+            term.clone(),
+        );
+        ops.spawn("web", "p", "w-a".into(), insert("w-a", None));
+        ops.spawn("web", "p", "w-b".into(), insert("w-b", None));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(fake.calls_of(ApiCall::Insert).len(), 2, "both calls sent");
+        let waited = |fake: &FakeCompute| -> std::collections::BTreeSet<Option<String>> {
+            let waits = fake.calls_of(ApiCall::WaitOperation);
+            waits.into_iter().map(|c| c.name).collect()
+        };
+        assert_eq!(waited(&fake).len(), 1, "one operation polled at a time");
+        ops.next().await.expect("the first gives up at its timeout");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(waited(&fake).len(), 2, "then the other");
+        term.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn results_come_back_and_stop_with_the_term() {
         let fake = Arc::new(FakeCompute::new());
         let term = CancellationToken::new();
-        let mut ops = Operations::new(fake.clone(), 2, "z-a", Duration::from_secs(5), term.clone());
+        let mut ops = Operations::new(
+            fake.clone(),
+            Slots::new(2, 2),
+            "z-a",
+            Duration::from_secs(5),
+            term.clone(),
+        );
         ops.spawn("web", "p", "w-a".into(), insert("w-a", None));
         let result = ops.next().await.expect("a result");
         assert_eq!((result.pool.as_str(), result.name.as_str()), ("web", "w-a"));

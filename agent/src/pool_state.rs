@@ -239,9 +239,16 @@ impl Pools {
         self.take(changes);
     }
 
-    /// Applies a watch batch (or a re-listing after compaction).
-    pub fn apply(&mut self, batch: WatchBatch) {
-        let changes = self.view.apply(batch);
+    /// Applies a batch of the watch of one span (a pool's config key, or its keys of the
+    /// zone).
+    pub fn apply_span(&mut self, batch: WatchBatch, span: (&str, &[u8])) {
+        let changes = self.view.apply_span(batch, span);
+        self.take(changes);
+    }
+
+    /// Takes a fresh listing of one span as the whole truth of it.
+    pub fn load_span(&mut self, listing: &[StoredKey], revision: i64, span: (&str, &[u8])) {
+        let changes = self.view.load_span(listing, revision, span);
         self.take(changes);
     }
 
@@ -361,6 +368,9 @@ mod tests {
 
     const LATER: Duration = Duration::from_secs(3600);
 
+    /// The span of every key.
+    const ALL: (&str, &[u8]) = ("", &[0xff]);
+
     fn put(key: String, value: Vec<u8>, revision: i64) -> WatchBatch {
         WatchBatch::Events(vec![testing::put(key, value, revision)])
     }
@@ -419,21 +429,21 @@ mod tests {
         let (mut pools, ks) = pools();
         let dk = ks.zone_desired("web", "zone-a").unwrap();
         assert!(pools.zone_keys("web").exhausted.is_some());
-        pools.apply(put(dk.clone(), desired(2, true, 99), 5));
+        pools.apply_span(put(dk.clone(), desired(2, true, 99), 5), ALL);
         assert!(!due_now(&pools), "only its bookkeeping changed");
-        pools.apply(put(dk.clone(), desired(2, false, 99), 6));
+        pools.apply_span(put(dk.clone(), desired(2, false, 99), 6), ALL);
         assert!(due_now(&pools), "accept_new changed");
         pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
-        pools.apply(put(dk.clone(), desired(3, false, 99), 7));
+        pools.apply_span(put(dk.clone(), desired(3, false, 99), 7), ALL);
         assert!(due_now(&pools), "the count changed");
         pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
         let other = ks.zone_desired("web", "zone-b").unwrap();
-        pools.apply(put(other, desired(9, true, 1), 8));
+        pools.apply_span(put(other, desired(9, true, 1), 8), ALL);
         assert!(
             !due_now(&pools),
             "another zone's desired is not this agent's"
         );
-        pools.apply(delete(dk, 9));
+        pools.apply_span(delete(dk, 9), ALL);
         assert!(pools.zone_keys("web").desired.is_none());
         assert!(
             !due_now(&pools),
@@ -447,7 +457,7 @@ mod tests {
         let state = pools.pools.get_mut("web").unwrap();
         state.pause_creates(LATER, "stockout".into(), true);
         state.next_sync = Instant::now() + LATER;
-        pools.apply(delete(ks.exhausted("web", "zone-a").unwrap(), 5));
+        pools.apply_span(delete(ks.exhausted("web", "zone-a").unwrap(), 5), ALL);
         let state = &pools.pools["web"];
         assert!(state.pause.is_none() && due_now(&pools));
         assert!(pools.zone_keys("web").exhausted.is_none());
@@ -455,12 +465,11 @@ mod tests {
         let state = pools.pools.get_mut("web").unwrap();
         state.pause_creates(LATER, "Quota".into(), false);
         let xk = ks.exhausted("web", "zone-a").unwrap();
-        pools.apply(put(
-            xk.clone(),
-            ZoneExhaustion::default().encode_to_vec(),
-            6,
-        ));
-        pools.apply(delete(xk, 7));
+        pools.apply_span(
+            put(xk.clone(), ZoneExhaustion::default().encode_to_vec(), 6),
+            ALL,
+        );
+        pools.apply_span(delete(xk, 7), ALL);
         assert!(
             pools.pools["web"].pause.is_some(),
             "a pause of another cause stays"
@@ -475,16 +484,16 @@ mod tests {
         state.pause_creates(LATER, "Quota".into(), false);
         state.reported = Some("cannot list".into());
         state.next_sync = Instant::now() + LATER;
-        pools.apply(put(ck.clone(), config(2).encode_to_vec(), 5));
+        pools.apply_span(put(ck.clone(), config(2).encode_to_vec(), 5), ALL);
         assert!(!due_now(&pools), "the same config again changes nothing");
-        pools.apply(put(ck.clone(), config(4).encode_to_vec(), 6));
+        pools.apply_span(put(ck.clone(), config(4).encode_to_vec(), 6), ALL);
         let state = &pools.pools["web"];
         assert!(due_now(&pools));
         assert!(state.pause.is_none() && state.reported.is_none());
         assert_eq!(state.config.as_ref().map(|c| c.target_vm_count), Some(4));
 
         pools.pools.get_mut("web").unwrap().next_sync = Instant::now() + LATER;
-        pools.apply(put(ck.clone(), config(-1).encode_to_vec(), 7));
+        pools.apply_span(put(ck.clone(), config(-1).encode_to_vec(), 7), ALL);
         let state = &pools.pools["web"];
         assert!(due_now(&pools), "a refused config is reported at once");
         assert_eq!(state.config.as_ref().map(|c| c.target_vm_count), Some(4));
@@ -493,14 +502,14 @@ mod tests {
             testing::put(ck.clone(), config(5).encode_to_vec(), 8),
             testing::put(ck.clone(), config(-2).encode_to_vec(), 9),
         ]);
-        pools.apply(both);
+        pools.apply_span(both, ALL);
         let state = &pools.pools["web"];
         assert_eq!(
             state.config.as_ref().map(|c| c.target_vm_count),
             Some(5),
             "the last valid config of a batch is kept"
         );
-        pools.apply(delete(ck, 10));
+        pools.apply_span(delete(ck, 10), ALL);
         let state = &pools.pools["web"];
         assert!(state.config.is_none() && state.config_problem.is_none());
         assert!(!state.is_gone(pools.zone_keys("web")), "placed here still");
@@ -514,9 +523,9 @@ mod tests {
             state: InstanceState::Provisioning as i32,
             ..Default::default()
         };
-        pools.apply(put(ik.clone(), provisioning.encode_to_vec(), 5));
+        pools.apply_span(put(ik.clone(), provisioning.encode_to_vec(), 5), ALL);
         pools.record_written("web", "web-a1", None, 8).unwrap();
-        pools.apply(put(ik.clone(), provisioning.encode_to_vec(), 6));
+        pools.apply_span(put(ik.clone(), provisioning.encode_to_vec(), 6), ALL);
         assert!(pools.zone_keys("web").instances.is_empty());
         let running = ObservedInstance {
             state: InstanceState::Running as i32,
@@ -525,7 +534,7 @@ mod tests {
         pools
             .record_written("web", "web-a1", Some(running.clone()), 9)
             .unwrap();
-        pools.apply(delete(ik, 8));
+        pools.apply_span(delete(ik, 8), ALL);
         let held = &pools.zone_keys("web").instances["web-a1"];
         assert_eq!((&held.value, held.mod_revision), (&running, 9));
     }

@@ -1,15 +1,12 @@
 //! Reconcile passes against the in-process fake, with paused time: each test drives a
 //! pass, runs its operations as the loop does, and feeds failures to the reaction.
 
-use std::sync::Arc;
-
 use pm_gce::compute::ApiCall;
 use pm_gce::error::{ErrorClass, GceError};
 use pm_gce::fake::FakeCompute;
 use pm_gce::resources::{Instance, InstanceStatus};
 use pm_pool::HookEvent;
 use pm_proto::{Hooks, ObservedInstance, OnPreempted, PoolConfig, ZoneDesired};
-use tokio::sync::Semaphore;
 
 use pm_etcd::testing::stored;
 use pm_etcd::{Keyspace, Stamped, StoredKey, WatchBatch, WatchEvent, ZoneKeys};
@@ -17,7 +14,7 @@ use pm_etcd::{Keyspace, Stamped, StoredKey, WatchBatch, WatchEvent, ZoneKeys};
 use super::*;
 use crate::decide::InFlight;
 use crate::failure::{react, Action};
-use crate::operations::{run, Op, Outcome};
+use crate::operations::{run, Op, Outcome, Slots};
 
 const ZONE: &str = "zone-a";
 const PROJECT: &str = "proj";
@@ -116,7 +113,7 @@ async fn effects_of(fake: &FakeCompute, pool: &mut Pool) -> Effects {
 
 /// Runs the operations of `fx` as the loop does, one slot, and returns their outcomes.
 async fn operate(fake: &FakeCompute, fx: Effects) -> Vec<(String, InFlight, Outcome)> {
-    let slots = Arc::new(Semaphore::new(1));
+    let slots = Slots::new(1, 1);
     let mut ops: Vec<(String, Op)> = Vec::new();
     for insert in fx.creates.into_iter().chain(fx.resumes) {
         let op = Op::Insert {
@@ -187,7 +184,7 @@ fn quota() -> GceError {
 /// each outcome fed back to the pool's state at once. Returns the kinds of the events of
 /// state changes.
 async fn create_gated(fake: &FakeCompute, pool: &mut Pool, fx: Effects) -> Vec<&'static str> {
-    let slots = Arc::new(Semaphore::new(1));
+    let slots = Slots::new(1, 1);
     let gate = pool.state.create_gate.clone();
     let mut changes = Vec::new();
     for insert in fx.creates {
@@ -515,13 +512,13 @@ async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
     };
     let put = |kv: StoredKey| WatchBatch::Events(vec![WatchEvent::Put(kv)]);
     let good = config(OnPreempted::Delete);
-    pools.apply(put(stored(&good, 2)));
+    pools.apply_span(put(stored(&good, 2)), ("", &[0xff]));
     let mut bad = good.clone();
     bad.hooks = Some(Hooks {
         create: "../escape".into(),
         ..Default::default()
     });
-    pools.apply(put(stored(&bad, 3)));
+    pools.apply_span(put(stored(&bad, 3)), ("", &[0xff]));
     let undecodable = StoredKey {
         value: b"\xff\xff garbage".to_vec(),
         ..stored(&good, 4)
@@ -538,11 +535,11 @@ async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
     assert!(first.reports[0].message.contains("hooks.create"));
     let second = pass(&fake, state, zone).await;
     assert!(second.reports.is_empty(), "reported once");
-    pools.apply(put(undecodable));
+    pools.apply_span(put(undecodable), ("", &[0xff]));
     let (state, zone) = pools.state_and_keys("web");
     assert_eq!(state.config.as_ref(), Some(&good));
     let third = pass(&fake, state, zone).await;
     assert_eq!(third.reports.len(), 1, "a new problem is reported");
-    pools.apply(put(stored(&good, 5)));
+    pools.apply_span(put(stored(&good, 5)), ("", &[0xff]));
     assert!(pools.pools["web"].config_problem.is_none());
 }

@@ -80,14 +80,15 @@ impl Report {
                 c.scheduler_steady_cpu_percent, c.agent_steady_cpu_percent, c.scheduler_peak_rss_mib, c.agent_peak_rss_mib
             ));
         }
-        out.push_str("\n| converge | agent RSS max (all agents) | etcd DB | etcd keys | largest etcd reply |\n|---|---|---|---|---|\n");
+        out.push_str("\n| converge | agent RSS max (all agents) | etcd CPU steady | etcd DB | etcd keys | largest etcd reply |\n|---|---|---|---|---|---|\n");
         for c in &self.converge {
             out.push_str(&format!(
-                "| {} over {} zones | {:.1} MiB ({:.0} MiB) | {:.1} MiB | {} | {:.0} KiB |\n",
+                "| {} over {} zones | {:.1} MiB ({:.0} MiB) | {:.1}% | {:.1} MiB | {} | {:.0} KiB |\n",
                 c.instances,
                 c.zones,
                 c.agent_peak_rss_mib_max,
                 c.agents_peak_rss_mib_total,
+                c.etcd_steady_cpu_percent,
                 c.etcd_db_size_mib,
                 c.etcd_keys,
                 c.largest_etcd_reply_bytes / 1024.0

@@ -92,6 +92,7 @@ impl Profile {
             .schedulers(schedulers)
             .capacity(capacity)
             .delays(self.op_delay, self.boot_delay)
+            .max_waiting(max_waiting(zones * agents))
             .start()
             .await
     }
@@ -114,6 +115,17 @@ impl Profile {
         Duration::from_secs(120 + n / 20) + self.ideal() * 20
     }
 }
+
+/// The agents' `--max-waiting` with `agents` in all: gce-sim runs in the bench and holds
+/// a socket per operation waited on, so all of them together stay within
+/// [`SIM_SOCKETS`] (the open-file limit of this machine is 20,000), and each agent keeps
+/// its default of 256 when that fits.
+fn max_waiting(agents: usize) -> usize {
+    (SIM_SOCKETS / agents.max(1)).clamp(1, 256)
+}
+
+/// The sockets of waits on operations that gce-sim serves at most at once.
+const SIM_SOCKETS: usize = 15_000;
 
 const POOL: &str = "bench";
 const POLL: Duration = Duration::from_millis(20);
@@ -145,6 +157,8 @@ pub struct Converge {
     pub scheduler_steady_cpu_percent: f64,
     /// One agent's CPU share of one core in the steady state.
     pub agent_steady_cpu_percent: f64,
+    /// etcd's CPU share of one core in the steady state.
+    pub etcd_steady_cpu_percent: f64,
     /// Scheduler CPU seconds over the whole run.
     pub scheduler_cpu_seconds: f64,
     /// One agent's CPU seconds over the whole run.
@@ -194,7 +208,9 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
         .max(1.0);
     let lower = 2.0 * n as f64 + zones as f64 * resyncs;
 
+    let etcd = c.etcd().member_pid(0).unwrap_or_default();
     let (cpu_s0, cpu_a0) = (measure::cpu_seconds(scheduler), measure::cpu_seconds(agent));
+    let cpu_e0 = measure::cpu_seconds(etcd);
     let rev_s0 = measure::etcd_revision(&c).await?;
     let calls_s0 = measure::stats(&c).await?.total;
     let steady_start = Instant::now();
@@ -203,6 +219,7 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
     let rev_s1 = measure::etcd_revision(&c).await?;
     let calls_s1 = measure::stats(&c).await?.total;
     let (cpu_s1, cpu_a1) = (measure::cpu_seconds(scheduler), measure::cpu_seconds(agent));
+    let cpu_e1 = measure::cpu_seconds(etcd);
     let (db_size, keys) = measure::etcd_size(&c).await?;
     let (rss_max, rss_total) = measure::agents_peak_rss_mib(&mut c);
 
@@ -235,6 +252,7 @@ pub async fn converge(p: &Profile, n: u64, zones: usize) -> anyhow::Result<Conve
         steady_gce_calls_per_minute: (calls_s1 - calls_s0) as f64 * 60.0 / window,
         scheduler_steady_cpu_percent: (cpu_s1 - cpu_s0) * 100.0 / window,
         agent_steady_cpu_percent: (cpu_a1 - cpu_a0) * 100.0 / window,
+        etcd_steady_cpu_percent: (cpu_e1 - cpu_e0) * 100.0 / window,
         scheduler_cpu_seconds: measure::cpu_seconds(scheduler),
         agent_cpu_seconds: measure::cpu_seconds(agent),
         scheduler_peak_rss_mib: measure::peak_rss_mib(scheduler),

@@ -36,6 +36,17 @@ pub struct Listing<M> {
     pub revision: i64,
 }
 
+/// What an agent of one zone reads of `pools/` ([`Store::list_zone`]).
+#[derive(Debug)]
+pub struct ZoneListing {
+    /// Every pool's config and the pools' keys of the zone, in key order.
+    pub keys: Vec<StoredKey>,
+    /// Every pool holding any key, in name order.
+    pub pools: Vec<String>,
+    /// The revision of the read.
+    pub revision: i64,
+}
+
 /// Decodes a value stored under `key` as `M`, naming the key on failure.
 pub fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|source| Error::Decode {
@@ -144,11 +155,69 @@ impl Store {
         range::read(&self.client, what, span, false).await
     }
 
-    /// Reads what an agent of `zone` holds of `pools/` at one revision: every pool's
-    /// config and the pool's keys of that zone, not the other zones'. It steps from pool
-    /// to pool (one keys-only read of limit 1 finds the next pool), so it costs three
-    /// small reads per pool plus the zone's own keys, whatever the size of the others.
-    pub async fn list_zone(&self, zone: &str) -> Result<(Vec<StoredKey>, i64)> {
+    /// The names of the pools holding any key, at one revision, with that revision. It
+    /// steps from pool to pool (one keys-only read of limit 1 finds the next), so it
+    /// costs one small read per pool, whatever the pools hold.
+    pub async fn pool_names(&self) -> Result<(Vec<String>, i64)> {
+        let pools = self.keys.pools_prefix();
+        let end = prefix_range_end(pools.as_bytes());
+        let mut from = pools.clone().into_bytes();
+        let mut revision = 0;
+        let mut names = Vec::new();
+        loop {
+            let span = Span {
+                start: &from,
+                end: &end,
+            };
+            let (first, at) = range::first_key(&self.client, &pools, span, revision).await?;
+            revision = at;
+            let Some(first) = first else {
+                return Ok((names, revision));
+            };
+            let rest = &first.key[pools.len()..];
+            let pool = rest.split('/').next().unwrap_or(rest).to_string();
+            from = prefix_range_end(format!("{pools}{pool}/").as_bytes());
+            names.push(pool);
+        }
+    }
+
+    /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
+    /// key, and the pool's keys of the zone.
+    pub fn zone_spans(&self, pool: &str, zone: &str) -> Result<[(String, Vec<u8>); 2]> {
+        let config = self.keys.pool_config(pool)?;
+        let config_end = [config.as_bytes(), &[0]].concat();
+        let zone_prefix = self.keys.zone_prefix(pool, zone)?;
+        let zone_end = prefix_range_end(zone_prefix.as_bytes());
+        Ok([(config, config_end), (zone_prefix, zone_end)])
+    }
+
+    /// Reads `pool`'s spans of `zone` ([`Store::zone_spans`]) at `revision` (0: now);
+    /// returns the keys and the revision.
+    pub async fn list_pool_zone(
+        &self,
+        pool: &str,
+        zone: &str,
+        revision: i64,
+    ) -> Result<(Vec<StoredKey>, i64)> {
+        let mut revision = revision;
+        let mut out = Vec::new();
+        for (start, end) in self.zone_spans(pool, zone)? {
+            let span = Span {
+                start: start.as_bytes(),
+                end: &end,
+            };
+            let (keys, at) = range::read_at(&self.client, &start, span, false, revision).await?;
+            revision = at;
+            out.extend(keys);
+        }
+        Ok((out, revision))
+    }
+
+    /// Reads what an agent of `zone` holds of `pools/` at one revision: the pools holding
+    /// any key, each one's config and its keys of that zone, not the other zones'. It
+    /// costs three small reads per pool plus the zone's own keys, whatever the size of the
+    /// others.
+    pub async fn list_zone(&self, zone: &str) -> Result<ZoneListing> {
         let mut restarts = 0;
         loop {
             match self.list_zone_once(zone).await {
@@ -158,44 +227,18 @@ impl Store {
         }
     }
 
-    async fn list_zone_once(&self, zone: &str) -> Result<(Vec<StoredKey>, i64)> {
-        let pools = self.keys.pools_prefix();
-        let end = prefix_range_end(pools.as_bytes());
-        let mut from = pools.clone().into_bytes();
-        let mut revision = 0;
-        let mut out = Vec::new();
-        loop {
-            let span = Span {
-                start: &from,
-                end: &end,
-            };
-            let (first, at) = range::first_key(&self.client, &pools, span, revision).await?;
-            revision = at;
-            let Some(first) = first else {
-                return Ok((out, revision));
-            };
-            let rest = &first.key[pools.len()..];
-            let pool = rest.split('/').next().unwrap_or(rest);
-            let pool_prefix = format!("{pools}{pool}/");
-            for prefix in [
-                format!("{pool_prefix}config"),
-                format!("{pool_prefix}zones/{zone}/"),
-            ] {
-                let end = if prefix.ends_with('/') {
-                    prefix_range_end(prefix.as_bytes())
-                } else {
-                    [prefix.as_bytes(), &[0]].concat()
-                };
-                let span = Span {
-                    start: prefix.as_bytes(),
-                    end: &end,
-                };
-                let (keys, _) =
-                    range::read_at(&self.client, &prefix, span, false, revision).await?;
-                out.extend(keys);
-            }
-            from = prefix_range_end(pool_prefix.as_bytes());
+    async fn list_zone_once(&self, zone: &str) -> Result<ZoneListing> {
+        let (pools, revision) = self.pool_names().await?;
+        let mut keys = Vec::new();
+        for pool in &pools {
+            let (listed, _) = self.list_pool_zone(pool, zone, revision).await?;
+            keys.extend(listed);
         }
+        Ok(ZoneListing {
+            keys,
+            pools,
+            revision,
+        })
     }
 
     /// Lists the raw keys under `prefix`, without values.

@@ -267,7 +267,7 @@ impl PoolsView {
         self.seen = self.seen.max(revision);
         let mut changes = Vec::new();
         for kv in listing {
-            self.put(kv, &mut changes);
+            self.put(kv, false, &mut changes);
         }
         let listed: HashSet<&str> = listing.iter().map(|kv| kv.key.as_str()).collect();
         for (key, held) in self.held() {
@@ -275,7 +275,7 @@ impl PoolsView {
                 continue;
             };
             if held <= revision && !listed.contains(raw.as_str()) {
-                self.delete(key, raw, revision, &mut changes);
+                self.delete(key, raw, revision, false, &mut changes);
             }
         }
         changes
@@ -284,27 +284,76 @@ impl PoolsView {
     /// Applies a watch batch: its events in order, or the whole listing of a
     /// [`WatchBatch::Resync`]. Deletions the watch has now passed are forgotten.
     pub fn apply(&mut self, batch: WatchBatch) -> Vec<Change> {
-        let (changes, horizon) = match batch {
-            WatchBatch::Events(events) => {
-                let horizon = events.last().map_or(0, |e| e.revision() + 1);
-                self.seen = self.seen.max(horizon - 1);
-                let mut changes = Vec::new();
-                for event in events {
-                    match event {
-                        WatchEvent::Put(kv) => self.put(&kv, &mut changes),
-                        WatchEvent::Delete { key, mod_revision } => {
-                            match self.keys.parse(key.as_bytes()) {
-                                Ok(parsed) => self.delete(parsed, key, mod_revision, &mut changes),
-                                Err(error) => changes.push(Change::Malformed { error }),
-                            }
-                        }
-                    }
-                }
-                (changes, horizon)
+        match batch {
+            WatchBatch::Events(events) => self.apply_events(events, |_| true),
+            WatchBatch::Resync { revision, keys } => {
+                let changes = self.load(&keys, revision);
+                self.removed.retain(|_, deleted| *deleted > revision);
+                changes
             }
-            WatchBatch::Resync { revision, keys } => (self.load(&keys, revision), revision + 1),
-        };
-        self.removed.retain(|_, deleted| *deleted >= horizon);
+        }
+    }
+
+    /// Applies a batch of a watch of one span of the keyspace (`[span.0, span.1)`), one of
+    /// several a consumer follows each on its own: a deletion is forgotten once this
+    /// watch has passed it only in its span, and a resync is the whole truth of the span
+    /// ([`PoolsView::load_span`]).
+    pub fn apply_span(&mut self, batch: WatchBatch, span: (&str, &[u8])) -> Vec<Change> {
+        let inside = |raw: &str| raw >= span.0 && raw.as_bytes() < span.1;
+        match batch {
+            WatchBatch::Events(events) => self.apply_events(events, inside),
+            WatchBatch::Resync { revision, keys } => self.load_span(&keys, revision, span),
+        }
+    }
+
+    fn apply_events(
+        &mut self,
+        events: Vec<WatchEvent>,
+        passed: impl Fn(&str) -> bool,
+    ) -> Vec<Change> {
+        let horizon = events.last().map_or(0, |e| e.revision() + 1);
+        self.seen = self.seen.max(horizon - 1);
+        let mut changes = Vec::new();
+        for event in events {
+            match event {
+                WatchEvent::Put(kv) => self.put(&kv, false, &mut changes),
+                WatchEvent::Delete { key, mod_revision } => match self.keys.parse(key.as_bytes()) {
+                    Ok(parsed) => self.delete(parsed, key, mod_revision, false, &mut changes),
+                    Err(error) => changes.push(Change::Malformed { error }),
+                },
+            }
+        }
+        self.removed
+            .retain(|raw, deleted| *deleted >= horizon || !passed(raw));
+        changes
+    }
+
+    /// Takes a fresh listing of the keys from `span.0` (inclusive) to `span.1` (exclusive),
+    /// made at `revision`, as the whole truth of that span: every listed key, and the
+    /// deletion of every other key the view holds there, whatever revisions it knew of
+    /// them. A fresh listing is newer than anything the view learnt of the span, and after
+    /// a snapshot restore its revision is below them.
+    pub fn load_span(
+        &mut self,
+        listing: &[StoredKey],
+        revision: i64,
+        span: (&str, &[u8]),
+    ) -> Vec<Change> {
+        let inside = |raw: &str| raw >= span.0 && raw.as_bytes() < span.1;
+        self.removed.retain(|raw, _| !inside(raw));
+        let mut changes = Vec::new();
+        for kv in listing.iter().filter(|kv| inside(&kv.key)) {
+            self.put(kv, true, &mut changes);
+        }
+        let listed: HashSet<&str> = listing.iter().map(|kv| kv.key.as_str()).collect();
+        for (key, _) in self.held() {
+            let Ok(raw) = self.keys.build(&key) else {
+                continue;
+            };
+            if inside(&raw) && !listed.contains(raw.as_str()) {
+                self.delete(key, raw, revision, true, &mut changes);
+            }
+        }
         changes
     }
 
@@ -397,13 +446,15 @@ impl PoolsView {
         pools.flat_map(|(name, pool)| held_in(name, pool)).collect()
     }
 
-    /// Takes one key written, unless it is older than what the view knows of it.
-    fn put(&mut self, kv: &StoredKey, changes: &mut Vec<Change>) {
+    /// Takes one key written, unless it is older than what the view knows of it (and
+    /// whatever the view knows when `force`).
+    fn put(&mut self, kv: &StoredKey, force: bool, changes: &mut Vec<Change>) {
         let key = match self.keys.parse(kv.key.as_bytes()) {
             Ok(key) => key,
             Err(error) => return changes.push(Change::Malformed { error }),
         };
-        if !self.holds(&key) || kv.mod_revision <= self.known_revision(&key, &kv.key) {
+        let stale = !force && kv.mod_revision <= self.known_revision(&key, &kv.key);
+        if !self.holds(&key) || stale {
             return;
         }
         match Value::decode(&key, &kv.key, &kv.value) {
@@ -423,9 +474,17 @@ impl PoolsView {
     }
 
     /// Takes the deletion of `key` (spelled `raw`) at `revision`, unless the view knows of
-    /// a newer write.
-    fn delete(&mut self, key: Key, raw: String, revision: i64, changes: &mut Vec<Change>) {
-        if !self.holds(&key) || revision <= self.known_revision(&key, &raw) {
+    /// a newer write (and whatever the view knows when `force`).
+    fn delete(
+        &mut self,
+        key: Key,
+        raw: String,
+        revision: i64,
+        force: bool,
+        changes: &mut Vec<Change>,
+    ) {
+        let stale = !force && revision <= self.known_revision(&key, &raw);
+        if !self.holds(&key) || stale {
             return;
         }
         let old = self.set(&key, None, revision).flatten();

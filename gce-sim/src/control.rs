@@ -442,7 +442,7 @@ pub(super) async fn stats(State(sim): State<Arc<Shared>>) -> Response {
 #[derive(Debug, thiserror::Error)]
 pub enum SimControlError {
     /// The request did not complete.
-    #[error("gce-sim control {path}: transport error")]
+    #[error("gce-sim control {path}: transport error: {source:?}")]
     Transport {
         /// The control path.
         path: String,

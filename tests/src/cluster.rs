@@ -75,6 +75,8 @@ pub struct ClusterBuilder {
     require_auth: bool,
     /// The agents' `--max-concurrent`; `None`: the agent's default.
     max_concurrent: Option<usize>,
+    /// The agents' `--max-waiting`; `None`: the agent's default.
+    max_waiting: Option<usize>,
 }
 
 impl Default for ClusterBuilder {
@@ -92,6 +94,7 @@ impl Default for ClusterBuilder {
             operation_timeout: Duration::from_secs(30),
             require_auth: false,
             max_concurrent: None,
+            max_waiting: None,
         }
     }
 }
@@ -163,6 +166,12 @@ impl ClusterBuilder {
     /// The agents' `--max-concurrent` (default: the agent's).
     pub fn max_concurrent(mut self, max: usize) -> Self {
         self.max_concurrent = Some(max);
+        self
+    }
+
+    /// The agents' `--max-waiting` (default: the agent's).
+    pub fn max_waiting(mut self, max: usize) -> Self {
+        self.max_waiting = Some(max);
         self
     }
 
@@ -415,6 +424,9 @@ impl Cluster {
         args.extend(auth);
         if let Some(dir) = &self.settings.hooks_dir {
             args.extend(["--hooks-dir".into(), dir.to_string_lossy().into_owned()]);
+        }
+        if let Some(max) = self.settings.max_waiting {
+            args.extend(["--max-waiting".into(), max.to_string()]);
         }
         if let Some(max) = self.settings.max_concurrent {
             args.extend(["--max-concurrent".into(), max.to_string()]);

@@ -304,6 +304,11 @@ impl EtcdCluster {
         }
     }
 
+    /// The process id of member `index`, while it runs.
+    pub fn member_pid(&self, index: usize) -> Option<u32> {
+        self.members[index].child.as_ref().and_then(Child::id)
+    }
+
     /// Kills member `index` with SIGKILL and waits for it to exit.
     pub async fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.members[index].child.take() {

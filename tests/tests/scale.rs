@@ -150,7 +150,9 @@ async fn an_agent_lists_every_config_and_only_its_own_zone() {
         .await
         .unwrap();
 
-    let (listing, revision) = store.list_zone("zone-a").await.unwrap();
+    let listed = store.list_zone("zone-a").await.unwrap();
+    assert_eq!(listed.pools, ["alpha", "beta", "delta", "gamma"]);
+    let (listing, revision) = (listed.keys, listed.revision);
     let got: Vec<&str> = listing.iter().map(|k| k.key.as_str()).collect();
     let root = keys.root();
     let mut want = Vec::new();
@@ -355,4 +357,33 @@ async fn a_pool_whose_gce_calls_hang_does_not_hold_back_another_pool() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_agents_watches_carry_only_its_zone_of_each_pool() {
+    use pm_agent::zone_watch::ZoneWatches;
+
+    let etcd = EtcdCluster::start(1).await;
+    let store = etcd.store().await;
+    let keys = store.keys().clone();
+    let revision = store
+        .put(&keys.pool_config("web").unwrap(), &PoolConfig::default(), 0)
+        .await
+        .unwrap();
+    let mut watches = ZoneWatches::new(store.clone(), "zone-a", pm_telemetry::Readiness::new());
+    watches.follow("web", revision + 1).unwrap();
+    let other = keys.instance("web", "zone-b", "web-b1").unwrap();
+    store.put(&other, &padded_instance("b"), 0).await.unwrap();
+    let mine = keys.zone_desired("web", "zone-a").unwrap();
+    store.put(&mine, &ZoneDesired::default(), 0).await.unwrap();
+    let heard = tokio::time::timeout(BOUND, watches.next())
+        .await
+        .expect("a change of zone-a")
+        .unwrap();
+    let WatchBatch::Events(events) = heard.batch else {
+        panic!("expected events");
+    };
+    let seen: Vec<&str> = events.iter().map(WatchEvent::key).collect();
+    assert_eq!(seen, [mine.as_str()], "zone-b's write is not heard");
+    assert_eq!(heard.start, keys.zone_prefix("web", "zone-a").unwrap());
 }

@@ -470,3 +470,64 @@ fn a_listing_from_before_what_was_seen_is_a_restore_and_replaces_the_view() {
     assert_eq!(changes.len(), 1);
     assert_eq!(view.zone("web", "zone-a").instances.len(), 1);
 }
+
+#[test]
+fn a_span_listing_is_the_whole_truth_of_its_span_and_only_of_it() {
+    let ks = keys();
+    let mut view = PoolsView::for_zone(ks.clone(), "zone-a");
+    view.load(
+        &[
+            stored(ks.pool_config("web").unwrap(), config(3), 2),
+            stored(
+                instance_key("zone-a", "web-a1"),
+                instance(InstanceState::Running),
+                9,
+            ),
+            stored(
+                instance_key("zone-a", "web-a2"),
+                instance(InstanceState::Running),
+                9,
+            ),
+        ],
+        9,
+    );
+    let zone = ks.zone_prefix("web", "zone-a").unwrap();
+    let end = crate::keys::prefix_range_end(zone.as_bytes());
+    // A restored etcd's listing of the zone, at a revision below what the view knew:
+    // it wins in its span, and the config outside it stays.
+    let changes = view.load_span(
+        &[stored(
+            instance_key("zone-a", "web-a1"),
+            instance(InstanceState::Stopping),
+            4,
+        )],
+        4,
+        (&zone, &end),
+    );
+    assert_eq!(changes.len(), 2, "{:?}", described(&changes));
+    let web = view.pool("web").unwrap();
+    assert!(web.config.is_some());
+    let a = &web.zone("zone-a").instances;
+    assert_eq!(a.keys().collect::<Vec<_>>(), ["web-a1"]);
+    assert_eq!(a["web-a1"].mod_revision, 4);
+
+    // The writer deletes web-a1; another span's watch passing that revision does not make
+    // the view forget it, so the zone's watch, still behind, cannot bring it back.
+    let config_key = ks.pool_config("web").unwrap();
+    let config_end = [config_key.as_bytes(), &[0]].concat();
+    let a1 = ks
+        .parse(instance_key("zone-a", "web-a1").as_bytes())
+        .unwrap();
+    view.record(&a1, None, 20).unwrap();
+    view.apply_span(
+        events(vec![put(config_key.clone(), config(4), 30)]),
+        (&config_key, &config_end),
+    );
+    let stale = put(
+        instance_key("zone-a", "web-a1"),
+        instance(InstanceState::Running),
+        10,
+    );
+    let changes = view.apply_span(events(vec![stale]), (&zone, &end));
+    assert!(changes.is_empty(), "{:?}", described(&changes));
+}
