@@ -190,7 +190,8 @@ impl<'a> ActiveAgent<'a> {
     /// Reads every pool's config and keys of the zone again as the whole truth, and
     /// follows the pools not followed yet.
     async fn relist(&mut self, watches: &mut ZoneWatches) -> pm_etcd::Result<()> {
-        let listing = self.ctx.store.list_zone(&self.ctx.zone).await?;
+        let known = watches.followed();
+        let listing = self.ctx.store.list_zone(&self.ctx.zone, &known).await?;
         self.pools.load(&listing.keys, listing.revision);
         for pool in &listing.pools {
             watches.follow(pool, listing.revision + 1)?;
@@ -200,24 +201,22 @@ impl<'a> ActiveAgent<'a> {
     }
 
     /// Follows the pools that appeared since the last look, each from a listing of its
-    /// spans; stops following those gone.
+    /// spans.
     async fn discover(&mut self, watches: &mut ZoneWatches) -> pm_etcd::Result<()> {
         let store = &self.ctx.store;
-        let (names, _) = store.pool_names().await?;
-        let followed = watches.followed();
-        for pool in names.iter().filter(|p| !followed.contains(*p)) {
+        let (found, _) = store.new_pools(&watches.followed(), 0).await?;
+        for pool in &found {
             let (keys, revision) = store.list_pool_zone(pool, &self.ctx.zone, 0).await?;
             for (start, end) in store.zone_spans(pool, &self.ctx.zone)? {
                 self.pools.load_span(&keys, revision, (&start, &end));
             }
             watches.follow(pool, revision + 1)?;
         }
-        self.drop_gone(watches, &names);
         Ok(())
     }
 
-    /// Stops following the pools that hold no key any more and that the agent has
-    /// forgotten.
+    /// Stops following the pools that the listing found no key of and that the agent
+    /// has forgotten; one that still holds keys elsewhere is found again as new.
     fn drop_gone(&self, watches: &mut ZoneWatches, present: &[String]) {
         for pool in watches.followed() {
             if !present.contains(&pool) && !self.pools.pools.contains_key(&pool) {

@@ -3,8 +3,8 @@
 //! A watch of all of `pools/` would hand every agent every other zone's changes: with Z
 //! zones, etcd sends and each agent decodes Z times what it needs, and the total grows
 //! with the square of the zones. So an agent follows two spans per pool, each with its own
-//! [`ResumableWatch`], and finds new pools by stepping through the pool names
-//! ([`pm_etcd::Store::pool_names`], one small read per pool) every [`DISCOVERY`].
+//! [`ResumableWatch`], and finds new pools every [`DISCOVERY`] by reading the gaps
+//! between the pools it follows ([`pm_etcd::Store::new_pools`], one small read per pool).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Typed reads and writes of pm's protobuf values, plain, fenced and compare-and-swap.
 
+use std::collections::BTreeSet;
+
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
@@ -41,7 +43,8 @@ pub struct Listing<M> {
 pub struct ZoneListing {
     /// Every pool's config and the pools' keys of the zone, in key order.
     pub keys: Vec<StoredKey>,
-    /// Every pool holding any key, in name order.
+    /// The pools found holding any key (new ones), or any key read (known ones), in name
+    /// order.
     pub pools: Vec<String>,
     /// The revision of the read.
     pub revision: i64,
@@ -155,30 +158,51 @@ impl Store {
         range::read(&self.client, what, span, false).await
     }
 
-    /// The names of the pools holding any key, at one revision, with that revision. It
-    /// steps from pool to pool (one keys-only read of limit 1 finds the next), so it
-    /// costs one small read per pool, whatever the pools hold.
-    pub async fn pool_names(&self) -> Result<(Vec<String>, i64)> {
+    /// The pools holding any key whose names are not in `known`, at `revision` (0: now),
+    /// with the revision. It reads only the gaps between the known pools' ranges, one
+    /// keys-only read of limit 1 per gap and per pool found: etcd counts every key of a
+    /// range it reads, so reading past the known pools would cost what they hold, on
+    /// every look.
+    pub async fn new_pools(
+        &self,
+        known: &BTreeSet<String>,
+        revision: i64,
+    ) -> Result<(Vec<String>, i64)> {
         let pools = self.keys.pools_prefix();
-        let end = prefix_range_end(pools.as_bytes());
-        let mut from = pools.clone().into_bytes();
-        let mut revision = 0;
-        let mut names = Vec::new();
-        loop {
-            let span = Span {
-                start: &from,
-                end: &end,
-            };
-            let (first, at) = range::first_key(&self.client, &pools, span, revision).await?;
-            revision = at;
-            let Some(first) = first else {
-                return Ok((names, revision));
-            };
-            let rest = &first.key[pools.len()..];
-            let pool = rest.split('/').next().unwrap_or(rest).to_string();
-            from = prefix_range_end(format!("{pools}{pool}/").as_bytes());
-            names.push(pool);
+        // By the bytes of their ranges, which is not always the order of the names.
+        let mut ranges: Vec<Vec<u8>> = known
+            .iter()
+            .map(|p| format!("{pools}{p}/").into_bytes())
+            .collect();
+        ranges.sort();
+        let mut gaps = Vec::with_capacity(ranges.len() + 1);
+        let mut start = pools.as_bytes().to_vec();
+        for range in ranges {
+            let next = prefix_range_end(&range);
+            gaps.push((start, range));
+            start = next;
         }
+        gaps.push((start, prefix_range_end(pools.as_bytes())));
+        let mut revision = revision;
+        let mut found = Vec::new();
+        for (mut from, end) in gaps {
+            loop {
+                let span = Span {
+                    start: &from,
+                    end: &end,
+                };
+                let (first, at) = range::first_key(&self.client, &pools, span, revision).await?;
+                revision = at;
+                let Some(first) = first else {
+                    break;
+                };
+                let rest = &first.key[pools.len()..];
+                let pool = rest.split('/').next().unwrap_or(rest).to_string();
+                from = prefix_range_end(format!("{pools}{pool}/").as_bytes());
+                found.push(pool);
+            }
+        }
+        Ok((found, revision))
     }
 
     /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
@@ -213,30 +237,35 @@ impl Store {
         Ok((out, revision))
     }
 
-    /// Reads what an agent of `zone` holds of `pools/` at one revision: the pools holding
-    /// any key, each one's config and its keys of that zone, not the other zones'. It
-    /// costs three small reads per pool plus the zone's own keys, whatever the size of the
-    /// others.
-    pub async fn list_zone(&self, zone: &str) -> Result<ZoneListing> {
+    /// Reads what an agent of `zone` holds of `pools/` at one revision: for the `known`
+    /// pools and every other pool holding any key ([`Store::new_pools`]), each one's
+    /// config and its keys of that zone, not the other zones'. Its cost grows with the
+    /// pools and the zone's own keys, not with the size of the others.
+    pub async fn list_zone(&self, zone: &str, known: &BTreeSet<String>) -> Result<ZoneListing> {
         let mut restarts = 0;
         loop {
-            match self.list_zone_once(zone).await {
+            match self.list_zone_once(zone, known).await {
                 Err(e) if range::compacted(&e) && restarts < 5 => restarts += 1,
                 other => return other,
             }
         }
     }
 
-    async fn list_zone_once(&self, zone: &str) -> Result<ZoneListing> {
-        let (pools, revision) = self.pool_names().await?;
+    async fn list_zone_once(&self, zone: &str, known: &BTreeSet<String>) -> Result<ZoneListing> {
+        let (found, revision) = self.new_pools(known, 0).await?;
         let mut keys = Vec::new();
-        for pool in &pools {
+        let mut pools: BTreeSet<String> = found.into_iter().collect();
+        for pool in known.iter().chain(pools.clone().iter()) {
             let (listed, _) = self.list_pool_zone(pool, zone, revision).await?;
+            if !listed.is_empty() {
+                pools.insert(pool.clone());
+            }
             keys.extend(listed);
         }
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(ZoneListing {
             keys,
-            pools,
+            pools: pools.into_iter().collect(),
             revision,
         })
     }

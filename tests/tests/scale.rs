@@ -2,7 +2,7 @@
 //! client's decode limit, an agent's listing of its own zone, bounded events, and the
 //! whole system with more than 8 MiB under one pool's prefix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_etcd::etcd_client::{PutOptions, Txn, TxnOp};
@@ -150,8 +150,13 @@ async fn an_agent_lists_every_config_and_only_its_own_zone() {
         .await
         .unwrap();
 
-    let listed = store.list_zone("zone-a").await.unwrap();
+    let listed = store.list_zone("zone-a", &BTreeSet::new()).await.unwrap();
     assert_eq!(listed.pools, ["alpha", "beta", "delta", "gamma"]);
+    let known: BTreeSet<String> = ["beta", "gamma"].map(String::from).into();
+    let (found, _) = store.new_pools(&known, 0).await.unwrap();
+    assert_eq!(found, ["alpha", "delta"], "only the pools not known yet");
+    let again = store.list_zone("zone-a", &known).await.unwrap();
+    assert_eq!(again.keys, listed.keys, "the same keys, known pools or not");
     let (listing, revision) = (listed.keys, listed.revision);
     let got: Vec<&str> = listing.iter().map(|k| k.key.as_str()).collect();
     let root = keys.root();
