@@ -69,12 +69,22 @@ pub(crate) async fn read(
     span: Span<'_>,
     keys_only: bool,
 ) -> Result<(Vec<StoredKey>, i64)> {
+    restarting(what, || read_at(client, what, span, keys_only, 0)).await
+}
+
+/// Runs a read made of several requests at one revision, again from the start (at a
+/// newer revision) while that revision is compacted away between its requests.
+pub(crate) async fn restarting<T, F, Fut>(what: &str, mut read: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut restarts = 0;
     loop {
-        match read_at(client, what, span, keys_only, 0).await {
+        match read().await {
             Err(e) if compacted(&e) && restarts < COMPACTED_RESTARTS => {
                 restarts += 1;
-                tracing::debug!(what, "revision compacted between pages; reading again");
+                tracing::debug!(what, "revision compacted between requests; reading again");
             }
             other => return other,
         }
@@ -187,7 +197,7 @@ fn too_large(e: &Error) -> bool {
 }
 
 /// Whether etcd refused a read at a revision it has compacted away.
-pub(crate) fn compacted(e: &Error) -> bool {
+fn compacted(e: &Error) -> bool {
     status(e).is_some_and(|s| s.message().contains("compacted"))
 }
 

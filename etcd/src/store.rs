@@ -242,13 +242,7 @@ impl Store {
     /// config and its keys of that zone, not the other zones'. Its cost grows with the
     /// pools and the zone's own keys, not with the size of the others.
     pub async fn list_zone(&self, zone: &str, known: &BTreeSet<String>) -> Result<ZoneListing> {
-        let mut restarts = 0;
-        loop {
-            match self.list_zone_once(zone, known).await {
-                Err(e) if range::compacted(&e) && restarts < 5 => restarts += 1,
-                other => return other,
-            }
-        }
+        range::restarting(zone, || self.list_zone_once(zone, known)).await
     }
 
     async fn list_zone_once(&self, zone: &str, known: &BTreeSet<String>) -> Result<ZoneListing> {
