@@ -204,10 +204,10 @@ impl<'a> ActiveAgent<'a> {
     /// spans.
     async fn discover(&mut self, watches: &mut ZoneWatches) -> pm_etcd::Result<()> {
         let store = &self.ctx.store;
-        let (found, _) = store.new_pools(&watches.followed(), 0).await?;
+        let (found, _) = store.new_pools(&watches.followed()).await?;
         for pool in &found {
             let (keys, revision) = store.list_pool_zone(pool, &self.ctx.zone, 0).await?;
-            for (start, end) in store.zone_spans(pool, &self.ctx.zone)? {
+            for (start, end) in store.keys().zone_spans(pool, &self.ctx.zone)? {
                 self.pools.load_span(&keys, revision, (&start, &end));
             }
             watches.follow(pool, revision + 1)?;

@@ -2,7 +2,7 @@
 //! other pools back: a pass starts ([`crate::reconcile::start_pass`]), its list runs here
 //! beside the others, and the pass goes on when its list returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pm_gce::compute::{ApiCall, Compute};
@@ -35,9 +35,8 @@ pub struct Returned {
 #[derive(Default)]
 pub struct Lists {
     running: JoinSet<Listed>,
-    /// The pool of each task.
-    tasks: HashMap<Id, String>,
-    waiting: BTreeMap<String, (ListRequest, Instant)>,
+    /// Per pool with a list in flight: its task, its pass and when the pass started.
+    waiting: BTreeMap<String, (Id, ListRequest, Instant)>,
 }
 
 impl Lists {
@@ -64,9 +63,8 @@ impl Lists {
         let task = self
             .running
             .spawn(async move { compute.list(&project, &zone, Some(&filter)).await });
-        self.tasks.insert(task.id(), pool.to_string());
         self.waiting
-            .insert(pool.to_string(), (request, Instant::now()));
+            .insert(pool.to_string(), (task.id(), request, Instant::now()));
     }
 
     /// The next list to return; pending forever while none is in flight, so that it can
@@ -82,10 +80,13 @@ impl Lists {
                 }
                 None => std::future::pending().await,
             };
-            let Some(pool) = self.tasks.remove(&id) else {
-                continue;
-            };
-            if let Some((request, started)) = self.waiting.remove(&pool) {
+            let pool = self
+                .waiting
+                .iter()
+                .find_map(|(pool, (task, ..))| (*task == id).then(|| pool.clone()));
+            if let Some((pool, (_, request, started))) =
+                pool.and_then(|p| self.waiting.remove_entry(&p))
+            {
                 return Returned {
                     pool,
                     request,

@@ -63,7 +63,7 @@ impl ZoneWatches {
         if self.pools.contains_key(pool) {
             return Ok(());
         }
-        let spans = self.store.zone_spans(pool, &self.zone)?;
+        let spans = self.store.keys().zone_spans(pool, &self.zone)?;
         let [(config, config_end), (zone, zone_end)] = spans;
         let client = self.store.client().clone();
         let reporter = || self.readiness.reporter(WATCH_CONDITION);

@@ -59,7 +59,7 @@ struct Identity {
 }
 
 /// An event written recently, which repeats update.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Recent {
     key: String,
     event: Event,
@@ -228,7 +228,6 @@ impl EventLog {
             if now.duration_since(recent.first) < REPEAT_WINDOW {
                 recent.event.count = recent.event.count.max(1) + 1;
                 recent.event.last_unix_ms = now_unix_ms();
-                let recent = recent.clone();
                 self.store
                     .put(&recent.key, &recent.event, recent.lease)
                     .await?;
@@ -266,16 +265,13 @@ impl EventLog {
                 .retain(|_, r| now.duration_since(r.first) < REPEAT_WINDOW);
         }
         if state.recent.len() < MAX_REMEMBERED {
-            let first = now;
-            state.recent.insert(
-                identity,
-                Recent {
-                    key,
-                    event,
-                    lease,
-                    first,
-                },
-            );
+            let recent = Recent {
+                key,
+                event,
+                lease,
+                first: now,
+            };
+            state.recent.insert(identity, recent);
         }
         Ok(())
     }

@@ -260,6 +260,16 @@ impl Keyspace {
         Ok(format!("{}report", self.zone_prefix(pool, zone)?))
     }
 
+    /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
+    /// key, and the pool's keys of the zone.
+    pub fn zone_spans(&self, pool: &str, zone: &str) -> Result<[(String, Vec<u8>); 2]> {
+        let config = self.pool_config(pool)?;
+        let config_end = key_range_end(config.as_bytes());
+        let zone_prefix = self.zone_prefix(pool, zone)?;
+        let zone_end = prefix_range_end(zone_prefix.as_bytes());
+        Ok([(config, config_end), (zone_prefix, zone_end)])
+    }
+
     /// Prefix of every pool's events: `<root>events/`, off the `pools/` prefix so that
     /// the daemons' watches never carry event traffic.
     pub fn all_events_prefix(&self) -> String {
@@ -388,6 +398,11 @@ impl Keyspace {
             Key::AgentMember { zone, agent_id } => self.agent_member(zone, agent_id),
         }
     }
+}
+
+/// The end of the key range holding only `key` (etcd's range_end).
+pub fn key_range_end(key: &[u8]) -> Vec<u8> {
+    [key, &[0]].concat()
 }
 
 /// The end of the key range of every key that starts with `prefix` (etcd's range_end).

@@ -139,35 +139,26 @@ impl Store {
     /// Reads every key under `prefix` undecoded, in bounded pages at one revision, with
     /// that revision: the starting point of a [`crate::ResumableWatch`] at `revision + 1`.
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<StoredKey>, i64)> {
-        self.list_span(prefix, prefix, &prefix_range_end(prefix.as_bytes()))
-            .await
+        self.read_prefix(prefix, false).await
     }
 
-    /// Reads every key from `start` (inclusive) to `end` (exclusive) undecoded, in bounded
-    /// pages at one revision; `what` names the read in errors.
-    pub async fn list_span(
-        &self,
-        what: &str,
-        start: &str,
-        end: &[u8],
-    ) -> Result<(Vec<StoredKey>, i64)> {
+    /// Every key under `prefix`, values too unless `keys_only`, in bounded pages at one
+    /// revision.
+    async fn read_prefix(&self, prefix: &str, keys_only: bool) -> Result<(Vec<StoredKey>, i64)> {
+        let end = prefix_range_end(prefix.as_bytes());
         let span = Span {
-            start: start.as_bytes(),
-            end,
+            start: prefix.as_bytes(),
+            end: &end,
         };
-        range::read(&self.client, what, span, false).await
+        range::read(&self.client, prefix, span, keys_only).await
     }
 
-    /// The pools holding any key whose names are not in `known`, at `revision` (0: now),
-    /// with the revision. It reads only the gaps between the known pools' ranges, one
+    /// The pools holding any key whose names are not in `known`, now, with the revision
+    /// of the reads. It reads only the gaps between the known pools' ranges, one
     /// keys-only read of limit 1 per gap and per pool found: etcd counts every key of a
     /// range it reads, so reading past the known pools would cost what they hold, on
     /// every look.
-    pub async fn new_pools(
-        &self,
-        known: &BTreeSet<String>,
-        revision: i64,
-    ) -> Result<(Vec<String>, i64)> {
+    pub async fn new_pools(&self, known: &BTreeSet<String>) -> Result<(Vec<String>, i64)> {
         let pools = self.keys.pools_prefix();
         // By the bytes of their ranges, which is not always the order of the names.
         let mut ranges: Vec<Vec<u8>> = known
@@ -183,7 +174,7 @@ impl Store {
             start = next;
         }
         gaps.push((start, prefix_range_end(pools.as_bytes())));
-        let mut revision = revision;
+        let mut revision = 0;
         let mut found = Vec::new();
         for (mut from, end) in gaps {
             loop {
@@ -205,17 +196,7 @@ impl Store {
         Ok((found, revision))
     }
 
-    /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
-    /// key, and the pool's keys of the zone.
-    pub fn zone_spans(&self, pool: &str, zone: &str) -> Result<[(String, Vec<u8>); 2]> {
-        let config = self.keys.pool_config(pool)?;
-        let config_end = [config.as_bytes(), &[0]].concat();
-        let zone_prefix = self.keys.zone_prefix(pool, zone)?;
-        let zone_end = prefix_range_end(zone_prefix.as_bytes());
-        Ok([(config, config_end), (zone_prefix, zone_end)])
-    }
-
-    /// Reads `pool`'s spans of `zone` ([`Store::zone_spans`]) at `revision` (0: now);
+    /// Reads `pool`'s spans of `zone` ([`Keyspace::zone_spans`]) at `revision` (0: now);
     /// returns the keys and the revision.
     pub async fn list_pool_zone(
         &self,
@@ -225,7 +206,7 @@ impl Store {
     ) -> Result<(Vec<StoredKey>, i64)> {
         let mut revision = revision;
         let mut out = Vec::new();
-        for (start, end) in self.zone_spans(pool, zone)? {
+        for (start, end) in self.keys.zone_spans(pool, zone)? {
             let span = Span {
                 start: start.as_bytes(),
                 end: &end,
@@ -246,10 +227,10 @@ impl Store {
     }
 
     async fn list_zone_once(&self, zone: &str, known: &BTreeSet<String>) -> Result<ZoneListing> {
-        let (found, revision) = self.new_pools(known, 0).await?;
+        let (found, revision) = self.new_pools(known).await?;
         let mut keys = Vec::new();
-        let mut pools: BTreeSet<String> = found.into_iter().collect();
-        for pool in known.iter().chain(pools.clone().iter()) {
+        let mut pools: BTreeSet<String> = found.iter().cloned().collect();
+        for pool in known.iter().chain(&found) {
             let (listed, _) = self.list_pool_zone(pool, zone, revision).await?;
             if !listed.is_empty() {
                 pools.insert(pool.clone());
@@ -266,12 +247,7 @@ impl Store {
 
     /// Lists the raw keys under `prefix`, without values.
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let end = prefix_range_end(prefix.as_bytes());
-        let span = Span {
-            start: prefix.as_bytes(),
-            end: &end,
-        };
-        let (keys, _) = range::read(&self.client, prefix, span, true).await?;
+        let (keys, _) = self.read_prefix(prefix, true).await?;
         Ok(keys.into_iter().map(|k| k.key).collect())
     }
 

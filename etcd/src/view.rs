@@ -299,9 +299,8 @@ impl PoolsView {
     /// watch has passed it only in its span, and a resync is the whole truth of the span
     /// ([`PoolsView::load_span`]).
     pub fn apply_span(&mut self, batch: WatchBatch, span: (&str, &[u8])) -> Vec<Change> {
-        let inside = |raw: &str| raw >= span.0 && raw.as_bytes() < span.1;
         match batch {
-            WatchBatch::Events(events) => self.apply_events(events, inside),
+            WatchBatch::Events(events) => self.apply_events(events, |raw| in_span(raw, span)),
             WatchBatch::Resync { revision, keys } => self.load_span(&keys, revision, span),
         }
     }
@@ -339,7 +338,7 @@ impl PoolsView {
         revision: i64,
         span: (&str, &[u8]),
     ) -> Vec<Change> {
-        let inside = |raw: &str| raw >= span.0 && raw.as_bytes() < span.1;
+        let inside = |raw: &str| in_span(raw, span);
         self.removed.retain(|raw, _| !inside(raw));
         let mut changes = Vec::new();
         for kv in listing.iter().filter(|kv| inside(&kv.key)) {
@@ -522,6 +521,11 @@ impl PoolsView {
         }
         old
     }
+}
+
+/// Whether the key `raw` lies in `[span.0, span.1)`.
+fn in_span(raw: &str, span: (&str, &[u8])) -> bool {
+    raw >= span.0 && raw.as_bytes() < span.1
 }
 
 /// Every key of `pool` (named `name`), with its revision.

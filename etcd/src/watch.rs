@@ -30,7 +30,7 @@ use prost::Message;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::keys::prefix_range_end;
+use crate::keys::{key_range_end, prefix_range_end};
 use crate::range::{self, note_reply, Span, DECODE_LIMIT};
 
 /// Delays between attempts to re-open a broken watch stream.
@@ -380,7 +380,7 @@ impl ResumableWatch {
     async fn resync(&mut self) -> Result<WatchBatch> {
         let key = self.range.key().as_bytes();
         let end = match &self.range {
-            WatchRange::Key(_) => [key, &[0]].concat(),
+            WatchRange::Key(_) => key_range_end(key),
             WatchRange::Prefix(_) => prefix_range_end(key),
         };
         let what = format!("re-list {:?}", self.range);

@@ -9,6 +9,7 @@ use pm_etcd::etcd_client::{PutOptions, Txn, TxnOp};
 use pm_etcd::range::largest_reply_bytes;
 use pm_etcd::{EventLog, ResumableWatch, Store, WatchBatch, WatchEvent, WatchRange};
 use pm_proto::{Event, InstanceState, ObservedInstance, PoolConfig, Severity, ZoneDesired};
+use pm_tests::cluster::{http_get, metric_sum};
 use pm_tests::{Cluster, EtcdCluster};
 use prost::Message;
 
@@ -153,7 +154,7 @@ async fn an_agent_lists_every_config_and_only_its_own_zone() {
     let listed = store.list_zone("zone-a", &BTreeSet::new()).await.unwrap();
     assert_eq!(listed.pools, ["alpha", "beta", "delta", "gamma"]);
     let known: BTreeSet<String> = ["beta", "gamma"].map(String::from).into();
-    let (found, _) = store.new_pools(&known, 0).await.unwrap();
+    let (found, _) = store.new_pools(&known).await.unwrap();
     assert_eq!(found, ["alpha", "delta"], "only the pools not known yet");
     let again = store.list_zone("zone-a", &known).await.unwrap();
     assert_eq!(again.keys, listed.keys, "the same keys, known pools or not");
@@ -297,6 +298,21 @@ async fn over_8_mib_under_one_pool_a_new_leader_an_agent_takeover_status_and_a_s
     config.allowed_zones = zones.clone();
     c.set_pool("big", config).await;
     wait_observed(&c, "big", 6).await;
+
+    // The scheduler read all of it in pages: its largest reply stayed within the bound
+    // (the decode limit would have taken one reply of all 8 MiB).
+    let addr = c.scheduler_metrics(0).await;
+    let largest = c
+        .wait("the scheduler's largest reply", BOUND, || async {
+            let (_, text) = http_get(addr, "/metrics").await?;
+            let largest = metric_sum(&text, "pm_etcd_largest_reply_bytes", &[]);
+            (largest > 0.0).then_some(largest)
+        })
+        .await;
+    assert!(
+        largest <= REPLY_BOUND as f64,
+        "the scheduler received a reply of {largest} bytes"
+    );
 }
 
 /// Waits until `pool` has `want` RUNNING instances in GCE and etcd observes exactly them
