@@ -33,6 +33,21 @@ pub struct Listed {
     pub id: String,
     /// Creation time, Unix ms (0 when GCE gave none).
     pub created_unix_ms: i64,
+    /// Its `pm-rev` label; empty when it has none (from before revisions).
+    pub revision: String,
+}
+
+/// The zone's part of a rollout, while the agent's config has the revision rolled to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    /// VMs over the desired count the zone may hold while old ones are replaced.
+    pub surge: i64,
+    /// Old VMs it may delete before their replacements are ready (without surge).
+    pub unavailable: i64,
+    /// Paused: no surge and no old VM deleted for the rollout.
+    pub paused: bool,
+    /// A new VM is ready once RUNNING this long (ms).
+    pub min_ready_ms: i64,
 }
 
 /// Everything one decision is made from.
@@ -54,6 +69,10 @@ pub struct PoolInputs {
     pub now_ms: i64,
     /// An insert older than this (ms) that GCE still does not show has failed for good.
     pub insert_expiry_ms: i64,
+    /// The pool's revision: what new VMs get.
+    pub revision: String,
+    /// The rollout in the zone, if any.
+    pub roll: Option<Roll>,
 }
 
 /// What to do.
@@ -89,6 +108,10 @@ pub struct Decision {
     pub create: usize,
     /// Live instances counted (GCE, plus inserts not visible yet).
     pub live: i64,
+    /// Of those, the ones of another revision than the pool's.
+    pub old: i64,
+    /// When a new VM RUNNING but not ready yet becomes ready (Unix ms): pass again then.
+    pub next_ready_unix_ms: Option<i64>,
 }
 
 /// Whether a GCE status is one a preempted (or otherwise stopped) instance has.
@@ -139,6 +162,23 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     };
     let mut surplus_candidates: Vec<&Listed> = Vec::new();
     let mut live = 0i64;
+    let mut old = 0i64;
+    let is_old = |revision: &str| revision != inputs.revision;
+    // The key no longer says what GCE shows: another state or revision, or a new VM
+    // RUNNING without the time it has been (its readiness counts from it).
+    let stale = |o: &ObservedInstance, l: &Listed, state: InstanceState| {
+        o.state() != state
+            || o.revision != l.revision
+            || (state == InstanceState::Running
+                && o.running_since_unix_ms == 0
+                && !is_old(&l.revision))
+    };
+    let observed_old = |name: &str| {
+        inputs
+            .observed
+            .get(name)
+            .is_some_and(|o| is_old(&o.revision))
+    };
 
     for (name, listed) in &inputs.listed {
         if listed.status == InstanceStatus::Unrecognized {
@@ -151,7 +191,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         let flight = inputs.in_flight.get(name).copied();
         match observed {
             None if flight.is_none() => d.adopt.push((name.clone(), state)),
-            Some(o) if o.state() != state && o.state() != InstanceState::Deleting => {
+            Some(o) if o.state() != InstanceState::Deleting && stale(o, listed, state) => {
                 d.update.push((name.clone(), state));
             }
             _ => {}
@@ -171,6 +211,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
                 OnPreempted::Restart => {
                     // Coming back: counts as live so no replacement overshoots.
                     live += 1;
+                    old += i64::from(is_old(&listed.revision));
                     if flight.is_none() {
                         match listed.status {
                             InstanceStatus::Terminated => d.restart.push(name.clone()),
@@ -188,6 +229,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             continue;
         }
         live += 1;
+        old += i64::from(is_old(&listed.revision));
         if flight.is_none() {
             surplus_candidates.push(listed);
         }
@@ -200,6 +242,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         match inputs.in_flight.get(name) {
             Some(InFlight::Creating) => {
                 live += 1;
+                old += i64::from(observed_old(name));
                 continue;
             }
             Some(InFlight::Deleting | InFlight::Starting) => continue,
@@ -214,6 +257,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
                 {
                     d.resume_insert.push(name.clone());
                     live += 1;
+                    old += i64::from(observed_old(name));
                 } else {
                     d.expired_insert.push(name.clone());
                 }
@@ -232,27 +276,73 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     }
 
     d.live = live;
-    if live < inputs.desired {
-        if inputs.may_create {
-            d.create = usize::try_from(inputs.desired - live).unwrap_or(0);
+    d.old = old;
+    let roll = inputs.roll.unwrap_or(Roll {
+        surge: 0,
+        unavailable: 0,
+        paused: true,
+        min_ready_ms: 0,
+    });
+    let new_live = live - old;
+    let mut ready = 0i64;
+    for l in &surplus_candidates {
+        if is_old(&l.revision) || l.status != InstanceStatus::Running {
+            continue;
         }
-    } else if live > inputs.desired {
-        let surplus = usize::try_from(live - inputs.desired).unwrap_or(0);
-        // Least useful first: not yet running, then the newest.
-        surplus_candidates.sort_by(|a, b| {
-            let running = |l: &Listed| l.status == InstanceStatus::Running;
-            running(a)
-                .cmp(&running(b))
-                .then_with(|| b.created_unix_ms.cmp(&a.created_unix_ms))
-                .then_with(|| b.name.cmp(&a.name))
-        });
-        let chosen: BTreeSet<String> = surplus_candidates
-            .iter()
-            .take(surplus)
-            .map(|l| l.name.clone())
-            .collect();
-        d.delete.extend(chosen);
+        let since = inputs
+            .observed
+            .get(&l.name)
+            .map_or(0, |o| o.running_since_unix_ms);
+        let since = if since > 0 { since } else { inputs.now_ms };
+        if inputs.now_ms - since >= roll.min_ready_ms {
+            ready += 1;
+        } else {
+            let at = since + roll.min_ready_ms;
+            d.next_ready_unix_ms = Some(d.next_ready_unix_ms.map_or(at, |n| n.min(at)));
+        }
     }
+    // The zone may hold `cap`: its count, and its surge while old VMs are replaced.
+    let cap = inputs.desired + if old > 0 { roll.surge } else { 0 };
+    if inputs.may_create {
+        let wanted = if roll.paused {
+            inputs.desired - live
+        } else {
+            (inputs.desired - new_live).min(cap - live)
+        };
+        d.create = usize::try_from(wanted).unwrap_or(0);
+    }
+    // Old VMs go as new ones are ready; without surge, `unavailable` may go ahead.
+    let old_excess = if roll.paused {
+        0
+    } else {
+        let ahead = if roll.surge == 0 { roll.unavailable } else { 0 };
+        let keep = (inputs.desired - ready - ahead).max(0);
+        (old - keep).max(0)
+    };
+    // Least useful first: old revisions, then not yet running, then the newest.
+    surplus_candidates.sort_by(|a, b| {
+        let running = |l: &Listed| l.status == InstanceStatus::Running;
+        let new = |l: &Listed| !is_old(&l.revision);
+        new(a)
+            .cmp(&new(b))
+            .then_with(|| running(a).cmp(&running(b)))
+            .then_with(|| b.created_unix_ms.cmp(&a.created_unix_ms))
+            .then_with(|| b.name.cmp(&a.name))
+    });
+    let old_candidates = surplus_candidates.iter().filter(|l| is_old(&l.revision));
+    let mut chosen: BTreeSet<String> = old_candidates
+        .take(usize::try_from(old_excess).unwrap_or(0))
+        .map(|l| l.name.clone())
+        .collect();
+    let surplus = live - i64::try_from(chosen.len()).unwrap_or(0) - cap;
+    let rest = surplus_candidates
+        .iter()
+        .filter(|l| !chosen.contains(&l.name))
+        .take(usize::try_from(surplus).unwrap_or(0))
+        .map(|l| l.name.clone())
+        .collect::<Vec<_>>();
+    chosen.extend(rest);
+    d.delete.extend(chosen);
     d
 }
 
@@ -268,6 +358,7 @@ mod tests {
                 status,
                 id: format!("id-{name}"),
                 created_unix_ms: pm_gce::resources::unix_ms(created).unwrap_or_default(),
+                revision: String::new(),
             },
         )
     }
@@ -278,9 +369,155 @@ mod tests {
             ObservedInstance {
                 state: state as i32,
                 gce_id: format!("id-{name}"),
+                running_since_unix_ms: i64::from(state == InstanceState::Running),
                 ..Default::default()
             },
         )
+    }
+
+    /// A pool at revision "new" whose zone holds `old` RUNNING VMs of revision "old".
+    fn rolling(desired: i64, old: usize, roll: Roll) -> PoolInputs {
+        let mut i = inputs(desired);
+        i.revision = "new".into();
+        i.roll = Some(roll);
+        for n in 0..old {
+            let (name, mut l) = listed(&format!("w-old{n}"), S::Running, "2026-01-01T00:00:00Z");
+            l.revision = "old".into();
+            i.listed.insert(name.clone(), l);
+            let (_, mut o) = observed(&name, InstanceState::Running);
+            o.revision = "old".into();
+            i.observed.insert(name, o);
+        }
+        i
+    }
+
+    fn add_new(i: &mut PoolInputs, name: &str, status: InstanceStatus, running_since: i64) {
+        let (name, mut l) = listed(name, status, "2026-01-02T00:00:00Z");
+        l.revision = "new".into();
+        i.listed.insert(name.clone(), l);
+        let (_, mut o) = observed(&name, state_of(status));
+        o.revision = "new".into();
+        o.running_since_unix_ms = running_since;
+        i.observed.insert(name, o);
+    }
+
+    const ROLL: Roll = Roll {
+        surge: 1,
+        unavailable: 0,
+        paused: false,
+        min_ready_ms: 0,
+    };
+
+    #[test]
+    fn a_rollout_surges_then_deletes_an_old_vm_per_ready_new_one() {
+        let mut i = rolling(3, 3, ROLL);
+        let d = decide(&i);
+        assert_eq!(
+            (d.create, d.old, d.delete.len()),
+            (1, 3, 0),
+            "surge one, delete none"
+        );
+        add_new(&mut i, "w-new0", S::Staging, 0);
+        let d = decide(&i);
+        assert_eq!(
+            (d.create, d.delete.len()),
+            (0, 0),
+            "at the cap, nothing ready"
+        );
+        add_new(&mut i, "w-new0", S::Running, 1);
+        let d = decide(&i);
+        assert_eq!(d.delete.len(), 1, "{d:?}");
+        assert!(d.delete[0].starts_with("w-old"), "an old one goes: {d:?}");
+        assert_eq!(d.create, 0, "the cap holds until the old one is gone");
+    }
+
+    #[test]
+    fn min_ready_holds_old_vms_until_the_new_ones_ran_long_enough() {
+        let mut i = rolling(
+            2,
+            2,
+            Roll {
+                min_ready_ms: 30_000,
+                ..ROLL
+            },
+        );
+        let since = i.now_ms - 10_000;
+        add_new(&mut i, "w-new0", S::Running, since);
+        let d = decide(&i);
+        assert!(d.delete.is_empty(), "{d:?}");
+        assert_eq!(d.next_ready_unix_ms, Some(i.now_ms + 20_000));
+        i.now_ms += 20_000;
+        assert_eq!(decide(&i).delete.len(), 1);
+    }
+
+    #[test]
+    fn without_surge_unavailable_old_vms_go_ahead_and_no_more() {
+        let mut i = rolling(
+            4,
+            4,
+            Roll {
+                surge: 0,
+                unavailable: 1,
+                ..ROLL
+            },
+        );
+        let d = decide(&i);
+        assert_eq!((d.delete.len(), d.create), (1, 0), "{d:?}");
+        let gone = d.delete[0].clone();
+        i.listed.remove(&gone);
+        i.observed.remove(&gone);
+        let d = decide(&i);
+        assert_eq!((d.delete.len(), d.create), (0, 1), "{d:?}");
+    }
+
+    #[test]
+    fn a_paused_rollout_neither_surges_nor_deletes_old_vms() {
+        let mut i = rolling(
+            3,
+            3,
+            Roll {
+                paused: true,
+                ..ROLL
+            },
+        );
+        add_new(&mut i, "w-new0", S::Running, 1);
+        let d = decide(&i);
+        assert_eq!((d.create, d.delete.len()), (0, 0), "{d:?}");
+        let mut lost = rolling(
+            3,
+            2,
+            Roll {
+                paused: true,
+                ..ROLL
+            },
+        );
+        lost.observed.remove("w-old9");
+        assert_eq!(decide(&lost).create, 1, "a loss is still replaced");
+    }
+
+    #[test]
+    fn without_a_rollout_old_vms_stay_and_scale_down_takes_them_first() {
+        let mut i = rolling(3, 2, ROLL);
+        i.roll = None;
+        add_new(&mut i, "w-new0", S::Running, 1);
+        let d = decide(&i);
+        assert_eq!((d.create, d.delete.len(), d.old), (0, 0, 2));
+        i.desired = 2;
+        let d = decide(&i);
+        assert_eq!(d.delete.len(), 1);
+        assert!(d.delete[0].starts_with("w-old"), "{d:?}");
+    }
+
+    #[test]
+    fn a_preempted_old_vm_is_replaced_with_the_new_revision() {
+        let mut i = rolling(2, 2, ROLL);
+        if let Some(l) = i.listed.get_mut("w-old0") {
+            l.status = S::Terminated;
+        }
+        let d = decide(&i);
+        assert!(d.delete.contains(&"w-old0".to_string()));
+        // The lost one and the surge: up to the cap of 3.
+        assert_eq!((d.live, d.old, d.create), (1, 1, 2), "{d:?}");
     }
 
     fn inputs(desired: i64) -> PoolInputs {
@@ -293,6 +530,8 @@ mod tests {
             in_flight: BTreeMap::new(),
             now_ms: 1_000_000,
             insert_expiry_ms: 600_000,
+            revision: String::new(),
+            roll: None,
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use pm_gce::compute::request_id_for;
 use pm_gce::resources::{Instance, Operation};
 use pm_gce::template::{render_text, TemplateVars};
-use pm_pool::HookEvent;
+use pm_pool::{HookEvent, REVISION_LABEL};
 use pm_proto::{InstanceState, ObservedInstance, PoolConfig, Severity};
 
 use crate::decide::{Decision, Listed};
@@ -28,6 +28,8 @@ pub struct EffectInputs<'a> {
     pub now_ms: i64,
     /// The pool's config.
     pub config: &'a PoolConfig,
+    /// Its revision, which new VMs carry.
+    pub revision: &'a str,
     /// What GCE listed.
     pub listed: &'a BTreeMap<String, Listed>,
     /// The observed keys, by name.
@@ -137,13 +139,16 @@ pub fn effects(
             inputs.observed.get(name).cloned().unwrap_or(fresh),
             *new_state,
         );
-        o.gce_id = inputs
-            .listed
-            .get(name)
-            .map(|l| l.id.clone())
-            .unwrap_or_default();
+        let listed = inputs.listed.get(name);
+        o.gce_id = listed.map(|l| l.id.clone()).unwrap_or_default();
+        o.revision = listed.map(|l| l.revision.clone()).unwrap_or_default();
         if *new_state == InstanceState::Running {
             o.preempted = false;
+            if o.running_since_unix_ms == 0 {
+                o.running_since_unix_ms = now;
+            }
+        } else {
+            o.running_since_unix_ms = 0;
         }
         fx.writes.insert(name.clone(), Some(o));
     }
@@ -219,7 +224,11 @@ pub fn effects(
             name,
             pool: inputs.pool,
         };
-        render_text(&inputs.config.instance_json, vars)
+        render_text(&inputs.config.instance_json, vars).map(|mut instance| {
+            let revision = inputs.revision.to_string();
+            instance.labels.insert(REVISION_LABEL.into(), revision);
+            instance
+        })
     };
     for _ in 0..decision.create {
         let name = new_name();
@@ -229,6 +238,7 @@ pub fn effects(
                 let intent = ObservedInstance {
                     request_id: request_id.clone(),
                     created_unix_ms: now,
+                    revision: inputs.revision.to_string(),
                     ..Default::default()
                 };
                 let intent = stamped(intent, InstanceState::Provisioning);
@@ -306,6 +316,7 @@ mod tests {
                 status: InstanceStatus::Running,
                 id: "77".into(),
                 created_unix_ms: 0,
+                revision: "r1".into(),
             },
         )]);
         let inputs = EffectInputs {
@@ -315,6 +326,7 @@ mod tests {
             agent_id: "agent-1",
             now_ms: 1_000,
             config: &config,
+            revision: "r1",
             listed: &listed,
             observed,
             preempted_ops,

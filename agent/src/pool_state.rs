@@ -350,6 +350,7 @@ impl Pools {
                 state.wake_within(Duration::ZERO);
             }
             Key::ZoneDesired { .. }
+            | Key::Rollout { .. }
             | Key::Instance { .. }
             | Key::Report { .. }
             | Key::Event { .. }

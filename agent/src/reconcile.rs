@@ -10,11 +10,11 @@ use pm_etcd::{now_unix_ms, ZoneKeys};
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_gce::resources::{Instance, Operation};
-use pm_pool::{is_pool_member, new_instance_name, pool_filter};
+use pm_pool::{carries_pool_label, is_pool_member, new_instance_name, pool_filter, REVISION_LABEL};
 use pm_proto::{InstanceState, PoolConfig, Severity};
 use tokio::time::Instant;
 
-use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs};
+use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs, Roll};
 use crate::effects::{effects, EffectInputs, Effects};
 use crate::pool_state::PoolState;
 use crate::throttle::told;
@@ -169,9 +169,15 @@ pub async fn continue_pass(
     };
     pass.listed = true;
     state.list_retry.reset();
+    // Members: the label and the prefix, or the label and an observed key (a VM made
+    // under an earlier prefix, replaced by the rollout, never orphaned).
+    let member = |i: &Instance| {
+        is_pool_member(i, pool, &config.prefix)
+            || (carries_pool_label(i, pool) && keys.instances.contains_key(&i.name))
+    };
     let listed: BTreeMap<String, Listed> = listed
         .into_iter()
-        .filter(|i| is_pool_member(i, pool, &config.prefix))
+        .filter(|i| member(i))
         .filter_map(|i| {
             let status = i.status?;
             Some((
@@ -181,6 +187,7 @@ pub async fn continue_pass(
                     status,
                     id: i.id.clone().unwrap_or_default(),
                     created_unix_ms: i.created_unix_ms().unwrap_or_default(),
+                    revision: i.labels.get(REVISION_LABEL).cloned().unwrap_or_default(),
                 },
             ))
         })
@@ -202,6 +209,16 @@ pub async fn continue_pass(
         .iter()
         .map(|(n, o)| (n.clone(), o.value.clone()))
         .collect();
+    let revision = pm_pool::revision(&config);
+    let min_ready_ms = pm_pool::budgets(&config).min_ready_ms;
+    let roll = desired
+        .filter(|d| !d.rollout_revision.is_empty() && d.rollout_revision == revision)
+        .map(|d| Roll {
+            surge: i64::from(d.surge),
+            unavailable: i64::from(d.unavailable),
+            paused: d.rollout_paused,
+            min_ready_ms,
+        });
     let inputs = PoolInputs {
         desired: desired.map_or(-1, |d| d.count),
         may_create,
@@ -211,8 +228,16 @@ pub async fn continue_pass(
         in_flight: state.in_flight.clone(),
         now_ms: now_unix_ms(),
         insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
+        revision,
+        roll,
     };
     let mut decision = decide(&inputs);
+    if let Some(at) = decision.next_ready_unix_ms {
+        let wait = u64::try_from(at.saturating_sub(inputs.now_ms)).unwrap_or(0);
+        pass.next_sync = pass
+            .next_sync
+            .min(Instant::now() + Duration::from_millis(wait));
+    }
     let creating = state
         .in_flight
         .values()
@@ -265,6 +290,7 @@ pub async fn continue_pass(
         agent_id: ctx.agent_id,
         now_ms: now_unix_ms(),
         config: &config,
+        revision: &inputs.revision,
         listed: &inputs.listed,
         observed: &inputs.observed,
         preempted_ops: &preempted_ops,

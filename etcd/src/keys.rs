@@ -24,6 +24,11 @@ pub enum Key {
         /// Pool name.
         pool: String,
     },
+    /// `pools/<pool>/rollout`
+    Rollout {
+        /// Pool name.
+        pool: String,
+    },
     /// `pools/<pool>/zones/<zone>/desired`
     ZoneDesired {
         /// Pool name.
@@ -75,6 +80,7 @@ impl Key {
     pub fn pool(&self) -> Option<&str> {
         match self {
             Key::PoolConfig { pool }
+            | Key::Rollout { pool }
             | Key::ZoneDesired { pool, .. }
             | Key::Instance { pool, .. }
             | Key::Exhausted { pool, .. }
@@ -92,7 +98,7 @@ impl Key {
             | Key::Exhausted { zone, .. }
             | Key::Report { zone, .. }
             | Key::AgentMember { zone, .. } => Some(zone),
-            Key::PoolConfig { .. } | Key::Event { .. } => None,
+            Key::PoolConfig { .. } | Key::Rollout { .. } | Key::Event { .. } => None,
         }
     }
 }
@@ -228,6 +234,11 @@ impl Keyspace {
         Ok(format!("{}config", self.pool_prefix(pool)?))
     }
 
+    /// The rollout key of a pool.
+    pub fn rollout(&self, pool: &str) -> Result<String> {
+        Ok(format!("{}rollout", self.pool_prefix(pool)?))
+    }
+
     /// Prefix of the keys of one pool in one zone: `.../zones/<zone>/`.
     pub fn zone_prefix(&self, pool: &str, zone: &str) -> Result<String> {
         validate_zone(zone)?;
@@ -344,6 +355,12 @@ impl Keyspace {
                     pool: pool.to_string(),
                 })
             }
+            ["pools", pool, "rollout"] => {
+                validate_pool(pool).map_err(name_err)?;
+                Ok(Key::Rollout {
+                    pool: pool.to_string(),
+                })
+            }
             ["pools", pool, "zones", zone, "desired"] => {
                 let (pool, zone) = pool_zone(pool, zone)?;
                 Ok(Key::ZoneDesired { pool, zone })
@@ -390,6 +407,7 @@ impl Keyspace {
     pub fn build(&self, key: &Key) -> Result<String> {
         match key {
             Key::PoolConfig { pool } => self.pool_config(pool),
+            Key::Rollout { pool } => self.rollout(pool),
             Key::ZoneDesired { pool, zone } => self.zone_desired(pool, zone),
             Key::Instance { pool, zone, name } => self.instance(pool, zone, name),
             Key::Exhausted { pool, zone } => self.exhausted(pool, zone),
@@ -425,6 +443,7 @@ mod tests {
         let (p, z) = ("web".to_string(), "us-central1-a".to_string());
         vec![
             Key::PoolConfig { pool: p.clone() },
+            Key::Rollout { pool: p.clone() },
             Key::ZoneDesired {
                 pool: p.clone(),
                 zone: z.clone(),

@@ -21,7 +21,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use pm_proto::{ExhaustionReport, ObservedInstance, PoolConfig, ZoneDesired, ZoneExhaustion};
+use pm_proto::{
+    ExhaustionReport, ObservedInstance, PoolConfig, Rollout, ZoneDesired, ZoneExhaustion,
+};
 
 use crate::error::{Error, Result};
 use crate::keys::{Key, Keyspace};
@@ -42,6 +44,8 @@ pub struct Stamped<M> {
 pub enum Value {
     /// `pools/<pool>/config`.
     Config(PoolConfig),
+    /// `pools/<pool>/rollout`.
+    Rollout(Rollout),
     /// `pools/<pool>/zones/<zone>/desired`.
     Desired(ZoneDesired),
     /// `pools/<pool>/zones/<zone>/exhausted`.
@@ -58,6 +62,7 @@ impl Value {
     fn decode(key: &Key, raw: &str, bytes: &[u8]) -> Option<Result<Value>> {
         Some(match key {
             Key::PoolConfig { .. } => decode(raw, bytes).map(Value::Config),
+            Key::Rollout { .. } => decode(raw, bytes).map(Value::Rollout),
             Key::ZoneDesired { .. } => decode(raw, bytes).map(Value::Desired),
             Key::Exhausted { .. } => decode(raw, bytes).map(Value::Exhausted),
             Key::Report { .. } => decode(raw, bytes).map(Value::Report),
@@ -92,6 +97,7 @@ macro_rules! slot {
 }
 
 slot!(PoolConfig, Config);
+slot!(Rollout, Rollout);
 slot!(ZoneDesired, Desired);
 slot!(ZoneExhaustion, Exhausted);
 slot!(ExhaustionReport, Report);
@@ -136,6 +142,8 @@ static EMPTY_ZONE: ZoneKeys = ZoneKeys::EMPTY;
 pub struct PoolKeys {
     /// The stored config, as stored (the daemons check it; the view only decodes it).
     pub config: Option<Stamped<PoolConfig>>,
+    /// The scheduler's rollout state.
+    pub rollout: Option<Stamped<Rollout>>,
     /// Zones holding keys of the pool; a zone goes when its last key does.
     pub zones: BTreeMap<String, ZoneKeys>,
 }
@@ -147,7 +155,7 @@ impl PoolKeys {
     }
 
     fn is_empty(&self) -> bool {
-        self.config.is_none() && self.zones.is_empty()
+        self.config.is_none() && self.rollout.is_none() && self.zones.is_empty()
     }
 }
 
@@ -396,6 +404,9 @@ impl PoolsView {
             if let Some(config) = &mut pool.config {
                 config.mod_revision = 0;
             }
+            if let Some(rollout) = &mut pool.rollout {
+                rollout.mod_revision = 0;
+            }
             for zone in pool.zones.values_mut() {
                 let singles = [
                     zone.desired.as_mut().map(|s| &mut s.mod_revision),
@@ -431,6 +442,7 @@ impl PoolsView {
         let zone = || pool.zones.get(key.zone()?);
         match key {
             Key::PoolConfig { .. } => pool.config.as_ref().map(|s| s.mod_revision),
+            Key::Rollout { .. } => pool.rollout.as_ref().map(|s| s.mod_revision),
             Key::ZoneDesired { .. } => zone()?.desired.as_ref().map(|s| s.mod_revision),
             Key::Exhausted { .. } => zone()?.exhausted.as_ref().map(|s| s.mod_revision),
             Key::Report { .. } => zone()?.report.as_ref().map(|s| s.mod_revision),
@@ -498,6 +510,7 @@ impl PoolsView {
         let pool = self.pools.entry(pool_name.to_string()).or_default();
         let old = match (key, key.zone()) {
             (Key::PoolConfig { .. }, _) => replace(&mut pool.config, value, revision),
+            (Key::Rollout { .. }, _) => replace(&mut pool.rollout, value, revision),
             (_, Some(zone_name)) => {
                 let zone = pool.zones.entry(zone_name.to_string()).or_default();
                 let old = match key {
@@ -536,6 +549,12 @@ fn held_in(name: &str, pool: &PoolKeys) -> Vec<(Key, i64)> {
             pool: name.to_string(),
         };
         held.push((key, config.mod_revision));
+    }
+    if let Some(rollout) = &pool.rollout {
+        let key = Key::Rollout {
+            pool: name.to_string(),
+        };
+        held.push((key, rollout.mod_revision));
     }
     for (zone, zk) in &pool.zones {
         let mut single = |revision: Option<i64>, make: fn(String, String) -> Key| {

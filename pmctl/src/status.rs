@@ -457,6 +457,7 @@ mod tests {
             ..Default::default()
         };
         let pool = PoolKeys {
+            rollout: None,
             config: Some(stamped(PoolConfig {
                 target_vm_count: 3,
                 allowed_zones: vec!["zone-a".into(), "zone-b".into()],

@@ -1,11 +1,14 @@
 //! A stored [`PoolConfig`] written back as the config document `pmctl config set` accepts,
 //! with DESIGN.md's field names, so `config get -o json | jq .config` round-trips.
 
+use std::collections::BTreeMap;
+
 use pm_proto::{Hooks, PoolConfig};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::fields::{distribution_name, on_preempted_name};
+use crate::update::update_document;
 
 /// A pool config document. Fields left at their default in the stored config are left
 /// out, so the document reads back into the same stored value.
@@ -41,6 +44,9 @@ pub struct ConfigDocument {
     /// `delete` or `restart`.
     #[serde(rename = "onPreempted")]
     pub on_preempted: &'static str,
+    /// The update policy; absent: the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<BTreeMap<&'static str, Value>>,
 }
 
 /// The hooks of a document; only the hooks that are set appear.
@@ -118,6 +124,7 @@ impl ConfigDocument {
             project: non_empty(&config.project),
             distribution: distribution_name(config.distribution()),
             on_preempted: on_preempted_name(config.on_preempted()),
+            update: config.update.as_ref().and_then(update_document),
         }
     }
 }

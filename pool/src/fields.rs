@@ -8,7 +8,7 @@ use std::time::Duration;
 use pm_proto::{Distribution, OnPreempted, PoolConfig};
 
 /// The fields of a pool config, by canonical (DESIGN.md) name.
-pub const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 11] = [
     "targetVMCount",
     "allowedZones",
     "prefix",
@@ -19,6 +19,7 @@ pub const FIELDS: [&str; 10] = [
     "project",
     "distribution",
     "onPreempted",
+    "update",
 ];
 
 /// The fields a config must give.

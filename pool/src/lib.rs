@@ -10,6 +10,7 @@
 //! - [`hooks`]: the hook events and the one rule for hook names.
 //! - [`observed`]: how an observed instance counts (running, starting, lost, deleting).
 //! - [`problem`]: the [`Problem`] every check reports.
+//! - [`update`]: revisions ([`revision`]) and the rollout budgets of the update policy.
 
 pub mod document;
 pub mod fields;
@@ -18,12 +19,14 @@ pub mod instance_template;
 pub mod naming;
 pub mod observed;
 pub mod problem;
+pub mod update;
 pub mod validation;
 
 pub use document::{ConfigDocument, HooksDocument};
 pub use fields::{exhaustion_base, project_or, rest};
 pub use hooks::{is_plain_hook_name, HookEvent};
-pub use naming::{is_pool_member, new_instance_name, pool_filter};
+pub use naming::{carries_pool_label, is_pool_member, new_instance_name, pool_filter};
 pub use observed::{is_live, ObservedStatus};
 pub use problem::Problem;
+pub use update::{budgets, revision, Budgets, REVISION_LABEL};
 pub use validation::{check_stored, validate};

@@ -75,9 +75,14 @@ pub fn pool_filter(pool: &str) -> String {
 /// Whether `instance` provably belongs to `pool`: it carries the pool's label and its
 /// name starts with the pool's prefix. Anything else is never touched.
 pub fn is_pool_member(instance: &Instance, pool: &str, prefix: &str) -> bool {
-    !prefix.is_empty()
-        && instance.name.starts_with(prefix)
-        && instance.labels.get(POOL_LABEL).map(String::as_str) == Some(pool)
+    !prefix.is_empty() && instance.name.starts_with(prefix) && carries_pool_label(instance, pool)
+}
+
+/// Whether `instance` carries the label `pm-pool=<pool>`. With the label, an instance
+/// whose name lacks the pool's prefix is the pool's only while pm recorded it (an
+/// observed key): a VM created under an earlier prefix, kept until a rollout replaces it.
+pub fn carries_pool_label(instance: &Instance, pool: &str) -> bool {
+    instance.labels.get(POOL_LABEL).map(String::as_str) == Some(pool)
 }
 
 #[cfg(test)]

@@ -26,10 +26,11 @@ use crate::hooks::{check_hook_name, HookEvent, HOOKS};
 use crate::instance_template;
 use crate::naming::{check_prefix, is_valid_zone, MAX_NAME_LEN, NAME_SUFFIX_LEN};
 use crate::problem::{did_you_mean, json_type, shown, unknown, Problem};
+use crate::update::check_update;
 
 /// The fields of an object matched case-insensitively to `known` names. Unknown and
 /// repeated names become problems; `null` values are left out.
-fn match_fields<'v>(
+pub(crate) fn match_fields<'v>(
     object: &'v Map<String, Value>,
     known: &[&'static str],
     what: &str,
@@ -59,7 +60,7 @@ fn match_fields<'v>(
 }
 
 /// A whole number within `range`.
-fn whole_number(value: &Value, range: &RangeInclusive<i64>) -> Result<i64, String> {
+pub(crate) fn whole_number(value: &Value, range: &RangeInclusive<i64>) -> Result<i64, String> {
     let Value::Number(number) = value else {
         return Err(format!(
             "must be a whole number, found {} {}",
@@ -117,7 +118,7 @@ fn check_project(project: &str) -> Result<(), String> {
 }
 
 /// One of `choices`, case-insensitively.
-fn choice<T: Copy>(value: &Value, choices: &[(&'static str, T)]) -> Result<T, String> {
+pub(crate) fn choice<T: Copy>(value: &Value, choices: &[(&'static str, T)]) -> Result<T, String> {
     let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
     let text = string(value, &format!("one of {}", names.join(", ")))?;
     choices
@@ -270,6 +271,9 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
     }
     if let Some(value) = fields.get("hooks") {
         config.hooks = check_hooks(value, &mut problems);
+    }
+    if let Some(value) = fields.get("update") {
+        config.update = check_update(value, &mut problems);
     }
     if let Some(instance) = fields.get("instance") {
         // Render with what is known; a bad prefix or zone list is reported on its own.

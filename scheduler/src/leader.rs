@@ -3,6 +3,7 @@
 //! ([`crate::placement`]), write the `desired` keys that change, fenced, then record the
 //! events of the pass ([`crate::placement_events`]).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, TxnOp};
@@ -19,10 +20,11 @@ use tracing::Instrument;
 use crate::agent_presence::AgentPresence;
 use crate::exhaustion;
 use crate::metrics::SchedulerMetrics;
-use crate::model::{Model, Notice, PoolView};
+use crate::model::{Model, Notice, PoolView, ZoneView};
 use crate::placement::{self, DesiredWrite};
 use crate::placement_events::{PlacementEvents, PlacementReport};
 use crate::pool_event::PoolEvent;
+use crate::rollout;
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
@@ -255,6 +257,7 @@ impl Term<'_> {
                 Some(DeleteOptions::new().with_prefix()),
             ),
             TxnOp::delete(config_key.as_str(), None),
+            TxnOp::delete(keys.rollout(pool)?.as_str(), None),
         ];
         let revision = self
             .store
@@ -284,18 +287,44 @@ impl Term<'_> {
         view: &PoolView,
         now: i64,
     ) -> pm_etcd::Result<PlacementReport> {
-        let agent_ok = |zone: &str| {
-            self.agents
-                .is_ok(zone, self.model.reconciling.contains_key(zone), now)
-        };
-        let agents = placement::allowed_zones(view)
-            .into_iter()
-            .map(|zone| {
-                let ok = agent_ok(&zone);
-                (zone, ok)
+        let allowed = placement::allowed_zones(view);
+        let with_agent: BTreeSet<String> = allowed
+            .iter()
+            .chain(view.zones.keys())
+            .filter(|zone| {
+                let reconciling = self.model.reconciling.contains_key(zone.as_str());
+                self.agents.is_ok(zone, reconciling, now)
             })
+            .cloned()
             .collect();
-        let placed = placement::place(view, agent_ok, &self.settings.id, now);
+        let agent_ok = |zone: &str| with_agent.contains(zone);
+        let agents = allowed
+            .iter()
+            .map(|zone| (zone.clone(), agent_ok(zone)))
+            .collect();
+        let empty = ZoneView::default();
+        let usable = |zone: &str| {
+            let zv = view.zones.get(zone).unwrap_or(&empty);
+            let accepts = zv.desired.as_ref().is_none_or(|d| d.accept_new);
+            accepts && placement::is_usable(allowed.contains(zone), zv, agent_ok(zone))
+        };
+        let rollout = rollout::plan(pool, view, usable, &self.settings.id, now);
+        if let Some(next) = &rollout.write {
+            let key = self.store.keys().rollout(pool)?;
+            let revision = self
+                .store
+                .txn_fenced(&self.fence, vec![put_op(&key, next, 0)])
+                .await?;
+            let key = Key::Rollout {
+                pool: pool.to_string(),
+            };
+            self.model
+                .record(&key, Some(Value::Rollout(next.clone())), revision)?;
+        }
+        for event in &rollout.events {
+            event.emit(self.events).await;
+        }
+        let placed = placement::place(view, agent_ok, &rollout.zones, &self.settings.id, now);
         if let Ok(placement) = &placed {
             self.write_desired(pool, &placement.writes).await?;
         }

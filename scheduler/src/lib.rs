@@ -25,6 +25,7 @@ pub mod model;
 pub mod placement;
 pub mod placement_events;
 pub mod pool_event;
+pub mod rollout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -14,14 +14,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pm_etcd::{Change, Key, Keyspace, PoolsView, StoredKey, Value, WatchBatch, WatchEvent};
 use pm_proto::{
-    AgentInfo, ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, ZoneDesired,
+    AgentInfo, ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, Rollout, ZoneDesired,
     ZoneExhaustion,
 };
 
 pub use pm_pool::{is_live, ObservedStatus};
 
-/// What the scheduler counts of one zone's observed instances.
+/// What the scheduler counts of one revision's observed instances in a zone.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionCounts {
+    /// Instance keys of the revision, whatever their state: the zone holds the revision
+    /// until the last one goes.
+    pub instances: u64,
+    /// Those RUNNING and not preempted.
+    pub running: u64,
+}
+
+/// What the scheduler counts of one zone's observed instances.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ZoneCounts {
     /// Live instances ([`is_live`]).
     pub live: u64,
@@ -35,6 +45,8 @@ pub struct ZoneCounts {
     /// Latest creation time (Unix ms) of an instance seen RUNNING: the zone's last
     /// success.
     pub last_success_unix_ms: Option<u64>,
+    /// Instances by revision (`""`: from before revisions).
+    pub revisions: BTreeMap<String, RevisionCounts>,
 }
 
 impl ZoneCounts {
@@ -44,6 +56,9 @@ impl ZoneCounts {
         self.live += u64::from(live);
         self.live_confirmed += u64::from(live && is_confirmed(instance));
         self.by_status[ObservedStatus::of(instance) as usize] += 1;
+        let revision = self.revisions.entry(instance.revision.clone()).or_default();
+        revision.instances += 1;
+        revision.running += u64::from(is_running(instance));
         if instance.state() == InstanceState::Running {
             let created = u64::try_from(instance.created_unix_ms).unwrap_or_default();
             self.last_success_unix_ms = self.last_success_unix_ms.max(Some(created));
@@ -58,6 +73,21 @@ impl ZoneCounts {
         self.live_confirmed = self.live_confirmed.saturating_sub(confirmed);
         let status = &mut self.by_status[ObservedStatus::of(instance) as usize];
         *status = status.saturating_sub(1);
+        if let Some(revision) = self.revisions.get_mut(&instance.revision) {
+            revision.instances = revision.instances.saturating_sub(1);
+            revision.running = revision
+                .running
+                .saturating_sub(u64::from(is_running(instance)));
+            if revision.instances == 0 {
+                self.revisions.remove(&instance.revision);
+            }
+        }
+    }
+
+    /// Instances of any other revision than `revision`.
+    pub fn other_revisions(&self, revision: &str) -> u64 {
+        let others = self.revisions.iter().filter(|(r, _)| *r != revision);
+        others.map(|(_, c)| c.instances).sum()
     }
 
     /// The number of observed instances in `status`.
@@ -69,6 +99,11 @@ impl ZoneCounts {
     pub fn instances(&self) -> u64 {
         self.by_status.iter().sum()
     }
+}
+
+/// Whether the instance is RUNNING and not preempted.
+fn is_running(instance: &ObservedInstance) -> bool {
+    ObservedStatus::of(instance) == ObservedStatus::Running
 }
 
 /// Whether GCE has the instance: its insert finished, or a list showed it past
@@ -104,6 +139,8 @@ pub struct PoolView {
     pub config_refused: bool,
     /// Zones that have any key of this pool.
     pub zones: BTreeMap<String, ZoneView>,
+    /// The rollout key, as stored (or as last written by this leader).
+    pub rollout: Option<Rollout>,
 }
 
 impl PoolView {
@@ -234,13 +271,16 @@ impl Model {
             config: own.and_then(|p| p.config.clone()),
             config_refused: own.is_some_and(|p| p.config_refused),
             zones: BTreeMap::new(),
+            rollout: keys
+                .and_then(|k| k.rollout.as_ref())
+                .map(|r| r.value.clone()),
         };
         let own_zone = |zone: &str| own.and_then(|p| p.zones.get(zone));
         for (zone, zk) in keys.map(|k| &k.zones).into_iter().flatten() {
             view.zones.insert(
                 zone.clone(),
                 ZoneView {
-                    counts: own_zone(zone).map(|z| z.counts).unwrap_or_default(),
+                    counts: own_zone(zone).map(|z| z.counts.clone()).unwrap_or_default(),
                     desired: zk.desired.as_ref().map(|d| d.value.clone()),
                     exhausted: zk.exhausted.as_ref().map(|x| x.value.clone()),
                     report: zk.report.as_ref().map(|r| r.value.clone()),
@@ -250,7 +290,7 @@ impl Model {
         let undecodable = own.into_iter().flat_map(|p| &p.zones);
         for (zone, state) in undecodable.filter(|(_, z)| z.undecodable_report) {
             let zone_view = view.zone_mut(zone);
-            zone_view.counts = state.counts;
+            zone_view.counts = state.counts.clone();
             zone_view.report = Some(ExhaustionReport {
                 message: "undecodable report".into(),
                 ..Default::default()
@@ -393,7 +433,10 @@ impl Model {
                 }
             }
             Key::Report { pool, zone } => self.report_decoded(&pool, &zone),
-            Key::ZoneDesired { .. } | Key::Event { .. } | Key::AgentMember { .. } => {}
+            Key::ZoneDesired { .. }
+            | Key::Rollout { .. }
+            | Key::Event { .. }
+            | Key::AgentMember { .. } => {}
         }
     }
 

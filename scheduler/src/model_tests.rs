@@ -317,7 +317,7 @@ proptest! {
                 continue;
             }
             m.apply_pools(events(std::mem::take(&mut batch)));
-            let kept = m.pool("web").and_then(|p| p.zones.get("z1").map(|z| z.counts));
+            let kept = m.pool("web").and_then(|p| p.zones.get("z1").map(|z| z.counts.clone()));
             let recount = recounted(&m, "z1");
             let kept = kept.unwrap_or_default();
             prop_assert_eq!(kept.live, recount.live);

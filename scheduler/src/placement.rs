@@ -14,7 +14,7 @@
 //! - A zone's capacity hint holds while its exhaustion's probation lasts ([`capacity`]).
 //! - A zone the pool no longer allows, with nothing left in it, loses its `desired` key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_proto::ZoneDesired;
@@ -25,6 +25,7 @@ use crate::distribution::{
 };
 use crate::exhaustion::{base_backoff, in_probation};
 use crate::model::{PoolView, ZoneView};
+use crate::rollout::ZoneRoll;
 
 /// The zones the pool may place instances in: its allowed zones, none once it is deleted.
 pub fn allowed_zones(view: &PoolView) -> BTreeSet<String> {
@@ -156,10 +157,12 @@ impl Placement {
 }
 
 /// Places the pool at `now_ms` ([`distribution_input`], then [`compute_desired`]) and works
-/// out the `desired` keys that change; new values are signed `scheduler_id`.
+/// out the `desired` keys that change, each with its zone's part of the rollout
+/// (`rolls`); new values are signed `scheduler_id`.
 pub fn place(
     view: &PoolView,
     agent_ok: impl Fn(&str) -> bool,
+    rolls: &BTreeMap<String, ZoneRoll>,
     scheduler_id: &str,
     now_ms: i64,
 ) -> Result<Placement, DistributionError> {
@@ -174,7 +177,13 @@ pub fn place(
         .filter_map(|alloc| {
             let zv = view.zones.get(&alloc.zone).unwrap_or(&empty);
             let is_allowed = allowed.contains(&alloc.zone);
-            desired_write(zv, alloc, is_allowed, base, scheduler_id, now_ms)
+            let roll = rolls.get(&alloc.zone).cloned().unwrap_or_default();
+            let zone = ZoneWrite {
+                zone: zv,
+                allowed: is_allowed,
+                roll,
+            };
+            desired_write(&zone, alloc, base, scheduler_id, now_ms)
         })
         .collect();
     let counts_changed = writes.iter().any(|write| {
@@ -193,17 +202,24 @@ pub fn place(
     })
 }
 
+/// What a zone's `desired` key is written from beside its allocation.
+struct ZoneWrite<'a> {
+    zone: &'a ZoneView,
+    allowed: bool,
+    roll: ZoneRoll,
+}
+
 /// The change of one zone's `desired` key for its allocation, if any. The back-off of
 /// its last exhaustion is kept, and its capacity hint while the probation lasts.
 fn desired_write(
-    zone: &ZoneView,
+    write: &ZoneWrite<'_>,
     alloc: &ZoneAllocation,
-    allowed: bool,
     base: Duration,
     scheduler_id: &str,
     now_ms: i64,
 ) -> Option<DesiredWrite> {
-    let stale_zone = !allowed
+    let zone = write.zone;
+    let stale_zone = !write.allowed
         && alloc.desired == 0
         && zone.counts.instances() == 0
         && zone.exhausted.is_none()
@@ -231,6 +247,10 @@ fn desired_write(
         } else {
             None
         },
+        rollout_revision: write.roll.revision.clone(),
+        surge: write.roll.surge,
+        unavailable: write.roll.unavailable,
+        rollout_paused: write.roll.paused,
     };
     let same = zone.desired.as_ref().is_some_and(|d| {
         d.count == next.count
@@ -238,6 +258,9 @@ fn desired_write(
             && d.backoff_multiplier == next.backoff_multiplier
             && d.last_exhausted_until_unix_ms == next.last_exhausted_until_unix_ms
             && d.capacity_hint == next.capacity_hint
+            && d.rollout_revision == next.rollout_revision
+            && (d.surge, d.unavailable, d.rollout_paused)
+                == (next.surge, next.unavailable, next.rollout_paused)
     });
     (!same).then(|| DesiredWrite {
         zone: alloc.zone.clone(),

@@ -48,6 +48,7 @@ fn padded_instance(agent: &str) -> ObservedInstance {
         state_changed_unix_ms: 1,
         preempted: false,
         agent_id: agent.repeat(250 / agent.len().max(1)),
+        ..Default::default()
     }
 }
 

@@ -36,6 +36,7 @@ fn zone_view(confirmed: u64, in_flight: u64, desired: Option<ZoneDesired>) -> Zo
 fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
     let live = confirmed + in_flight;
     zone.counts = ZoneCounts {
+        revisions: BTreeMap::new(),
         live,
         live_confirmed: confirmed,
         by_status: [live, 0, 0, 0],
@@ -45,6 +46,7 @@ fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
 
 fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
     PoolView {
+        rollout: None,
         config_refused: false,
         config: Some(PoolConfig {
             target_vm_count: target,
@@ -57,7 +59,7 @@ fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
 }
 
 fn placed(view: &PoolView, agent_ok: impl Fn(&str) -> bool) -> Placement {
-    match place(view, agent_ok, "s1", NOW) {
+    match place(view, agent_ok, &BTreeMap::new(), "s1", NOW) {
         Ok(placement) => placement,
         Err(e) => panic!("valid pool refused: {e}"),
     }
@@ -160,7 +162,7 @@ fn the_capacity_hint_holds_only_while_the_probation_lasts() {
 
     let mut view = pool(8, Distribution::Balanced, &["a", "b"]);
     view.zones.insert("a".into(), zone);
-    let placement = match place(&view, |_| true, "s1", healthy) {
+    let placement = match place(&view, |_| true, &BTreeMap::new(), "s1", healthy) {
         Ok(placement) => placement,
         Err(e) => panic!("{e}"),
     };
@@ -189,7 +191,7 @@ async fn a_zone_without_agent_past_the_grace_gets_nothing_new_and_its_share_move
     let has_agent = |zone: &str| zone == "b";
     let at = |presence: &AgentPresence, now: i64| {
         let agent_ok = |zone: &str| presence.is_ok(zone, has_agent(zone), now);
-        match place(&view, agent_ok, "s1", now) {
+        match place(&view, agent_ok, &BTreeMap::new(), "s1", now) {
             Ok(placement) => placement,
             Err(e) => panic!("{e}"),
         }
@@ -433,6 +435,7 @@ fn simulate(
         match *step {
             Step::Stockout(z) => {
                 let mut view = PoolView {
+                    rollout: None,
                     config_refused: false,
                     config: config.clone(),
                     zones: BTreeMap::new(),
@@ -498,6 +501,7 @@ fn simulate(
             sim.written_off = sim.written_off.min(sim.live());
         }
         let view = PoolView {
+            rollout: None,
             config_refused: false,
             config: config.clone(),
             zones: names
@@ -512,7 +516,8 @@ fn simulate(
                 .position(|n| n == zone)
                 .is_some_and(|z| zones[z].agent)
         };
-        let placement = place(&view, agent_ok, "s1", now).map_err(|e| e.to_string())?;
+        let placement =
+            place(&view, agent_ok, &BTreeMap::new(), "s1", now).map_err(|e| e.to_string())?;
         for write in placement.writes {
             if let Some(z) = names.iter().position(|n| *n == write.zone) {
                 zones[z].view.desired = write.next;
