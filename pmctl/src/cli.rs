@@ -114,6 +114,9 @@ pub enum Command {
         #[arg(long, value_parser = zone_name)]
         zone: Option<String>,
     },
+    /// Where a pool's rollout to a new revision stands; pause, resume or undo it.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Mark a zone exhausted by hand, or clear its exhaustion.
     #[command(subcommand)]
     Zone(ZoneCommand),
@@ -184,6 +187,35 @@ pub enum ConfigCommand {
     /// removes all of its keys.
     #[command(after_help = "Example:\n  pmctl config delete web")]
     Delete {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+}
+
+/// `pmctl rollout ...`
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum RolloutCommand {
+    /// The pool's revision, the rollout's state and the VMs of each revision.
+    Status {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+    /// Stop replacing VMs: no surge, no old VM deleted, until resumed.
+    Pause {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+    /// Go on with a rollout paused by pause, or by the scheduler after a failure.
+    Resume {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+    },
+    /// Go back to the previous revision's template, project and prefix (a new rollout).
+    Undo {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,

@@ -6,7 +6,7 @@
 //! - [`config_file`], [`yaml`], [`unique_keys`]: pool config files (prevmtable's rjson, Hjson, JSON,
 //!   YAML) parsed; what they mean, their checks and their written-back form are
 //!   [`pm_pool`]'s.
-//! - [`pool_config`], [`zone`]: the writes, all compare-and-swap or lease-bound.
+//! - [`pool_config`], [`zone`], [`rollout`]: the writes, all compare-and-swap or lease-bound.
 //! - [`snapshot`], [`status`], [`instances`], [`events`], [`agents`]: the reads.
 //! - [`output`]: tables, JSON, times.
 
@@ -19,13 +19,14 @@ pub mod events;
 pub mod instances;
 pub mod output;
 pub mod pool_config;
+pub mod rollout;
 pub mod snapshot;
 pub mod status;
 pub mod unique_keys;
 pub mod yaml;
 pub mod zone;
 
-pub use cli::{Cli, Command, ConfigCommand, ZoneCommand};
+pub use cli::{Cli, Command, ConfigCommand, RolloutCommand, ZoneCommand};
 pub use error::{Error, Result, EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 
 /// Runs one pmctl command to its end (for `--watch` and `--follow`: until Ctrl-C).
@@ -64,6 +65,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 status::watch(&store, pool.as_deref(), format).await
             } else {
                 status::show(&store, pool.as_deref(), format).await
+            }
+        }
+        Command::Rollout(command) => {
+            let store = connect::connect(etcd).await?;
+            match command {
+                RolloutCommand::Status { pool } => rollout::status(&store, &pool, format).await,
+                RolloutCommand::Pause { pool } => rollout::pause(&store, &pool, format).await,
+                RolloutCommand::Resume { pool } => rollout::resume(&store, &pool, format).await,
+                RolloutCommand::Undo { pool } => rollout::undo(&store, &pool, format).await,
             }
         }
         Command::Instances { pool, zone } => {

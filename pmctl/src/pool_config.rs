@@ -126,6 +126,12 @@ pub async fn set(
     output: OutputFormat,
 ) -> Result<()> {
     let stored = current(store, pool).await?;
+    let mut config = config;
+    if let Some(s) = &stored {
+        // Not part of the document: `rollout pause` and `resume` keep theirs.
+        config.rollout_paused = s.value.rollout_paused;
+        config.rollout_resumes = s.value.rollout_resumes;
+    }
     let stored_revision = stored.as_ref().map_or(0, |s| s.mod_revision);
     let expected = if_revision.unwrap_or(stored_revision);
     if expected != stored_revision {
@@ -295,7 +301,7 @@ impl Render for DeleteView {
 /// compare-and-swap, reading again after a conflict. Returns the config as it was before,
 /// the key's mod_revision now, and whether anything was written (an edit that changes
 /// nothing writes nothing).
-async fn read_modify_write(
+pub(crate) async fn read_modify_write(
     store: &Store,
     pool: &str,
     change: impl Fn(&mut PoolConfig) -> Result<()>,

@@ -13,6 +13,7 @@ use crate::output::{self, Align, OutputFormat, Render, Table};
 use pm_pool::fields::distribution_name;
 use pm_pool::ObservedStatus;
 
+use crate::rollout::{self, RolloutView};
 use crate::snapshot::{self, zone_names, Snapshot, ZoneAgents};
 
 /// How often `--watch` redraws when nothing changes.
@@ -182,6 +183,8 @@ pub struct PoolStatus {
     pub totals: Counts,
     /// Its zones, sorted by name.
     pub zones: Vec<ZoneStatus>,
+    /// Its rollout while one is not complete; `null` otherwise.
+    pub rollout: Option<RolloutView>,
 }
 
 /// The scheduler leader.
@@ -268,6 +271,7 @@ fn pool_status(name: &str, pool: &PoolKeys, snapshot: &Snapshot, now_ms: i64) ->
         distribution: distribution_name(config.map(|c| c.distribution()).unwrap_or_default()),
         totals,
         zones,
+        rollout: rollout::view(name, pool).filter(|r| r.state != "complete"),
     }
 }
 
@@ -307,6 +311,23 @@ impl Render for StatusView {
                 "\npool {}{phase}: target {}, desired {}, running {}, starting {}, lost {}, deleting {} (distribution {})\n",
                 pool.pool, pool.target, t.desired, t.running, t.starting, t.lost, t.deleting, pool.distribution
             ));
+            if let Some(r) = &pool.rollout {
+                let old: u64 = r
+                    .revisions
+                    .iter()
+                    .filter(|c| c.revision != r.revision)
+                    .map(|c| c.instances)
+                    .sum();
+                let reason = if r.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.reason)
+                };
+                out.push_str(&format!(
+                    "rollout to revision {}: {}, {old} old VM(s) left{reason}\n",
+                    r.revision, r.state
+                ));
+            }
             let mut table = Table::new(&[
                 ("ZONE", Align::Left),
                 ("DESIRED", Align::Right),

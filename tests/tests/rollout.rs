@@ -1,0 +1,336 @@
+//! Rollouts end to end: etcd, gce-sim, schedulers and agents as processes. A changed
+//! template replaces every VM within maxSurge and maxUnavailable (watched all along by a
+//! sampler of gce-sim), through preemptions and the failover of the scheduler and an
+//! agent; a prefix change orphans nothing; a template GCE refuses pauses the rollout
+//! with every old VM kept, and `pmctl rollout undo` brings the pool back.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pm_gce::resources::{Instance, InstanceStatus};
+use pm_proto::{Amount, Event, PoolConfig, UpdatePolicy};
+use pm_tests::cluster::TEMPLATE;
+use pm_tests::Cluster;
+
+const BOUND: Duration = Duration::from_secs(90);
+
+fn amount(value: u32) -> Option<Amount> {
+    Some(Amount {
+        value,
+        percent: false,
+    })
+}
+
+fn with_machine(config: &PoolConfig, machine: &str) -> PoolConfig {
+    let mut next = config.clone();
+    next.instance_json = TEMPLATE.replace("e2-small", machine);
+    next
+}
+
+fn live(i: &Instance) -> bool {
+    matches!(
+        i.status,
+        Some(InstanceStatus::Provisioning | InstanceStatus::Staging | InstanceStatus::Running)
+    )
+}
+
+async fn all_instances(c: &Cluster, pool: &str) -> Vec<Instance> {
+    c.gce_instances(pool)
+        .await
+        .into_values()
+        .flatten()
+        .collect()
+}
+
+/// The most live and the fewest RUNNING instances of a pool seen while it runs.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicUsize>,
+    lowest_running: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(c: &Cluster, pool: &str) -> Self {
+        let compute_url = c.compute_url();
+        let zones = c.zones().to_vec();
+        let filter = format!("labels.pm-pool = \"{pool}\"");
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let lowest_running = Arc::new(AtomicUsize::new(usize::MAX));
+        let (s, p, l) = (stop.clone(), peak.clone(), lowest_running.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !s.load(Ordering::SeqCst) {
+                let (mut live_now, mut running) = (0, 0);
+                let mut complete = true;
+                for zone in &zones {
+                    let url = format!("{compute_url}projects/pm-test/zones/{zone}/instances");
+                    let reply = http.get(&url).query(&[("filter", &filter)]).send().await;
+                    let Ok(body) = reply.and_then(|r| r.error_for_status()) else {
+                        complete = false;
+                        break;
+                    };
+                    let Ok(list) = body.json::<serde_json::Value>().await else {
+                        complete = false;
+                        break;
+                    };
+                    for item in list["items"].as_array().into_iter().flatten() {
+                        let status = item["status"].as_str().unwrap_or_default();
+                        live_now +=
+                            usize::from(matches!(status, "PROVISIONING" | "STAGING" | "RUNNING"));
+                        running += usize::from(status == "RUNNING");
+                    }
+                }
+                if complete {
+                    p.fetch_max(live_now, Ordering::SeqCst);
+                    l.fetch_min(running, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self {
+            stop,
+            peak,
+            lowest_running,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        (
+            self.peak.load(Ordering::SeqCst),
+            self.lowest_running.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn pmctl(c: &Cluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(pm_tests::bin_path("pmctl"))
+        .args(["--etcd", &c.etcd_endpoints(), "--prefix", c.prefix()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn rollout_status(c: &Cluster, pool: &str) -> serde_json::Value {
+    let out = pmctl(c, &["rollout", "status", pool, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn event_kinds(c: &Cluster, pool: &str) -> Vec<String> {
+    let prefix = c.store().keys().events_prefix(pool).unwrap();
+    let listing = c.store().list::<Event>(&prefix).await.unwrap();
+    listing
+        .items
+        .into_iter()
+        .map(|(_, v)| v.value.kind)
+        .collect()
+}
+
+async fn wait_all(c: &Cluster, pool: &str, want: usize, ok: impl Fn(&Instance) -> bool) {
+    c.wait(
+        &format!("{want} RUNNING instances of {pool}, all as wanted"),
+        BOUND,
+        || async {
+            let all = all_instances(c, pool).await;
+            let done = all.len() == want
+                && all
+                    .iter()
+                    .all(|i| i.status == Some(InstanceStatus::Running) && ok(i));
+            done.then_some(())
+        },
+    )
+    .await;
+}
+
+fn machine_is(i: &Instance, machine: &str) -> bool {
+    i.machine_type
+        .as_deref()
+        .is_some_and(|m| m.ends_with(&format!("/{machine}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_machine_type_replaces_every_vm_within_the_bounds_through_failures() {
+    let mut c = Cluster::builder()
+        .zones(3)
+        .schedulers(2)
+        .agents(2)
+        .start()
+        .await;
+    let mut config = c.pool_config("web-", 6);
+    config.update = Some(UpdatePolicy {
+        max_surge: amount(1),
+        max_unavailable: amount(0),
+        min_ready_seconds: 1,
+        ..Default::default()
+    });
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 6, |i| machine_is(i, "e2-small")).await;
+    let first = rollout_status(&c, "web");
+    assert_eq!(first["state"], "complete", "{first}");
+    let old_revision = first["revision"].as_str().unwrap().to_string();
+
+    let sampler = Sampler::start(&c, "web");
+    let next = with_machine(&config, "e2-medium");
+    let new_revision = pm_pool::revision(&next);
+    c.set_pool("web", next).await;
+    c.wait("the rollout replaces a first VM", BOUND, || async {
+        let all = all_instances(&c, "web").await;
+        all.iter()
+            .any(|i| machine_is(i, "e2-medium") && i.status == Some(InstanceStatus::Running))
+            .then_some(())
+    })
+    .await;
+    let mid = rollout_status(&c, "web");
+    assert_eq!(mid["state"], "progressing", "{mid}");
+    assert_eq!(mid["revision"], new_revision.as_str());
+
+    // Mid-rollout: two old VMs preempted, the scheduler leader and an agent killed.
+    let old_names: Vec<String> = all_instances(&c, "web")
+        .await
+        .into_iter()
+        .filter(|i| machine_is(i, "e2-small") && i.status == Some(InstanceStatus::Running))
+        .map(|i| i.name)
+        .take(2)
+        .collect();
+    let names: Vec<&str> = old_names.iter().map(String::as_str).collect();
+    c.sim().preempt_names(&names).await.unwrap();
+    let out = pmctl(&c, &["leader", "-o", "json"]);
+    let leader: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let index = (0..c.scheduler_count())
+        .find(|i| leader["leader"]["id"] == c.scheduler(*i).name())
+        .expect("a scheduler leads");
+    c.scheduler(index).kill9().await;
+    c.agent("zone-a", 0).kill9().await;
+
+    wait_all(&c, "web", 6, |i| {
+        machine_is(i, "e2-medium")
+            && i.labels.get("pm-rev").map(String::as_str) == Some(new_revision.as_str())
+    })
+    .await;
+    let (peak, lowest) = sampler.finish().await;
+    eprintln!("sampled: peak {peak}, lowest running {lowest}");
+    assert!(peak <= 7, "at most target + maxSurge live at once: {peak}");
+    // Two were preempted on purpose; the rollout itself takes none away (maxUnavailable 0).
+    assert!(
+        lowest >= 4,
+        "RUNNING never below target - preempted: {lowest}"
+    );
+    let done = c
+        .wait("the rollout completes", BOUND, || async {
+            let s = rollout_status(&c, "web");
+            (s["state"] == "complete").then_some(s)
+        })
+        .await;
+    assert_eq!(
+        done["revisions"][0]["revision"],
+        new_revision.as_str(),
+        "{done}"
+    );
+    assert_eq!(done["revisions"][0]["running"], 6, "{done}");
+    assert!(
+        done["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["revision"] != old_revision.as_str()),
+        "{done}"
+    );
+    let kinds = event_kinds(&c, "web").await;
+    for kind in ["rollout-started", "rollout-completed"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_change_replaces_the_old_vms_and_orphans_none() {
+    let c = Cluster::builder().zones(2).start().await;
+    let config = c.pool_config("web-", 4);
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 4, |i| i.name.starts_with("web-")).await;
+    let mut renamed = config;
+    renamed.prefix = "app-".into();
+    c.set_pool("web", renamed).await;
+    wait_all(&c, "web", 4, |i| i.name.starts_with("app-")).await;
+    let observed: Vec<String> = c.observed("web").await.into_values().flatten().collect();
+    assert_eq!(observed.len(), 4, "{observed:?}");
+    assert!(
+        observed.iter().all(|n| n.starts_with("app-")),
+        "{observed:?}"
+    );
+    let mut by_zone: BTreeMap<String, usize> = BTreeMap::new();
+    for (zone, list) in c.gce_instances("web").await {
+        by_zone.insert(zone, list.len());
+    }
+    assert_eq!(by_zone.values().sum::<usize>(), 4, "no orphan: {by_zone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_gce_refuses_pauses_the_rollout_keeping_every_old_vm_until_undone() {
+    let c = Cluster::builder().zones(2).start().await;
+    let config = c.pool_config("web-", 4);
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 4, |i| machine_is(i, "e2-small")).await;
+    let sampler = Sampler::start(&c, "web");
+    c.set_pool("web", with_machine(&config, "n9-nonexistent-4"))
+        .await;
+    let failed = c
+        .wait("the rollout pauses itself", BOUND, || async {
+            let s = rollout_status(&c, "web");
+            (s["state"] == "failed").then_some(s)
+        })
+        .await;
+    assert_eq!(failed["paused"], true, "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refuses revision"),
+        "{failed}"
+    );
+    let kinds = event_kinds(&c, "web").await;
+    assert!(kinds.iter().any(|k| k == "rollout-paused"), "{kinds:?}");
+    let (_, lowest) = sampler.finish().await;
+    assert_eq!(
+        lowest, 4,
+        "no old VM deleted for a revision that does not come up"
+    );
+    let all = all_instances(&c, "web").await;
+    assert_eq!(all.len(), 4);
+    assert!(all.iter().all(|i| machine_is(i, "e2-small") && live(i)));
+
+    let out = pmctl(&c, &["rollout", "undo", "web", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait(
+        "undo brings the pool back to its VMs' revision",
+        BOUND,
+        || async {
+            let s = rollout_status(&c, "web");
+            (s["state"] == "complete").then_some(())
+        },
+    )
+    .await;
+    let stored = c
+        .store()
+        .get::<PoolConfig>(&c.store().keys().pool_config("web").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pm_pool::revision(&stored.value), pm_pool::revision(&config));
+    let all = all_instances(&c, "web").await;
+    assert_eq!(all.len(), 4, "nothing was replaced: {all:?}");
+}
