@@ -88,7 +88,7 @@ fn resolve(amount: Option<&Amount>, target: i64, default: u64) -> u64 {
 /// The pool's rollout budgets: percentages of targetVMCount rounded up, and each budget
 /// the number of allowed zones when not given (as GCE's regional MIGs).
 pub fn budgets(config: &PoolConfig) -> Budgets {
-    let policy = config.update.clone().unwrap_or_default();
+    let policy = config.update.unwrap_or_default();
     let zones = u64::try_from(config.allowed_zones.len()).unwrap_or(0);
     let target = config.target_vm_count;
     let deadline = if policy.progress_deadline_seconds == 0 {

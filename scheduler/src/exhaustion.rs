@@ -137,7 +137,7 @@ pub enum ReportDecision {
     /// Delete the report: the zone is exhausted already, or the pool no longer uses it.
     Drop,
     /// Exhaust the zone.
-    Exhaust(ExhaustionGrant),
+    Exhaust(Box<ExhaustionGrant>),
 }
 
 /// Decides on the report of `zone` in `view` seen at `now_ms`; `None` when the zone has
@@ -177,11 +177,11 @@ pub fn decide_report(
     desired.accept_new = false;
     desired.updated_unix_ms = now_ms;
     desired.scheduler_id = scheduler_id.to_string();
-    Some(ReportDecision::Exhaust(ExhaustionGrant {
+    Some(ReportDecision::Exhaust(Box::new(ExhaustionGrant {
         backoff,
         exhaustion,
         desired,
-    }))
+    })))
 }
 
 /// What a report of `class` is, for the event.
@@ -354,7 +354,7 @@ mod tests {
 
     fn granted(view: &PoolView, now_ms: i64) -> ExhaustionGrant {
         match decide_report(view, "zone-a", "s1", now_ms) {
-            Some(ReportDecision::Exhaust(grant)) => grant,
+            Some(ReportDecision::Exhaust(grant)) => *grant,
             other => panic!("expected a grant, got {other:?}"),
         }
     }

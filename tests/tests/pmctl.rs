@@ -735,7 +735,15 @@ async fn reads_show_what_etcd_holds() {
     let pool = &status["pools"][0];
     assert_eq!(
         keys_of(pool),
-        ["distribution", "phase", "pool", "target", "totals", "zones"]
+        [
+            "distribution",
+            "phase",
+            "pool",
+            "rollout",
+            "target",
+            "totals",
+            "zones"
+        ]
     );
     assert_eq!(
         (pool["pool"].as_str(), pool["phase"].as_str()),

@@ -334,3 +334,31 @@ async fn a_template_gce_refuses_pauses_the_rollout_keeping_every_old_vm_until_un
     let all = all_instances(&c, "web").await;
     assert_eq!(all.len(), 4, "nothing was replaced: {all:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_set_refuses_to_move_a_pool_with_vms_to_another_project() {
+    let c = Cluster::builder().zones(1).start().await;
+    let config = c.pool_config("web-", 1);
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 1, |_| true).await;
+    let mut moved = config;
+    moved.project = "other-project".into();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    let document = pm_pool::ConfigDocument::from_config(&moved);
+    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
+    let out = pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("would orphan them"), "{stderr}");
+    let stored = c
+        .store()
+        .get::<PoolConfig>(&c.store().keys().pool_config("web").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.value.project, "",
+        "the stored config stays as it was"
+    );
+}
