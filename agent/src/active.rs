@@ -463,14 +463,18 @@ impl<'a> ActiveAgent<'a> {
             };
             self.ops.spawn(pool, project, insert.name, op);
         }
+        // Each call goes to its instance's own project: one from before a project change,
+        // else the pool's.
+        let elsewhere = fx.elsewhere;
+        let project_of = |name: &str| elsewhere.get(name).map_or(project, String::as_str);
         for name in fx.restarts {
-            self.ops.spawn(pool, project, name, Op::Start);
+            self.ops.spawn(pool, project_of(&name), name, Op::Start);
         }
         for name in fx.resumes_suspended {
-            self.ops.spawn(pool, project, name, Op::Resume);
+            self.ops.spawn(pool, project_of(&name), name, Op::Resume);
         }
         for name in fx.deletes {
-            self.ops.spawn(pool, project, name, Op::Delete);
+            self.ops.spawn(pool, project_of(&name), name, Op::Delete);
         }
         Ok(())
     }

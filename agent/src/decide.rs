@@ -35,6 +35,8 @@ pub struct Listed {
     pub created_unix_ms: i64,
     /// Its `pm-rev` label; empty when it has none (from before revisions).
     pub revision: String,
+    /// The GCE project it was listed in.
+    pub project: String,
 }
 
 /// The zone's part of a rollout, while the agent's config has the revision rolled to.
@@ -253,8 +255,12 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             InstanceState::Provisioning
                 if !observed.request_id.is_empty() && observed.gce_id.is_empty() =>
             {
-                if inputs.now_ms.saturating_sub(observed.created_unix_ms) < inputs.insert_expiry_ms
-                {
+                // An insert of an old revision is not sent again with the new template
+                // (or into another project): forgotten; should it have reached GCE, it
+                // is adopted and replaced.
+                let young = inputs.now_ms.saturating_sub(observed.created_unix_ms)
+                    < inputs.insert_expiry_ms;
+                if young && !is_old(&observed.revision) {
                     d.resume_insert.push(name.clone());
                     live += 1;
                     old += i64::from(observed_old(name));
@@ -359,6 +365,7 @@ mod tests {
                 id: format!("id-{name}"),
                 created_unix_ms: pm_gce::resources::unix_ms(created).unwrap_or_default(),
                 revision: String::new(),
+                project: "p".into(),
             },
         )
     }

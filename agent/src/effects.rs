@@ -88,6 +88,9 @@ pub struct Effects {
     pub resumes_suspended: Vec<String>,
     /// The template does not render: creates pause, the problem is reported once.
     pub template_error: Option<String>,
+    /// Instances to delete, start or resume that live in another project than the
+    /// pool's (from before a project change), with their project.
+    pub elsewhere: BTreeMap<String, String>,
 }
 
 fn notice(
@@ -142,6 +145,7 @@ pub fn effects(
         let listed = inputs.listed.get(name);
         o.gce_id = listed.map(|l| l.id.clone()).unwrap_or_default();
         o.revision = listed.map(|l| l.revision.clone()).unwrap_or_default();
+        o.project = listed.map(|l| l.project.clone()).unwrap_or_default();
         if *new_state == InstanceState::Running {
             o.preempted = false;
             if o.running_since_unix_ms == 0 {
@@ -239,6 +243,7 @@ pub fn effects(
                     request_id: request_id.clone(),
                     created_unix_ms: now,
                     revision: inputs.revision.to_string(),
+                    project: inputs.project.to_string(),
                     ..Default::default()
                 };
                 let intent = stamped(intent, InstanceState::Provisioning);
@@ -265,6 +270,20 @@ pub fn effects(
                 request_id: o.request_id.clone(),
                 instance,
             });
+        }
+    }
+    let calls = decision
+        .delete
+        .iter()
+        .chain(&decision.restart)
+        .chain(&decision.resume);
+    for name in calls {
+        if let Some(l) = inputs
+            .listed
+            .get(name)
+            .filter(|l| l.project != inputs.project)
+        {
+            fx.elsewhere.insert(name.clone(), l.project.clone());
         }
     }
     fx.deletes = decision.delete.clone();
@@ -317,6 +336,7 @@ mod tests {
                 id: "77".into(),
                 created_unix_ms: 0,
                 revision: "r1".into(),
+                project: "proj".into(),
             },
         )]);
         let inputs = EffectInputs {

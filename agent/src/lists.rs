@@ -11,13 +11,14 @@ use pm_gce::resources::Instance;
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
-use crate::reconcile::ListRequest;
+use crate::reconcile::{list_projects, ListRequest};
 
 /// Lists in flight at once; pools beyond them wait until one returns.
 pub const PARALLEL_LISTS: usize = 8;
 
 /// What a list returns.
-type Listed = Result<Vec<Instance>, GceError>;
+/// What a list returned: each instance with its project.
+type Listed = Result<Vec<(String, Instance)>, GceError>;
 
 /// A returned list with its pass.
 pub struct Returned {
@@ -58,11 +59,12 @@ impl Lists {
         compute: Arc<dyn Compute>,
         zone: &str,
     ) {
-        let (project, filter) = (request.project.clone(), request.filter.clone());
+        let filter = request.filter.clone();
+        let projects = request.projects();
         let zone = zone.to_string();
         let task = self
             .running
-            .spawn(async move { compute.list(&project, &zone, Some(&filter)).await });
+            .spawn(async move { list_projects(compute.as_ref(), &projects, &zone, &filter).await });
         self.waiting
             .insert(pool.to_string(), (task.id(), request, Instant::now()));
     }

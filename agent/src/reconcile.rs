@@ -3,7 +3,7 @@
 //! calls GCE only to read; it returns what to write and do, and when the pool is due
 //! next, so it is tested against the in-process fake without etcd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_etcd::{now_unix_ms, ZoneKeys};
@@ -70,12 +70,41 @@ fn report(kind: &'static str, severity: Severity, message: String) -> Report {
 pub struct ListRequest {
     /// The pool's project.
     pub project: String,
+    /// Other projects its observed keys record VMs in (before a project change), listed
+    /// too until the rollout replaced those VMs.
+    pub other_projects: Vec<String>,
     /// The label filter of the pool's instances.
     pub filter: String,
     /// The config the pass decides with.
     pub config: Box<PoolConfig>,
     /// What the pass found so far.
     pub pass: Pass,
+}
+
+impl ListRequest {
+    /// The projects to list: the pool's, then the others its keys name.
+    pub fn projects(&self) -> Vec<String> {
+        let others = self.other_projects.iter().cloned();
+        std::iter::once(self.project.clone())
+            .chain(others)
+            .collect()
+    }
+}
+
+/// Lists the pool's instances (`filter`) in the zone of each of `projects`, each with
+/// its project; one failed list fails the whole.
+pub async fn list_projects(
+    compute: &dyn Compute,
+    projects: &[String],
+    zone: &str,
+    filter: &str,
+) -> Result<Vec<(String, Instance)>, GceError> {
+    let mut all = Vec::new();
+    for project in projects {
+        let listed = compute.list(project, zone, Some(filter)).await?;
+        all.extend(listed.into_iter().map(|i| (project.clone(), i)));
+    }
+    Ok(all)
 }
 
 /// How a pass begins: done at once (nothing to list), or with a list to make.
@@ -130,7 +159,14 @@ pub fn start_pass(
         ));
         return Start::Done(pass);
     };
+    let other_projects: BTreeSet<String> = keys
+        .instances
+        .values()
+        .map(|o| o.value.project.clone())
+        .filter(|p| !p.is_empty() && *p != project)
+        .collect();
     Start::List(ListRequest {
+        other_projects: other_projects.into_iter().collect(),
         project,
         filter: pool_filter(pool),
         config: Box::new(config),
@@ -145,7 +181,7 @@ pub async fn continue_pass(
     state: &mut PoolState,
     keys: &ZoneKeys,
     request: ListRequest,
-    listed: Result<Vec<Instance>, GceError>,
+    listed: Result<Vec<(String, Instance)>, GceError>,
 ) -> Pass {
     let ListRequest {
         project,
@@ -169,16 +205,17 @@ pub async fn continue_pass(
     };
     pass.listed = true;
     state.list_retry.reset();
-    // Members: the label and the prefix, or the label and an observed key (a VM made
-    // under an earlier prefix, replaced by the rollout, never orphaned).
-    let member = |i: &Instance| {
-        is_pool_member(i, pool, &config.prefix)
+    // Members: the label and the prefix in the pool's project, or the label and an
+    // observed key (a VM made under an earlier prefix or in an earlier project, replaced
+    // by the rollout, never orphaned).
+    let member = |in_project: &str, i: &Instance| {
+        (in_project == project && is_pool_member(i, pool, &config.prefix))
             || (carries_pool_label(i, pool) && keys.instances.contains_key(&i.name))
     };
     let listed: BTreeMap<String, Listed> = listed
         .into_iter()
-        .filter(|i| member(i))
-        .filter_map(|i| {
+        .filter(|(in_project, i)| member(in_project, i))
+        .filter_map(|(in_project, i)| {
             let status = i.status?;
             Some((
                 i.name.clone(),
@@ -188,6 +225,7 @@ pub async fn continue_pass(
                     id: i.id.clone().unwrap_or_default(),
                     created_unix_ms: i.created_unix_ms().unwrap_or_default(),
                     revision: i.labels.get(REVISION_LABEL).cloned().unwrap_or_default(),
+                    project: in_project,
                 },
             ))
         })

@@ -94,10 +94,8 @@ async fn pass(fake: &FakeCompute, state: &mut PoolState, keys: &ZoneKeys) -> Pas
     match start_pass(&ctx, "web", state, keys) {
         Start::Done(pass) => pass,
         Start::List(request) => {
-            let listed = ctx
-                .compute
-                .list(&request.project, ctx.zone, Some(&request.filter))
-                .await;
+            let projects = request.projects();
+            let listed = list_projects(ctx.compute, &projects, ctx.zone, &request.filter).await;
             continue_pass(&ctx, "web", state, keys, request, listed).await
         }
     }
@@ -416,13 +414,46 @@ async fn an_interrupted_delete_is_finished() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_intent_of_an_old_revision_is_forgotten_not_sent_with_the_new_template() {
+    let fake = FakeCompute::new();
+    let mut pool = state(1, OnPreempted::Delete);
+    observe(
+        &mut pool,
+        "w-a",
+        ObservedInstance {
+            state: InstanceState::Provisioning as i32,
+            request_id: pm_gce::request_id_for("w-a"),
+            created_unix_ms: now_unix_ms(),
+            revision: "0123456789".into(),
+            ..Default::default()
+        },
+    );
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.resumes.is_empty(), "{fx:?}");
+    assert_eq!(fx.writes["w-a"], None, "forgotten");
+    assert_eq!(fx.creates.len(), 1, "replaced with the pool's revision");
+    let label = fx.creates[0].instance.labels.get(pm_pool::REVISION_LABEL);
+    assert_eq!(
+        label,
+        pool.state.config.as_ref().map(pm_pool::revision).as_ref()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_intent_from_an_earlier_term_is_resumed_or_adopted() {
     let fake = FakeCompute::new();
     let mut pool = state(2, OnPreempted::Delete);
+    let revision = pool
+        .state
+        .config
+        .as_ref()
+        .map(pm_pool::revision)
+        .unwrap_or_default();
     let intent = |name: &str| ObservedInstance {
         state: InstanceState::Provisioning as i32,
         request_id: pm_gce::request_id_for(name),
         created_unix_ms: now_unix_ms(),
+        revision: revision.clone(),
         ..Default::default()
     };
     observe(&mut pool, "w-a", intent("w-a"));

@@ -7,6 +7,7 @@
 
 mod measure;
 mod report;
+mod rollout;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ struct Args {
     /// Run only the converge scenario.
     #[arg(long)]
     converge_only: bool,
+    /// Run only the rollout scenario.
+    #[arg(long, conflicts_with = "converge_only")]
+    rollout_only: bool,
 }
 
 fn parse_size(text: &str) -> Result<(u64, usize), String> {
@@ -89,13 +93,19 @@ async fn main() -> anyhow::Result<()> {
         profile.converge = args.converge.clone();
     }
     let mut report = report::Report::new(&profile);
+    if args.rollout_only {
+        profile.converge.clear();
+    }
     for &(n, zones) in &profile.converge {
         eprintln!("converge: {n} instances over {zones} zones");
         report
             .converge
             .push(scenarios::converge(&profile, n, zones).await?);
     }
-    if !args.converge_only {
+    if args.rollout_only {
+        eprintln!("rollout: {} instances", profile.rollout.0);
+        report.rollout = Some(rollout::rollout(&profile).await?);
+    } else if !args.converge_only {
         run_the_rest(&profile, &mut report).await?;
     }
     print!("{}", report.table());
@@ -120,5 +130,7 @@ async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow:
     report
         .failover
         .push(scenarios::agent_failover(profile).await?);
+    eprintln!("rollout: {} instances", profile.rollout.0);
+    report.rollout = Some(rollout::rollout(profile).await?);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::rollout::RolloutRun;
 use crate::scenarios::{Converge, Exhaustion, Failover, Heal, Profile};
 
 /// Everything one run measured.
@@ -19,6 +20,8 @@ pub struct Report {
     pub exhaustion: Option<Exhaustion>,
     /// Failover runs.
     pub failover: Vec<Failover>,
+    /// The rollout run.
+    pub rollout: Option<RolloutRun>,
 }
 
 fn machine() -> String {
@@ -61,6 +64,7 @@ impl Report {
             heal: Vec::new(),
             exhaustion: None,
             failover: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -124,7 +128,22 @@ impl Report {
                 f.component, f.lease_ttl_seconds, f.takeover_seconds, f.creations_done_seconds
             ));
         }
+        if let Some(r) = &self.rollout {
+            out.push_str(&format!(
+                "\nrollout: {} VMs over {} zones, maxSurge {}, maxUnavailable 0: {:.1} s ({:.2} x the ideal {:.1} s), peak live {}, lowest RUNNING {}\n",
+                r.instances, r.zones, r.max_surge, r.seconds, r.ratio_to_ideal, r.ideal_seconds, r.peak_live, r.lowest_running
+            ));
+        }
         out.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
+        if let Some(r) = &self.rollout {
+            let ok = r.peak_live <= r.instances + r.max_surge && r.lowest_running >= r.instances;
+            out.push_str(&format!(
+                "| rollout within target + maxSurge live, target RUNNING | peak {}, lowest {} | {} |\n",
+                r.peak_live,
+                r.lowest_running,
+                verdict(ok)
+            ));
+        }
         for f in &self.failover {
             let ok = f.takeover_seconds < f.lease_ttl_seconds + 0.5;
             out.push_str(&format!(

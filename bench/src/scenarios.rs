@@ -30,6 +30,8 @@ pub struct Profile {
     pub steady: Duration,
     /// The pools' `secondsToRest`.
     pub rest_seconds: u32,
+    /// Instances, zones and maxSurge (percent of the instances) of the rollout run.
+    pub rollout: (u64, usize, u32),
 }
 
 impl Profile {
@@ -44,6 +46,7 @@ impl Profile {
             exhaustion: 300,
             steady: Duration::from_secs(60),
             rest_seconds: 5,
+            rollout: (1000, 10, 10),
         }
     }
 
@@ -58,16 +61,17 @@ impl Profile {
             exhaustion: 30,
             steady: Duration::from_secs(10),
             rest_seconds: 2,
+            rollout: (30, 3, 10),
         }
     }
 
     /// The fastest any instance can be RUNNING: gce-sim boots an instance from its insert
     /// on, while the operation finishes on its own clock.
-    fn ideal(&self) -> Duration {
+    pub(crate) fn ideal(&self) -> Duration {
         self.op_delay.max(self.boot_delay)
     }
 
-    fn pool(&self, c: &Cluster, target: u64) -> PoolConfig {
+    pub(crate) fn pool(&self, c: &Cluster, target: u64) -> PoolConfig {
         PoolConfig {
             target_vm_count: i64::try_from(target).unwrap_or(i64::MAX),
             allowed_zones: c.zones().to_vec(),
@@ -79,7 +83,7 @@ impl Profile {
         }
     }
 
-    async fn cluster(
+    pub(crate) async fn cluster(
         &self,
         zones: usize,
         capacity: u64,
@@ -100,6 +104,11 @@ impl Profile {
     /// Creates the benchmark pool of `n` instances and waits until all are RUNNING.
     async fn create_pool(&self, c: &Cluster, n: u64) -> anyhow::Result<Duration> {
         c.set_pool(POOL, self.pool(c, n)).await;
+        self.wait_running(c, n).await
+    }
+
+    /// Waits until `n` instances are RUNNING; returns how long that took.
+    pub(crate) async fn wait_running(&self, c: &Cluster, n: u64) -> anyhow::Result<Duration> {
         let (took, _) = until(
             "pool RUNNING",
             self.bound(n),
@@ -111,7 +120,7 @@ impl Profile {
         Ok(took)
     }
 
-    fn bound(&self, n: u64) -> Duration {
+    pub(crate) fn bound(&self, n: u64) -> Duration {
         Duration::from_secs(120 + n / 20) + self.ideal() * 20
     }
 }
@@ -127,8 +136,8 @@ fn max_waiting(agents: usize) -> usize {
 /// The sockets of waits on operations that gce-sim serves at most at once.
 const SIM_SOCKETS: usize = 15_000;
 
-const POOL: &str = "bench";
-const POLL: Duration = Duration::from_millis(20);
+pub(crate) const POOL: &str = "bench";
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// Scale 0 → N, steady state, and N → 0.
 #[derive(Debug, Clone, Serialize)]

@@ -174,6 +174,20 @@ pub enum ConfigCommand {
         #[arg(long, value_name = "REVISION")]
         if_revision: Option<i64>,
     },
+    /// What `config set` with a file would change, field by field, and whether it starts
+    /// a rollout (a new template, project or prefix).
+    #[command(after_help = "Example:\n  pmctl config diff web -f web-new.yaml")]
+    Diff {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The config file; `-` reads stdin.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// The file's syntax.
+        #[arg(long, value_enum, default_value_t = Format::Auto)]
+        format: Format,
+    },
     /// Show a pool's config.
     #[command(
         after_help = "Examples:\n  pmctl config get web\n  pmctl -o json config get web | jq .config > web.json"
@@ -197,24 +211,30 @@ pub enum ConfigCommand {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum RolloutCommand {
     /// The pool's revision, the rollout's state and the VMs of each revision.
+    #[command(
+        after_help = "Examples:\n  pmctl rollout status web\n  pmctl -o json rollout status web"
+    )]
     Status {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
     },
     /// Stop replacing VMs: no surge, no old VM deleted, until resumed.
+    #[command(after_help = "Example:\n  pmctl rollout pause web")]
     Pause {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
     },
     /// Go on with a rollout paused by pause, or by the scheduler after a failure.
+    #[command(after_help = "Example:\n  pmctl rollout resume web")]
     Resume {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
     },
     /// Go back to the previous revision's template, project and prefix (a new rollout).
+    #[command(after_help = "Example:\n  pmctl rollout undo web")]
     Undo {
         /// The pool.
         #[arg(value_parser = pool_name)]

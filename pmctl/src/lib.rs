@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod cli;
+pub mod config_diff;
 pub mod config_file;
 pub mod connect;
 pub mod error;
@@ -49,6 +50,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             let config = pool_config::load(&pool, &file, syntax)?;
             let store = connect::connect(etcd).await?;
             pool_config::set(&store, &pool, config, if_revision, format).await
+        }
+        Command::Config(ConfigCommand::Diff {
+            pool,
+            file,
+            format: syntax,
+        }) => {
+            let config = pool_config::load(&pool, &file, syntax)?;
+            let store = connect::connect(etcd).await?;
+            config_diff::show(&store, &pool, &config, format).await
         }
         Command::Config(ConfigCommand::Get { pool }) => {
             pool_config::get(&connect::connect(etcd).await?, &pool, format).await

@@ -97,7 +97,7 @@ pub fn dry_run(pool: &str, path: &Path, format: Format, output: OutputFormat) ->
 }
 
 /// The stored config of `pool`, if any.
-async fn current(store: &Store, pool: &str) -> Result<Option<Versioned<PoolConfig>>> {
+pub(crate) async fn current(store: &Store, pool: &str) -> Result<Option<Versioned<PoolConfig>>> {
     Ok(store.get(&store.keys().pool_config(pool)?).await?)
 }
 
@@ -131,14 +131,6 @@ pub async fn set(
         // Not part of the document: `rollout pause` and `resume` keep theirs.
         config.rollout_paused = s.value.rollout_paused;
         config.rollout_resumes = s.value.rollout_resumes;
-        if s.value.project != config.project && has_instances(store, pool).await? {
-            // The agents list one project: VMs left in the old one would be orphaned.
-            return Err(Error::Refused(format!(
-                "pool {pool:?} has VMs in project {:?}; moving it to {:?} would orphan them: scale it to 0 first, or make a new pool",
-                pm_pool::project_or(&s.value, Some("(the agent's --project)")).unwrap_or_default(),
-                pm_pool::project_or(&config, Some("(the agent's --project)")).unwrap_or_default(),
-            )));
-        }
     }
     let stored_revision = stored.as_ref().map_or(0, |s| s.mod_revision);
     let expected = if_revision.unwrap_or(stored_revision);
@@ -180,18 +172,6 @@ pub async fn set(
         config: ConfigDocument::from_config(&config),
     };
     output::emit(output, &view)
-}
-
-/// Whether the pool has any observed instance key.
-async fn has_instances(store: &Store, pool: &str) -> Result<bool> {
-    let prefix = format!("{}zones/", store.keys().pool_prefix(pool)?);
-    let keys = store.list_keys(&prefix).await?;
-    Ok(keys.iter().any(|k| {
-        matches!(
-            store.keys().parse(k.as_bytes()),
-            Ok(pm_etcd::Key::Instance { .. })
-        )
-    }))
 }
 
 /// What `pmctl config get` prints.

@@ -1,7 +1,7 @@
 //! Rollouts end to end: etcd, gce-sim, schedulers and agents as processes. A changed
 //! template replaces every VM within maxSurge and maxUnavailable (watched all along by a
 //! sampler of gce-sim), through preemptions and the failover of the scheduler and an
-//! agent; a prefix change orphans nothing; a template GCE refuses pauses the rollout
+//! agent; a prefix or project change orphans nothing; a template GCE refuses pauses the rollout
 //! with every old VM kept, and `pmctl rollout undo` brings the pool back.
 
 use std::collections::BTreeMap;
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pm_gce::resources::{Instance, InstanceStatus};
-use pm_proto::{Amount, Event, PoolConfig, UpdatePolicy};
-use pm_tests::cluster::TEMPLATE;
+use pm_proto::{Amount, Event, ObservedInstance, PoolConfig, UpdatePolicy};
+use pm_tests::cluster::{PROJECT, TEMPLATE};
 use pm_tests::Cluster;
 
 const BOUND: Duration = Duration::from_secs(90);
@@ -54,6 +54,12 @@ struct Sampler {
 
 impl Sampler {
     fn start(c: &Cluster, pool: &str) -> Self {
+        Self::across(c, pool, &[PROJECT])
+    }
+
+    /// Samples the pool's instances over `projects` together.
+    fn across(c: &Cluster, pool: &str, projects: &[&str]) -> Self {
+        let projects: Vec<String> = projects.iter().map(|p| p.to_string()).collect();
         let compute_url = c.compute_url();
         let zones = c.zones().to_vec();
         let filter = format!("labels.pm-pool = \"{pool}\"");
@@ -66,8 +72,12 @@ impl Sampler {
             while !s.load(Ordering::SeqCst) {
                 let (mut live_now, mut running) = (0, 0);
                 let mut complete = true;
-                for zone in &zones {
-                    let url = format!("{compute_url}projects/pm-test/zones/{zone}/instances");
+                let pairs: Vec<(String, String)> = projects
+                    .iter()
+                    .flat_map(|p| zones.iter().map(|z| (p.clone(), z.clone())))
+                    .collect();
+                for (project, zone) in &pairs {
+                    let url = format!("{compute_url}projects/{project}/zones/{zone}/instances");
                     let reply = http.get(&url).query(&[("filter", &filter)]).send().await;
                     let Ok(body) = reply.and_then(|r| r.error_for_status()) else {
                         complete = false;
@@ -335,30 +345,65 @@ async fn a_template_gce_refuses_pauses_the_rollout_keeping_every_old_vm_until_un
     assert_eq!(all.len(), 4, "nothing was replaced: {all:?}");
 }
 
+/// The pool's instances in `project`, over every zone.
+async fn in_project(c: &Cluster, project: &str, pool: &str) -> Vec<Instance> {
+    let filter = format!("labels.pm-pool = \"{pool}\"");
+    let mut all = Vec::new();
+    for zone in c.zones() {
+        all.extend(
+            c.compute()
+                .list(project, zone, Some(&filter))
+                .await
+                .unwrap(),
+        );
+    }
+    all
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_set_refuses_to_move_a_pool_with_vms_to_another_project() {
-    let c = Cluster::builder().zones(1).start().await;
-    let config = c.pool_config("web-", 1);
+async fn a_project_change_rolls_every_vm_into_the_new_project_with_no_orphan() {
+    let c = Cluster::builder().zones(2).start().await;
+    let config = c.pool_config("web-", 4);
     c.set_pool("web", config.clone()).await;
-    wait_all(&c, "web", 1, |_| true).await;
+    wait_all(&c, "web", 4, |_| true).await;
+    let sampler = Sampler::across(&c, "web", &[PROJECT, "pm-other"]);
     let mut moved = config;
-    moved.project = "other-project".into();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("web.json");
-    let document = pm_pool::ConfigDocument::from_config(&moved);
-    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
-    let out = pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("would orphan them"), "{stderr}");
-    let stored = c
-        .store()
-        .get::<PoolConfig>(&c.store().keys().pool_config("web").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    moved.project = "pm-other".into();
+    c.set_pool("web", moved).await;
+    c.wait("every VM moved to pm-other", BOUND, || async {
+        let new = in_project(&c, "pm-other", "web").await;
+        let old = in_project(&c, PROJECT, "web").await;
+        let running = new
+            .iter()
+            .filter(|i| i.status == Some(InstanceStatus::Running))
+            .count();
+        (old.is_empty() && new.len() == 4 && running == 4).then_some(())
+    })
+    .await;
+    let (peak, lowest) = sampler.finish().await;
+    assert!(
+        peak <= 6,
+        "at most target + maxSurge (2 zones) live: {peak}"
+    );
+    assert!(
+        lowest >= 4,
+        "no old VM went before its replacement ran: {lowest}"
+    );
+    let keys = c.store().keys().clone();
+    let mut recorded = Vec::new();
+    for zone in c.zones() {
+        let prefix = keys.instances_prefix("web", zone).unwrap();
+        let listing = c.store().list::<ObservedInstance>(&prefix).await.unwrap();
+        recorded.extend(listing.items.into_iter().map(|(_, v)| v.value.project));
+    }
     assert_eq!(
-        stored.value.project, "",
-        "the stored config stays as it was"
+        recorded,
+        vec!["pm-other"; 4],
+        "observed keys name the new project"
+    );
+    let kinds = event_kinds(&c, "web").await;
+    assert!(
+        !kinds.iter().any(|k| k == "vanished"),
+        "nothing was lost: {kinds:?}"
     );
 }
