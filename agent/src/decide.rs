@@ -112,9 +112,14 @@ pub struct Decision {
     pub live: i64,
     /// Of those, the ones of another revision than the pool's.
     pub old: i64,
-    /// When a new VM RUNNING but not ready yet becomes ready (Unix ms): pass again then.
+    /// When to pass again for the rollout (Unix ms): a new VM RUNNING becomes ready, or
+    /// one booting is looked at again ([`BOOT_POLL_MS`]).
     pub next_ready_unix_ms: Option<i64>,
 }
+
+/// While a rollout replaces VMs, a pass comes this soon (ms) after one that saw a new VM
+/// still booting, so the old VM it replaces goes when it is RUNNING, not a rest later.
+pub const BOOT_POLL_MS: i64 = 1000;
 
 /// Whether a GCE status is one a preempted (or otherwise stopped) instance has.
 pub fn is_stopped(status: InstanceStatus) -> bool {
@@ -165,6 +170,8 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     let mut surplus_candidates: Vec<&Listed> = Vec::new();
     let mut live = 0i64;
     let mut old = 0i64;
+    // Listed, not stopped, and being deleted: still there until the delete is done.
+    let mut going = 0i64;
     let is_old = |revision: &str| revision != inputs.revision;
     // The key no longer says what GCE shows: another state or revision, or a new VM
     // RUNNING without the time it has been (its readiness counts from it).
@@ -202,6 +209,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             if flight.is_none() {
                 d.delete.push(name.clone());
             }
+            going += i64::from(!is_stopped(listed.status));
             continue;
         }
         if is_stopped(listed.status) {
@@ -291,8 +299,19 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     });
     let new_live = live - old;
     let mut ready = 0i64;
+    let replacing = !roll.paused && old > 0;
+    let mut soon = |at: i64| {
+        d.next_ready_unix_ms = Some(d.next_ready_unix_ms.map_or(at, |n| n.min(at)));
+    };
     for l in &surplus_candidates {
-        if is_old(&l.revision) || l.status != InstanceStatus::Running {
+        if is_old(&l.revision) {
+            continue;
+        }
+        if l.status != InstanceStatus::Running {
+            // An old VM waits for it: look again soon rather than a rest later.
+            if replacing {
+                soon(inputs.now_ms + BOOT_POLL_MS);
+            }
             continue;
         }
         let since = inputs
@@ -303,17 +322,17 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         if inputs.now_ms - since >= roll.min_ready_ms {
             ready += 1;
         } else {
-            let at = since + roll.min_ready_ms;
-            d.next_ready_unix_ms = Some(d.next_ready_unix_ms.map_or(at, |n| n.min(at)));
+            soon(since + roll.min_ready_ms);
         }
     }
     // The zone may hold `cap`: its count, and its surge while old VMs are replaced.
     let cap = inputs.desired + if old > 0 { roll.surge } else { 0 };
     if inputs.may_create {
+        // A surge counts what is still being deleted: never over the cap in GCE.
         let wanted = if roll.paused {
             inputs.desired - live
         } else {
-            (inputs.desired - new_live).min(cap - live)
+            (inputs.desired - new_live).min(cap - live - going)
         };
         d.create = usize::try_from(wanted).unwrap_or(0);
     }
@@ -436,6 +455,32 @@ mod tests {
         assert_eq!(d.delete.len(), 1, "{d:?}");
         assert!(d.delete[0].starts_with("w-old"), "an old one goes: {d:?}");
         assert_eq!(d.create, 0, "the cap holds until the old one is gone");
+    }
+
+    #[test]
+    fn a_booting_replacement_is_looked_at_again_soon() {
+        let mut i = rolling(2, 2, ROLL);
+        add_new(&mut i, "w-new0", S::Staging, 0);
+        assert_eq!(decide(&i).next_ready_unix_ms, Some(i.now_ms + BOOT_POLL_MS));
+        i.roll = None;
+        assert_eq!(decide(&i).next_ready_unix_ms, None, "no rollout: the rest");
+    }
+
+    #[test]
+    fn a_surge_waits_for_the_old_vm_it_replaced_to_be_deleted() {
+        let mut i = rolling(2, 2, ROLL);
+        add_new(&mut i, "w-new0", S::Running, 1);
+        i.in_flight.insert("w-old0".into(), InFlight::Deleting);
+        let d = decide(&i);
+        assert_eq!(
+            (d.create, d.delete.len()),
+            (0, 0),
+            "w-old0 still runs: {d:?}"
+        );
+        i.listed.remove("w-old0");
+        i.observed.remove("w-old0");
+        i.in_flight.clear();
+        assert_eq!(decide(&i).create, 1, "gone: the next surge");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The rollout scenario: a converged pool's template changes (a new machine type) and
 //! every VM is replaced within maxSurge, with maxUnavailable 0. It reports the time to
 //! complete against the ideal for that surge (each wave of `maxSurge` replacements costs
-//! one boot), the peak of live VMs and the lowest RUNNING count, sampled from gce-sim.
+//! one create and boot, then one delete: a surge slot is free again only once the old VM
+//! is gone), the peak of live VMs and the lowest RUNNING count, sampled from gce-sim.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ pub struct RolloutRun {
     pub max_surge: u64,
     /// From the config change to every VM of the new revision RUNNING.
     pub seconds: f64,
-    /// The ideal: ceil(instances / maxSurge) boots one after the other.
+    /// The ideal: ceil(instances / maxSurge) waves of a boot and a delete.
     pub ideal_seconds: f64,
     /// `seconds` over the ideal.
     pub ratio_to_ideal: f64,
@@ -76,7 +77,8 @@ pub async fn rollout(p: &Profile) -> anyhow::Result<RolloutRun> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let waves = n.div_ceil(max_surge.max(1));
-    let ideal = Duration::from_secs_f64(p.ideal().as_secs_f64() * waves as f64);
+    let wave = p.ideal() + p.op_delay;
+    let ideal = Duration::from_secs_f64(wave.as_secs_f64() * waves as f64);
     Ok(RolloutRun {
         instances: n,
         zones,
