@@ -144,6 +144,17 @@ pub enum Command {
     Leader,
 }
 
+/// A pool config file on the command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigFileArgs {
+    /// The config file; `-` reads stdin.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub path: PathBuf,
+    /// The file's syntax.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+}
+
 /// `pmctl config ...`
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum ConfigCommand {
@@ -160,12 +171,9 @@ pub enum ConfigCommand {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
-        /// The config file; `-` reads stdin.
-        #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: PathBuf,
-        /// The file's syntax.
-        #[arg(long, value_enum, default_value_t = Format::Auto)]
-        format: Format,
+        /// The config file.
+        #[command(flatten)]
+        file: ConfigFileArgs,
         /// Check the file and show the result without writing anything (needs no etcd).
         #[arg(long)]
         dry_run: bool,
@@ -181,12 +189,9 @@ pub enum ConfigCommand {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
-        /// The config file; `-` reads stdin.
-        #[arg(short = 'f', long = "file", value_name = "FILE")]
-        file: PathBuf,
-        /// The file's syntax.
-        #[arg(long, value_enum, default_value_t = Format::Auto)]
-        format: Format,
+        /// The config file.
+        #[command(flatten)]
+        file: ConfigFileArgs,
     },
     /// Show a pool's config.
     #[command(

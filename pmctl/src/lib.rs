@@ -38,25 +38,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config(ConfigCommand::Set {
             pool,
             file,
-            format: syntax,
             dry_run,
             if_revision,
         }) => {
             if dry_run {
                 // Checking a file needs no etcd.
-                return pool_config::dry_run(&pool, &file, syntax, format);
+                return pool_config::dry_run(&pool, &file.path, file.format, format);
             }
             // A bad file fails before any connection is tried.
-            let config = pool_config::load(&pool, &file, syntax)?;
+            let config = pool_config::load(&pool, &file.path, file.format)?;
             let store = connect::connect(etcd).await?;
             pool_config::set(&store, &pool, config, if_revision, format).await
         }
-        Command::Config(ConfigCommand::Diff {
-            pool,
-            file,
-            format: syntax,
-        }) => {
-            let config = pool_config::load(&pool, &file, syntax)?;
+        Command::Config(ConfigCommand::Diff { pool, file }) => {
+            let config = pool_config::load(&pool, &file.path, file.format)?;
             let store = connect::connect(etcd).await?;
             config_diff::show(&store, &pool, &config, format).await
         }

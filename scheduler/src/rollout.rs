@@ -85,8 +85,14 @@ pub fn plan(
     let mut events = Vec::new();
     let event = |kind, severity, message: String| PoolEvent::pool(pool, kind, severity, message);
 
-    if next.revision != revision {
-        remember(&mut next.history, config, &revision, now_ms);
+    // A new revision, or VMs of another one showing up in a complete pool (adopted, or
+    // written by an agent older than revisions) start a rollout.
+    let new_revision = next.revision != revision;
+    let reopened = !new_revision && next.state() == RolloutState::Complete && old_total > 0;
+    if new_revision || reopened {
+        if new_revision {
+            remember(&mut next.history, config, &revision, now_ms);
+        }
         let first = next.revision.is_empty();
         next.revision.clone_from(&revision);
         next.started_unix_ms = now_ms;
@@ -202,28 +208,20 @@ fn step(
     let mut event = |kind, severity, message: String| {
         events.push(PoolEvent::pool(pool, kind, severity, message));
     };
-    match next.state() {
-        RolloutState::Failed if config.rollout_resumes > next.paused_at_resumes => {
-            next.state = RolloutState::Progressing as i32;
-            next.reason.clear();
-            next.started_unix_ms = now_ms;
-            event(
-                "rollout-resumed",
-                Severity::Info,
-                format!("resumed the rollout to revision {revision}"),
-            );
-        }
-        RolloutState::Paused if !config.rollout_paused => {
-            next.state = RolloutState::Progressing as i32;
-            next.reason.clear();
-            next.started_unix_ms = now_ms;
-            event(
-                "rollout-resumed",
-                Severity::Info,
-                format!("resumed the rollout to revision {revision}"),
-            );
-        }
-        _ => {}
+    let resumed = match next.state() {
+        RolloutState::Failed => config.rollout_resumes > next.paused_at_resumes,
+        RolloutState::Paused => !config.rollout_paused,
+        RolloutState::Progressing | RolloutState::Complete => false,
+    };
+    if resumed {
+        next.state = RolloutState::Progressing as i32;
+        next.reason.clear();
+        next.started_unix_ms = now_ms;
+        event(
+            "rollout-resumed",
+            Severity::Info,
+            format!("resumed the rollout to revision {revision}"),
+        );
     }
     if next.state() != RolloutState::Progressing {
         return;

@@ -348,3 +348,22 @@ fn zone_views_without_config_plan_nothing() {
     };
     assert_eq!(plan("web", &v, all_usable, "s1", 1), RolloutPlan::default());
 }
+
+#[test]
+fn old_vms_showing_up_in_a_complete_pool_start_a_rollout() {
+    let c = config("e2-medium");
+    let new = pm_pool::revision(&c);
+    let mut v = view(&c, &[("zone-a", &[(new.as_str(), true)])]);
+    step_view(&mut v, 1_000);
+    let rollout = v.rollout.clone();
+    let mut later = view(&c, &[("zone-a", &[(new.as_str(), true), ("", true)])]);
+    later.rollout = rollout;
+    let plan = step_view(&mut later, 2_000);
+    assert_eq!(kinds(&plan), vec!["rollout-started"]);
+    assert_eq!(plan.zones["zone-a"].surge, 1);
+    assert_eq!(
+        later.rollout.expect("rollout").history.len(),
+        1,
+        "one revision"
+    );
+}

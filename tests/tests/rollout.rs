@@ -407,3 +407,71 @@ async fn a_project_change_rolls_every_vm_into_the_new_project_with_no_orphan() {
         "nothing was lost: {kinds:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmctl_pauses_and_resumes_a_rollout() {
+    let c = Cluster::builder().zones(1).start().await;
+    let mut config = c.pool_config("web-", 3);
+    config.update = Some(UpdatePolicy {
+        max_surge: amount(1),
+        max_unavailable: amount(0),
+        min_ready_seconds: 3,
+        ..Default::default()
+    });
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 3, |_| true).await;
+    let out = pmctl(&c, &["rollout", "pause", "web", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paused: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (paused["action"].as_str(), paused["changed"].as_bool()),
+        (Some("pause"), Some(true))
+    );
+    // pmctl config set keeps the pause: the new template waits.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    let document = pm_pool::ConfigDocument::from_config(&with_machine(&config, "e2-medium"));
+    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
+    let out = pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let desired_key = c.store().keys().zone_desired("web", "zone-a").unwrap();
+    c.wait("the agent is told the rollout is paused", BOUND, || async {
+        let status = rollout_status(&c, "web");
+        let desired = c
+            .store()
+            .get::<pm_proto::ZoneDesired>(&desired_key)
+            .await
+            .unwrap();
+        let told = desired.is_some_and(|d| d.value.rollout_paused);
+        (status["state"] == "paused" && told).then_some(())
+    })
+    .await;
+    let all = all_instances(&c, "web").await;
+    assert!(
+        all.iter().all(|i| machine_is(i, "e2-small")),
+        "nothing replaced while paused"
+    );
+    let out = pmctl(&c, &["rollout", "resume", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_all(&c, "web", 3, |i| machine_is(i, "e2-medium")).await;
+    c.wait("the rollout completes", BOUND, || async {
+        (rollout_status(&c, "web")["state"] == "complete").then_some(())
+    })
+    .await;
+    let kinds = event_kinds(&c, "web").await;
+    for kind in ["rollout-paused", "rollout-resumed", "rollout-completed"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
+    }
+}
