@@ -173,11 +173,14 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     // Listed, not stopped, and being deleted: still there until the delete is done.
     let mut going = 0i64;
     let is_old = |revision: &str| revision != inputs.revision;
-    // The key no longer says what GCE shows: another state or revision, or a new VM
-    // RUNNING without the time it has been (its readiness counts from it).
+    // The key no longer says what GCE shows: another state, revision or project (a key
+    // from before projects were recorded gets its own, so a later project change still
+    // lists it), or a new VM RUNNING without the time it has been (its readiness counts
+    // from it).
     let stale = |o: &ObservedInstance, l: &Listed, state: InstanceState| {
         o.state() != state
             || o.revision != l.revision
+            || o.project != l.project
             || (state == InstanceState::Running
                 && o.running_since_unix_ms == 0
                 && !is_old(&l.revision))
@@ -396,6 +399,7 @@ mod tests {
                 state: state as i32,
                 gce_id: format!("id-{name}"),
                 running_since_unix_ms: i64::from(state == InstanceState::Running),
+                project: "p".into(),
                 ..Default::default()
             },
         )
@@ -455,6 +459,19 @@ mod tests {
         assert_eq!(d.delete.len(), 1, "{d:?}");
         assert!(d.delete[0].starts_with("w-old"), "an old one goes: {d:?}");
         assert_eq!(d.create, 0, "the cap holds until the old one is gone");
+    }
+
+    #[test]
+    fn a_key_without_its_project_gets_it() {
+        let mut i = inputs(1);
+        i.listed.extend([listed("w-a", S::Running, "1")]);
+        let (name, mut o) = observed("w-a", InstanceState::Running);
+        o.project.clear();
+        i.observed.insert(name, o);
+        assert_eq!(
+            decide(&i).update,
+            vec![("w-a".to_string(), InstanceState::Running)]
+        );
     }
 
     #[test]
