@@ -121,6 +121,9 @@ pub struct Decision {
 /// still booting, so the old VM it replaces goes when it is RUNNING, not a rest later.
 pub const BOOT_POLL_MS: i64 = 1000;
 
+/// How long after its creation a booting VM is looked at every [`BOOT_POLL_MS`].
+pub const BOOT_POLL_FOR_MS: i64 = 300_000;
+
 /// Whether a GCE status is one a preempted (or otherwise stopped) instance has.
 pub fn is_stopped(status: InstanceStatus) -> bool {
     match status {
@@ -212,7 +215,12 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             if flight.is_none() {
                 d.delete.push(name.clone());
             }
-            going += i64::from(!is_stopped(listed.status));
+            // STOPPING while GCE deletes it: still there. Only a VM that had stopped
+            // before (preempted) holds no place.
+            going += i64::from(!matches!(
+                listed.status,
+                InstanceStatus::Terminated | InstanceStatus::Stopped | InstanceStatus::Suspended
+            ));
             continue;
         }
         if is_stopped(listed.status) {
@@ -267,16 +275,19 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
                 if !observed.request_id.is_empty() && observed.gce_id.is_empty() =>
             {
                 // An insert of an old revision is not sent again with the new template
-                // (or into another project): forgotten; should it have reached GCE, it
-                // is adopted and replaced.
+                // (or into another project); its key stays, counted, until it expires,
+                // so a VM it made after all is still known (and replaced), and no
+                // other takes its place meanwhile.
                 let young = inputs.now_ms.saturating_sub(observed.created_unix_ms)
                     < inputs.insert_expiry_ms;
-                if young && !is_old(&observed.revision) {
-                    d.resume_insert.push(name.clone());
+                if !young {
+                    d.expired_insert.push(name.clone());
+                } else {
+                    if !is_old(&observed.revision) {
+                        d.resume_insert.push(name.clone());
+                    }
                     live += 1;
                     old += i64::from(observed_old(name));
-                } else {
-                    d.expired_insert.push(name.clone());
                 }
             }
             _ => d.lost.push(name.clone()),
@@ -311,8 +322,10 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             continue;
         }
         if l.status != InstanceStatus::Running {
-            // An old VM waits for it: look again soon rather than a rest later.
-            if replacing {
+            // An old VM waits for it: look again soon rather than a rest later, while it
+            // is young (one stuck booting gets the rest period, not a list a second).
+            let booting = inputs.now_ms.saturating_sub(l.created_unix_ms) < BOOT_POLL_FOR_MS;
+            if replacing && booting {
                 soon(inputs.now_ms + BOOT_POLL_MS);
             }
             continue;
@@ -472,6 +485,46 @@ mod tests {
             decide(&i).update,
             vec![("w-a".to_string(), InstanceState::Running)]
         );
+    }
+
+    #[test]
+    fn a_young_intent_of_an_old_revision_is_counted_not_resent() {
+        let mut i = rolling(1, 0, ROLL);
+        i.observed.insert(
+            "w-a".into(),
+            ObservedInstance {
+                state: InstanceState::Provisioning as i32,
+                request_id: "rid".into(),
+                created_unix_ms: i.now_ms - 1_000,
+                revision: "old".into(),
+                ..Default::default()
+            },
+        );
+        let d = decide(&i);
+        assert!(
+            d.resume_insert.is_empty() && d.expired_insert.is_empty(),
+            "{d:?}"
+        );
+        assert_eq!(
+            (d.live, d.old, d.create),
+            (1, 1, 1),
+            "the surge, not a second VM"
+        );
+        i.now_ms += i.insert_expiry_ms;
+        assert_eq!(decide(&i).expired_insert, vec!["w-a".to_string()]);
+    }
+
+    #[test]
+    fn a_vm_stopping_while_it_is_deleted_still_holds_its_place() {
+        let mut i = rolling(2, 2, ROLL);
+        add_new(&mut i, "w-new0", S::Running, 1);
+        if let Some(l) = i.listed.get_mut("w-old0") {
+            l.status = S::Stopping;
+        }
+        if let Some(o) = i.observed.get_mut("w-old0") {
+            o.state = InstanceState::Deleting as i32;
+        }
+        assert_eq!(decide(&i).create, 0, "w-old0 is still there");
     }
 
     #[test]

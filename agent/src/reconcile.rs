@@ -208,9 +208,19 @@ pub async fn continue_pass(
     // Members: the label and the prefix in the pool's project, or the label and an
     // observed key (a VM made under an earlier prefix or in an earlier project, replaced
     // by the rollout, never orphaned).
+    let recorded = |in_project: &str, i: &Instance| {
+        keys.instances.get(&i.name).is_some_and(|o| {
+            let o = &o.value;
+            let same_project = o.project.is_empty() || o.project == in_project;
+            // GCE's id, once recorded (a number), must be this VM's.
+            let known_id = o.gce_id.parse::<u64>().is_ok();
+            let same_vm = !known_id || Some(&o.gce_id) == i.id.as_ref();
+            same_project && same_vm
+        })
+    };
     let member = |in_project: &str, i: &Instance| {
         (in_project == project && is_pool_member(i, pool, &config.prefix))
-            || (carries_pool_label(i, pool) && keys.instances.contains_key(&i.name))
+            || (carries_pool_label(i, pool) && recorded(in_project, i))
     };
     let listed: BTreeMap<String, Listed> = listed
         .into_iter()

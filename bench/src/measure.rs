@@ -22,6 +22,17 @@ pub fn live(state: &SimState) -> u64 {
     state.zones.values().map(zone_live).sum()
 }
 
+/// Instances that exist and are not stopped: live ones and those STOPPING (a VM being
+/// deleted is STOPPING until it is gone).
+pub fn present(state: &SimState) -> u64 {
+    let stopping: u64 = state
+        .zones
+        .values()
+        .map(|z| z.instances.get("STOPPING").copied().unwrap_or(0))
+        .sum();
+    live(state) + stopping
+}
+
 /// RUNNING instances over all zones.
 pub fn running(state: &SimState) -> u64 {
     state

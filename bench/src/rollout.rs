@@ -28,7 +28,8 @@ pub struct RolloutRun {
     pub ideal_seconds: f64,
     /// `seconds` over the ideal.
     pub ratio_to_ideal: f64,
-    /// The most VMs live at once (bound: instances + maxSurge).
+    /// The most VMs present at once, STOPPING ones included (bound: instances +
+    /// maxSurge).
     pub peak_live: u64,
     /// The fewest RUNNING at once (bound: instances, as maxUnavailable is 0).
     pub lowest_running: u64,
@@ -61,7 +62,7 @@ pub async fn rollout(p: &Profile) -> anyhow::Result<RolloutRun> {
     let (mut peak, mut lowest) = (0, u64::MAX);
     loop {
         let state = measure::state(&c).await?;
-        peak = peak.max(measure::live(&state));
+        peak = peak.max(measure::present(&state));
         lowest = lowest.min(measure::running(&state));
         let rollout = c.store().get::<Rollout>(&key).await?;
         let complete = rollout.is_some_and(|r| {

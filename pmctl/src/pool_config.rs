@@ -11,7 +11,7 @@ use std::path::Path;
 use pm_etcd::{Store, Versioned};
 use pm_pool::fields::{DEFAULT_SECONDS_FOR_EXHAUSTION, DEFAULT_SECONDS_TO_REST};
 use pm_pool::ConfigDocument;
-use pm_proto::{PoolConfig, Severity};
+use pm_proto::{ObservedInstance, PoolConfig, Severity};
 use serde::Serialize;
 
 use crate::config_file::{self, Format};
@@ -131,6 +131,9 @@ pub async fn set(
         // Not part of the document: `rollout pause` and `resume` keep theirs.
         config.rollout_paused = s.value.rollout_paused;
         config.rollout_resumes = s.value.rollout_resumes;
+        if s.value.project != config.project {
+            refuse_unrecorded_projects(store, pool).await?;
+        }
     }
     let stored_revision = stored.as_ref().map_or(0, |s| s.mod_revision);
     let expected = if_revision.unwrap_or(stored_revision);
@@ -172,6 +175,32 @@ pub async fn set(
         config: ConfigDocument::from_config(&config),
     };
     output::emit(output, &view)
+}
+
+/// Refuses a project change while some VM's key does not name its project (recorded
+/// before projects were): the agents could not list it in the old project.
+async fn refuse_unrecorded_projects(store: &Store, pool: &str) -> Result<()> {
+    let prefix = format!("{}zones/", store.keys().pool_prefix(pool)?);
+    let (stored, _) = store.list_raw(&prefix).await?;
+    let unrecorded = stored
+        .iter()
+        .filter(|kv| {
+            let instance = matches!(
+                store.keys().parse(kv.key.as_bytes()),
+                Ok(pm_etcd::Key::Instance { .. })
+            );
+            instance
+                && pm_etcd::decode::<ObservedInstance>(&kv.key, &kv.value)
+                    .is_ok_and(|o| o.project.is_empty())
+        })
+        .count();
+    if unrecorded == 0 {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "pool {pool:?}: {unrecorded} VM(s) were recorded without their project (by an older pm); \
+         their agents record it at their next list: try again in a minute"
+    )))
 }
 
 /// What `pmctl config get` prints.

@@ -59,15 +59,23 @@ pub fn is_usable(allowed: bool, zone: &ZoneView, agent_ok: bool) -> bool {
 /// zone keeps what GCE has, not the inserts about to fail. A usable zone keeps what its
 /// agent was told to reach: the agent may be creating those instances already, so
 /// handing them to another zone before it records them would have two agents create them.
+///
+/// VMs a rollout's surge holds over the zone's count are not counted: they replace old
+/// VMs that are about to go, and counting them would move the count of the zone, or
+/// trim another zone, each pass.
 pub fn kept(zone: &ZoneView, usable: bool) -> u64 {
     let counts = &zone.counts;
-    if zone.exhausted.is_some() {
+    let held = if zone.exhausted.is_some() {
         counts.live_confirmed
     } else if usable {
         counts.live.max(committed(zone))
     } else {
         counts.live
-    }
+    };
+    let (count, surge) = zone.desired.as_ref().map_or((0, 0), |d| {
+        (u64::try_from(d.count).unwrap_or(0), u64::from(d.surge))
+    });
+    held - held.saturating_sub(count).min(surge)
 }
 
 /// The most instances the zone is known to hold at `now_ms`: the capacity hint of its last

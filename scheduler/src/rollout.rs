@@ -142,7 +142,7 @@ pub fn plan(
             &mut events,
             pool,
         );
-        share(&mut next, config, &old, &usable);
+        share(&mut next, config, view, &old, &usable);
     }
 
     let zones =
@@ -267,17 +267,67 @@ fn step(
     }
 }
 
-/// Frees the allotments of zones without old VMs and shares what is free, one VM at a
-/// time, to usable zones that still have old VMs, those with the most first.
+/// What the leader sees of one zone, for its allotment.
+#[derive(Debug, Clone, Copy, Default)]
+struct ZoneSeen {
+    /// VMs of another revision.
+    old: u64,
+    /// VMs of the rollout's revision RUNNING.
+    new_running: u64,
+    /// Live VMs.
+    live: u64,
+    /// Its desired count, and whether it may create.
+    desired: u64,
+    accepts: bool,
+}
+
+impl ZoneSeen {
+    fn of(view: &PoolView, zone: &str, revision: &str) -> Self {
+        let Some(z) = view.zones.get(zone) else {
+            return Self::default();
+        };
+        let desired = z.desired.as_ref();
+        Self {
+            old: z.counts.other_revisions(revision),
+            new_running: z.counts.revisions.get(revision).map_or(0, |c| c.running),
+            live: z.counts.live,
+            desired: desired.map_or(0, |d| u64::try_from(d.count).unwrap_or(0)),
+            accepts: desired.is_some_and(|d| d.accept_new),
+        }
+    }
+}
+
+/// Keeps each zone's allotment while it may be in use, takes back what budgets that
+/// shrank no longer cover, and shares what is free, one VM at a time, to usable zones
+/// that still have old VMs, those with the most first.
+///
+/// A zone keeps its allotment while it has old VMs, and an `unavailable` share until
+/// its new VMs RUNNING reach its count (it may have deleted its last old VM ahead of its
+/// replacement). A zone that may not create and holds no VM over its count gives its
+/// surge back: its agent cannot use it. When maxSurge or maxUnavailable shrink (edited,
+/// a percentage of a lower target, fewer zones), the largest shares give back first, so
+/// the zones over their new cap delete down to it.
 fn share(
     next: &mut Rollout,
     config: &PoolConfig,
+    view: &PoolView,
     old: &BTreeMap<&str, u64>,
     usable: &impl Fn(&str) -> bool,
 ) {
-    next.allotments
-        .retain(|zone, _| old.get(zone.as_str()).is_some_and(|n| *n > 0));
+    let revision = next.revision.clone();
+    next.allotments.retain(|zone, a| {
+        let seen = ZoneSeen::of(view, zone, &revision);
+        if !seen.accepts && seen.live <= seen.desired {
+            a.surge = 0;
+        }
+        let booting = a.unavailable > 0 && seen.new_running < seen.desired;
+        (seen.old > 0 || booting) && (a.surge > 0 || a.unavailable > 0)
+    });
     let budgets = pm_pool::budgets(config);
+    trim(next, budgets.max_surge, |a| &mut a.surge);
+    trim(next, budgets.max_unavailable, |a| &mut a.unavailable);
+    next.allotments
+        .retain(|_, a| a.surge > 0 || a.unavailable > 0);
     if budgets.mode == UpdateMode::Opportunistic || next.state() != RolloutState::Progressing {
         return;
     }
@@ -302,6 +352,30 @@ fn share(
         |a| &mut a.unavailable,
         |a| a.surge == 0,
     );
+}
+
+/// Takes one at a time from the largest share (the last zone of equal ones) until the
+/// shares of `slot` sum to at most `budget`.
+fn trim(next: &mut Rollout, budget: u64, slot: fn(&mut ZoneAllotment) -> &mut u32) {
+    loop {
+        let mut shares: Vec<(u32, &String)> = Vec::new();
+        let mut used = 0u64;
+        for (zone, a) in next.allotments.iter_mut() {
+            let n = *slot(a);
+            used += u64::from(n);
+            shares.push((n, zone));
+        }
+        if used <= budget {
+            return;
+        }
+        let Some((_, zone)) = shares.into_iter().filter(|(n, _)| *n > 0).max() else {
+            return;
+        };
+        let zone = zone.clone();
+        if let Some(a) = next.allotments.get_mut(&zone) {
+            *slot(a) -= 1;
+        }
+    }
 }
 
 /// Hands `free` out, one at a time round the `candidates` (each up to its old VMs), to

@@ -367,3 +367,111 @@ fn old_vms_showing_up_in_a_complete_pool_start_a_rollout() {
         "one revision"
     );
 }
+
+fn desired(count: i64, accept_new: bool) -> Option<pm_proto::ZoneDesired> {
+    Some(pm_proto::ZoneDesired {
+        count,
+        accept_new,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn an_unavailable_share_stays_until_the_zones_new_vms_run() {
+    let mut c = config("e2-medium");
+    c.update = Some(UpdatePolicy {
+        max_surge: count(0),
+        max_unavailable: count(1),
+        ..Default::default()
+    });
+    let new = pm_pool::revision(&c);
+    let n = new.as_str();
+    let mut v = view(
+        &c,
+        &[
+            ("zone-a", &[("old1", true), (n, true)]),
+            ("zone-b", &[("old1", true)]),
+        ],
+    );
+    v.zone_mut("zone-a").desired = desired(2, true);
+    v.zone_mut("zone-b").desired = desired(1, true);
+    let plan = step_view(&mut v, 1_000);
+    assert_eq!(
+        plan.zones["zone-a"].unavailable, 1,
+        "most old first? {:?}",
+        plan.zones
+    );
+    // zone-a deleted its last old VM ahead; its replacement still boots.
+    let mut later = view(
+        &c,
+        &[
+            ("zone-a", &[(n, true), (n, false)]),
+            ("zone-b", &[("old1", true)]),
+        ],
+    );
+    later.zone_mut("zone-a").desired = desired(2, true);
+    later.zone_mut("zone-b").desired = desired(1, true);
+    later.rollout = v.rollout.clone();
+    let plan = step_view(&mut later, 2_000);
+    assert_eq!(
+        plan.zones["zone-b"].unavailable, 0,
+        "not twice unavailable: {:?}",
+        plan.zones
+    );
+    let mut done = view(
+        &c,
+        &[
+            ("zone-a", &[(n, true), (n, true)]),
+            ("zone-b", &[("old1", true)]),
+        ],
+    );
+    done.zone_mut("zone-a").desired = desired(2, true);
+    done.zone_mut("zone-b").desired = desired(1, true);
+    done.rollout = later.rollout.clone();
+    let plan = step_view(&mut done, 3_000);
+    assert_eq!(
+        plan.zones["zone-b"].unavailable, 1,
+        "zone-a runs: the share moves"
+    );
+}
+
+#[test]
+fn shares_shrink_with_the_budgets_and_leave_zones_that_cannot_create() {
+    let o = "old1";
+    let mut c = config("e2-medium");
+    let mut v = view(
+        &c,
+        &[
+            ("zone-a", &[(o, true), (o, true)]),
+            ("zone-b", &[(o, true), (o, true)]),
+            ("zone-c", &[(o, true), (o, true)]),
+        ],
+    );
+    for zone in ZONES {
+        v.zone_mut(zone).desired = desired(2, true);
+    }
+    step_view(&mut v, 1_000);
+    c.update = Some(UpdatePolicy {
+        max_surge: count(1),
+        ..Default::default()
+    });
+    v.config = Some(c);
+    let plan = step_view(&mut v, 2_000);
+    let surge: u32 = plan.zones.values().map(|r| r.surge).sum();
+    assert_eq!(surge, 1, "{:?}", plan.zones);
+    let holder = plan
+        .zones
+        .iter()
+        .find(|(_, r)| r.surge == 1)
+        .map(|(z, _)| z.clone());
+    let holder = holder.expect("one zone keeps it");
+    v.zone_mut(&holder).desired = desired(2, false);
+    let plan = super::plan("web", &v, |z| z != holder, "s1", 3_000);
+    assert_eq!(
+        plan.zones[&holder].surge, 0,
+        "it may not create: {:?}",
+        plan.zones
+    );
+    let surge: u32 = plan.zones.values().map(|r| r.surge).sum();
+    assert_eq!(surge, 1, "the share moved: {:?}", plan.zones);
+}

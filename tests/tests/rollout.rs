@@ -4,9 +4,9 @@
 //! agent; a prefix or project change orphans nothing; a template GCE refuses pauses the rollout
 //! with every old VM kept, and `pmctl rollout undo` brings the pool back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pm_gce::resources::{Instance, InstanceStatus};
@@ -44,11 +44,13 @@ async fn all_instances(c: &Cluster, pool: &str) -> Vec<Instance> {
         .collect()
 }
 
-/// The most live and the fewest RUNNING instances of a pool seen while it runs.
+/// The most present (PROVISIONING to STOPPING) and the fewest RUNNING instances of a
+/// pool seen while it runs.
 struct Sampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicUsize>,
     lowest_running: Arc<AtomicUsize>,
+    preempted: Arc<Mutex<BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,7 +68,9 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicUsize::new(0));
         let lowest_running = Arc::new(AtomicUsize::new(usize::MAX));
+        let preempted = Arc::new(Mutex::new(BTreeSet::new()));
         let (s, p, l) = (stop.clone(), peak.clone(), lowest_running.clone());
+        let x = preempted.clone();
         let task = tokio::spawn(async move {
             let http = reqwest::Client::new();
             while !s.load(Ordering::SeqCst) {
@@ -89,8 +93,15 @@ impl Sampler {
                     };
                     for item in list["items"].as_array().into_iter().flatten() {
                         let status = item["status"].as_str().unwrap_or_default();
-                        live_now +=
-                            usize::from(matches!(status, "PROVISIONING" | "STAGING" | "RUNNING"));
+                        // A VM STOPPING while it is deleted is still there; one the
+                        // test preempted is going, as GCE takes it.
+                        let name = item["name"].as_str().unwrap_or_default();
+                        let preempted = x.lock().unwrap().contains(name);
+                        live_now += usize::from(match status {
+                            "PROVISIONING" | "STAGING" | "RUNNING" => true,
+                            "STOPPING" => !preempted,
+                            _ => false,
+                        });
                         running += usize::from(status == "RUNNING");
                     }
                 }
@@ -105,8 +116,14 @@ impl Sampler {
             stop,
             peak,
             lowest_running,
+            preempted,
             task,
         }
+    }
+
+    /// VMs the test preempts: STOPPING through their notice, they do not count.
+    fn preempting(&self, names: &[String]) {
+        self.preempted.lock().unwrap().extend(names.iter().cloned());
     }
 
     async fn finish(self) -> (usize, usize) {
@@ -213,6 +230,7 @@ async fn a_changed_machine_type_replaces_every_vm_within_the_bounds_through_fail
         .map(|i| i.name)
         .take(2)
         .collect();
+    sampler.preempting(&old_names);
     let names: Vec<&str> = old_names.iter().map(String::as_str).collect();
     c.sim().preempt_names(&names).await.unwrap();
     let out = pmctl(&c, &["leader", "-o", "json"]);
@@ -474,4 +492,48 @@ async fn pmctl_pauses_and_resumes_a_rollout() {
     for kind in ["rollout-paused", "rollout-resumed", "rollout-completed"] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} in {kinds:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_change_waits_until_every_key_names_its_project() {
+    let c = Cluster::builder().zones(1).start().await;
+    let config = c.pool_config("web-", 1);
+    c.set_pool("web", config.clone()).await;
+    wait_all(&c, "web", 1, |_| true).await;
+    let zone = c.zones()[0].clone();
+    let prefix = c.store().keys().instances_prefix("web", &zone).unwrap();
+    let listing = c.store().list::<ObservedInstance>(&prefix).await.unwrap();
+    let (key, stamped) = listing.items.into_iter().next().expect("one key");
+    // The key as an older pm wrote it: no project. The agent records it again at its
+    // next list, so the refusal is seen only if pmctl comes first.
+    let mut older = stamped.value;
+    older.project.clear();
+    c.store().put(&key, &older, 0).await.unwrap();
+    let mut moved = config;
+    moved.project = "pm-other".into();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    let document = pm_pool::ConfigDocument::from_config(&moved);
+    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
+    let set = || pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
+    let out = set();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("recorded without their project"),
+            "{stderr}"
+        );
+        c.wait(
+            "the agent records the project; the change goes in",
+            BOUND,
+            || async { set().status.success().then_some(()) },
+        )
+        .await;
+    }
+    c.wait("the VM moves to pm-other", BOUND, || async {
+        let new = in_project(&c, "pm-other", "web").await;
+        let old = in_project(&c, PROJECT, "web").await;
+        (old.is_empty() && new.len() == 1).then_some(())
+    })
+    .await;
 }

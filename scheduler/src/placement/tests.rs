@@ -558,3 +558,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_rollouts_surge_over_the_count_is_not_kept() {
+    let mut zone = ZoneView::default();
+    for _ in 0..3 {
+        zone.counts.add(&pm_proto::ObservedInstance {
+            state: pm_proto::InstanceState::Running as i32,
+            ..Default::default()
+        });
+    }
+    zone.desired = Some(ZoneDesired {
+        count: 2,
+        accept_new: true,
+        surge: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        kept(&zone, true),
+        2,
+        "the surge VM replaces one about to go"
+    );
+    zone.desired = Some(ZoneDesired {
+        count: 2,
+        accept_new: true,
+        ..Default::default()
+    });
+    assert_eq!(kept(&zone, true), 3, "without a surge, all count");
+}
