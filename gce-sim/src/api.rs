@@ -32,6 +32,10 @@ const AGGREGATED: &str = "/compute/v1/projects/{project}/aggregated/instances";
 const OPERATIONS: &str = "/compute/v1/projects/{project}/zones/{zone}/operations";
 const OPERATION: &str = "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}";
 const WAIT: &str = "/compute/v1/projects/{project}/zones/{zone}/operations/{operation}/wait";
+const PROJECT: &str = "/compute/v1/projects/{project}";
+const SET_METADATA: &str = "/compute/v1/projects/{project}/setCommonInstanceMetadata";
+const GLOBAL_OPERATION: &str = "/compute/v1/projects/{project}/global/operations/{operation}";
+const GLOBAL_WAIT: &str = "/compute/v1/projects/{project}/global/operations/{operation}/wait";
 
 /// The Compute v1 routes.
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -68,6 +72,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route(OPERATIONS, get(list_operations))
         .route(OPERATION, get(get_operation))
         .route(WAIT, post(wait_operation))
+        .route(PROJECT, get(get_project))
+        .route(SET_METADATA, post(set_common_instance_metadata))
+        .route(GLOBAL_OPERATION, get(get_global_operation))
+        .route(GLOBAL_WAIT, post(wait_global_operation))
 }
 
 /// The Compute v1 method a request calls, for `/sim/v1/stats`.
@@ -91,6 +99,10 @@ fn method_name(method: &Method, route: Option<&str>) -> &'static str {
         ("GET", OPERATIONS) => "compute.zoneOperations.list",
         ("GET", OPERATION) => "compute.zoneOperations.get",
         ("POST", WAIT) => "compute.zoneOperations.wait",
+        ("GET", PROJECT) => "compute.projects.get",
+        ("POST", SET_METADATA) => "compute.projects.setCommonInstanceMetadata",
+        ("GET", GLOBAL_OPERATION) => "compute.globalOperations.get",
+        ("POST", GLOBAL_WAIT) => "compute.globalOperations.wait",
         _ => "unknown",
     }
 }
@@ -360,4 +372,45 @@ async fn wait_operation(
     };
     hold(&sim, pause).await;
     respond(sim.world().get_operation(&project, &zone, &name))
+}
+
+async fn get_project(State(sim): SharedState, Path(project): Path<String>) -> Response {
+    Json(sim.world().get_project(&project)).into_response()
+}
+
+async fn set_common_instance_metadata(
+    State(sim): SharedState,
+    Path(project): Path<String>,
+    Query(query): Params,
+    body: Bytes,
+) -> Response {
+    let request_id = param(&query, "requestId");
+    respond(
+        sim.world()
+            .set_common_instance_metadata(&project, &body, request_id),
+    )
+}
+
+async fn get_global_operation(
+    State(sim): SharedState,
+    Path((project, name)): ZonePath,
+) -> Response {
+    respond(sim.world().get_global_operation(&project, &name))
+}
+
+/// Holds the request until the global operation is DONE or the wait bound passes.
+async fn wait_global_operation(
+    State(sim): SharedState,
+    Path((project, name)): ZonePath,
+) -> Response {
+    let pause = {
+        let mut world = sim.world();
+        let bound = world.wait_bound();
+        match world.global_operation_remaining(&project, &name) {
+            Ok(remaining) => remaining.min(bound),
+            Err(error) => return error_response(&error),
+        }
+    };
+    hold(&sim, pause).await;
+    respond(sim.world().get_global_operation(&project, &name))
 }

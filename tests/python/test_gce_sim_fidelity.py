@@ -310,3 +310,28 @@ def test_zones_list(sim):
     zones = compute.zones().list(project=PROJECT).execute()
     assert [z["name"] for z in zones["items"]] == [ZONE_A, ZONE_B]
     assert all(z["status"] == "UP" for z in zones["items"])
+
+
+def test_project_metadata_is_read_and_written_with_its_fingerprint(sim):
+    compute, _ = sim
+    project = compute.projects().get(project=PROJECT).execute()
+    assert project["kind"] == "compute#project"
+    assert project["name"] == PROJECT
+    metadata = project["commonInstanceMetadata"]
+    assert metadata["kind"] == "compute#metadata" and metadata["fingerprint"]
+    body = {
+        "fingerprint": metadata["fingerprint"],
+        "items": [{"key": "prevmtable", "value": "{targetVMCount: 1}"}, {"key": "on-create", "value": "#!/bin/sh\n"}],
+    }
+    op = compute.projects().setCommonInstanceMetadata(project=PROJECT, body=body).execute()
+    assert op["kind"] == "compute#operation"
+    assert "zone" not in op
+    assert op["selfLink"].endswith(f"/projects/{PROJECT}/global/operations/{op['name']}")
+    done = compute.globalOperations().wait(project=PROJECT, operation=op["name"]).execute()
+    assert done["status"] == "DONE" and "error" not in done
+    got = compute.projects().get(project=PROJECT).execute()["commonInstanceMetadata"]
+    assert [i["key"] for i in got["items"]] == ["prevmtable", "on-create"]
+    assert got["fingerprint"] != metadata["fingerprint"]
+    with pytest.raises(HttpError) as stale:
+        compute.projects().setCommonInstanceMetadata(project=PROJECT, body=body).execute()
+    assert stale.value.resp.status == 412

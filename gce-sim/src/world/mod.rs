@@ -18,6 +18,7 @@ mod mutation;
 mod operations;
 mod paging;
 mod preemption;
+mod projects;
 mod reports;
 #[cfg(test)]
 mod test_support;
@@ -60,6 +61,10 @@ pub struct World {
     changes: HashMap<(String, String, String), BTreeMap<String, u64>>,
     /// The request schemas bodies are checked against.
     schemas: Arc<Schemas>,
+    /// Projects' metadata and global operations, by project.
+    projects: BTreeMap<String, projects::ProjectState>,
+    /// (project, requestId) → global operation name.
+    global_request_ids: HashMap<(String, String), String>,
 }
 
 impl World {
@@ -92,6 +97,8 @@ impl World {
             pools: BTreeMap::new(),
             changes: HashMap::new(),
             schemas,
+            projects: BTreeMap::new(),
+            global_request_ids: HashMap::new(),
         }
     }
 

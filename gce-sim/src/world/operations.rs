@@ -55,7 +55,7 @@ impl SimOperation {
     }
 
     /// When it is DONE; never for a hung one.
-    fn done_at(&self) -> Option<Instant> {
+    pub(super) fn done_at(&self) -> Option<Instant> {
         (!self.hung).then(|| self.inserted_at + self.delay)
     }
 }
@@ -102,7 +102,7 @@ impl World {
         request_id: Option<&str>,
         (name, op): NewOperation,
     ) -> Result<Operation, ApiError> {
-        let view = operation_view(project, zone, &name, &op, Instant::now());
+        let view = operation_view(&Scope::Zone(project, zone), &name, &op, Instant::now());
         self.zone_mut(project, zone)?
             .projects
             .entry(project.to_string())
@@ -162,7 +162,7 @@ impl World {
     ) -> Result<Operation, ApiError> {
         let now = Instant::now();
         let op = self.operation(project, zone, name)?;
-        Ok(operation_view(project, zone, name, op, now))
+        Ok(operation_view(&Scope::Zone(project, zone), name, op, now))
     }
 
     /// How long until the operation is DONE (zero if it is).
@@ -215,7 +215,10 @@ impl World {
                 page.filter
                     .matches(|field| operation_field(project, zone, name, op, now, field))
             })
-            .map(|(name, op)| (name.clone(), operation_view(project, zone, name, op, now)));
+            .map(|(name, op)| {
+                let view = operation_view(&Scope::Zone(project, zone), name, op, now);
+                (name.clone(), view)
+            });
         let (items, next_page_token) = paginate(views, page.size);
         Ok(list_reply(
             "compute#operationList",
@@ -226,16 +229,33 @@ impl World {
     }
 }
 
+/// Where an operation lives: a zone of a project, or the project (global).
+pub(super) enum Scope<'a> {
+    /// `projects/P/zones/Z/operations/...`; its target is an instance of the zone.
+    Zone(&'a str, &'a str),
+    /// `projects/P/global/operations/...`; its target is the project.
+    Global(&'a str),
+}
+
 /// An operation as GCE renders it at `now`.
-fn operation_view(
-    project: &str,
-    zone: &str,
+pub(super) fn operation_view(
+    scope: &Scope<'_>,
     name: &str,
     op: &SimOperation,
     now: Instant,
 ) -> Operation {
     let status = op.status(now);
-    let zone_link = zone_url(project, zone);
+    let (scope_link, zone, target_link) = match scope {
+        Scope::Zone(project, zone) => {
+            let link = zone_url(project, zone);
+            let target = format!("{link}/instances/{}", op.target_name);
+            (link.clone(), Some(link), target)
+        }
+        Scope::Global(project) => {
+            let project_link = format!("{}projects/{project}", super::URL_ROOT);
+            (format!("{project_link}/global"), None, project_link)
+        }
+    };
     let started = op.inserted + op.delay / 2;
     let ended = op.inserted + op.delay;
     let done = status == OperationStatus::Done;
@@ -244,9 +264,9 @@ fn operation_view(
         kind: Some("compute#operation".into()),
         id: Some(op.id.to_string()),
         name: name.to_string(),
-        zone: Some(zone_link.clone()),
+        zone,
         operation_type: Some(op.operation_type.into()),
-        target_link: Some(format!("{zone_link}/instances/{}", op.target_name)),
+        target_link: Some(target_link),
         target_id: Some(op.target_id.to_string()),
         status,
         status_message: op.status_message.map(str::to_string),
@@ -258,7 +278,7 @@ fn operation_view(
         insert_time: Some(rfc3339(op.inserted)),
         start_time: (status != OperationStatus::Pending).then(|| rfc3339(started)),
         end_time: done.then(|| rfc3339(ended)),
-        self_link: Some(format!("{zone_link}/operations/{name}")),
+        self_link: Some(format!("{scope_link}/operations/{name}")),
         user: Some(op.user.into()),
         error: failure.map(|f| OperationError {
             errors: vec![OperationErrorItem {
