@@ -176,13 +176,11 @@ async fn control(
     change: impl Fn(&mut PoolConfig) -> Result<()>,
     format: OutputFormat,
 ) -> Result<()> {
-    let (_, mod_revision, changed) = read_modify_write(store, pool, change).await?;
-    let (pools, _, _) = read_pools(store, Some(pool)).await?;
-    let revision = pools
-        .get(pool)
-        .and_then(|k| k.config.as_ref())
-        .map(|c| pm_pool::revision(&c.value))
-        .unwrap_or_default();
+    let (before, mod_revision, changed) = read_modify_write(store, pool, &change).await?;
+    // What was written: the same change of what was read, no second read.
+    let mut after = before;
+    change(&mut after)?;
+    let revision = pm_pool::revision(&after);
     if changed {
         let message = format!("rollout {action} by pmctl (revision {revision})");
         record(store, pool, "rollout-control", Severity::Info, "", message).await;

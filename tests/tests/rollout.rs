@@ -144,6 +144,15 @@ fn pmctl(c: &Cluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `pmctl config set POOL -f FILE` with `config` written as its config document.
+fn pmctl_set(c: &Cluster, pool: &str, config: &PoolConfig) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{pool}.json"));
+    let document = pm_pool::ConfigDocument::from_config(config);
+    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
+    pmctl(c, &["config", "set", pool, "-f", file.to_str().unwrap()])
+}
+
 fn rollout_status(c: &Cluster, pool: &str) -> serde_json::Value {
     let out = pmctl(c, &["rollout", "status", pool, "-o", "json"]);
     assert!(
@@ -450,11 +459,7 @@ async fn pmctl_pauses_and_resumes_a_rollout() {
         (Some("pause"), Some(true))
     );
     // pmctl config set keeps the pause: the new template waits.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("web.json");
-    let document = pm_pool::ConfigDocument::from_config(&with_machine(&config, "e2-medium"));
-    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
-    let out = pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
+    let out = pmctl_set(&c, "web", &with_machine(&config, "e2-medium"));
     assert!(
         out.status.success(),
         "{}",
@@ -496,40 +501,35 @@ async fn pmctl_pauses_and_resumes_a_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_change_waits_until_every_key_names_its_project() {
-    let c = Cluster::builder().zones(1).start().await;
+    let mut c = Cluster::builder().zones(1).start().await;
     let config = c.pool_config("web-", 1);
     c.set_pool("web", config.clone()).await;
     wait_all(&c, "web", 1, |_| true).await;
     let zone = c.zones()[0].clone();
+    // No agent meanwhile, so the key stays as an older pm wrote it: without a project.
+    c.agent(&zone, 0).kill9().await;
     let prefix = c.store().keys().instances_prefix("web", &zone).unwrap();
     let listing = c.store().list::<ObservedInstance>(&prefix).await.unwrap();
     let (key, stamped) = listing.items.into_iter().next().expect("one key");
-    // The key as an older pm wrote it: no project. The agent records it again at its
-    // next list, so the refusal is seen only if pmctl comes first.
     let mut older = stamped.value;
     older.project.clear();
     c.store().put(&key, &older, 0).await.unwrap();
     let mut moved = config;
     moved.project = "pm-other".into();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("web.json");
-    let document = pm_pool::ConfigDocument::from_config(&moved);
-    std::fs::write(&file, serde_json::to_string(&document).unwrap()).unwrap();
-    let set = || pmctl(&c, &["config", "set", "web", "-f", file.to_str().unwrap()]);
-    let out = set();
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("recorded without their project"),
-            "{stderr}"
-        );
-        c.wait(
-            "the agent records the project; the change goes in",
-            BOUND,
-            || async { set().status.success().then_some(()) },
-        )
-        .await;
-    }
+    let out = pmctl_set(&c, "web", &moved);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("recorded without their project"),
+        "{stderr}"
+    );
+    c.start_agent(&zone);
+    c.wait(
+        "the agent records the project; the change goes in",
+        BOUND,
+        || async { pmctl_set(&c, "web", &moved).status.success().then_some(()) },
+    )
+    .await;
     c.wait("the VM moves to pm-other", BOUND, || async {
         let new = in_project(&c, "pm-other", "web").await;
         let old = in_project(&c, PROJECT, "web").await;
