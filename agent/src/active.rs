@@ -444,6 +444,11 @@ impl<'a> ActiveAgent<'a> {
                 .in_flight
                 .insert(insert.name.clone(), InFlight::Creating);
         }
+        for claim in &fx.claims {
+            state
+                .in_flight
+                .insert(claim.name.clone(), InFlight::Labelling);
+        }
         // Creates first: replacing lost capacity matters more than cleaning up.
         let gate = state.create_gate.clone();
         for insert in fx.creates {
@@ -475,6 +480,13 @@ impl<'a> ActiveAgent<'a> {
         }
         for name in fx.deletes {
             self.ops.spawn(pool, project_of(&name), name, Op::Delete);
+        }
+        for claim in fx.claims {
+            let op = Op::SetLabels {
+                labels: claim.labels,
+                fingerprint: claim.fingerprint,
+            };
+            self.ops.spawn(pool, project, claim.name, op);
         }
         Ok(())
     }
@@ -624,14 +636,34 @@ impl<'a> ActiveAgent<'a> {
                 self.emit(pool, "restarted", Severity::Info, name, message)
                     .await;
             }
+            (InFlight::Labelling, Outcome::Done(_)) => {
+                let message = format!("adopted {name}: labelled pm-pool={pool}");
+                self.emit(pool, "adopted", Severity::Info, name, message)
+                    .await;
+            }
+            (InFlight::Labelling, Outcome::Failed(e)) => self.claim_failed(pool, name, e).await,
             (InFlight::Creating, Outcome::NotSent) => self.write_one(pool, name, None).await?,
-            (InFlight::Deleting | InFlight::Starting, Outcome::NotSent) => {}
+            (InFlight::Deleting | InFlight::Starting | InFlight::Labelling, Outcome::NotSent) => {}
             (kind, Outcome::Failed(e)) => {
                 self.handle_failure(pool, &project, &config, kind, name, e)
                     .await?
             }
         }
         Ok(())
+    }
+
+    /// A claim GCE refused: a changed fingerprint (the labels changed since the list) is
+    /// decided again on the next list; any other refusal leaves the VM alone for good,
+    /// with an event.
+    async fn claim_failed(&mut self, pool: &str, name: &str, e: GceError) {
+        if matches!(e, GceError::Http { status: 412, .. }) {
+            tracing::info!(instance = %name, "its labels changed since the list; deciding again");
+            return;
+        }
+        self.state(pool).claim_refused.insert(name.to_string());
+        let message = format!("cannot adopt {name}, leaving it alone: {e}");
+        self.emit(pool, "adopt-failed", Severity::Warning, name, message)
+            .await;
     }
 
     /// Reports to the scheduler that the zone can take no more instances of `pool`, as

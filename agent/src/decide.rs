@@ -19,6 +19,8 @@ pub enum InFlight {
     Deleting,
     /// A start (restart after preemption) was issued and has not finished.
     Starting,
+    /// A `setLabels` claiming the VM for the pool (adopt mode) has not finished.
+    Labelling,
 }
 
 /// One of the pool's instances as GCE listed it (already filtered to the pool's label
@@ -266,7 +268,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
                 old += i64::from(observed_old(name));
                 continue;
             }
-            Some(InFlight::Deleting | InFlight::Starting) => continue,
+            Some(InFlight::Deleting | InFlight::Starting | InFlight::Labelling) => continue,
             None => {}
         }
         match observed.state() {

@@ -11,6 +11,7 @@ use pm_gce::template::{render_text, TemplateVars};
 use pm_pool::{HookEvent, REVISION_LABEL};
 use pm_proto::{InstanceState, ObservedInstance, PoolConfig, Severity};
 
+use crate::claim::Claim;
 use crate::decide::{Decision, Listed};
 use crate::metrics::PoolCount;
 
@@ -91,6 +92,8 @@ pub struct Effects {
     /// Instances to delete, start or resume that live in another project than the
     /// pool's (from before a project change), with their project.
     pub elsewhere: BTreeMap<String, String>,
+    /// VMs to claim for the pool (adopt mode).
+    pub claims: Vec<Claim>,
 }
 
 fn notice(

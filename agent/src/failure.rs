@@ -71,6 +71,7 @@ pub fn what(kind: InFlight) -> &'static str {
         InFlight::Creating => "create",
         InFlight::Deleting => "delete",
         InFlight::Starting => "restart",
+        InFlight::Labelling => "adopt",
     }
 }
 

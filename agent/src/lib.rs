@@ -9,6 +9,8 @@
 //!   pauses, and when the pool is due.
 //! - [`reconcile`]: one pass over one pool: list GCE, decide, work out the effects.
 //! - [`decide`]: the pure decision for one pool.
+//! - [`claim`]: adopt mode: VMs under the prefix without a pool label are labelled the
+//!   pool's.
 //! - [`effects`]: the pure effects of a decision: keys, events, hooks, calls.
 //! - [`operations`]: operations in flight, each in its own task.
 //! - [`failure`]: the pure reaction to a failed operation (error class to action).
@@ -18,6 +20,7 @@
 //! - [`metrics`]: what `--metrics` exports; [`metered`] measures the GCE client.
 
 pub mod active;
+pub mod claim;
 pub mod config;
 pub mod decide;
 pub mod effects;

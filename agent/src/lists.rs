@@ -60,11 +60,13 @@ impl Lists {
         zone: &str,
     ) {
         let filter = request.filter.clone();
+        let adopt_filter = request.adopt_filter.clone();
         let projects = request.projects();
         let zone = zone.to_string();
-        let task = self
-            .running
-            .spawn(async move { list_projects(compute.as_ref(), &projects, &zone, &filter).await });
+        let task = self.running.spawn(async move {
+            let adopt_filter = adopt_filter.as_deref();
+            list_projects(compute.as_ref(), &projects, &zone, &filter, adopt_filter).await
+        });
         self.waiting
             .insert(pool.to_string(), (task.id(), request, Instant::now()));
     }

@@ -1,6 +1,7 @@
 //! A [`Compute`] that counts and times every call of the one it wraps, so the GCE clients
 //! stay free of metrics and every client (REST, fake) is measured alike.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pm_gce::compute::{operation_result, ApiCall, BoxFuture, Compute, PageRequest};
@@ -180,6 +181,20 @@ impl Compute for MeteredCompute {
     ) -> BoxFuture<'a, Result<Operation, GceError>> {
         let call = self.inner.wait_operation(project, zone, operation);
         self.record(ApiCall::WaitOperation, zone, call, operation_outcome)
+    }
+
+    fn set_labels<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        let call = self
+            .inner
+            .set_labels(project, zone, name, labels, fingerprint);
+        self.record(ApiCall::SetLabels, zone, call, operation_outcome)
     }
 
     fn list_operations<'a>(

@@ -5,6 +5,7 @@
 //! cancels the creates of its pool still queued for a slot. Every task ends when the
 //! term does.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,13 @@ pub enum Op {
     Start,
     /// `instances.resume` of a suspended instance.
     Resume,
+    /// `instances.setLabels` claiming the instance (adopt mode).
+    SetLabels {
+        /// The labels to set.
+        labels: BTreeMap<String, String>,
+        /// The fingerprint of the labels GCE listed.
+        fingerprint: String,
+    },
 }
 
 impl Op {
@@ -45,6 +53,7 @@ impl Op {
             Op::Insert { .. } => InFlight::Creating,
             Op::Delete => InFlight::Deleting,
             Op::Start | Op::Resume => InFlight::Starting,
+            Op::SetLabels { .. } => InFlight::Labelling,
         }
     }
 }
@@ -154,6 +163,13 @@ async fn call_and_wait(
             Op::Delete => compute.delete(project, zone, name).await,
             Op::Start => compute.start(project, zone, name).await.map(Some),
             Op::Resume => compute.resume(project, zone, name).await.map(Some),
+            Op::SetLabels {
+                labels,
+                fingerprint,
+            } => compute
+                .set_labels(project, zone, name, labels, fingerprint)
+                .await
+                .map(Some),
         };
         match call {
             Ok(started) => started,

@@ -75,6 +75,9 @@ pub struct PoolState {
     /// Fresh creates still waiting for a slot give up when this fires (a stockout in the
     /// zone): their inserts would only fail too. Replaced after it fires.
     pub create_gate: CancellationToken,
+    /// VMs whose claim (adopt mode) GCE refused for another reason than a changed
+    /// fingerprint: left alone, reported once.
+    pub claim_refused: BTreeSet<String>,
 }
 
 impl Default for PoolState {
@@ -92,6 +95,7 @@ impl Default for PoolState {
             reported: None,
             unrecognized_logged: BTreeSet::new(),
             create_gate: CancellationToken::new(),
+            claim_refused: BTreeSet::new(),
         }
     }
 }

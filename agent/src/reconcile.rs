@@ -14,6 +14,7 @@ use pm_pool::{carries_pool_label, is_pool_member, new_instance_name, pool_filter
 use pm_proto::{InstanceState, PoolConfig, Severity};
 use tokio::time::Instant;
 
+use crate::claim::{adopt_filter, claims};
 use crate::decide::{decide, is_stopped, InFlight, Listed, PoolInputs, Roll};
 use crate::effects::{effects, EffectInputs, Effects};
 use crate::pool_state::PoolState;
@@ -75,6 +76,8 @@ pub struct ListRequest {
     pub other_projects: Vec<String>,
     /// The label filter of the pool's instances.
     pub filter: String,
+    /// In adopt mode, the name filter of the VMs the pool may claim, listed in its project.
+    pub adopt_filter: Option<String>,
     /// The config the pass decides with.
     pub config: Box<PoolConfig>,
     /// What the pass found so far.
@@ -92,17 +95,33 @@ impl ListRequest {
 }
 
 /// Lists the pool's instances (`filter`) in the zone of each of `projects`, each with
-/// its project; one failed list fails the whole.
+/// its project, and in adopt mode the VMs `adopt_filter` names in the first (the pool's)
+/// project, each once; one failed list fails the whole.
 pub async fn list_projects(
     compute: &dyn Compute,
     projects: &[String],
     zone: &str,
     filter: &str,
+    adopt_filter: Option<&str>,
 ) -> Result<Vec<(String, Instance)>, GceError> {
     let mut all = Vec::new();
     for project in projects {
         let listed = compute.list(project, zone, Some(filter)).await?;
         all.extend(listed.into_iter().map(|i| (project.clone(), i)));
+    }
+    if let (Some(adopt_filter), Some(project)) = (adopt_filter, projects.first()) {
+        let seen: BTreeSet<String> = all
+            .iter()
+            .filter(|(p, _)| p == project)
+            .map(|(_, i)| i.name.clone())
+            .collect();
+        let named = compute.list(project, zone, Some(adopt_filter)).await?;
+        all.extend(
+            named
+                .into_iter()
+                .filter(|i| !seen.contains(&i.name))
+                .map(|i| (project.clone(), i)),
+        );
     }
     Ok(all)
 }
@@ -169,6 +188,7 @@ pub fn start_pass(
         other_projects: other_projects.into_iter().collect(),
         project,
         filter: pool_filter(pool),
+        adopt_filter: adopt_filter(&config),
         config: Box::new(config),
         pass,
     })
@@ -205,6 +225,30 @@ pub async fn continue_pass(
     };
     pass.listed = true;
     state.list_retry.reset();
+    let revision = pm_pool::revision(&config);
+    state
+        .claim_refused
+        .retain(|name| listed.iter().any(|(_, i)| &i.name == name));
+    let claimed = claims(
+        pool,
+        &project,
+        &config,
+        &revision,
+        &listed,
+        &state.in_flight,
+        &state.claim_refused,
+    );
+    if claimed.pending {
+        // Labelled first, counted then: the operations' results bring the next pass.
+        pass.effects = Some((
+            project,
+            Effects {
+                claims: claimed.send,
+                ..Effects::default()
+            },
+        ));
+        return pass;
+    }
     // Members: the label and the prefix in the pool's project, or the label and an
     // observed key (a VM made under an earlier prefix or in an earlier project, replaced
     // by the rollout, never orphaned).
@@ -257,7 +301,6 @@ pub async fn continue_pass(
         .iter()
         .map(|(n, o)| (n.clone(), o.value.clone()))
         .collect();
-    let revision = pm_pool::revision(&config);
     let min_ready_ms = pm_pool::budgets(&config).min_ready_ms;
     let roll = desired
         .filter(|d| !d.rollout_revision.is_empty() && d.rollout_revision == revision)

@@ -95,7 +95,9 @@ async fn pass(fake: &FakeCompute, state: &mut PoolState, keys: &ZoneKeys) -> Pas
         Start::Done(pass) => pass,
         Start::List(request) => {
             let projects = request.projects();
-            let listed = list_projects(ctx.compute, &projects, ctx.zone, &request.filter).await;
+            let adopt = request.adopt_filter.as_deref();
+            let listed =
+                list_projects(ctx.compute, &projects, ctx.zone, &request.filter, adopt).await;
             continue_pass(&ctx, "web", state, keys, request, listed).await
         }
     }
@@ -124,6 +126,13 @@ async fn operate(fake: &FakeCompute, fx: Effects) -> Vec<(String, InFlight, Outc
     ops.extend(fx.restarts.into_iter().map(|n| (n, Op::Start)));
     ops.extend(fx.resumes_suspended.into_iter().map(|n| (n, Op::Resume)));
     ops.extend(fx.deletes.into_iter().map(|n| (n, Op::Delete)));
+    ops.extend(fx.claims.into_iter().map(|c| {
+        let op = Op::SetLabels {
+            labels: c.labels,
+            fingerprint: c.fingerprint,
+        };
+        (c.name, op)
+    }));
     let mut outcomes = Vec::new();
     for (name, op) in ops {
         let outcome = run(fake, slots.clone(), PROJECT, ZONE, &name, &op, TIMEOUT).await;
@@ -574,4 +583,93 @@ async fn a_refused_config_is_reported_once_and_the_last_valid_one_kept() {
     assert_eq!(third.reports.len(), 1, "a new problem is reported");
     pools.apply_span(put(stored(&good, 5)), ("", &[0xff]));
     assert!(pools.pools["web"].config_problem.is_none());
+}
+
+/// A VM named like the pool's without any pool label, as prevmtable made them.
+fn put_unlabelled(fake: &FakeCompute, name: &str, labels: &[(&str, &str)]) {
+    let mut instance: Instance =
+        serde_json::from_value(serde_json::json!({ "name": name })).expect("instance");
+    for (k, v) in labels {
+        instance.labels.insert((*k).into(), (*v).into());
+    }
+    instance.status = Some(InstanceStatus::Running);
+    instance.id = Some(format!("id-{name}"));
+    fake.put_instance(PROJECT, ZONE, instance);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adopt_mode_labels_the_prefixed_vms_before_it_counts_and_creates() {
+    let fake = FakeCompute::new();
+    put_unlabelled(&fake, "w-old1", &[("team", "a")]);
+    put_unlabelled(&fake, "w-other", &[("pm-pool", "db")]);
+    put_unlabelled(&fake, "x-foreign", &[]);
+    let mut pool = state(2, OnPreempted::Delete);
+    // Without adopt mode the VM is not the pool's: two creates.
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!((fx.creates.len(), fx.claims.len()), (2, 0));
+
+    let mut config = config(OnPreempted::Delete);
+    config.adopt = true;
+    pool.state.config = Some(config.clone());
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.creates.is_empty() && fx.writes.is_empty(), "{fx:?}");
+    let names: Vec<&str> = fx.claims.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["w-old1"], "only the unlabelled prefixed VM");
+    let outcomes = operate(&fake, fx).await;
+    assert!(matches!(outcomes[0].2, Outcome::Done(_)), "{outcomes:?}");
+    let adopted = fake
+        .get(PROJECT, ZONE, "w-old1")
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(adopted.labels["pm-pool"], "web");
+    assert_eq!(adopted.labels["pm-rev"], pm_pool::revision(&config));
+    assert_eq!(adopted.labels["team"], "a", "its own labels are kept");
+    let other = fake
+        .get(PROJECT, ZONE, "w-other")
+        .await
+        .expect("get")
+        .expect("there");
+    assert_eq!(other.labels.get("pm-pool").map(String::as_str), Some("db"));
+
+    // Now a member: recorded, and one create makes the count.
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.claims.is_empty());
+    assert!(
+        fx.writes.get("w-old1").is_some_and(Option::is_some),
+        "{fx:?}"
+    );
+    assert_eq!(fx.creates.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_with_a_stale_fingerprint_is_refused_and_decided_again() {
+    let fake = FakeCompute::new();
+    put_unlabelled(&fake, "w-old1", &[]);
+    let mut pool = state(1, OnPreempted::Delete);
+    let mut config = config(OnPreempted::Delete);
+    config.adopt = true;
+    pool.state.config = Some(config);
+    let mut fx = effects_of(&fake, &mut pool).await;
+    fx.claims[0].fingerprint = "stale".into();
+    let outcomes = operate(&fake, fx).await;
+    let error = failure(&outcomes[0].2);
+    assert!(
+        matches!(error, GceError::Http { status: 412, .. }),
+        "{error}"
+    );
+    let fx = effects_of(&fake, &mut pool).await;
+    assert_eq!(
+        fx.claims.len(),
+        1,
+        "claimed again with the fresh fingerprint"
+    );
+    pool.state.claim_refused.insert("w-old1".into());
+    let fx = effects_of(&fake, &mut pool).await;
+    assert!(fx.claims.is_empty());
+    assert_eq!(
+        fx.creates.len(),
+        1,
+        "a refused VM does not hold the pool back"
+    );
 }

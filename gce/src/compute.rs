@@ -1,6 +1,7 @@
 //! The narrow Compute interface `pm` needs, implemented over REST ([`crate::rest`]),
 //! in memory ([`crate::fake`]), and served by gce-sim (the `gce-sim` crate).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +35,14 @@ pub enum ApiCall {
     WaitOperation,
     /// `zoneOperations.list`
     ListOperations,
+    /// `instances.setLabels`
+    SetLabels,
+    /// `projects.get`
+    GetProject,
+    /// `projects.setCommonInstanceMetadata`
+    SetCommonInstanceMetadata,
+    /// `globalOperations.wait`
+    WaitGlobalOperation,
 }
 
 impl ApiCall {
@@ -49,6 +58,10 @@ impl ApiCall {
             ApiCall::Resume => "compute.instances.resume",
             ApiCall::WaitOperation => "compute.zoneOperations.wait",
             ApiCall::ListOperations => "compute.zoneOperations.list",
+            ApiCall::SetLabels => "compute.instances.setLabels",
+            ApiCall::GetProject => "compute.projects.get",
+            ApiCall::SetCommonInstanceMetadata => "compute.projects.setCommonInstanceMetadata",
+            ApiCall::WaitGlobalOperation => "compute.globalOperations.wait",
         }
     }
 
@@ -60,7 +73,11 @@ impl ApiCall {
             | ApiCall::List
             | ApiCall::Delete
             | ApiCall::WaitOperation
-            | ApiCall::ListOperations => false,
+            | ApiCall::ListOperations
+            | ApiCall::SetLabels
+            | ApiCall::GetProject
+            | ApiCall::SetCommonInstanceMetadata
+            | ApiCall::WaitGlobalOperation => false,
         }
     }
 }
@@ -182,6 +199,20 @@ pub trait Compute: Send + Sync {
         operation: &'a str,
     ) -> BoxFuture<'a, Result<Operation, GceError>>;
 
+    /// Replaces the labels of `name` with `labels`, only if its labels still have
+    /// `fingerprint` (the `labelFingerprint` GCE last showed; an instance without labels
+    /// has one too). A changed fingerprint is HTTP 412 `conditionNotMet`: get the
+    /// instance again and decide again. A missing instance is
+    /// [`crate::ErrorClass::NotFound`].
+    fn set_labels<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>>;
+
     /// All of the zone's operations matching `filter`, following every page, e.g.
     /// `operationType = "compute.instances.preempted"` for the preemption history.
     fn list_operations<'a>(
@@ -212,7 +243,7 @@ pub fn operation_result(op: Operation) -> Result<Operation, GceError> {
 
 /// Shortest interval between two wait calls, in case a server answers `wait` at once
 /// without the operation being DONE.
-const MIN_WAIT_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const MIN_WAIT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Waits until `op` is DONE, calling [`Compute::wait_operation`] repeatedly, for at most
 /// `deadline`; then returns [`operation_result`]. Not DONE by then is

@@ -642,6 +642,46 @@ impl Compute for FakeCompute {
         })
     }
 
+    fn set_labels<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let record = Self::record(ApiCall::SetLabels, project, zone, Some(name));
+            if let Some(injected) = self.begin(record) {
+                return self.injected_outcome(injected, project, zone, "setLabels", name);
+            }
+            {
+                let mut state = self.lock();
+                let key = (project.to_string(), zone.to_string(), name.to_string());
+                state.next_id += 1;
+                let next = format!("fp-{}", state.next_id);
+                let Some(instance) = state.instances.get_mut(&key) else {
+                    return Err(not_found(
+                        ApiCall::SetLabels,
+                        format!("projects/{project}/zones/{zone}/instances/{name}"),
+                    ));
+                };
+                // An instance put without a fingerprint has the empty one.
+                if instance.label_fingerprint.as_deref().unwrap_or("") != fingerprint {
+                    return Err(GceError::http(
+                        ApiCall::SetLabels,
+                        412,
+                        "conditionNotMet",
+                        "Labels fingerprint either invalid or resource labels have changed",
+                    ));
+                }
+                instance.labels = labels.clone();
+                instance.label_fingerprint = Some(next);
+            }
+            Ok(self.finish(project, zone, "setLabels", name))
+        })
+    }
+
     fn list_operations<'a>(
         &'a self,
         project: &'a str,

@@ -22,7 +22,7 @@ pub use pm_backoff::{Backoff, BackoffError};
 pub use resources::{
     BulkInsertRequest, Instance, InstanceList, InstanceStatus, Metadata, MetadataItem,
     OnHostMaintenance, Operation, OperationError, OperationErrorItem, OperationList,
-    OperationStatus, ProvisioningModel, Scheduling, Tags, TerminationAction,
+    OperationStatus, Project, ProvisioningModel, Scheduling, Tags, TerminationAction,
 };
 pub use rest::{Auth, RestCompute, RestConfig, DEFAULT_BASE_URL};
 pub use template::{render, render_text, TemplateError, TemplateVars, POOL_LABEL};

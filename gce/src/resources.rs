@@ -100,6 +100,44 @@ pub struct Metadata {
     pub extra: Map<String, Value>,
 }
 
+impl Metadata {
+    /// The `fingerprint` GCE showed with these items, which a write of them must send
+    /// back (optimistic locking); `None` when absent.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.extra.get("fingerprint").and_then(Value::as_str)
+    }
+
+    /// The value of item `key`: `None` when there is no such item, `Some("")` for an
+    /// item without a value.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .flatten()
+            .find(|item| item.key == key)
+            .map(|item| item.value.as_deref().unwrap_or(""))
+    }
+
+    /// The items' keys, in GCE's order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().flatten().map(|item| item.key.as_str())
+    }
+}
+
+/// A project (`compute#project`) as `projects.get` returns it: what pm reads of it is its
+/// `commonInstanceMetadata`; every other field is kept in `extra`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    /// The project id.
+    pub name: String,
+    /// The project-wide metadata (prevmtable keeps its config there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_instance_metadata: Option<Metadata>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
 /// One metadata entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

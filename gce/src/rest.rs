@@ -1,5 +1,6 @@
 //! [`Compute`] over the Compute Engine v1 REST API (reqwest), against GCE or gce-sim.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::resources::{
     BulkInsertRequest, ErrorEnvelope, Instance, InstanceList, Operation, OperationList,
 };
 use pm_backoff::Backoff;
+
+mod project;
 
 /// Compute Engine's production endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://compute.googleapis.com/compute/v1/";
@@ -567,6 +570,22 @@ impl Compute for RestCompute {
             let mut request = self.request(ApiCall::WaitOperation, Method::POST, url);
             request.timeout = self.wait_timeout;
             self.send(request).await
+        })
+    }
+
+    fn set_labels<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        name: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        fingerprint: &'a str,
+    ) -> BoxFuture<'a, Result<Operation, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["instances", name, "setLabels"]);
+            let body = serde_json::json!({"labels": labels, "labelFingerprint": fingerprint});
+            let request = self.request(ApiCall::SetLabels, Method::POST, url);
+            self.send(Self::with_body(request, &body)?).await
         })
     }
 

@@ -47,6 +47,10 @@ pub struct ConfigDocument {
     /// The update policy; absent: the defaults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update: Option<BTreeMap<&'static str, Value>>,
+    /// Adopt mode (VMs with the prefix and no pm-pool label become the pool's); absent:
+    /// off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// The hooks of a document; only the hooks that are set appear.
@@ -125,6 +129,7 @@ impl ConfigDocument {
             distribution: distribution_name(config.distribution()),
             on_preempted: on_preempted_name(config.on_preempted()),
             update: config.update.as_ref().and_then(update_document),
+            adopt: config.adopt,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pm_proto::{Distribution, OnPreempted, PoolConfig};
 
 /// The fields of a pool config, by canonical (DESIGN.md) name.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "targetVMCount",
     "allowedZones",
     "prefix",
@@ -20,6 +20,7 @@ pub const FIELDS: [&str; 11] = [
     "distribution",
     "onPreempted",
     "update",
+    "adopt",
 ];
 
 /// The fields a config must give.

@@ -269,6 +269,20 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
             choice(value, &ON_PREEMPTED).map(|o| config.on_preempted = o as i32),
         );
     }
+    if let Some(value) = fields.get("adopt") {
+        let result = match value {
+            Value::Bool(adopt) => {
+                config.adopt = *adopt;
+                Ok(())
+            }
+            other => Err(format!(
+                "must be true or false, found {} {}",
+                json_type(other),
+                shown(other)
+            )),
+        };
+        report("adopt", result);
+    }
     if let Some(value) = fields.get("hooks") {
         config.hooks = check_hooks(value, &mut problems);
     }
@@ -434,6 +448,11 @@ mod tests {
                 "must be a JSON object, not a string",
             ),
             ("secondsToRest", json!(0), "out of range (1..=3600)"),
+            (
+                "adopt",
+                json!("yes"),
+                "must be true or false, found a string",
+            ),
             ("secondsForExhaustion", json!(86_401), "out of range"),
             ("hooks", json!(["create"]), "must be an object"),
             ("project", json!(""), "is empty"),
@@ -630,7 +649,9 @@ mod tests {
         full["project"] = json!("my-project");
         full["distribution"] = json!("balanced");
         full["onPreempted"] = json!("restart");
+        full["adopt"] = json!(true);
         let mut config = validate("web", &full).expect("valid");
+        assert!(config.adopt);
         assert_eq!(check_stored("web", &config), Ok(()));
         let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
         assert_eq!(validate("web", &document), Ok(config.clone()));
