@@ -3,10 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pm_daemon::{parse_duration, DaemonArgs};
-
-/// The default Compute API root.
-pub const DEFAULT_GCE_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
+use pm_daemon::{parse_duration, DaemonArgs, GceArgs};
 
 /// The per-zone reconciler against GCE.
 #[derive(clap::Parser, Debug, Clone)]
@@ -26,16 +23,9 @@ pub struct AgentConfig {
     /// GCE project of pools that name none.
     #[arg(long, env = "PM_PROJECT")]
     pub project: Option<String>,
-    /// Compute API root (gce-sim: http://HOST:PORT/compute/v1/).
-    #[arg(long, env = "PM_GCE_ENDPOINT", default_value = DEFAULT_GCE_ENDPOINT)]
-    pub gce_endpoint: String,
-    /// Send no credentials (for gce-sim).
-    #[arg(long, env = "PM_NO_AUTH")]
-    pub no_auth: bool,
-    /// Service-account key file; default: application default credentials or the
-    /// metadata server.
-    #[arg(long, env = "PM_CREDENTIALS", value_name = "FILE")]
-    pub credentials: Option<PathBuf>,
+    /// Endpoint, credentials and call timeout of the Compute API.
+    #[command(flatten)]
+    pub gce: GceArgs,
     /// Directory of hook executables; hooks are run from here only.
     #[arg(long, env = "PM_HOOKS_DIR", value_name = "DIR")]
     pub hooks_dir: Option<PathBuf>,
@@ -72,9 +62,6 @@ pub struct AgentConfig {
     /// so in its member key: the scheduler then counts its zone as without agent.
     #[arg(long, env = "PM_STALL_AFTER", value_parser = parse_duration, default_value = "60s")]
     pub stall_after: Duration,
-    /// Timeout of each GCE call.
-    #[arg(long, env = "PM_GCE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
-    pub gce_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -97,20 +84,11 @@ impl AgentConfig {
             crate::hooks::check_passed_env(name)
                 .map_err(|e| format!("--hook-env {name:?}: {e}"))?;
         }
-        if !(self.gce_endpoint.starts_with("http://") || self.gce_endpoint.starts_with("https://"))
-        {
-            return Err(format!(
-                "--gce-endpoint {:?} is not an http(s) URL",
-                self.gce_endpoint
-            ));
-        }
+        self.gce.validate()?;
         if let Some(dir) = &self.hooks_dir {
             if !dir.is_dir() {
                 return Err(format!("--hooks-dir {} is not a directory", dir.display()));
             }
-        }
-        if self.no_auth && self.credentials.is_some() {
-            return Err("--no-auth and --credentials exclude each other".into());
         }
         self.daemon.validate()?;
         Ok(())

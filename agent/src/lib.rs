@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex};
 use pm_daemon::{Candidate, TermEnd};
 use pm_etcd::{now_unix_ms, EventLog, Leadership, Session};
 use pm_gce::compute::Compute;
-use pm_gce::rest::{Auth, RestCompute, RestConfig};
 use pm_proto::AgentInfo;
 use pm_telemetry::{EtcdErrorLabels, Readiness};
 use prometheus_client::registry::Registry;
@@ -84,16 +83,7 @@ pub enum AgentError {
 
 /// Builds the REST client the settings describe.
 pub async fn compute_client(config: &AgentConfig) -> Result<Arc<dyn Compute>, AgentError> {
-    let auth = if config.no_auth {
-        Auth::None
-    } else if let Some(file) = &config.credentials {
-        Auth::ServiceAccountFile(file.clone())
-    } else {
-        Auth::ApplicationDefault
-    };
-    let mut rest = RestConfig::new(config.gce_endpoint.clone(), auth).map_err(AgentError::Gce)?;
-    rest.timeout = config.gce_timeout;
-    let client = RestCompute::new(rest).await.map_err(AgentError::Gce)?;
+    let client = config.gce.client().await.map_err(AgentError::Gce)?;
     Ok(Arc::new(client))
 }
 
