@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pm_daemon::{parse_duration, EtcdArgs};
+use pm_daemon::{parse_duration, EtcdArgs, GceArgs};
 
 use crate::config_file::Format;
 use crate::output::OutputFormat;
@@ -201,6 +201,43 @@ pub enum ConfigCommand {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
+    },
+    /// Move a prevmtable pool to pm: read prevmtable's config (rjson) and the hook scripts
+    /// it names from the project's metadata through the Compute API, show the pm config and
+    /// its diff against the stored one, write the scripts into --hooks-dir as executables
+    /// named as the config names them, and store the config. Every problem names the
+    /// attribute, field or file it comes from; nothing is written while there is one.
+    #[command(
+        after_help = "Examples:\n  pmctl config import-prevmtable web --project my-proj --dry-run\n  pmctl config import-prevmtable web --project my-proj --hooks-dir /etc/pm/hooks --adopt\n\n\
+        Stop prevmtable first (README: \"Migrating from prevmtable\"). With --adopt the agents\n\
+        label prevmtable's VMs (the prefix, no pm-pool label) as the pool's instead of\n\
+        ignoring them."
+    )]
+    ImportPrevmtable {
+        /// The pool to create or replace.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The GCE project whose metadata holds prevmtable's config; it becomes the
+        /// config's `project` unless the config names one.
+        #[arg(long)]
+        project: String,
+        /// The metadata attribute of the config (prevmtable's PREVMTABLE_ATTRIBUTE).
+        #[arg(long, default_value = crate::prevmtable::DEFAULT_ATTRIBUTE)]
+        attribute: String,
+        /// Where to write the hook scripts: the agents' --hooks-dir (copy it to each
+        /// agent's host when they run elsewhere). Needed when the config names hooks.
+        #[arg(long, value_name = "DIR")]
+        hooks_dir: Option<PathBuf>,
+        /// Show the resulting config, its diff and the scripts; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Set `adopt: true`: the agents take over prevmtable's VMs (labelled through
+        /// setLabels) instead of creating beside them.
+        #[arg(long)]
+        adopt: bool,
+        /// How to reach the Compute API.
+        #[command(flatten)]
+        gce: GceArgs,
     },
     /// Delete a pool: its config becomes a tombstone, the scheduler scales it to 0 and then
     /// removes all of its keys.

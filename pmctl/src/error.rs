@@ -53,6 +53,24 @@ pub enum Error {
         /// Every problem found: unknown fields first, then each field's checks.
         problems: Vec<Problem>,
     },
+    /// prevmtable's config or hook scripts cannot be imported; each problem names the
+    /// metadata attribute, field or file it comes from.
+    #[error("cannot import prevmtable's config from project {project:?}; nothing was written:\n{list}", list = Problem::list(problems))]
+    Import {
+        /// The project named with `--project`.
+        project: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+    /// The Compute API refused or failed a call.
+    #[error("cannot read project {project:?} through the Compute API: {source}")]
+    Gce {
+        /// The project named with `--project`.
+        project: String,
+        /// GCE's error.
+        #[source]
+        source: pm_gce::error::GceError,
+    },
     /// The pool has no config key.
     #[error("pool {pool:?} does not exist (no config; create it with `pmctl config set {pool} -f FILE`)")]
     NoSuchPool {

@@ -7,6 +7,7 @@
 //!   YAML) parsed; what they mean, their checks and their written-back form are
 //!   [`pm_pool`]'s.
 //! - [`pool_config`], [`zone`], [`rollout`]: the writes, all compare-and-swap or lease-bound.
+//! - [`prevmtable`]: a prevmtable config and its hook scripts imported from GCE metadata.
 //! - [`snapshot`], [`status`], [`instances`], [`events`], [`agents`]: the reads.
 //! - [`output`]: tables, JSON, times.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod instances;
 pub mod output;
 pub mod pool_config;
+pub mod prevmtable;
 pub mod rollout;
 pub mod snapshot;
 pub mod status;
@@ -54,6 +56,25 @@ pub async fn run(cli: Cli) -> Result<()> {
             let config = pool_config::load(&pool, &file.path, file.format)?;
             let store = connect::connect(etcd).await?;
             config_diff::show(&store, &pool, &config, format).await
+        }
+        Command::Config(ConfigCommand::ImportPrevmtable {
+            pool,
+            project,
+            attribute,
+            hooks_dir,
+            dry_run,
+            adopt,
+            gce,
+        }) => {
+            let args = prevmtable::ImportArgs {
+                pool,
+                project,
+                attribute,
+                hooks_dir,
+                dry_run,
+                adopt,
+            };
+            prevmtable::import(etcd, &gce, &args, format).await
         }
         Command::Config(ConfigCommand::Get { pool }) => {
             pool_config::get(&connect::connect(etcd).await?, &pool, format).await

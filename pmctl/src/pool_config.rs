@@ -125,6 +125,19 @@ pub async fn set(
     if_revision: Option<i64>,
     output: OutputFormat,
 ) -> Result<()> {
+    let view = apply(store, pool, config, if_revision).await?;
+    output::emit(output, &view)
+}
+
+/// Stores `config` as the pool's (compare-and-swap against the stored revision, or
+/// `if_revision`), keeps the rollout state the document does not hold, and records a
+/// `config-set` event when it changed anything.
+pub async fn apply(
+    store: &Store,
+    pool: &str,
+    config: PoolConfig,
+    if_revision: Option<i64>,
+) -> Result<SetView> {
     let stored = current(store, pool).await?;
     let mut config = config;
     if let Some(s) = &stored {
@@ -168,13 +181,12 @@ pub async fn set(
         );
         record(store, pool, "config-set", Severity::Info, "", message).await;
     }
-    let view = SetView {
+    Ok(SetView {
         pool: pool.to_string(),
         result,
         mod_revision,
         config: ConfigDocument::from_config(&config),
-    };
-    output::emit(output, &view)
+    })
 }
 
 /// Refuses a project change while some VM's key does not name its project (recorded
