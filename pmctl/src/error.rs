@@ -69,7 +69,7 @@ pub enum Error {
         project: String,
         /// GCE's error.
         #[source]
-        source: pm_gce::error::GceError,
+        source: Box<pm_gce::error::GceError>,
     },
     /// The pool has no config key.
     #[error("pool {pool:?} does not exist (no config; create it with `pmctl config set {pool} -f FILE`)")]

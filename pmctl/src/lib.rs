@@ -1,6 +1,7 @@
 //! pmctl, pm's operator CLI, as a library: every verb of DESIGN.md's "CLI contract", each
 //! printing a table (`-o table`) or a stable JSON shape (`-o json`). It talks to etcd
-//! only, so it works while no scheduler leads.
+//! only (but for the prevmtable import, which reads GCE), so it works while no scheduler
+//! leads.
 //!
 //! - [`cli`]: the command line. [`run`] dispatches it.
 //! - [`config_file`], [`yaml`], [`unique_keys`]: pool config files (prevmtable's rjson, Hjson, JSON,

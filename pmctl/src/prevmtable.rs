@@ -312,7 +312,7 @@ async fn read_metadata(gce: &GceArgs, project: &str) -> Result<Metadata> {
     gce.validate().map_err(Error::Refused)?;
     let failed = |source| Error::Gce {
         project: project.to_string(),
-        source,
+        source: Box::new(source),
     };
     let client = gce.client().await.map_err(failed)?;
     let found = client.get_project(project).await.map_err(failed)?;
