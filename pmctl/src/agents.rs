@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use pm_etcd::{now_unix_ms, Store};
+use pm_proto::AgentInfo;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -35,6 +36,42 @@ pub struct AgentRow {
     pub version: String,
     /// When it started (Unix ms); 0 when unknown.
     pub started_unix_ms: i64,
+    /// Whether it completes reconcile passes as its zone's active agent (what the
+    /// scheduler counts as the zone having an agent); `null` for an agent older than
+    /// the field, which the scheduler counts by its member key alone.
+    pub reconciling: Option<bool>,
+    /// Its last completed pass when `reconciling` was last written (Unix ms); 0: none.
+    pub last_pass_unix_ms: i64,
+}
+
+impl AgentRow {
+    fn new(zone: &str, agent_id: &str, role: Role, info: AgentInfo) -> Self {
+        Self {
+            zone: zone.to_string(),
+            agent_id: agent_id.to_string(),
+            role,
+            hostname: info.hostname,
+            version: info.version,
+            started_unix_ms: info.started_unix_ms,
+            reconciling: info.reconciling,
+            last_pass_unix_ms: info.last_pass_unix_ms,
+        }
+    }
+
+    /// The RECONCILING column: yes, no (for an active agent: stalled, with its last
+    /// pass), or unknown for an agent older than the field.
+    fn reconciling_cell(&self, now_ms: i64) -> String {
+        match (self.reconciling, self.role) {
+            (None, _) => "unknown".into(),
+            (Some(true), _) => "yes".into(),
+            (Some(false), Role::Standby) => "no".into(),
+            (Some(false), Role::Active) if self.last_pass_unix_ms > 0 => format!(
+                "no (stalled; last pass {} ago)",
+                output::age(self.last_pass_unix_ms, now_ms)
+            ),
+            (Some(false), Role::Active) => "no (no pass completed yet)".into(),
+        }
+    }
 }
 
 /// What `pmctl agents` prints.
@@ -58,6 +95,7 @@ impl Render for AgentsView {
             ("HOST", Align::Left),
             ("VERSION", Align::Left),
             ("UPTIME", Align::Right),
+            ("RECONCILING", Align::Left),
         ]);
         for a in &self.agents {
             let dash = |s: &str| {
@@ -77,6 +115,7 @@ impl Render for AgentsView {
                 dash(&a.hostname),
                 dash(&a.version),
                 output::age(a.started_unix_ms, self.now_unix_ms),
+                a.reconciling_cell(self.now_unix_ms),
             ]);
         }
         table.render()
@@ -93,25 +132,11 @@ pub async fn show_agents(store: &Store, format: OutputFormat) -> Result<()> {
     for (zone, zone_agents) in zones {
         if let Some(active) = &zone_agents.active {
             let info = zone_agents.members.get(active).cloned().unwrap_or_default();
-            agents.push(AgentRow {
-                zone: zone.clone(),
-                agent_id: active.clone(),
-                role: Role::Active,
-                hostname: info.hostname,
-                version: info.version,
-                started_unix_ms: info.started_unix_ms,
-            });
+            agents.push(AgentRow::new(&zone, active, Role::Active, info));
         }
         for id in zone_agents.standbys() {
             let info = zone_agents.members.get(&id).cloned().unwrap_or_default();
-            agents.push(AgentRow {
-                zone: zone.clone(),
-                agent_id: id,
-                role: Role::Standby,
-                hostname: info.hostname,
-                version: info.version,
-                started_unix_ms: info.started_unix_ms,
-            });
+            agents.push(AgentRow::new(&zone, &id, Role::Standby, info));
         }
     }
     let view = AgentsView {

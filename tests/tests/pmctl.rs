@@ -691,6 +691,17 @@ async fn reads_show_what_etcd_holds() {
             hostname: format!("host-{id}"),
             started_unix_ms: pm_etcd::now_unix_ms() - 3_600_000,
             version: "0.1.0".into(),
+            // a1 reconciles, a2 stands by, b1 is older than the field.
+            reconciling: match id {
+                "agent-a1" => Some(true),
+                "agent-a2" => Some(false),
+                _ => None,
+            },
+            last_pass_unix_ms: if id == "agent-a1" {
+                pm_etcd::now_unix_ms() - 5_000
+            } else {
+                0
+            },
             ..Default::default()
         };
         store
@@ -837,7 +848,7 @@ async fn reads_show_what_etcd_holds() {
     assert!(table.contains("TERMINATED (preempted)"), "{table}");
 
     let agents = ctl.json(&["agents"]).await;
-    let rows: Vec<(String, String, String)> = agents["agents"]
+    let rows: Vec<(String, String, String, Value)> = agents["agents"]
         .as_array()
         .expect("agents")
         .iter()
@@ -846,20 +857,26 @@ async fn reads_show_what_etcd_holds() {
                 a["zone"].as_str().unwrap_or("").to_string(),
                 a["agent_id"].as_str().unwrap_or("").to_string(),
                 a["role"].as_str().unwrap_or("").to_string(),
+                a["reconciling"].clone(),
             )
         })
         .collect();
-    let expected: Vec<(String, String, String)> = [
-        ("zone-a", "agent-a1", "active"),
-        ("zone-a", "agent-a2", "standby"),
-        ("zone-b", "agent-b1", "active"),
+    let expected: Vec<(String, String, String, Value)> = [
+        ("zone-a", "agent-a1", "active", json!(true)),
+        ("zone-a", "agent-a2", "standby", json!(false)),
+        ("zone-b", "agent-b1", "active", Value::Null),
     ]
     .iter()
-    .map(|(z, a, r)| (z.to_string(), a.to_string(), r.to_string()))
+    .map(|(z, a, r, c)| (z.to_string(), a.to_string(), r.to_string(), c.clone()))
     .collect();
     assert_eq!(rows, expected);
     assert_eq!(agents["agents"][0]["hostname"], "host-agent-a1");
-    assert!(ctl.table(&["agents"]).await.contains("host-agent-a2"));
+    assert!(agents["agents"][0]["last_pass_unix_ms"].as_i64().unwrap() > 0);
+    let table = ctl.table(&["agents"]).await;
+    assert!(table.contains("host-agent-a2"), "{table}");
+    assert!(table.contains("RECONCILING"), "{table}");
+    let b1 = table.lines().find(|l| l.contains("agent-b1")).unwrap_or("");
+    assert!(b1.contains("unknown"), "{table}");
 
     let leader = ctl.json(&["leader"]).await;
     assert_eq!(
