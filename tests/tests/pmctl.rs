@@ -702,7 +702,6 @@ async fn reads_show_what_etcd_holds() {
             } else {
                 0
             },
-            ..Default::default()
         };
         store
             .put(
