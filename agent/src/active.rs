@@ -740,6 +740,13 @@ impl<'a> ActiveAgent<'a> {
         let zone_error = zone_report::zone_error_class(&e, &zone);
         if let Some(class) = zone_error.filter(|_| kind == InFlight::Creating) {
             self.report_zone(pool, &e, class, String::new()).await?;
+            if class == ExhaustionClass::ZoneError {
+                // Paused as for a stockout: the pause ends with the zone's exhaustion, so
+                // the zone tries (and reports) again as soon as the scheduler gives it a
+                // share, instead of missing that share silently for PERMANENT_PAUSE.
+                self.state(pool)
+                    .pause_creates(PERMANENT_PAUSE, "zone error".into(), true);
+            }
         }
         if let Some((kind, severity, message)) = failure::event(kind, name, &e, &reaction.action) {
             self.emit(pool, &kind, severity, name, message).await;

@@ -43,7 +43,8 @@ pub struct CreatePause {
     pub until: Instant,
     /// What caused it, for logs.
     pub reason: String,
-    /// A stockout pause also ends when the scheduler's exhausted key goes away.
+    /// A pause for the zone's own trouble (a stockout, a zone error) also ends when the
+    /// scheduler's exhausted key goes away.
     pub stockout: bool,
 }
 

@@ -338,6 +338,47 @@ async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_error_is_reported_again_as_soon_as_the_zone_gets_a_share_again() {
+    let c = Cluster::builder().zones(2).start().await;
+    let mut config = c.pool_config("mt-", 4);
+    // The machine type is zone-a's: zone-b answers 400 naming itself.
+    config.instance_json =
+        TEMPLATE.replace("zones/{zone}/machineTypes", "zones/zone-a/machineTypes");
+    config.seconds_for_exhaustion = 2;
+    c.set_pool("mt", config).await;
+    let key = c.store().keys().exhausted("mt", "zone-b").unwrap();
+    let first = c
+        .wait("zone-b is exhausted", BOUND, || async {
+            c.store().get::<ZoneExhaustion>(&key).await.unwrap()
+        })
+        .await;
+    let running = wait_running(&c, "mt", 4).await;
+    assert_eq!(running["zone-a"], 4, "zone-b's share moved");
+    c.wait("zone-b's exhaustion ends", BOUND, || async {
+        let now = c.store().get::<ZoneExhaustion>(&key).await.unwrap();
+        now.is_none_or(|x| x.create_revision != first.create_revision)
+            .then_some(())
+    })
+    .await;
+    // zone-a fills up and loses a VM: its share goes back to zone-b, whose agent must
+    // try again and report again at once. Before, its 5-minute create pause kept it
+    // silent, and the share it could not create was missed without a word.
+    let sim = c.sim();
+    sim.set_capacity("zone-a", 3).await.unwrap();
+    sim.preempt_count("zone-a", 1).await.unwrap();
+    let again = c
+        .wait("zone-b is exhausted again", BOUND, || async {
+            c.store()
+                .get::<ZoneExhaustion>(&key)
+                .await
+                .unwrap()
+                .filter(|x| x.create_revision != first.create_revision)
+        })
+        .await;
+    assert_eq!(again.value.class(), pm_proto::ExhaustionClass::ZoneError);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_insert_is_replaced_without_duplicates() {
     // Slow operations: inserts are in flight when the agent dies.
     let mut c = Cluster::builder()
