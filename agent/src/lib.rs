@@ -116,7 +116,7 @@ pub async fn run_with(
         &readiness,
         metrics.etcd_errors.clone(),
         metrics.etcd_largest_reply.clone(),
-        &config.daemon.etcd,
+        &config.daemon.etcd_args(),
         &shutdown,
     )
     .await

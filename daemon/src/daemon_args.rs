@@ -42,6 +42,18 @@ impl DaemonArgs {
         self.id.clone().unwrap_or_else(default_id)
     }
 
+    /// The etcd settings of the daemon's connection: keep-alive pings every quarter of the
+    /// lease TTL (250 ms to 2 s), so a member that goes silent (a partition) is given up,
+    /// and its requests tried on another member, well before the daemon's lease runs out.
+    pub fn etcd_args(&self) -> EtcdArgs {
+        let keep_alive =
+            (self.lease_ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+        EtcdArgs {
+            keep_alive: Some(keep_alive),
+            ..self.etcd.clone()
+        }
+    }
+
     /// Checks what clap cannot: the lease TTL, the resync period, the id, the etcd
     /// settings.
     pub fn validate(&self) -> Result<(), String> {
@@ -79,4 +91,28 @@ pub fn default_id() -> String {
         })
         .collect();
     format!("{clean}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    fn parse(args: &[&str]) -> DaemonArgs {
+        let cmd = DaemonArgs::augment_args(clap::Command::new("demo"));
+        let matches = cmd.try_get_matches_from(args).unwrap();
+        DaemonArgs::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn keep_alive_pings_follow_the_lease_ttl() {
+        let keep_alive = |ttl: &str| {
+            let d = parse(&["demo", "--lease-ttl", ttl]);
+            assert_eq!(d.etcd.options().unwrap().keep_alive, Duration::from_secs(2));
+            d.etcd_args().options().unwrap().keep_alive
+        };
+        assert_eq!(keep_alive("3s"), Duration::from_millis(750));
+        assert_eq!(keep_alive("1s"), Duration::from_millis(250));
+        assert_eq!(keep_alive("1m"), Duration::from_secs(2));
+    }
 }

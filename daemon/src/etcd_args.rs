@@ -46,6 +46,11 @@ pub struct EtcdArgs {
     /// Bound on each etcd request.
     #[arg(long = "etcd-timeout", env = "PM_ETCD_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub timeout: Duration,
+    /// Interval of the HTTP/2 keep-alive pings (a silent member is given up after as long
+    /// again); `None`: pm-etcd's default. Not a flag: a daemon derives it from its lease
+    /// TTL ([`crate::DaemonArgs::etcd_args`]).
+    #[arg(skip)]
+    pub keep_alive: Option<Duration>,
     /// Optional config file (TOML, YAML or JSON) with any of these settings.
     #[arg(long = "config", env = "PM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -57,6 +62,9 @@ impl EtcdArgs {
     pub fn options(&self) -> Result<EtcdOptions> {
         let mut options = EtcdOptions::from_endpoint_list(&self.endpoints)?;
         options.request_timeout = self.timeout;
+        if let Some(keep_alive) = self.keep_alive {
+            options.keep_alive = keep_alive;
+        }
         if self.cacert.is_some() || self.cert.is_some() || self.key.is_some() {
             options.tls = Some(TlsFiles {
                 ca: self.cacert.clone(),

@@ -115,7 +115,8 @@ impl Election {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, Some(put))])
             .or_else([TxnOp::get(key, None)]);
-        let resp = retry::txn(&self.client, || format!("campaign {key}"), txn).await?;
+        // Create-if-absent, else read: a second application finds the key the first put.
+        let resp = retry::idempotent_txn(&self.client, || format!("campaign {key}"), txn).await?;
         let my_revision = if resp.succeeded() {
             resp.header().map(|h| h.revision()).unwrap_or_default()
         } else {

@@ -36,7 +36,7 @@ impl Session {
             .unwrap_or(i64::MAX)
             .max(1);
         let sent = Instant::now();
-        let resp = crate::retry::unsent(
+        let resp = crate::retry::idempotent(
             || "lease grant".to_string(),
             || {
                 let mut leases = client.lease_client();
@@ -126,8 +126,11 @@ async fn keep_alive(
             lost.cancel();
             return;
         }
+        // One attempt may take a renewal interval, not the whole TTL: a stream on a member
+        // that went silent is dropped, and the next one is balanced onto another member
+        // (the silent one holds the hung request, so the balancer avoids it).
         let attempt = renew(&client, lease_id, &mut channel);
-        match tokio::time::timeout_at(deadline, attempt).await {
+        match tokio::time::timeout_at(deadline.min(sent + interval), attempt).await {
             Ok(Ok(Renewal::Renewed(granted))) => {
                 deadline = sent + granted;
                 wait = interval;

@@ -347,7 +347,8 @@ impl Store {
     pub async fn txn_fenced(&self, fence: &Fence, ops: Vec<TxnOp>) -> Result<i64> {
         let txn = Txn::new().when([fence.compare()]).and_then(ops);
         let op = || format!("fenced txn by {}", fence.election_key());
-        let resp = retry::txn(&self.client, op, txn).await?;
+        // Applied twice, its puts and deletes leave what one application leaves.
+        let resp = retry::idempotent_txn(&self.client, op, txn).await?;
         if resp.succeeded() {
             Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
         } else {
@@ -394,7 +395,7 @@ impl Store {
     /// bound to it vanish when it runs out. Returns the lease id.
     pub async fn grant_lease(&self, ttl: std::time::Duration) -> Result<i64> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let resp = retry::unsent(
+        let resp = retry::idempotent(
             || format!("lease grant {secs}s"),
             || {
                 let mut leases = self.client.lease_client();
