@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use gce_sim::{Faults, InstanceReport, InstancesReport, PoolReport, SimControl, SimStats};
 use pm_etcd::Election;
 use pm_gce::compute::request_id_for;
-use pm_proto::Hooks;
+use pm_proto::{Distribution, Hooks, PoolConfig};
 use pm_tests::cluster::{metric_sum, zone_name, PROJECT, TEMPLATE};
 use pm_tests::{Cluster, TcpProxy};
 
@@ -78,6 +78,11 @@ enum Kind {
     GceHang,
     PreemptionStorm,
     LongStockout,
+    PartitionEtcdMember,
+    SnapshotRestore,
+    ConfigChange,
+    QuotaStorm,
+    BackgroundingHooks,
 }
 
 impl Kind {
@@ -93,9 +98,17 @@ impl Kind {
             Kind::GceHang,
             Kind::PreemptionStorm,
             Kind::LongStockout,
+            Kind::SnapshotRestore,
+            Kind::ConfigChange,
+            Kind::QuotaStorm,
+            Kind::BackgroundingHooks,
         ];
         if etcd_members >= 3 {
-            kinds.extend([Kind::LoseEtcdMember, Kind::LoseEtcdQuorum]);
+            kinds.extend([
+                Kind::LoseEtcdMember,
+                Kind::LoseEtcdQuorum,
+                Kind::PartitionEtcdMember,
+            ]);
         }
         kinds
     }
@@ -336,6 +349,9 @@ impl System {
         );
         write_script(hooks.path(), "hang", "sleep 30");
         write_script(hooks.path(), "fail", "echo failing on purpose >&2; exit 7");
+        // Exits at once, leaving a child that holds its stdout for longer than the hook
+        // timeout: the run must end at the timeout and free its slot.
+        write_script(hooks.path(), "bg", "(sleep 30; echo late) &\necho started");
         let c = Cluster::builder()
             .zones(ZONES)
             .agents(0)
@@ -471,6 +487,16 @@ impl System {
             preempted: "hang".into(),
         });
         self.c.set_pool(POOL, config).await;
+    }
+
+    /// The pool's stored config.
+    async fn pool_config(&self) -> PoolConfig {
+        let key = self.c.store().keys().pool_config(POOL).expect("pool key");
+        let stored = self.c.store().get::<PoolConfig>(&key).await;
+        stored
+            .expect("read the config")
+            .expect("the pool has a config")
+            .value
     }
 
     /// The pool's instances in gce-sim, read past fault injection.
@@ -685,6 +711,11 @@ impl System {
                 self.c.etcd().restart_all().await;
             }
             Kind::LoseEtcdMember => self.lose_etcd_member().await,
+            Kind::PartitionEtcdMember => self.partition_etcd_member().await,
+            Kind::SnapshotRestore => self.snapshot_restore().await,
+            Kind::ConfigChange => self.change_config().await,
+            Kind::QuotaStorm => self.quota_storm().await,
+            Kind::BackgroundingHooks => self.backgrounding_hooks().await,
             Kind::LoseEtcdQuorum => self.lose_etcd_quorum().await,
             Kind::CutAgentFromEtcd => self.cut_agent_from_etcd().await,
             Kind::GceErrors => {
@@ -780,6 +811,137 @@ impl System {
                     .expect("capacity");
             }
         }
+    }
+
+    /// One member of three silent for the agents of [`STANDBY_ZONE`] (their proxies to
+    /// it blackholed) while the other two keep quorum: the zone keeps its agent, and pm
+    /// heals preemptions there.
+    async fn partition_etcd_member(&mut self) {
+        let member = self.rng.random_range(0..3);
+        for proxies in self.proxies.values() {
+            proxies[member].blackhole();
+        }
+        let victims = self.preempt(2, Some(STANDBY_ZONE)).await;
+        self.note(format!(
+            "etcd member {member} silent for the {STANDBY_ZONE} agents; preempted {victims:?} there"
+        ));
+        let took = self
+            .wait_converged("the pool heals with a member partitioned", STEP_BOUND)
+            .await;
+        self.note(format!("  healed with a member partitioned in {took:.1?}"));
+        for proxies in self.proxies.values() {
+            proxies[member].restore();
+        }
+    }
+
+    /// etcd restored from a snapshot taken a few seconds earlier, with preemptions in
+    /// between: revisions go back, and pm must follow the restored keys.
+    async fn snapshot_restore(&mut self) {
+        let snapshot = self.c.etcd().dir().join("fault-snapshot.db");
+        self.c.etcd().snapshot_save(&snapshot).await;
+        let count = self.rng.random_range(1..=3);
+        let victims = self.preempt(count, None).await;
+        let gap = self.random_duration(1000, 4000);
+        self.note(format!(
+            "etcd snapshot saved; preempted {victims:?}; restored after {gap:?}"
+        ));
+        tokio::time::sleep(gap).await;
+        self.c.etcd().restore_snapshot(&snapshot).await;
+    }
+
+    /// A config change while faults may still be in the air: a scale down and back, a
+    /// template change (a rollout), or another distribution.
+    async fn change_config(&mut self) {
+        let mut config = self.pool_config().await;
+        match self.rng.random_range(0..3) {
+            0 => {
+                let lower = TARGET - self.rng.random_range(1..=3);
+                let hold = self.random_duration(1000, 4000);
+                self.note(format!(
+                    "scale to {lower} for {hold:?}, then back to {TARGET}"
+                ));
+                config.target_vm_count = lower as i64;
+                self.c.set_pool(POOL, config.clone()).await;
+                tokio::time::sleep(hold).await;
+                config.target_vm_count = TARGET as i64;
+            }
+            1 => {
+                let team = if config.instance_json.contains("\"team\": \"test\"") {
+                    "test-b"
+                } else {
+                    "test"
+                };
+                self.note(format!("template change (label team={team}): a rollout"));
+                config.instance_json =
+                    TEMPLATE.replace("\"team\": \"test\"", &format!("\"team\": \"{team}\""));
+            }
+            _ => {
+                let next = *[
+                    Distribution::Even,
+                    Distribution::Balanced,
+                    Distribution::Any,
+                ]
+                .choose(&mut self.rng)
+                .expect("distributions");
+                self.note(format!("distribution {next:?}"));
+                config.set_distribution(next);
+            }
+        }
+        self.c.set_pool(POOL, config).await;
+    }
+
+    /// Every insert refused with 403 quotaExceeded for a few seconds while instances are
+    /// preempted: the agents back off and probe instead of retrying the whole deficit.
+    async fn quota_storm(&mut self) {
+        let short = TARGET.saturating_sub(self.running(None).await.len());
+        let inserts = |stats: &SimStats| stats.count("compute.instances.insert");
+        let before = inserts(&self.c.sim().stats().await.expect("stats"));
+        self.set_faults(Faults {
+            error_rate: 1.0,
+            status: 403,
+            reason: Some("quotaExceeded".into()),
+            methods: Some(vec!["compute.instances.insert".into()]),
+            ..Faults::default()
+        })
+        .await;
+        let count = self.rng.random_range(2..=4);
+        let victims = self.preempt(count, None).await;
+        let hold = self.random_duration(4000, 8000);
+        tokio::time::sleep(hold).await;
+        self.set_faults(Faults::default()).await;
+        let sent = inserts(&self.c.sim().stats().await.expect("stats")) - before;
+        // Each replacement may be tried once before the first refusal comes back; after
+        // it, a zone sends one probe per back-off (1 s, then doubling), never the deficit.
+        let bound = (short + victims.len()) as u64 + 4 * ZONES as u64;
+        self.note(format!(
+            "quota storm for {hold:?} (was {short} short, preempted {victims:?}): {sent} inserts (bound {bound})"
+        ));
+        if sent > bound {
+            self.fail(&format!(
+                "{sent} inserts during a {hold:?} quota storm, more than {bound}: the agents retried instead of backing off"
+            ));
+        }
+    }
+
+    /// The create hook becomes one that leaves a child holding its output: replacements
+    /// of preempted instances run it, and the pool heals all the same.
+    async fn backgrounding_hooks(&mut self) {
+        let mut config = self.pool_config().await;
+        let mut hooks = config.hooks.clone().unwrap_or_default();
+        let previous = std::mem::replace(&mut hooks.create, "bg".into());
+        config.hooks = Some(hooks.clone());
+        self.c.set_pool(POOL, config.clone()).await;
+        let victims = self.preempt(3, None).await;
+        self.note(format!(
+            "create hook backgrounds a child holding its stdout; preempted {victims:?}"
+        ));
+        let took = self
+            .wait_converged("the pool heals with a backgrounding hook", STEP_BOUND)
+            .await;
+        self.note(format!("  healed in {took:.1?}"));
+        hooks.create = previous;
+        config.hooks = Some(hooks);
+        self.c.set_pool(POOL, config).await;
     }
 
     /// One member of three down: pm keeps working (it heals preemptions).
