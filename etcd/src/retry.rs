@@ -78,14 +78,18 @@ where
         .map_err(|e| Error::etcd(op(), e))
 }
 
-/// Runs any request, retrying it while it could not be sent to any member.
-pub(crate) async fn unsent<T, F, Fut>(op: impl Fn() -> String, call: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-{
+/// Sends `txn`, retrying it while `again` says no member took it.
+async fn send_txn(
+    client: &Client,
+    op: impl Fn() -> String,
+    txn: etcd_client::Txn,
+    again: fn(&etcd_client::Error) -> bool,
+) -> Result<etcd_client::TxnResponse> {
     UNSENT_BACKOFF
-        .retry(UNSENT_ATTEMPTS, never_sent, call)
+        .retry(UNSENT_ATTEMPTS, again, || {
+            let (mut kv, txn) = (kv_client(client), txn.clone());
+            async move { kv.txn(txn).await }
+        })
         .await
         .map_err(|e| Error::etcd(op(), e))
 }
@@ -97,11 +101,7 @@ pub(crate) async fn txn(
     op: impl Fn() -> String,
     txn: etcd_client::Txn,
 ) -> Result<etcd_client::TxnResponse> {
-    unsent(op, || {
-        let (mut kv, txn) = (kv_client(client), txn.clone());
-        async move { kv.txn(txn).await }
-    })
-    .await
+    send_txn(client, op, txn, never_sent).await
 }
 
 /// Runs a transaction that may be applied twice with the effect of once (its only
@@ -112,9 +112,5 @@ pub(crate) async fn idempotent_txn(
     op: impl Fn() -> String,
     txn: etcd_client::Txn,
 ) -> Result<etcd_client::TxnResponse> {
-    idempotent(op, || {
-        let (mut kv, txn) = (kv_client(client), txn.clone());
-        async move { kv.txn(txn).await }
-    })
-    .await
+    send_txn(client, op, txn, unanswered).await
 }

@@ -53,10 +53,20 @@ pub struct Faults {
     /// quota and rate-limit answers; absent: no such header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// Share of inserts, 0 to 1, whose operation ends DONE with an error instead of
+    /// creating the instance, as GCE reports a backend failure inside an operation:
+    /// `INTERNAL_ERROR`, `httpErrorStatusCode` 500. The instance shows PROVISIONING
+    /// until then, and is gone after.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub operation_error_rate: f64,
     /// Only calls for these projects get the latency and the injected errors; absent:
     /// every project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub projects: Option<Vec<String>>,
+}
+
+fn is_zero(rate: &f64) -> bool {
+    *rate == 0.0
 }
 
 fn default_fault_status() -> u16 {
@@ -74,6 +84,7 @@ impl Default for Faults {
             op_delay_ms: None,
             hang_operations: false,
             retry_after_seconds: None,
+            operation_error_rate: 0.0,
             projects: None,
         }
     }
@@ -109,6 +120,12 @@ impl Faults {
             return Err(format!(
                 "errorRate {} is not between 0 and 1",
                 self.error_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.operation_error_rate) {
+            return Err(format!(
+                "operationErrorRate {} is not between 0 and 1",
+                self.operation_error_rate
             ));
         }
         if !(400..=599).contains(&self.status) {

@@ -41,7 +41,7 @@ pub struct Cli {
 }
 
 /// A pool name as a command-line value: it becomes a key segment and a label value.
-fn pool_name(text: &str) -> Result<String, String> {
+pub(crate) fn pool_name(text: &str) -> Result<String, String> {
     pm_etcd::keys::validate_pool(text)
         .map(|()| text.to_string())
         .map_err(|e| e.to_string())
@@ -214,27 +214,9 @@ pub enum ConfigCommand {
         ignoring them."
     )]
     ImportPrevmtable {
-        /// The pool to create or replace.
-        #[arg(value_parser = pool_name)]
-        pool: String,
-        /// The GCE project whose metadata holds prevmtable's config; it becomes the
-        /// config's `project` unless the config names one.
-        #[arg(long)]
-        project: String,
-        /// The metadata attribute of the config (prevmtable's PREVMTABLE_ATTRIBUTE).
-        #[arg(long, default_value = crate::prevmtable::DEFAULT_ATTRIBUTE)]
-        attribute: String,
-        /// Where to write the hook scripts: the agents' --hooks-dir (copy it to each
-        /// agent's host when they run elsewhere). Needed when the config names hooks.
-        #[arg(long, value_name = "DIR")]
-        hooks_dir: Option<PathBuf>,
-        /// Show the resulting config, its diff and the scripts; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Set `adopt: true`: the agents take over prevmtable's VMs (labelled through
-        /// setLabels) instead of creating beside them.
-        #[arg(long)]
-        adopt: bool,
+        /// What to import, and where the hook scripts go.
+        #[command(flatten)]
+        args: crate::prevmtable::ImportArgs,
         /// How to reach the Compute API.
         #[command(flatten)]
         gce: GceArgs,

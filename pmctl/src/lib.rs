@@ -58,23 +58,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let store = connect::connect(etcd).await?;
             config_diff::show(&store, &pool, &config, format).await
         }
-        Command::Config(ConfigCommand::ImportPrevmtable {
-            pool,
-            project,
-            attribute,
-            hooks_dir,
-            dry_run,
-            adopt,
-            gce,
-        }) => {
-            let args = prevmtable::ImportArgs {
-                pool,
-                project,
-                attribute,
-                hooks_dir,
-                dry_run,
-                adopt,
-            };
+        Command::Config(ConfigCommand::ImportPrevmtable { args, gce }) => {
             prevmtable::import(etcd, &gce, &args, format).await
         }
         Command::Config(ConfigCommand::Get { pool }) => {

@@ -33,19 +33,28 @@ use crate::pool_config::{self, SetResult};
 pub const DEFAULT_ATTRIBUTE: &str = "prevmtable";
 
 /// What to import, from the command line.
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ImportArgs {
-    /// The pm pool to create or replace.
+    /// The pool to create or replace.
+    #[arg(value_parser = crate::cli::pool_name)]
     pub pool: String,
-    /// The GCE project whose metadata holds prevmtable's config.
+    /// The GCE project whose metadata holds prevmtable's config; it becomes the config's
+    /// `project` unless the config names one.
+    #[arg(long)]
     pub project: String,
-    /// The metadata attribute of the config.
+    /// The metadata attribute of the config (prevmtable's PREVMTABLE_ATTRIBUTE).
+    #[arg(long, default_value = DEFAULT_ATTRIBUTE)]
     pub attribute: String,
-    /// Where the hook scripts go (the agents' `--hooks-dir`).
+    /// Where to write the hook scripts: the agents' --hooks-dir (copy it to each agent's
+    /// host when they run elsewhere). Needed when the config names hooks.
+    #[arg(long, value_name = "DIR")]
     pub hooks_dir: Option<PathBuf>,
-    /// Show the result and the diff, write nothing.
+    /// Show the resulting config, its diff and the scripts; write nothing.
+    #[arg(long)]
     pub dry_run: bool,
-    /// Set `adopt: true`: the agents label prevmtable's VMs as the pool's.
+    /// Set `adopt: true`: the agents take over prevmtable's VMs (labelled through
+    /// setLabels) instead of creating beside them.
+    #[arg(long)]
     pub adopt: bool,
 }
 

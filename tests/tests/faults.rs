@@ -83,6 +83,7 @@ enum Kind {
     ConfigChange,
     QuotaStorm,
     BackgroundingHooks,
+    GceOperationErrors,
 }
 
 impl Kind {
@@ -102,6 +103,7 @@ impl Kind {
             Kind::ConfigChange,
             Kind::QuotaStorm,
             Kind::BackgroundingHooks,
+            Kind::GceOperationErrors,
         ];
         if etcd_members >= 3 {
             kinds.extend([
@@ -764,6 +766,20 @@ impl System {
                 self.set_faults(Faults {
                     latency_ms,
                     op_delay_ms: Some(op_delay_ms),
+                    ..Faults::default()
+                })
+                .await;
+                self.hold_gce_fault(hold).await;
+            }
+            Kind::GceOperationErrors => {
+                let operation_error_rate = self.rng.random_range(0.3..0.7);
+                let hold = self.random_duration(3000, 7000);
+                self.note(format!(
+                    "{:.0}% of insert operations end DONE with a 500 INTERNAL_ERROR, for {hold:?}",
+                    operation_error_rate * 100.0
+                ));
+                self.set_faults(Faults {
+                    operation_error_rate,
                     ..Faults::default()
                 })
                 .await;

@@ -88,6 +88,18 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The `state` of each hook script an import shows.
+fn hook_states(view: &Value) -> Vec<&str> {
+    let hooks = view["hooks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    hooks
+        .iter()
+        .map(|h| h["state"].as_str().unwrap_or(""))
+        .collect()
+}
+
 /// The stderr of a refused import, after checking it exited 1.
 fn refused(out: &Output) -> String {
     assert_eq!(
@@ -142,31 +154,20 @@ async fn an_imported_prevmtable_pool_converges_and_runs_its_hooks() {
     .await;
     let dir = hooks_dir.path().to_str().unwrap();
 
-    let dry = json(
-        &import(
-            &c,
-            &[
-                "web",
-                "--attribute",
-                "prevmtable-web",
-                "--hooks-dir",
-                dir,
-                "--dry-run",
-            ],
-        )
-        .await,
-    );
+    let dry_run = [
+        "web",
+        "--attribute",
+        "prevmtable-web",
+        "--hooks-dir",
+        dir,
+        "--dry-run",
+    ];
+    let dry = json(&import(&c, &dry_run).await);
     assert_eq!(dry["result"], "valid");
     assert_eq!(dry["diff"]["exists"], false);
     assert_eq!(dry["config"]["project"], PROJECT);
     assert_eq!(dry["config"]["hooks"]["create"], "on-create");
-    let states: Vec<&Value> = dry["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["state"])
-        .collect();
-    assert_eq!(states, ["would-write", "would-write"]);
+    assert_eq!(hook_states(&dry), ["would-write", "would-write"]);
     assert_eq!(std::fs::read_dir(hooks_dir.path()).unwrap().count(), 0);
     assert!(
         stored(&c, "web").await.is_none(),
@@ -209,32 +210,13 @@ async fn an_imported_prevmtable_pool_converges_and_runs_its_hooks() {
     )
     .await;
 
-    let again = json(
-        &import(
-            &c,
-            &[
-                "web",
-                "--attribute",
-                "prevmtable-web",
-                "--hooks-dir",
-                dir,
-                "--dry-run",
-            ],
-        )
-        .await,
-    );
+    let again = json(&import(&c, &dry_run).await);
     assert_eq!(
         again["diff"]["changes"].as_array().unwrap().len(),
         0,
         "{again}"
     );
-    let states: Vec<&Value> = again["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| &h["state"])
-        .collect();
-    assert_eq!(states, ["unchanged", "unchanged"]);
+    assert_eq!(hook_states(&again), ["unchanged", "unchanged"]);
 }
 
 /// Inserts `name` into `zone` as another tool would, with `pool`'s label when given.

@@ -314,14 +314,17 @@ async fn an_active_agent_that_cannot_reconcile_counts_as_gone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_moves() {
-    let c = Cluster::builder().zones(2).start().await;
+/// Pool `mt` of 4 over zone-a and zone-b, with zone-a's machine type, so zone-b answers
+/// every insert with a 400 naming itself: returns zone-b's first exhaustion once its
+/// share runs in zone-a.
+async fn zone_b_refuses_the_template(
+    c: &Cluster,
+    seconds_for_exhaustion: u32,
+) -> pm_etcd::Versioned<ZoneExhaustion> {
     let mut config = c.pool_config("mt-", 4);
-    // The machine type is zone-a's: zone-b answers 400 naming itself.
     config.instance_json =
         TEMPLATE.replace("zones/{zone}/machineTypes", "zones/zone-a/machineTypes");
-    config.seconds_for_exhaustion = 120;
+    config.seconds_for_exhaustion = seconds_for_exhaustion;
     c.set_pool("mt", config).await;
     let key = c.store().keys().exhausted("mt", "zone-b").unwrap();
     let x = c
@@ -330,8 +333,15 @@ async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_m
         })
         .await;
     assert_eq!(x.value.class(), pm_proto::ExhaustionClass::ZoneError);
-    let running = wait_running(&c, "mt", 4).await;
+    let running = wait_running(c, "mt", 4).await;
     assert_eq!(running["zone-a"], 4, "zone-b's share moved");
+    x
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_moves() {
+    let c = Cluster::builder().zones(2).start().await;
+    zone_b_refuses_the_template(&c, 120).await;
     let status = pmctl_status(&c, "mt");
     let zones = &status["zones"];
     assert_eq!(zones[1]["exhausted"]["class"], "zone-error", "{status}");
@@ -340,20 +350,8 @@ async fn a_zone_refusing_the_template_is_reported_with_its_class_and_its_share_m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_error_is_reported_again_as_soon_as_the_zone_gets_a_share_again() {
     let c = Cluster::builder().zones(2).start().await;
-    let mut config = c.pool_config("mt-", 4);
-    // The machine type is zone-a's: zone-b answers 400 naming itself.
-    config.instance_json =
-        TEMPLATE.replace("zones/{zone}/machineTypes", "zones/zone-a/machineTypes");
-    config.seconds_for_exhaustion = 2;
-    c.set_pool("mt", config).await;
+    let first = zone_b_refuses_the_template(&c, 2).await;
     let key = c.store().keys().exhausted("mt", "zone-b").unwrap();
-    let first = c
-        .wait("zone-b is exhausted", BOUND, || async {
-            c.store().get::<ZoneExhaustion>(&key).await.unwrap()
-        })
-        .await;
-    let running = wait_running(&c, "mt", 4).await;
-    assert_eq!(running["zone-a"], 4, "zone-b's share moved");
     c.wait("zone-b's exhaustion ends", BOUND, || async {
         let now = c.store().get::<ZoneExhaustion>(&key).await.unwrap();
         now.is_none_or(|x| x.create_revision != first.create_revision)

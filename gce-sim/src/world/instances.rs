@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::capacity::{count_live, pool_of};
 use super::instance_spec::{parse_instance, parse_labels, InstanceSpec};
-use super::operations::NewOperation;
+use super::operations::{Failure, NewOperation};
 use super::{instance_path, ApiError, World};
 use crate::clock::resource_id;
 
@@ -105,9 +105,21 @@ fn label_fingerprint(labels: &BTreeMap<String, String>) -> String {
     base64::engine::general_purpose::STANDARD.encode(hash.to_be_bytes())
 }
 
+/// A backend failure inside an operation, as GCE words it.
+fn internal_error() -> Failure {
+    Failure {
+        code: "INTERNAL_ERROR",
+        message: "Internal error. Please try again or contact Google Support. (Code: '-6071327010911421934')".into(),
+        details: Vec::new(),
+        http_status: 500,
+        http_message: "INTERNAL SERVER ERROR",
+    }
+}
+
 impl World {
-    /// `instances.insert`. Into a full zone the instance shows as PROVISIONING until
-    /// its operation fails with the stockout, then it is gone.
+    /// `instances.insert`. Into a full zone (or, with the `operationErrorRate` fault, by
+    /// chance) the instance shows as PROVISIONING until its operation fails with the
+    /// stockout (or an internal error), then it is gone.
     pub(super) fn insert(
         &mut self,
         project: &str,
@@ -124,15 +136,21 @@ impl World {
         }
         self.check_disk_names(project, zone, &spec.disks)?;
         let z = self.zone_mut(project, zone)?;
-        let failure = if z.live >= z.capacity {
-            let failure = self.stockout(project, zone, &spec.body);
-            let fails_at = Instant::now() + self.config.op_delay;
-            self.add_instance(project, zone, id, &spec, Phase::Refused, Some(fails_at))?;
-            Some(failure)
+        let full = z.live >= z.capacity;
+        let rate = self.faults.operation_error_rate;
+        let failure = if full {
+            Some(self.stockout(project, zone, &spec.body))
+        } else if rate > 0.0 && self.draw() < rate {
+            Some(internal_error())
         } else {
-            self.create(project, zone, id, &spec)?;
             None
         };
+        if failure.is_some() {
+            let fails_at = Instant::now() + self.config.op_delay;
+            self.add_instance(project, zone, id, &spec, Phase::Refused, Some(fails_at))?;
+        } else {
+            self.create(project, zone, id, &spec)?;
+        }
         Ok(self.new_operation("insert", &spec.name, id, failure))
     }
 
@@ -343,6 +361,42 @@ mod tests {
     use crate::world::Mutation;
     use pm_gce::resources::OperationStatus;
     use serde_json::json;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn an_operation_error_fault_fails_inserts_inside_their_operation() {
+        let mut w = world(Duration::from_millis(100), Duration::ZERO);
+        w.set_faults(crate::Faults {
+            operation_error_rate: 1.0,
+            ..crate::Faults::default()
+        });
+        let op = w
+            .mutate("p", "z1", Mutation::Insert(&body("a")), None)
+            .expect("accepted");
+        assert!(op.error.is_none(), "the failure shows once DONE");
+        assert_eq!(status_of(&mut w, "a"), "PROVISIONING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            w.get_instance("p", "z1", "a").expect_err("gone").status,
+            404
+        );
+        let done = w.get_operation("p", "z1", &op.name).expect("operation");
+        assert_eq!(done.status, OperationStatus::Done);
+        assert_eq!(done.http_error_status_code, Some(500));
+        assert_eq!(done.error.expect("error").errors[0].code, "INTERNAL_ERROR");
+        assert_eq!(w.report().0["z1"].live, 0, "nothing was created");
+        w.set_faults(crate::Faults::default());
+        let op = w
+            .mutate("p", "z1", Mutation::Insert(&body("a")), None)
+            .expect("insert");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let done = w.get_operation("p", "z1", &op.name).expect("operation");
+        assert!(done.error.is_none());
+        let bad = crate::Faults {
+            operation_error_rate: 1.5,
+            ..crate::Faults::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("operationErrorRate"));
+    }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn lifecycle_follows_the_delays() {
