@@ -698,6 +698,8 @@ impl<'a> ActiveAgent<'a> {
         if reaction.forget_intent {
             self.write_one(pool, name, None).await?;
         }
+        let zone_error =
+            zone_report::zone_error_class(&e, &zone).filter(|_| kind == InFlight::Creating);
         let state = self.state(pool);
         match &reaction.action {
             // The result already brings the next pass forward (SETTLE).
@@ -730,23 +732,24 @@ impl<'a> ActiveAgent<'a> {
             }
             Action::Permanent { pause_creates } => {
                 if *pause_creates {
-                    state.pause_creates(PERMANENT_PAUSE, "permanent error".into(), false);
+                    // A zone error's pause ends with the zone's exhaustion, as a stockout's
+                    // does: the zone tries (and reports) again as soon as the scheduler
+                    // gives it a share, instead of missing that share for PERMANENT_PAUSE.
+                    let zone_own = zone_error == Some(ExhaustionClass::ZoneError);
+                    let reason = if zone_own {
+                        "zone error"
+                    } else {
+                        "permanent error"
+                    };
+                    state.pause_creates(PERMANENT_PAUSE, reason.into(), zone_own);
                 }
             }
             Action::Adopt => {
                 tracing::info!(%name, "insert found the instance already there; adopting it");
             }
         }
-        let zone_error = zone_report::zone_error_class(&e, &zone);
-        if let Some(class) = zone_error.filter(|_| kind == InFlight::Creating) {
+        if let Some(class) = zone_error {
             self.report_zone(pool, &e, class, String::new()).await?;
-            if class == ExhaustionClass::ZoneError {
-                // Paused as for a stockout: the pause ends with the zone's exhaustion, so
-                // the zone tries (and reports) again as soon as the scheduler gives it a
-                // share, instead of missing that share silently for PERMANENT_PAUSE.
-                self.state(pool)
-                    .pause_creates(PERMANENT_PAUSE, "zone error".into(), true);
-            }
         }
         if let Some((kind, severity, message)) = failure::event(kind, name, &e, &reaction.action) {
             self.emit(pool, &kind, severity, name, message).await;

@@ -10,7 +10,7 @@
 //! applies: a config that fails, or does not decode, leaves the pool as it was, and its
 //! problem is reported once as an event. A change of the config, or of the desired
 //! count or `accept_new`, brings the pool's next pass forward to now; the exhausted key
-//! going away ends a stockout pause.
+//! going away ends a pause for the zone's own trouble (a stockout, a zone error).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub struct CreatePause {
     pub reason: String,
     /// A pause for the zone's own trouble (a stockout, a zone error) also ends when the
     /// scheduler's exhausted key goes away.
-    pub stockout: bool,
+    pub ends_with_exhaustion: bool,
 }
 
 /// What the agent of this zone keeps of one pool beside the keyspace view.
@@ -127,14 +127,15 @@ impl PoolState {
         self.next_sync = self.next_sync.max(at);
     }
 
-    /// Pauses creates for `for_`, and passes again when the pause ends.
-    pub fn pause_creates(&mut self, for_: Duration, reason: String, stockout: bool) {
+    /// Pauses creates for `for_`, and passes again when the pause ends; with
+    /// `ends_with_exhaustion`, also when the zone's exhausted key goes away.
+    pub fn pause_creates(&mut self, for_: Duration, reason: String, ends_with_exhaustion: bool) {
         tracing::info!(?for_, %reason, "pausing creates");
         let until = Instant::now() + for_;
         self.pause = Some(CreatePause {
             until,
             reason,
-            stockout,
+            ends_with_exhaustion,
         });
         self.next_sync = self.next_sync.min(until);
     }
@@ -199,7 +200,7 @@ impl PoolState {
                 self.config_problem = None;
                 if self.config.as_ref() != Some(&config) {
                     self.config = Some(config);
-                    self.pause = self.pause.take().filter(|p| p.stockout);
+                    self.pause = self.pause.take().filter(|p| p.ends_with_exhaustion);
                     self.reported = None;
                     self.wake_within(Duration::ZERO);
                 }
@@ -349,7 +350,7 @@ impl Pools {
                 state.config_problem = None;
             }
             Key::Exhausted { .. } => {
-                if state.pause.as_ref().is_some_and(|p| p.stockout) {
+                if state.pause.as_ref().is_some_and(|p| p.ends_with_exhaustion) {
                     state.pause = None;
                 }
                 state.wake_within(Duration::ZERO);

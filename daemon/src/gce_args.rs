@@ -44,7 +44,7 @@ impl GceArgs {
     }
 
     /// The credentials the flags name.
-    pub fn auth(&self) -> Auth {
+    fn auth(&self) -> Auth {
         if self.no_auth {
             Auth::None
         } else if let Some(file) = &self.credentials {

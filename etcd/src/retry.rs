@@ -4,10 +4,12 @@
 //! fails to connect and was never sent, so trying again (and reaching a live member) is
 //! safe for any request, reads, writes and transactions alike. When a member goes silent
 //! (a partition), a request already sent to it fails once the HTTP/2 keep-alive pings
-//! time out, and whether it was applied is unknown: the requests [`kv`] runs (reads,
-//! unconditional puts and deletes) are idempotent and are tried again, on another member
-//! (the balancer avoids the one holding the hung request); a transaction ([`txn`]) is
-//! tried again only when it provably never left.
+//! time out, and whether it was applied is unknown. Requests that may be applied twice
+//! with the effect of once ([`kv`], [`idempotent`], [`idempotent_txn`]: reads, plain puts
+//! and deletes, lease grants, fenced or create-if-absent transactions) are then tried
+//! again, on another member (the balancer avoids the one holding the hung request); any
+//! other transaction ([`txn`]: compare-and-swap, guarded) only when it provably never
+//! left.
 
 use std::future::Future;
 use std::time::Duration;

@@ -358,32 +358,26 @@ pub async fn import(
     let store = crate::connect::connect(etcd).await?;
     let stored = pool_config::current(&store, &args.pool).await?;
     let diff = config_diff::diff(&args.pool, stored.as_ref().map(|s| &s.value), &config);
-    let view = if args.dry_run {
-        ImportView {
-            pool: args.pool.clone(),
-            project: args.project.clone(),
-            attribute: args.attribute.clone(),
-            result: SetResult::Valid,
-            mod_revision: 0,
-            config: ConfigDocument::from_config(&config),
-            diff,
-            hooks,
-        }
+    let (result, mod_revision, config) = if args.dry_run {
+        (SetResult::Valid, 0, ConfigDocument::from_config(&config))
     } else {
         if let Some(dir) = &args.hooks_dir {
             write_files(dir, &mut hooks)?;
         }
-        let set = pool_config::apply(&store, &args.pool, config, None).await?;
-        ImportView {
-            pool: args.pool.clone(),
-            project: args.project.clone(),
-            attribute: args.attribute.clone(),
-            result: set.result,
-            mod_revision: set.mod_revision,
-            config: set.config,
-            diff,
-            hooks,
-        }
+        // Only over the config the diff was shown against: a change since is a conflict.
+        let shown = Some(stored.as_ref().map_or(0, |s| s.mod_revision));
+        let set = pool_config::apply(&store, &args.pool, config, shown).await?;
+        (set.result, set.mod_revision, set.config)
+    };
+    let view = ImportView {
+        pool: args.pool.clone(),
+        project: args.project.clone(),
+        attribute: args.attribute.clone(),
+        result,
+        mod_revision,
+        config,
+        diff,
+        hooks,
     };
     output::emit(format, &view)
 }
