@@ -12,10 +12,12 @@
 //! parallel without sharing anything. Nothing uses a fixed port: each port is taken from
 //! the OS. The `etcd` binary is found at `$ETCD_BIN` or on `PATH`.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -39,12 +41,22 @@ pub fn etcd_bin() -> PathBuf {
         })
 }
 
-/// A port the OS reports free on 127.0.0.1 right now.
+/// A port the OS reports free on 127.0.0.1 right now, and that this process has not
+/// handed out before: two members of one cluster, or two tests running at once, never get
+/// the same port from here. (Another process, or an outgoing connection, can still take
+/// it before it is bound; [`EtcdCluster::start`] retries on fresh ports when that happens.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A key prefix no other test uses, e.g. `/t3f9a1c07/pm`.
@@ -82,6 +94,15 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How many times [`EtcdCluster::start`] tries fresh ports before it gives up.
+const START_ATTEMPTS: usize = 3;
+
+/// How long a cluster may take to serve reads once its members run.
+const START_BOUND: Duration = Duration::from_secs(30);
+
+/// How many lines of each member's log a start failure shows.
+const LOG_TAIL_LINES: usize = 15;
 
 /// One etcd member's settings and process.
 struct Member {
@@ -133,6 +154,22 @@ impl EtcdCluster {
 
     async fn start_with(size: usize, with_tls: bool) -> Self {
         assert!(size >= 1, "an etcd cluster needs a member");
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let mut cluster = Self::spawn_new(size, with_tls, free_port);
+            match cluster.await_start().await {
+                Ok(()) => return cluster,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "etcd did not start in {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    /// A new cluster of `size` members on ports from `port`, every member spawned.
+    fn spawn_new(size: usize, with_tls: bool, mut port: impl FnMut() -> u16) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("pm-etcd-")
             .tempdir()
@@ -142,8 +179,8 @@ impl EtcdCluster {
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: port(),
+                peer_port: port(),
                 child: None,
                 scheme,
             })
@@ -162,8 +199,66 @@ impl EtcdCluster {
         for i in 0..size {
             cluster.spawn(i);
         }
-        cluster.wait_ready().await;
         cluster
+    }
+
+    /// Waits until every member serves reads. Fails at once when a member exits (its
+    /// port was taken between [`free_port`] and its bind, say), and after
+    /// [`START_BOUND`] otherwise, with the members' log tails either way.
+    async fn await_start(&mut self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + START_BOUND;
+        let mut pending: Vec<usize> = (0..self.members.len()).collect();
+        while !pending.is_empty() {
+            let exited = self.members.iter_mut().find_map(|member| {
+                let status = member.child.as_mut()?.try_wait().ok()??;
+                Some(format!("{} exited ({status})", member.name))
+            });
+            if let Some(exited) = exited {
+                return Err(self.failure(&exited));
+            }
+            let mut still = Vec::new();
+            for index in pending {
+                if !self.serves_reads(&self.members[index].client_url()).await {
+                    still.push(index);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(self.failure(&format!("not serving after {START_BOUND:?}")));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `what` went wrong, with the last lines of every member's log.
+    fn failure(&self, what: &str) -> String {
+        let mut report = format!("etcd in {}: {what}", self.dir().display());
+        for member in &self.members {
+            let log = std::fs::read_to_string(self.dir().join(format!("{}.log", member.name)))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            report.push_str(&format!(
+                "\n--- {} log tail:\n{}",
+                member.name,
+                tail.join("\n")
+            ));
+        }
+        report
+    }
+
+    /// Whether one linearizable read through `url` succeeds.
+    async fn serves_reads(&self, url: &str) -> bool {
+        let mut options = self.options(vec![url.to_string()]);
+        options.connect_timeout = Duration::from_millis(500);
+        options.request_timeout = Duration::from_millis(1000);
+        match options.connect().await {
+            Ok(mut client) => client.get("pm-harness-health", None).await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// The temp dir of this cluster (member data dirs and logs are inside).
@@ -283,24 +378,17 @@ impl EtcdCluster {
             .map(Member::client_url)
             .collect();
         for url in running {
-            eventually(
-                &format!(
-                    "etcd at {url} serves reads (logs in {})",
-                    self.dir().display()
-                ),
-                Duration::from_secs(30),
-                || {
-                    let url = url.clone();
-                    async move {
-                        let mut options = self.options(vec![url]);
-                        options.connect_timeout = Duration::from_millis(500);
-                        options.request_timeout = Duration::from_millis(1000);
-                        let mut client = options.connect().await.ok()?;
-                        client.get("pm-harness-health", None).await.ok().map(|_| ())
-                    }
-                },
-            )
-            .await;
+            if poll_until(START_BOUND, || async {
+                self.serves_reads(&url).await.then_some(())
+            })
+            .await
+            .is_none()
+            {
+                panic!(
+                    "{}",
+                    self.failure(&format!("{url} not serving after {START_BOUND:?}"))
+                );
+            }
         }
     }
 
@@ -522,3 +610,28 @@ pub mod service_account;
 pub mod tls;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use proxy::TcpProxy;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_port_is_taken_fails_the_start_at_once_with_its_log() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut ports = [taken_port, free_port()].into_iter();
+        let mut cluster = EtcdCluster::spawn_new(1, false, || ports.next().unwrap());
+        let started = std::time::Instant::now();
+        let failure = cluster.await_start().await.unwrap_err();
+        assert!(started.elapsed() < START_BOUND, "{failure}");
+        assert!(failure.contains("m0 exited"), "{failure}");
+        assert!(failure.contains("address already in use"), "{failure}");
+    }
+}
