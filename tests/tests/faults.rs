@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use gce_sim::{Faults, InstanceReport, InstancesReport, PoolReport, SimControl, SimStats};
 use pm_etcd::Election;
 use pm_gce::compute::request_id_for;
-use pm_proto::{Distribution, Hooks, PoolConfig};
+use pm_proto::{Distribution, Event, Hooks, PoolConfig};
 use pm_tests::cluster::{metric_sum, zone_name, PROJECT, TEMPLATE};
 use pm_tests::{Cluster, TcpProxy};
 
@@ -912,6 +912,7 @@ impl System {
         let short = TARGET.saturating_sub(self.running(None).await.len());
         let inserts = |stats: &SimStats| stats.count("compute.instances.insert");
         let before = inserts(&self.c.sim().stats().await.expect("stats"));
+        let events_before = self.event_counts().await;
         self.set_faults(Faults {
             error_rate: 1.0,
             status: 403,
@@ -926,17 +927,62 @@ impl System {
         tokio::time::sleep(hold).await;
         self.set_faults(Faults::default()).await;
         let sent = inserts(&self.c.sim().stats().await.expect("stats")) - before;
+        let recorded = self.events_since(&events_before).await;
+        let of = |kind: &str| recorded.get(kind).copied().unwrap_or(0);
+        let (throttled, failed) = (of("creates-throttled"), of(QUOTA_FAILURE));
+        // One event per zone entering the throttle, none per refused call.
+        if throttled as usize > ZONES || failed > 0 {
+            self.fail(&format!(
+                "a {hold:?} quota storm recorded {throttled} creates-throttled (at most {ZONES}) and {failed} create-failed (none) events: {recorded:?}"
+            ));
+        }
         // Each replacement may be tried once before the first refusal comes back; after
         // it, a zone sends one probe per back-off (1 s, then doubling), never the deficit.
         let bound = (short + victims.len()) as u64 + 4 * ZONES as u64;
         self.note(format!(
-            "quota storm for {hold:?} (was {short} short, preempted {victims:?}): {sent} inserts (bound {bound})"
+            "quota storm for {hold:?} (was {short} short, preempted {victims:?}): {sent} inserts (bound {bound}), {throttled} creates-throttled events"
         ));
         if sent > bound {
             self.fail(&format!(
                 "{sent} inserts during a {hold:?} quota storm, more than {bound}: the agents retried instead of backing off"
             ));
         }
+    }
+
+    /// How many times each event of the pool was recorded, by its key, with its kind
+    /// ([`QUOTA_FAILURE`] for a create failing on quota): a repeat within
+    /// the window raises the first one's count instead of writing a key.
+    async fn event_counts(&self) -> BTreeMap<String, (String, u32)> {
+        let store = self.c.store();
+        let prefix = store.keys().events_prefix(POOL).expect("events prefix");
+        let listing = store.list::<Event>(&prefix).await.expect("list events");
+        listing
+            .items
+            .into_iter()
+            .map(|(key, v)| {
+                let event = v.value;
+                let quota = event.kind == "create-failed" && event.message.contains("quota");
+                let kind = if quota {
+                    QUOTA_FAILURE.into()
+                } else {
+                    event.kind
+                };
+                (key, (kind, event.count.max(1)))
+            })
+            .collect()
+    }
+
+    /// How many times each kind of event was recorded since `before` was read.
+    async fn events_since(
+        &self,
+        before: &BTreeMap<String, (String, u32)>,
+    ) -> BTreeMap<String, u32> {
+        let mut since = BTreeMap::new();
+        for (key, (kind, count)) in self.event_counts().await {
+            let earlier = before.get(&key).map_or(0, |(_, c)| *c);
+            *since.entry(kind).or_default() += count.saturating_sub(earlier);
+        }
+        since
     }
 
     /// The create hook becomes one that leaves a child holding its output: replacements
@@ -1212,6 +1258,10 @@ async fn run(
     }
 }
 
+/// The kind [`System::event_counts`] gives a create that failed on quota: a storm should
+/// record none, only the throttle's state changes.
+const QUOTA_FAILURE: &str = "create-failed: quota";
+
 /// The seeds to run: `PM_FAULT_SEEDS` (comma-separated), else `PM_FAULT_SOAK` random
 /// ones, else `defaults`.
 fn seeds(defaults: &[u64]) -> Vec<u64> {
@@ -1248,13 +1298,12 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn suite(test: &'static str, etcd_members: usize, defaults: &[u64]) {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let what = |kind: Option<Kind>| kind.map_or("the run".to_string(), |k| format!("{k:?}"));
     let mut reports = Vec::new();
     for seed in seeds(defaults) {
         println!("fault suite: seed {seed}, {etcd_members} etcd member(s)");
-        reports.push(run(test, seed, etcd_members, steps()).await);
-    }
-    let what = |kind: Option<Kind>| kind.map_or("the run".to_string(), |k| format!("{k:?}"));
-    for r in &reports {
+        let r = run(test, seed, etcd_members, steps()).await;
+        // Printed as each run ends, so a soak cut short still reports every run it made.
         let (kind, took) = r.worst().unwrap_or_default();
         println!(
             "fault suite: seed {} passed: {} faults, {} checks, at most {} live (bound {}), {} convergences timed, the slowest {took:.1?} after {}",
@@ -1266,6 +1315,7 @@ async fn suite(test: &'static str, etcd_members: usize, defaults: &[u64]) {
             r.recoveries.len(),
             what(kind)
         );
+        reports.push(r);
     }
     let (kind, took) = reports
         .iter()
