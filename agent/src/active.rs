@@ -16,7 +16,7 @@ use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, Store};
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
-use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity};
+use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity, Witnessed};
 use pm_telemetry::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use crate::operations::{Op, OpResult, Operations, Outcome, Slots};
 use crate::pool_state::{PoolState, Pools};
 use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Start};
 use crate::zone_watch::{ZoneWatches, DISCOVERY};
-use crate::{zone_report, AGENT_CONDITION};
+use crate::{witness, zone_report, AGENT_CONDITION};
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
@@ -329,6 +329,7 @@ impl<'a> ActiveAgent<'a> {
             request,
             started,
             listed,
+            counted,
         } = returned;
         let pass_ctx = self.pass_context();
         let Some(state) = self.pools.pools.get_mut(&pool) else {
@@ -345,9 +346,33 @@ impl<'a> ActiveAgent<'a> {
             .instrument(span.clone())
             .await;
         state.next_sync = pass.next_sync;
+        let answers = witness::answers(
+            counted,
+            &mut state.witnessed,
+            &self.ctx.zone,
+            &self.ctx.agent_id,
+        );
+        self.answer(&pool, answers).await?;
         self.finish_pass(&pool, pass, timed.then_some(started))
             .instrument(span)
             .await
+    }
+
+    /// Writes the answers to the scheduler's witness requests, fenced.
+    async fn answer(&self, pool: &str, answers: Vec<(String, Witnessed)>) -> pm_etcd::Result<()> {
+        let keys = self.ctx.store.keys();
+        let mut ops = Vec::with_capacity(answers.len());
+        for (zone, answer) in &answers {
+            tracing::info!(%pool, %zone, live = answer.live, "counted a zone without agents");
+            ops.push(put_op(&keys.witnessed(pool, zone)?, answer, 0));
+        }
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            self.ctx
+                .store
+                .txn_fenced(&self.fence, chunk.to_vec())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Carries out one pass over `pool`.

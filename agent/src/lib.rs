@@ -34,6 +34,7 @@ pub mod operations;
 pub mod pool_state;
 pub mod reconcile;
 pub mod throttle;
+pub mod witness;
 pub mod zone_report;
 pub mod zone_watch;
 

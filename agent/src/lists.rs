@@ -1,6 +1,7 @@
 //! The GCE lists of passes in flight, one per pool, so that one slow list never holds the
 //! other pools back: a pass starts ([`crate::reconcile::start_pass`]), its list runs here
-//! beside the others, and the pass goes on when its list returns.
+//! beside the others, and the pass goes on when its list returns. The zones the pass
+//! counts for the scheduler ([`crate::witness`]) are listed in the same task.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,11 +13,11 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
 use crate::reconcile::{list_projects, ListRequest};
+use crate::witness::{self, Counted};
 
 /// Lists in flight at once; pools beyond them wait until one returns.
 pub const PARALLEL_LISTS: usize = 8;
 
-/// What a list returns.
 /// What a list returned: each instance with its project.
 type Listed = Result<Vec<(String, Instance)>, GceError>;
 
@@ -30,12 +31,14 @@ pub struct Returned {
     pub started: Instant,
     /// What GCE answered.
     pub listed: Listed,
+    /// The zones counted for the scheduler.
+    pub counted: Counted,
 }
 
 /// The lists in flight, each in its own task; dropping this (the term ends) aborts them.
 #[derive(Default)]
 pub struct Lists {
-    running: JoinSet<Listed>,
+    running: JoinSet<(Listed, Counted)>,
     /// Per pool with a list in flight: its task, its pass and when the pass started.
     waiting: BTreeMap<String, (Id, ListRequest, Instant)>,
 }
@@ -63,9 +66,13 @@ impl Lists {
         let adopt_filter = request.adopt_filter.clone();
         let projects = request.projects();
         let zone = zone.to_string();
+        let asked = request.witness.clone();
         let task = self.running.spawn(async move {
+            let compute = compute.as_ref();
             let adopt_filter = adopt_filter.as_deref();
-            list_projects(compute.as_ref(), &projects, &zone, &filter, adopt_filter).await
+            let listed = list_projects(compute, &projects, &zone, &filter, adopt_filter).await;
+            let counted = witness::count(compute, &projects[0], &filter, &asked).await;
+            (listed, counted)
         });
         self.waiting
             .insert(pool.to_string(), (task.id(), request, Instant::now()));
@@ -75,12 +82,12 @@ impl Lists {
     /// sit in a `select!`.
     pub async fn next(&mut self) -> Returned {
         loop {
-            let (id, listed) = match self.running.join_next_with_id().await {
-                Some(Ok((id, listed))) => (id, listed),
+            let (id, (listed, counted)) = match self.running.join_next_with_id().await {
+                Some(Ok(returned)) => returned,
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "a GCE list task failed");
                     let failed = GceError::http(ApiCall::List, 500, "internal", &e.to_string());
-                    (e.id(), Err(failed))
+                    (e.id(), (Err(failed), Vec::new()))
                 }
                 None => std::future::pending().await,
             };
@@ -96,6 +103,7 @@ impl Lists {
                     request,
                     started,
                     listed,
+                    counted,
                 };
             }
         }

@@ -9,7 +9,7 @@
 //! Every stored config is checked with [`pm_pool::check_stored`], the rules pmctl
 //! applies: a config that fails, or does not decode, leaves the pool as it was, and its
 //! problem is reported once as an event. A change of the config, or of the desired
-//! count or `accept_new`, brings the pool's next pass forward to now; the exhausted key
+//! count, `accept_new` or witness requests, brings the pool's next pass forward to now; the exhausted key
 //! going away ends a pause for the zone's own trouble (a stockout, a zone error).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,6 +79,9 @@ pub struct PoolState {
     /// VMs whose claim (adopt mode) GCE refused for another reason than a changed
     /// fingerprint: left alone, reported once.
     pub claim_refused: BTreeSet<String>,
+    /// The answer last written for each zone counted for the scheduler: live instances
+    /// and the request answered ([`crate::witness`]).
+    pub witnessed: BTreeMap<String, (u32, i64)>,
 }
 
 impl Default for PoolState {
@@ -97,6 +100,7 @@ impl Default for PoolState {
             unrecognized_logged: BTreeSet::new(),
             create_gate: CancellationToken::new(),
             claim_refused: BTreeSet::new(),
+            witnessed: BTreeMap::new(),
         }
     }
 }
@@ -325,11 +329,12 @@ impl Pools {
             }
             (Key::ZoneDesired { .. }, Value::Desired(desired)) => {
                 let before = match old {
-                    Some(Value::Desired(d)) => Some((d.count, d.accept_new)),
+                    Some(Value::Desired(d)) => Some((d.count, d.accept_new, d.witness)),
                     _ => None,
                 };
                 let state = self.pool(pool);
-                if before != Some((desired.count, desired.accept_new)) {
+                let now = (desired.count, desired.accept_new, desired.witness);
+                if before != Some(now) {
                     state.wake_within(Duration::ZERO);
                 }
             }
@@ -359,6 +364,7 @@ impl Pools {
             | Key::Rollout { .. }
             | Key::Instance { .. }
             | Key::Report { .. }
+            | Key::Witnessed { .. }
             | Key::Event { .. }
             | Key::AgentMember { .. } => {}
         }

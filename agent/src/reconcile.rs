@@ -11,7 +11,7 @@ use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_gce::resources::{Instance, Operation};
 use pm_pool::{carries_pool_label, is_pool_member, new_instance_name, pool_filter, REVISION_LABEL};
-use pm_proto::{InstanceState, PoolConfig, Severity};
+use pm_proto::{InstanceState, PoolConfig, Severity, WitnessRequest};
 use tokio::time::Instant;
 
 use crate::claim::{adopt_filter, claims};
@@ -78,6 +78,8 @@ pub struct ListRequest {
     pub filter: String,
     /// In adopt mode, the name filter of the VMs the pool may claim, listed in its project.
     pub adopt_filter: Option<String>,
+    /// Zones without agents the scheduler asks this agent to count ([`crate::witness`]).
+    pub witness: Vec<WitnessRequest>,
     /// The config the pass decides with.
     pub config: Box<PoolConfig>,
     /// What the pass found so far.
@@ -189,6 +191,11 @@ pub fn start_pass(
         project,
         filter: pool_filter(pool),
         adopt_filter: adopt_filter(&config),
+        witness: keys
+            .desired
+            .as_ref()
+            .map(|d| d.value.witness.clone())
+            .unwrap_or_default(),
         config: Box::new(config),
         pass,
     })

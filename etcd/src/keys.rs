@@ -59,6 +59,13 @@ pub enum Key {
         /// Zone name.
         zone: String,
     },
+    /// `pools/<pool>/zones/<zone>/witnessed`
+    Witnessed {
+        /// Pool name.
+        pool: String,
+        /// Zone name (the zone counted, not the witness's).
+        zone: String,
+    },
     /// `events/<pool>/<seq>` (`pools/<pool>/events/<seq>` before it moved)
     Event {
         /// Pool name.
@@ -85,6 +92,7 @@ impl Key {
             | Key::Instance { pool, .. }
             | Key::Exhausted { pool, .. }
             | Key::Report { pool, .. }
+            | Key::Witnessed { pool, .. }
             | Key::Event { pool, .. } => Some(pool),
             Key::AgentMember { .. } => None,
         }
@@ -97,6 +105,7 @@ impl Key {
             | Key::Instance { zone, .. }
             | Key::Exhausted { zone, .. }
             | Key::Report { zone, .. }
+            | Key::Witnessed { zone, .. }
             | Key::AgentMember { zone, .. } => Some(zone),
             Key::PoolConfig { .. } | Key::Rollout { .. } | Key::Event { .. } => None,
         }
@@ -271,6 +280,11 @@ impl Keyspace {
         Ok(format!("{}report", self.zone_prefix(pool, zone)?))
     }
 
+    /// The key where another zone's agent answers a witness request for `zone`.
+    pub fn witnessed(&self, pool: &str, zone: &str) -> Result<String> {
+        Ok(format!("{}witnessed", self.zone_prefix(pool, zone)?))
+    }
+
     /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
     /// key, and the pool's keys of the zone.
     pub fn zone_spans(&self, pool: &str, zone: &str) -> Result<[(String, Vec<u8>); 2]> {
@@ -373,6 +387,10 @@ impl Keyspace {
                 let (pool, zone) = pool_zone(pool, zone)?;
                 Ok(Key::Report { pool, zone })
             }
+            ["pools", pool, "zones", zone, "witnessed"] => {
+                let (pool, zone) = pool_zone(pool, zone)?;
+                Ok(Key::Witnessed { pool, zone })
+            }
             ["pools", pool, "zones", zone, "instances", name] => {
                 let (pool, zone) = pool_zone(pool, zone)?;
                 validate_instance_name(name).map_err(name_err)?;
@@ -412,6 +430,7 @@ impl Keyspace {
             Key::Instance { pool, zone, name } => self.instance(pool, zone, name),
             Key::Exhausted { pool, zone } => self.exhausted(pool, zone),
             Key::Report { pool, zone } => self.report(pool, zone),
+            Key::Witnessed { pool, zone } => self.witnessed(pool, zone),
             Key::Event { pool, seq } => self.event(pool, seq),
             Key::AgentMember { zone, agent_id } => self.agent_member(zone, agent_id),
         }
@@ -458,6 +477,10 @@ mod tests {
                 zone: z.clone(),
             },
             Key::Report {
+                pool: p.clone(),
+                zone: z.clone(),
+            },
+            Key::Witnessed {
                 pool: p.clone(),
                 zone: z.clone(),
             },

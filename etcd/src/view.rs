@@ -1,5 +1,6 @@
 //! The one typed view of the `pools/` keyspace that the scheduler, the agent and pmctl
-//! read: per pool its config, per zone its `desired`, `exhausted` and `report` keys and
+//! read: per pool its config, per zone its `desired`, `exhausted`, `report` and
+//! `witnessed` keys and
 //! its observed instances, each decoded with the revision it was written at.
 //!
 //! A [`PoolsView`] is built from a listing ([`PoolsView::load`]) and kept up to date with
@@ -22,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use pm_proto::{
-    ExhaustionReport, ObservedInstance, PoolConfig, Rollout, ZoneDesired, ZoneExhaustion,
+    ExhaustionReport, ObservedInstance, PoolConfig, Rollout, Witnessed, ZoneDesired, ZoneExhaustion,
 };
 
 use crate::error::{Error, Result};
@@ -54,6 +55,8 @@ pub enum Value {
     Report(ExhaustionReport),
     /// `pools/<pool>/zones/<zone>/instances/<name>`.
     Instance(ObservedInstance),
+    /// `pools/<pool>/zones/<zone>/witnessed`.
+    Witnessed(Witnessed),
 }
 
 impl Value {
@@ -67,6 +70,7 @@ impl Value {
             Key::Exhausted { .. } => decode(raw, bytes).map(Value::Exhausted),
             Key::Report { .. } => decode(raw, bytes).map(Value::Report),
             Key::Instance { .. } => decode(raw, bytes).map(Value::Instance),
+            Key::Witnessed { .. } => decode(raw, bytes).map(Value::Witnessed),
             Key::Event { .. } | Key::AgentMember { .. } => return None,
         })
     }
@@ -102,6 +106,7 @@ slot!(ZoneDesired, Desired);
 slot!(ZoneExhaustion, Exhausted);
 slot!(ExhaustionReport, Report);
 slot!(ObservedInstance, Instance);
+slot!(Witnessed, Witnessed);
 
 /// The keys of one pool in one zone.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -114,6 +119,8 @@ pub struct ZoneKeys {
     pub report: Option<Stamped<ExhaustionReport>>,
     /// Observed instances by name.
     pub instances: BTreeMap<String, Stamped<ObservedInstance>>,
+    /// Another zone's count of the zone's live instances, while the zone has no agent.
+    pub witnessed: Option<Stamped<Witnessed>>,
 }
 
 impl ZoneKeys {
@@ -123,6 +130,7 @@ impl ZoneKeys {
         exhausted: None,
         report: None,
         instances: BTreeMap::new(),
+        witnessed: None,
     };
 
     /// Whether the zone holds no key.
@@ -131,6 +139,7 @@ impl ZoneKeys {
             && self.exhausted.is_none()
             && self.report.is_none()
             && self.instances.is_empty()
+            && self.witnessed.is_none()
     }
 }
 
@@ -412,6 +421,7 @@ impl PoolsView {
                     zone.desired.as_mut().map(|s| &mut s.mod_revision),
                     zone.exhausted.as_mut().map(|s| &mut s.mod_revision),
                     zone.report.as_mut().map(|s| &mut s.mod_revision),
+                    zone.witnessed.as_mut().map(|s| &mut s.mod_revision),
                 ];
                 let instances = zone.instances.values_mut().map(|s| &mut s.mod_revision);
                 for revision in singles.into_iter().flatten().chain(instances) {
@@ -446,6 +456,7 @@ impl PoolsView {
             Key::ZoneDesired { .. } => zone()?.desired.as_ref().map(|s| s.mod_revision),
             Key::Exhausted { .. } => zone()?.exhausted.as_ref().map(|s| s.mod_revision),
             Key::Report { .. } => zone()?.report.as_ref().map(|s| s.mod_revision),
+            Key::Witnessed { .. } => zone()?.witnessed.as_ref().map(|s| s.mod_revision),
             Key::Instance { name, .. } => zone()?.instances.get(name).map(|s| s.mod_revision),
             Key::Event { .. } | Key::AgentMember { .. } => None,
         }
@@ -517,6 +528,7 @@ impl PoolsView {
                     Key::ZoneDesired { .. } => replace(&mut zone.desired, value, revision),
                     Key::Exhausted { .. } => replace(&mut zone.exhausted, value, revision),
                     Key::Report { .. } => replace(&mut zone.report, value, revision),
+                    Key::Witnessed { .. } => replace(&mut zone.witnessed, value, revision),
                     Key::Instance { name, .. } => {
                         replace_entry(&mut zone.instances, name, value, revision)
                     }
@@ -572,6 +584,10 @@ fn held_in(name: &str, pool: &PoolKeys) -> Vec<(Key, i64)> {
         single(zk.report.as_ref().map(|s| s.mod_revision), |pool, zone| {
             Key::Report { pool, zone }
         });
+        single(
+            zk.witnessed.as_ref().map(|s| s.mod_revision),
+            |pool, zone| Key::Witnessed { pool, zone },
+        );
         for (instance, stamped) in &zk.instances {
             let key = Key::Instance {
                 pool: name.to_string(),

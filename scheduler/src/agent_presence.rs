@@ -2,7 +2,9 @@
 //! its recorded instances to count: a zone has an agent while one of its members
 //! reconciles (an active agent that completes passes, not just a member key); one
 //! without stays usable for the agent grace after it was last seen with one (or after
-//! the term began, for a zone never seen with one).
+//! the term began, for a zone never seen with one). A zone *orphaned* has had no agent
+//! registered at all (no member key) for the grace: every agent process of it has lost
+//! its session, so nothing acts there ([`crate::witness`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +18,8 @@ pub struct AgentPresence {
     started_ms: i64,
     /// Last Unix ms each zone was seen with at least one agent; only grows.
     seen_ms: BTreeMap<String, i64>,
+    /// Last Unix ms each zone was seen with any member key; only grows.
+    registered_ms: BTreeMap<String, i64>,
 }
 
 impl AgentPresence {
@@ -25,6 +29,7 @@ impl AgentPresence {
             grace,
             started_ms,
             seen_ms: BTreeMap::new(),
+            registered_ms: BTreeMap::new(),
         }
     }
 
@@ -35,15 +40,30 @@ impl AgentPresence {
         }
     }
 
+    /// Records that the `zones` have member keys at `now_ms`.
+    pub fn registered<'a>(&mut self, zones: impl IntoIterator<Item = &'a String>, now_ms: i64) {
+        for zone in zones {
+            self.registered_ms.insert(zone.clone(), now_ms);
+        }
+    }
+
+    /// Whether `zone`, registered (with any member key) or not now, has had no member
+    /// key for the grace at `now_ms`.
+    pub fn is_orphaned(&self, zone: &str, registered: bool, now_ms: i64) -> bool {
+        !registered && self.past_grace(self.registered_ms.get(zone), now_ms)
+    }
+
+    /// Whether the grace has passed since `seen` (the term start when never seen).
+    fn past_grace(&self, seen: Option<&i64>, now_ms: i64) -> bool {
+        let seen = seen.copied().unwrap_or(self.started_ms);
+        let grace = i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX);
+        now_ms.saturating_sub(seen) >= grace
+    }
+
     /// Whether `zone` may receive new instances as far as agents go at `now_ms`:
     /// `has_agent` now, or last seen with one less than the grace ago.
     pub fn is_ok(&self, zone: &str, has_agent: bool, now_ms: i64) -> bool {
-        if has_agent {
-            return true;
-        }
-        let seen = self.seen_ms.get(zone).copied().unwrap_or(self.started_ms);
-        let grace = i64::try_from(self.grace.as_millis()).unwrap_or(i64::MAX);
-        now_ms.saturating_sub(seen) < grace
+        has_agent || !self.past_grace(self.seen_ms.get(zone), now_ms)
     }
 }
 
@@ -82,5 +102,27 @@ mod tests {
         assert!(!presence.is_ok("z2", false, now(start_ms, start)));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!presence.is_ok("z1", false, now(start_ms, start)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zone_is_orphaned_once_it_has_had_no_member_for_the_grace() {
+        let (start_ms, start) = (now_unix_ms(), tokio::time::Instant::now());
+        let mut presence = AgentPresence::new(GRACE, start_ms);
+        let z1 = ["z1".to_string()];
+        presence.registered(&z1, now(start_ms, start));
+        presence.seen(&z1, now(start_ms, start));
+        tokio::time::advance(GRACE).await;
+        // Its member key still there (an agent that does not reconcile): gone, not orphaned.
+        assert!(!presence.is_ok("z1", false, now(start_ms, start)));
+        assert!(!presence.is_orphaned("z1", true, now(start_ms, start)));
+        presence.registered(&z1, now(start_ms, start));
+        tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+        assert!(!presence.is_orphaned("z1", false, now(start_ms, start)));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(presence.is_orphaned("z1", false, now(start_ms, start)));
+        assert!(
+            presence.is_orphaned("z2", false, now(start_ms, start)),
+            "never seen"
+        );
     }
 }

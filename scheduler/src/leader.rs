@@ -25,6 +25,7 @@ use crate::placement::{self, DesiredWrite};
 use crate::placement_events::{PlacementEvents, PlacementReport};
 use crate::pool_event::PoolEvent;
 use crate::rollout;
+use crate::witness;
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
 const MAX_TXN_OPS: usize = 100;
@@ -185,6 +186,7 @@ impl Term<'_> {
     async fn reconcile_dirty(&mut self) -> pm_etcd::Result<()> {
         let now = now_unix_ms();
         self.agents.seen(self.model.reconciling.keys(), now);
+        self.agents.registered(self.model.agents.keys(), now);
         for pool in self.model.take_dirty() {
             let span = tracing::info_span!("reconcile", pool = %pool);
             match self.reconcile_pool(&pool, now).instrument(span).await {
@@ -324,7 +326,31 @@ impl Term<'_> {
         for event in &rollout.events {
             event.emit(self.events).await;
         }
-        let placed = placement::place(view, agent_ok, &rollout.zones, &self.settings.id, now);
+        let orphaned: BTreeSet<String> = view
+            .zones
+            .keys()
+            .filter(|zone| {
+                let registered = self.model.agents.contains_key(zone.as_str());
+                let reconciling = self.model.reconciling.contains_key(zone.as_str());
+                self.agents.is_orphaned(zone, registered, now)
+                    || (!reconciling && witness::is_requested(view, zone))
+            })
+            .cloned()
+            .collect();
+        let witnesses: BTreeSet<String> = allowed
+            .iter()
+            .filter(|zone| self.model.reconciling.contains_key(zone.as_str()))
+            .cloned()
+            .collect();
+        let requests = witness::requests(view, &orphaned, &witnesses, now);
+        let placed = placement::place(
+            view,
+            agent_ok,
+            &rollout.zones,
+            &requests,
+            &self.settings.id,
+            now,
+        );
         if let Ok(placement) = &placed {
             self.write_desired(pool, &placement.writes).await?;
         }

@@ -6,6 +6,7 @@
 //! - [`placement`]: the rules that build its input from the view (live, committed,
 //!   usable zones) and turn its answer into the `desired` keys to write.
 //! - [`agent_presence`]: the agent grace, when a zone's agents are alive enough.
+//! - [`witness`]: zones without agents counted in GCE by another zone's agent.
 //! - [`exhaustion`]: a stockout report's way to an exhaustion lease, its back-off, expiry.
 //! - [`placement_events`]: which events a placement pass deserves.
 //! - [`pool_event`]: an event decided by pure code, recorded by the leader.
@@ -26,6 +27,7 @@ pub mod placement;
 pub mod placement_events;
 pub mod pool_event;
 pub mod rollout;
+pub mod witness;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

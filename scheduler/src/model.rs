@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pm_etcd::{Change, Key, Keyspace, PoolsView, StoredKey, Value, WatchBatch, WatchEvent};
 use pm_proto::{
-    AgentInfo, ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, Rollout, ZoneDesired,
-    ZoneExhaustion,
+    AgentInfo, ExhaustionReport, InstanceState, ObservedInstance, PoolConfig, Rollout, Witnessed,
+    ZoneDesired, ZoneExhaustion,
 };
 
 pub use pm_pool::{is_live, ObservedStatus};
@@ -47,6 +47,9 @@ pub struct ZoneCounts {
     pub last_success_unix_ms: Option<u64>,
     /// Instances by revision (`""`: from before revisions).
     pub revisions: BTreeMap<String, RevisionCounts>,
+    /// Instances by the project their key records (`""`: the pool's, from before
+    /// projects were recorded).
+    pub projects: BTreeMap<String, u64>,
 }
 
 impl ZoneCounts {
@@ -59,6 +62,7 @@ impl ZoneCounts {
         let revision = self.revisions.entry(instance.revision.clone()).or_default();
         revision.instances += 1;
         revision.running += u64::from(is_running(instance));
+        *self.projects.entry(instance.project.clone()).or_default() += 1;
         if instance.state() == InstanceState::Running {
             let created = u64::try_from(instance.created_unix_ms).unwrap_or_default();
             self.last_success_unix_ms = self.last_success_unix_ms.max(Some(created));
@@ -80,6 +84,12 @@ impl ZoneCounts {
                 .saturating_sub(u64::from(is_running(instance)));
             if revision.instances == 0 {
                 self.revisions.remove(&instance.revision);
+            }
+        }
+        if let Some(count) = self.projects.get_mut(&instance.project) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.projects.remove(&instance.project);
             }
         }
     }
@@ -127,6 +137,8 @@ pub struct ZoneView {
     pub exhausted: Option<ZoneExhaustion>,
     /// An agent's stockout report waiting to be handled.
     pub report: Option<ExhaustionReport>,
+    /// Another zone's count of its live instances ([`crate::witness`]).
+    pub witnessed: Option<Witnessed>,
 }
 
 /// One pool, as placement and exhaustion read it.
@@ -284,6 +296,7 @@ impl Model {
                     desired: zk.desired.as_ref().map(|d| d.value.clone()),
                     exhausted: zk.exhausted.as_ref().map(|x| x.value.clone()),
                     report: zk.report.as_ref().map(|r| r.value.clone()),
+                    witnessed: zk.witnessed.as_ref().map(|w| w.value.clone()),
                 },
             );
         }
@@ -435,6 +448,7 @@ impl Model {
             Key::Report { pool, zone } => self.report_decoded(&pool, &zone),
             Key::ZoneDesired { .. }
             | Key::Rollout { .. }
+            | Key::Witnessed { .. }
             | Key::Event { .. }
             | Key::AgentMember { .. } => {}
         }

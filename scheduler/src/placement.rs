@@ -11,13 +11,15 @@
 //!   in flight will fail); a usable zone at least the count it is *committed* to
 //!   ([`committed`]), since its agent may be creating toward it; any other zone its live
 //!   instances ([`crate::model::is_live`]).
+//!   A zone without any agent keeps no more than its witness counted in GCE
+//!   ([`crate::witness`]).
 //! - A zone's capacity hint holds while its exhaustion's probation lasts ([`capacity`]).
 //! - A zone the pool no longer allows, with nothing left in it, loses its `desired` key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use pm_proto::ZoneDesired;
+use pm_proto::{WitnessRequest, ZoneDesired};
 
 use crate::distribution::{
     compute_desired, DistributionError, DistributionInput, DistributionPlan, ZoneAllocation,
@@ -26,6 +28,7 @@ use crate::distribution::{
 use crate::exhaustion::{base_backoff, in_probation};
 use crate::model::{PoolView, ZoneView};
 use crate::rollout::ZoneRoll;
+use crate::witness::{self, Requests};
 
 /// The zones the pool may place instances in: its allowed zones, none once it is deleted.
 pub fn allowed_zones(view: &PoolView) -> BTreeSet<String> {
@@ -88,11 +91,12 @@ pub fn capacity(zone: &ZoneView, base: Duration, now_ms: i64) -> Option<u64> {
 }
 
 /// The input of [`compute_desired`] for the pool at `now_ms`, where `agent_ok` tells
-/// whether a zone's agent is alive (or within the grace). Every allowed zone and every
-/// zone with a key of the pool is in it.
+/// whether a zone's agent is alive (or within the grace) and `requests` are the witness
+/// requests that stand. Every allowed zone and every zone with a key of the pool is in it.
 pub fn distribution_input(
     view: &PoolView,
     agent_ok: impl Fn(&str) -> bool,
+    requests: &Requests,
     now_ms: i64,
 ) -> DistributionInput {
     let config = view.config.clone().unwrap_or_default();
@@ -108,9 +112,11 @@ pub fn distribution_input(
             let is_allowed = allowed.contains(&name);
             let agent = agent_ok(&name);
             let usable = is_usable(is_allowed, zv, agent);
+            let kept = kept(zv, usable);
+            let counted = witness::counted(zv, requests.get(&name));
             ZoneState {
                 allowed: is_allowed,
-                live: kept(zv, usable),
+                live: counted.map_or(kept, |seen| kept.min(seen)),
                 usable,
                 capacity: capacity(zv, base, now_ms),
                 last_success_unix_ms: zv.counts.last_success_unix_ms,
@@ -166,15 +172,17 @@ impl Placement {
 
 /// Places the pool at `now_ms` ([`distribution_input`], then [`compute_desired`]) and works
 /// out the `desired` keys that change, each with its zone's part of the rollout
-/// (`rolls`); new values are signed `scheduler_id`.
+/// (`rolls`) and the witness requests it is to answer (of `requests`); new values are
+/// signed `scheduler_id`.
 pub fn place(
     view: &PoolView,
     agent_ok: impl Fn(&str) -> bool,
     rolls: &BTreeMap<String, ZoneRoll>,
+    requests: &Requests,
     scheduler_id: &str,
     now_ms: i64,
 ) -> Result<Placement, DistributionError> {
-    let input = distribution_input(view, agent_ok, now_ms);
+    let input = distribution_input(view, agent_ok, requests, now_ms);
     let plan = compute_desired(&input)?;
     let allowed = allowed_zones(view);
     let base = base_backoff(view.config.as_ref());
@@ -190,6 +198,7 @@ pub fn place(
                 zone: zv,
                 allowed: is_allowed,
                 roll,
+                witness: witness::asked_of(view, requests, &alloc.zone),
             };
             desired_write(&zone, alloc, base, scheduler_id, now_ms)
         })
@@ -215,6 +224,7 @@ struct ZoneWrite<'a> {
     zone: &'a ZoneView,
     allowed: bool,
     roll: ZoneRoll,
+    witness: Vec<WitnessRequest>,
 }
 
 /// The change of one zone's `desired` key for its allocation, if any. The back-off of
@@ -259,6 +269,7 @@ fn desired_write(
         surge: write.roll.surge,
         unavailable: write.roll.unavailable,
         rollout_paused: write.roll.paused,
+        witness: write.witness.clone(),
     };
     let same = zone.desired.as_ref().is_some_and(|d| {
         d.count == next.count
@@ -269,6 +280,7 @@ fn desired_write(
             && d.rollout_revision == next.rollout_revision
             && (d.surge, d.unavailable, d.rollout_paused)
                 == (next.surge, next.unavailable, next.rollout_paused)
+            && d.witness == next.witness
     });
     (!same).then(|| DesiredWrite {
         zone: alloc.zone.clone(),

@@ -267,6 +267,68 @@ async fn a_zone_whose_agent_is_gone_past_the_grace_gets_nothing_new_until_it_is_
     assert_no_leaks(&c, "web").await;
 }
 
+/// The pool's instances in GCE that are not TERMINATED.
+async fn live(c: &Cluster, pool: &str) -> usize {
+    let instances = c.gce_instances(pool).await;
+    let all = instances.values().flatten();
+    all.filter(|i| i.status.map(|s| s.as_str()) != Some("TERMINATED"))
+        .count()
+}
+
+/// A zone that lost every agent is counted by another zone's agent: what it lost while
+/// no agent ran (both its VMs preempted) moves to the other zone, and target + zones
+/// holds throughout, the zone's agent coming back included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_zone_without_agents_loses_moves_elsewhere_as_its_witness_counts() {
+    let mut c = Cluster::builder().zones(2).start().await;
+    c.set_pool("web", c.pool_config("web-", 4)).await;
+    wait_running(&c, "web", 4).await;
+    c.agent("zone-b", 0).kill9().await;
+    wait_accepts_new(&c, "zone-b", false).await;
+    let witnessed_key = c.store().keys().witnessed("web", "zone-b").unwrap();
+    let witnessed = |live: u32| {
+        let key = witnessed_key.clone();
+        let c = &c;
+        async move {
+            let w = c.store().get::<pm_proto::Witnessed>(&key).await.unwrap()?;
+            (w.value.live == live && w.value.witness_zone == "zone-a").then_some(())
+        }
+    };
+    c.wait("zone-a's agent counts zone-b's 2", BOUND, || witnessed(2))
+        .await;
+    let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
+    assert_eq!(all, 4, "instances that still run keep their share");
+    c.sim().preempt_count("zone-b", 2).await.unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    c.wait("zone-a takes zone-b's lost share", BOUND, || async {
+        let running = c.count_status("web", "RUNNING").await;
+        peak.fetch_max(live(&c, "web").await, Relaxed);
+        (running.get("zone-a") == Some(&4)).then_some(())
+    })
+    .await;
+    c.start_agent("zone-b");
+    c.wait(
+        "zone-b's agent is back and the pool whole",
+        BOUND,
+        || async {
+            let live = live(&c, "web").await;
+            peak.fetch_max(live, Relaxed);
+            let running = c.count_status("web", "RUNNING").await;
+            let terminated = c.count_status("web", "TERMINATED").await;
+            (live == 4 && total(&running) == 4 && total(&terminated) == 0).then_some(())
+        },
+    )
+    .await;
+    wait_accepts_new(&c, "zone-b", true).await;
+    let peak = peak.into_inner();
+    assert!(
+        peak <= 4 + 2,
+        "{peak} live instances, more than target + zones"
+    );
+    assert_no_leaks(&c, "web").await;
+}
+
 /// Waits until the scheduler tells `zone` of pool `web` that it may (or may not) create.
 async fn wait_accepts_new(c: &Cluster, zone: &str, accept_new: bool) {
     let key = c.store().keys().zone_desired("web", zone).unwrap();

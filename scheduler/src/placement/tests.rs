@@ -1,7 +1,7 @@
 //! Tests of the placement rules: examples of each, properties over random pools, and a
 //! simulation of zones coming and going while agents create toward what they were told.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_proto::{Distribution, ExhaustionReport, PoolConfig, ZoneExhaustion};
@@ -37,6 +37,7 @@ fn set_instances(zone: &mut ZoneView, confirmed: u64, in_flight: u64) {
     let live = confirmed + in_flight;
     zone.counts = ZoneCounts {
         revisions: BTreeMap::new(),
+        projects: BTreeMap::new(),
         live,
         live_confirmed: confirmed,
         by_status: [live, 0, 0, 0],
@@ -59,10 +60,73 @@ fn pool(target: i64, policy: Distribution, allowed: &[&str]) -> PoolView {
 }
 
 fn placed(view: &PoolView, agent_ok: impl Fn(&str) -> bool) -> Placement {
-    match place(view, agent_ok, &BTreeMap::new(), "s1", NOW) {
+    match place(
+        view,
+        agent_ok,
+        &BTreeMap::new(),
+        &Requests::new(),
+        "s1",
+        NOW,
+    ) {
         Ok(placement) => placement,
         Err(e) => panic!("valid pool refused: {e}"),
     }
+}
+
+#[test]
+fn an_orphaned_zone_keeps_only_what_its_witness_counted_and_the_witness_is_asked() {
+    let mut view = pool(6, Distribution::Even, &["a", "b", "c"]);
+    for zone in ["a", "b", "c"] {
+        view.zones
+            .insert(zone.into(), zone_view(2, 0, Some(desired(2, true))));
+    }
+    let agent_ok = |z: &str| z != "b";
+    let orphaned = BTreeSet::from(["b".to_string()]);
+    let witnesses = BTreeSet::from(["a".to_string(), "c".to_string()]);
+    let requests = witness::requests(&view, &orphaned, &witnesses, NOW);
+    let place_now = |view: &PoolView| {
+        place(view, agent_ok, &BTreeMap::new(), &requests, "s1", NOW).expect("placed")
+    };
+    // Asked, not answered: b keeps what it recorded, and a's desired carries the request.
+    let asked = place_now(&view);
+    assert_eq!(
+        counts(&asked),
+        [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)]
+    );
+    let to_a = asked
+        .writes
+        .iter()
+        .find(|w| w.zone == "a")
+        .expect("a written");
+    let request = &to_a.next.as_ref().expect("a put").witness;
+    assert_eq!(request.len(), 1);
+    assert_eq!(
+        (request[0].zone.as_str(), request[0].requested_unix_ms),
+        ("b", NOW)
+    );
+    // a answers: b's two were preempted while it had no agent; their share moves.
+    view.zone_mut("b").witnessed = Some(pm_proto::Witnessed {
+        witness_zone: "a".into(),
+        live: 0,
+        requested_unix_ms: NOW,
+        ..Default::default()
+    });
+    let moved = place_now(&view);
+    assert_eq!(
+        counts(&moved),
+        [("a".into(), 3), ("b".into(), 0), ("c".into(), 3)]
+    );
+    // An answer to another request does not count.
+    view.zone_mut("b")
+        .witnessed
+        .as_mut()
+        .unwrap()
+        .requested_unix_ms = NOW - 1;
+    let stale = place_now(&view);
+    assert_eq!(
+        counts(&stale),
+        [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)]
+    );
 }
 
 fn counts(placement: &Placement) -> Vec<(String, i64)> {
@@ -162,7 +226,14 @@ fn the_capacity_hint_holds_only_while_the_probation_lasts() {
 
     let mut view = pool(8, Distribution::Balanced, &["a", "b"]);
     view.zones.insert("a".into(), zone);
-    let placement = match place(&view, |_| true, &BTreeMap::new(), "s1", healthy) {
+    let placement = match place(
+        &view,
+        |_| true,
+        &BTreeMap::new(),
+        &Requests::new(),
+        "s1",
+        healthy,
+    ) {
         Ok(placement) => placement,
         Err(e) => panic!("{e}"),
     };
@@ -191,7 +262,14 @@ async fn a_zone_without_agent_past_the_grace_gets_nothing_new_and_its_share_move
     let has_agent = |zone: &str| zone == "b";
     let at = |presence: &AgentPresence, now: i64| {
         let agent_ok = |zone: &str| presence.is_ok(zone, has_agent(zone), now);
-        match place(&view, agent_ok, &BTreeMap::new(), "s1", now) {
+        match place(
+            &view,
+            agent_ok,
+            &BTreeMap::new(),
+            &Requests::new(),
+            "s1",
+            now,
+        ) {
             Ok(placement) => placement,
             Err(e) => panic!("{e}"),
         }
@@ -268,7 +346,7 @@ fn random_pool() -> impl Strategy<Value = (PoolView, BTreeSet<String>)> {
 proptest! {
     #[test]
     fn the_input_follows_the_rules((view, agents) in random_pool()) {
-        let input = distribution_input(&view, |z| agents.contains(z), NOW);
+        let input = distribution_input(&view, |z| agents.contains(z), &Requests::new(), NOW);
         let allowed = allowed_zones(&view);
         for state in &input.zones {
             let zone = &view.zones[&state.zone];
@@ -289,7 +367,7 @@ proptest! {
 
     #[test]
     fn placement_keeps_the_distribution_properties((view, agents) in random_pool()) {
-        let input = distribution_input(&view, |z| agents.contains(z), NOW);
+        let input = distribution_input(&view, |z| agents.contains(z), &Requests::new(), NOW);
         let placement = placed(&view, |z| agents.contains(z));
         let kept_total: i64 = input
             .zones
@@ -516,8 +594,15 @@ fn simulate(
                 .position(|n| n == zone)
                 .is_some_and(|z| zones[z].agent)
         };
-        let placement =
-            place(&view, agent_ok, &BTreeMap::new(), "s1", now).map_err(|e| e.to_string())?;
+        let placement = place(
+            &view,
+            agent_ok,
+            &BTreeMap::new(),
+            &Requests::new(),
+            "s1",
+            now,
+        )
+        .map_err(|e| e.to_string())?;
         for write in placement.writes {
             if let Some(z) = names.iter().position(|n| *n == write.zone) {
                 zones[z].view.desired = write.next;
