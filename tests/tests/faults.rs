@@ -84,6 +84,7 @@ enum Kind {
     QuotaStorm,
     BackgroundingHooks,
     GceOperationErrors,
+    OrphanZone,
 }
 
 impl Kind {
@@ -104,6 +105,7 @@ impl Kind {
             Kind::QuotaStorm,
             Kind::BackgroundingHooks,
             Kind::GceOperationErrors,
+            Kind::OrphanZone,
         ];
         if etcd_members >= 3 {
             kinds.extend([
@@ -718,6 +720,7 @@ impl System {
             Kind::ConfigChange => self.change_config().await,
             Kind::QuotaStorm => self.quota_storm().await,
             Kind::BackgroundingHooks => self.backgrounding_hooks().await,
+            Kind::OrphanZone => self.orphan_zone().await,
             Kind::LoseEtcdQuorum => self.lose_etcd_quorum().await,
             Kind::CutAgentFromEtcd => self.cut_agent_from_etcd().await,
             Kind::GceErrors => {
@@ -983,6 +986,52 @@ impl System {
             *since.entry(kind).or_default() += count.saturating_sub(earlier);
         }
         since
+    }
+
+    /// Every agent of a zone killed, then some of its VMs preempted: another zone's agent
+    /// counts what is left there, the other zones take the lost share (the checker holds
+    /// target + zones meanwhile), and the zone's agent, back, finds a whole pool.
+    async fn orphan_zone(&mut self) {
+        let zone = zone_name(self.rng.random_range(0..ZONES));
+        for i in 0..self.c.agent_count(&zone) {
+            let daemon = self.c.agent(&zone, i);
+            if daemon.is_running() {
+                daemon.kill9().await;
+                let name = daemon.name().to_string();
+                self.killed.insert(name);
+            }
+        }
+        if zone == STANDBY_ZONE {
+            self.proxies.clear();
+        }
+        let count = self.rng.random_range(1..=3);
+        let victims = self.preempt(count, Some(&zone)).await;
+        self.note(format!(
+            "every agent of {zone} killed; preempted {victims:?} there"
+        ));
+        let started = Instant::now();
+        wait_for!(
+            self,
+            "the other zones take the share the agentless zone lost",
+            STEP_BOUND,
+            (self.running(None).await.len() >= TARGET).then_some(())
+        );
+        self.note(format!(
+            "  whole without {zone}'s agent in {:.1?}",
+            started.elapsed()
+        ));
+        if zone == STANDBY_ZONE {
+            self.start_standby_zone_agent().await;
+            self.start_standby_zone_agent().await;
+        } else {
+            self.c.start_agent(&zone);
+        }
+        let took = self
+            .wait_converged("the pool converges with the zone's agent back", STEP_BOUND)
+            .await;
+        self.note(format!(
+            "  converged in {took:.1?} after the agent came back"
+        ));
     }
 
     /// The create hook becomes one that leaves a child holding its output: replacements
