@@ -301,6 +301,11 @@ impl Keyspace {
         format!("{}events/", self.root)
     }
 
+    /// The key of the events sink's delivery cursor.
+    pub fn sink_cursor(&self) -> String {
+        format!("{}sink/cursor", self.root)
+    }
+
     /// Prefix of a pool's events.
     pub fn events_prefix(&self, pool: &str) -> Result<String> {
         validate_pool(pool)?;

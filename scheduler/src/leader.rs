@@ -25,6 +25,7 @@ use crate::placement::{self, DesiredWrite};
 use crate::placement_events::{PlacementEvents, PlacementReport};
 use crate::pool_event::PoolEvent;
 use crate::rollout;
+use crate::sink::{Sink, SinkSettings};
 use crate::witness;
 
 /// etcd's default limit of operations in one transaction is 128; stay below it.
@@ -43,6 +44,8 @@ pub struct LeaderSettings {
     pub agent_grace: Duration,
     /// Period of full re-reads.
     pub resync: Duration,
+    /// `--events-sink`, when set.
+    pub sink: Option<SinkSettings>,
 }
 
 /// The leader's state for one term.
@@ -92,19 +95,40 @@ pub async fn lead(
         reported: PlacementEvents::default(),
     };
     let lost = leadership.lost();
+    let deliver = async {
+        let Some(sink) = &settings.sink else {
+            return std::future::pending().await;
+        };
+        let sink = Sink {
+            store,
+            events,
+            settings: sink,
+            metrics: &metrics.sink,
+            readiness,
+            fence: leadership.fence().clone(),
+            id: settings.id.clone(),
+        };
+        ended(sink.run().await)
+    };
     tokio::select! {
         _ = lost.cancelled() => TermEnd::Lost,
         end = term.run() => end,
+        end = deliver => end,
+    }
+}
+
+/// How a term ends after `result`: fenced out (or returning at all) means lost.
+fn ended(result: pm_etcd::Result<()>) -> TermEnd {
+    match result {
+        Ok(()) => TermEnd::Lost,
+        Err(e) if e.is_fenced_out() => TermEnd::Lost,
+        Err(e) => TermEnd::Failed(e),
     }
 }
 
 impl Term<'_> {
     async fn run(&mut self) -> TermEnd {
-        match self.follow().await {
-            Ok(()) => TermEnd::Lost,
-            Err(e) if e.is_fenced_out() => TermEnd::Lost,
-            Err(e) => TermEnd::Failed(e),
-        }
+        ended(self.follow().await)
     }
 
     async fn load(&mut self) -> pm_etcd::Result<(i64, i64)> {

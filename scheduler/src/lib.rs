@@ -13,10 +13,12 @@
 //! - [`model`]: the leader's model: pm-etcd's keyspace view (`pm_etcd::PoolsView`) and
 //!   what it keeps beside it (instance counts, last valid configs, dirty pools, notices).
 //! - [`leader`]: the leader's work for one term: gather facts, call the above, write.
+//! - [`sink`] and [`cloud_event`]: `--events-sink`, every event out as a CloudEvent.
 //! - [`metrics`]: what `--metrics` exports.
 //! - [`run`]: campaign, lead, lose, campaign again, through [`pm_daemon::run_elected`].
 
 pub mod agent_presence;
+pub mod cloud_event;
 pub mod config;
 pub mod distribution;
 pub mod exhaustion;
@@ -27,6 +29,7 @@ pub mod placement;
 pub mod placement_events;
 pub mod pool_event;
 pub mod rollout;
+pub mod sink;
 pub mod witness;
 
 use std::net::SocketAddr;
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::SchedulerConfig;
 use leader::{lead, LeaderSettings};
 use metrics::SchedulerMetrics;
+use sink::SinkSettings;
 
 /// Why the scheduler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +73,21 @@ pub async fn run(
 ) -> Result<(), SchedulerError> {
     config.validate().map_err(SchedulerError::Config)?;
     let id = config.daemon.id();
+    let sink = match config.events_sink.clone() {
+        None => None,
+        Some(url) => Some(SinkSettings {
+            url,
+            mode: config.events_sink_mode,
+            client: reqwest::Client::builder()
+                .build()
+                .map_err(|e| SchedulerError::Config(format!("--events-sink: {e}")))?,
+        }),
+    };
     let settings = LeaderSettings {
         id: id.clone(),
         agent_grace: config.agent_grace,
         resync: config.daemon.resync,
+        sink,
     };
     let mut registry = Registry::default();
     let metrics = SchedulerMetrics::new(&mut registry);

@@ -3,6 +3,7 @@
 //! exports no per-pool series, so a dashboard sees each number once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
 
 use pm_telemetry::{EtcdErrorLabels, GaugeSet, MetricDef, ETCD_ERRORS, ETCD_LARGEST_REPLY};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,6 +50,27 @@ pub const ZONE_AGENTS: MetricDef = MetricDef::gauge(
     "Agents registered for each zone that a pool allows or that has agents (active and standby)",
 );
 
+/// `pm_events_sink_lag_seconds`.
+pub const SINK_LAG: MetricDef = MetricDef::gauge(
+    "pm_events_sink_lag_seconds",
+    "Age of the oldest event the leader has not yet delivered to --events-sink; 0 when caught up or not leading",
+);
+/// `pm_events_sink_delivered_total`.
+pub const SINK_DELIVERED: MetricDef = MetricDef::counter(
+    "pm_events_sink_delivered",
+    "Events this replica delivered to --events-sink (the sink answered 2xx)",
+);
+/// `pm_events_sink_failures_total`.
+pub const SINK_FAILURES: MetricDef = MetricDef::counter(
+    "pm_events_sink_failures",
+    "Deliveries to --events-sink that failed and are retried: no answer, 408, 429 or 5xx",
+);
+/// `pm_events_sink_dropped_total`.
+pub const SINK_DROPPED: MetricDef = MetricDef::counter(
+    "pm_events_sink_dropped",
+    "Events not delivered to --events-sink: refused with a 4xx other than 408 and 429, or unreadable",
+);
+
 /// Every metric pm-scheduler exports: what dashboards and alert rules may use.
 pub const METRICS: &[MetricDef] = &[
     LEADER,
@@ -58,6 +80,10 @@ pub const METRICS: &[MetricDef] = &[
     ZONE_EXHAUSTED,
     ZONE_EXHAUSTION_REMAINING,
     ZONE_AGENTS,
+    SINK_LAG,
+    SINK_DELIVERED,
+    SINK_FAILURES,
+    SINK_DROPPED,
     ETCD_ERRORS,
     ETCD_LARGEST_REPLY,
 ];
@@ -117,6 +143,21 @@ pub struct SchedulerMetrics {
     remaining: GaugeSet<PoolZoneLabels>,
     /// Agents per zone.
     agents: GaugeSet<ZoneLabels>,
+    /// The events sink's numbers.
+    pub sink: SinkMetrics,
+}
+
+/// The events sink's numbers ([`crate::sink`]).
+#[derive(Debug, Clone, Default)]
+pub struct SinkMetrics {
+    /// Seconds the oldest undelivered event waits.
+    pub lag: Gauge<f64, AtomicU64>,
+    /// Events delivered.
+    pub delivered: Counter,
+    /// Failed attempts, retried.
+    pub failures: Counter,
+    /// Events given up.
+    pub dropped: Counter,
 }
 
 impl SchedulerMetrics {
@@ -128,6 +169,11 @@ impl SchedulerMetrics {
         ETCD_ERRORS.register(registry, etcd_errors.clone());
         let etcd_largest_reply = Gauge::default();
         ETCD_LARGEST_REPLY.register(registry, etcd_largest_reply.clone());
+        let sink = SinkMetrics::default();
+        SINK_LAG.register(registry, sink.lag.clone());
+        SINK_DELIVERED.register(registry, sink.delivered.clone());
+        SINK_FAILURES.register(registry, sink.failures.clone());
+        SINK_DROPPED.register(registry, sink.dropped.clone());
         Self {
             leader,
             etcd_errors,
@@ -138,6 +184,7 @@ impl SchedulerMetrics {
             exhausted: GaugeSet::register(&ZONE_EXHAUSTED, registry),
             remaining: GaugeSet::register(&ZONE_EXHAUSTION_REMAINING, registry),
             agents: GaugeSet::register(&ZONE_AGENTS, registry),
+            sink,
         }
     }
 
@@ -198,7 +245,8 @@ impl SchedulerMetrics {
         }));
     }
 
-    /// Removes every per-pool and per-zone series: this replica no longer leads.
+    /// Removes every per-pool and per-zone series and zeroes the sink lag: this replica no
+    /// longer leads.
     pub fn clear_view(&self) {
         self.target.clear();
         self.desired.clear();
@@ -206,6 +254,7 @@ impl SchedulerMetrics {
         self.exhausted.clear();
         self.remaining.clear();
         self.agents.clear();
+        self.sink.lag.set(0.0);
     }
 }
 

@@ -77,6 +77,8 @@ pub struct ClusterBuilder {
     max_concurrent: Option<usize>,
     /// The agents' `--max-waiting`; `None`: the agent's default.
     max_waiting: Option<usize>,
+    /// Flag and value pairs every scheduler gets besides the usual ones.
+    scheduler_flags: Vec<(String, String)>,
 }
 
 impl Default for ClusterBuilder {
@@ -95,6 +97,7 @@ impl Default for ClusterBuilder {
             require_auth: false,
             max_concurrent: None,
             max_waiting: None,
+            scheduler_flags: Vec::new(),
         }
     }
 }
@@ -172,6 +175,12 @@ impl ClusterBuilder {
     /// The agents' `--max-waiting` (default: the agent's).
     pub fn max_waiting(mut self, max: usize) -> Self {
         self.max_waiting = Some(max);
+        self
+    }
+
+    /// One more flag and value every scheduler gets (`--events-sink URL`, ...).
+    pub fn scheduler_flag(mut self, flag: &str, value: &str) -> Self {
+        self.scheduler_flags.push((flag.into(), value.into()));
         self
     }
 
@@ -352,6 +361,9 @@ impl Cluster {
             "--agent-grace".into(),
             "5s".into(),
         ]);
+        for (flag, value) in &self.settings.scheduler_flags {
+            args.extend([flag.clone(), value.clone()]);
+        }
         let daemon = Daemon::start(self.etcd.dir(), &id, "pm-scheduler", &args, &[]);
         self.schedulers.push(daemon);
         self.schedulers.len() - 1

@@ -606,10 +606,12 @@ impl Daemon {
 
 pub mod cluster;
 pub mod proxy;
+pub mod receiver;
 pub mod service_account;
 pub mod tls;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use proxy::TcpProxy;
+pub use receiver::Receiver;
 
 #[cfg(test)]
 mod tests {

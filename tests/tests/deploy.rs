@@ -202,6 +202,7 @@ fn alert_rules_cover_the_issue_and_use_only_exported_metrics() {
         ("PmNoSchedulerLeader", "1m", "pm_scheduler_leader"),
         ("PmZoneWithoutActiveAgent", "2m", "pm_agent_active"),
         ("PmGceErrorRateHigh", "10m", "pm_gce_calls_total"),
+        ("PmEventsSinkLagging", "5m", "pm_events_sink_lag_seconds"),
     ];
     let mut seen = BTreeSet::new();
     for group in groups {
