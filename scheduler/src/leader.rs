@@ -367,6 +367,7 @@ impl Term<'_> {
             .cloned()
             .collect();
         let requests = witness::requests(view, &orphaned, &witnesses, now);
+        let witnessed = witness::applied(view, &requests);
         let placed = placement::place(
             view,
             agent_ok,
@@ -378,11 +379,36 @@ impl Term<'_> {
         if let Ok(placement) = &placed {
             self.write_desired(pool, &placement.writes).await?;
         }
+        self.remove_answers(pool, &witness::unasked(view, &requests))
+            .await?;
         Ok(PlacementReport {
             pool: pool.to_string(),
             agents,
             placed,
+            witnessed,
         })
+    }
+
+    /// Deletes the `witnessed` keys of `zones`, answers no request stands for any more,
+    /// fenced, in transactions of at most [`MAX_TXN_OPS`].
+    async fn remove_answers(&mut self, pool: &str, zones: &[String]) -> pm_etcd::Result<()> {
+        let keys = self.store.keys().clone();
+        for chunk in zones.chunks(MAX_TXN_OPS) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for zone in chunk {
+                let key = keys.witnessed(pool, zone)?;
+                ops.push(TxnOp::delete(key.as_str(), None));
+            }
+            let revision = self.store.txn_fenced(&self.fence, ops).await?;
+            for zone in chunk {
+                let key = Key::Witnessed {
+                    pool: pool.to_string(),
+                    zone: zone.clone(),
+                };
+                self.model.record(&key, None, revision)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the `desired` changes of a pool, fenced, in transactions of at most

@@ -10,6 +10,7 @@ use pm_proto::Severity;
 use crate::distribution::{DistributionError, PlacementOutcome};
 use crate::placement::Placement;
 use crate::pool_event::PoolEvent;
+use crate::witness::Applied;
 
 /// What one placement pass of a pool found and changed.
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct PlacementReport {
     pub agents: Vec<(String, bool)>,
     /// The placement written, or why the pool cannot be placed.
     pub placed: Result<Placement, DistributionError>,
+    /// The witness counts placement applied to zones without agents.
+    pub witnessed: Vec<Applied>,
 }
 
 /// The conditions reported so far in this term.
@@ -32,6 +35,9 @@ pub struct PlacementEvents {
     /// (pool, zone) pairs of allowed zones without an agent past the grace, already
     /// reported; an entry goes when an agent is back.
     agentless: BTreeSet<(String, String)>,
+    /// (pool, zone) pairs whose witness count was reported, with that count; an entry
+    /// goes when the zone's request ends.
+    witnessed: BTreeMap<(String, String), u64>,
 }
 
 impl PlacementEvents {
@@ -44,6 +50,7 @@ impl PlacementEvents {
             .iter()
             .filter_map(|(zone, agent_ok)| self.agent(pool, zone, *agent_ok, agent_grace))
             .collect();
+        events.extend(self.witness_counts(pool, &report.witnessed));
         let placement = match &report.placed {
             Ok(placement) => placement,
             Err(e) => {
@@ -99,10 +106,37 @@ impl PlacementEvents {
         events
     }
 
-    /// Forgets the outcome and agentless zones of a removed pool.
+    /// Forgets the outcome, agentless zones and witness counts of a removed pool.
     pub fn forget(&mut self, pool: &str) {
         self.outcomes.remove(pool);
         self.agentless.retain(|(p, _)| p != pool);
+        self.witnessed.retain(|(p, _), _| p != pool);
+    }
+
+    /// A `zone-witnessed` event for each zone whose witness count is new or changed.
+    fn witness_counts(&mut self, pool: &str, applied: &[Applied]) -> Vec<PoolEvent> {
+        let zones: BTreeSet<&str> = applied.iter().map(|a| a.zone.as_str()).collect();
+        self.witnessed
+            .retain(|(p, zone), _| p != pool || zones.contains(zone.as_str()));
+        applied
+            .iter()
+            .filter_map(|a| {
+                let pair = (pool.to_string(), a.zone.clone());
+                let before = self.witnessed.insert(pair, a.counted);
+                (before != Some(a.counted)).then(|| {
+                    PoolEvent::zone(
+                        pool,
+                        "zone-witnessed",
+                        Severity::Warning,
+                        &a.zone,
+                        format!(
+                            "zone {} has no agent: zone {}'s agent counted {} live instance(s) there in GCE, its keys record {}; placement counts at most {}",
+                            a.zone, a.witness, a.counted, a.recorded, a.counted
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The event, once per change, that an allowed zone of `pool` lost its agents for

@@ -95,6 +95,46 @@ pub fn counted(zone: &ZoneView, standing: Option<&Standing>) -> Option<u64> {
         .map(|w| u64::from(w.live))
 }
 
+/// A witness count placement applies to a zone without agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The zone counted.
+    pub zone: String,
+    /// The zone whose agent counted.
+    pub witness: String,
+    /// Live instances the zone's keys record.
+    pub recorded: u64,
+    /// Live instances the witness found in GCE.
+    pub counted: u64,
+}
+
+/// The answers to the standing `requests` that placement counts, in zone order.
+pub fn applied(view: &PoolView, requests: &Requests) -> Vec<Applied> {
+    requests
+        .iter()
+        .filter_map(|(zone, standing)| {
+            let zv = view.zones.get(zone)?;
+            let counted = counted(zv, Some(standing))?;
+            Some(Applied {
+                zone: zone.clone(),
+                witness: standing.witness.clone(),
+                recorded: zv.counts.live,
+                counted,
+            })
+        })
+        .collect()
+}
+
+/// The zones holding a `witnessed` key while no request stands for them: answers to
+/// requests that ended, to be removed.
+pub fn unasked(view: &PoolView, requests: &Requests) -> Vec<String> {
+    view.zones
+        .iter()
+        .filter(|(zone, zv)| zv.witnessed.is_some() && !requests.contains_key(*zone))
+        .map(|(zone, _)| zone.clone())
+        .collect()
+}
+
 /// The requests `witness` is to answer, in the order of the zones counted, each with the
 /// other projects the zone's keys record VMs in.
 pub fn asked_of(view: &PoolView, requests: &Requests, witness: &str) -> Vec<WitnessRequest> {
@@ -199,5 +239,34 @@ mod tests {
         zone.witnessed = Some(answer("a", 1000));
         assert_eq!(counted(&zone, Some(&standing)), Some(1));
         assert_eq!(counted(&zone, None), None, "no request stands");
+    }
+
+    #[test]
+    fn answers_apply_while_their_request_stands_and_are_removed_after() {
+        let mut view = view_with_live(&[("a", 2), ("b", 3)]);
+        view.zone_mut("b").witnessed = Some(Witnessed {
+            witness_zone: "a".into(),
+            live: 1,
+            requested_unix_ms: 1000,
+            ..Default::default()
+        });
+        let standing = Standing {
+            witness: "a".into(),
+            requested_unix_ms: 1000,
+        };
+        let requests = Requests::from([("b".to_string(), standing)]);
+        let applied = applied(&view, &requests);
+        assert_eq!(
+            applied,
+            [Applied {
+                zone: "b".into(),
+                witness: "a".into(),
+                recorded: 3,
+                counted: 1,
+            }]
+        );
+        assert!(unasked(&view, &requests).is_empty(), "the answer is in use");
+        assert_eq!(unasked(&view, &Requests::new()), ["b"], "the request ended");
+        assert!(super::applied(&view, &Requests::new()).is_empty());
     }
 }

@@ -307,6 +307,16 @@ async fn what_a_zone_without_agents_loses_moves_elsewhere_as_its_witness_counts(
         (running.get("zone-a") == Some(&4)).then_some(())
     })
     .await;
+    let event = c
+        .wait("a zone-witnessed event counting none", BOUND, || async {
+            let all = events(&c, "web").await;
+            let witnessed = all.into_iter().filter(|e| e.kind == "zone-witnessed");
+            witnessed
+                .filter(|e| e.zone == "zone-b")
+                .find(|e| e.message.contains("counted 0"))
+        })
+        .await;
+    assert!(event.message.contains("zone-a"), "{}", event.message);
     c.start_agent("zone-b");
     c.wait(
         "zone-b's agent is back and the pool whole",
@@ -321,6 +331,11 @@ async fn what_a_zone_without_agents_loses_moves_elsewhere_as_its_witness_counts(
     )
     .await;
     wait_accepts_new(&c, "zone-b", true).await;
+    c.wait("the answer is removed once no one asks", BOUND, || async {
+        let answer = c.store().get::<pm_proto::Witnessed>(&witnessed_key).await;
+        answer.unwrap().is_none().then_some(())
+    })
+    .await;
     let peak = peak.into_inner();
     assert!(
         peak <= 4 + 2,

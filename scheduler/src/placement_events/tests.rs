@@ -26,6 +26,7 @@ fn report(
         pool: "web".into(),
         agents: agents.iter().map(|(z, ok)| (z.to_string(), *ok)).collect(),
         placed,
+        witnessed: Vec::new(),
     }
 }
 
@@ -101,5 +102,45 @@ fn a_removed_pool_is_forgotten() {
     assert_eq!(
         kinds(&reported.events(&short, GRACE)),
         ["zone-without-agent", "no-usable-zone"]
+    );
+}
+
+#[test]
+fn a_witness_count_is_reported_when_it_applies_and_when_it_changes() {
+    let mut reported = PlacementEvents::default();
+    let mut pass = report(
+        &[("a", true)],
+        Ok(placement(PlacementOutcome::Placed, false)),
+    );
+    let count = |counted| Applied {
+        zone: "b".into(),
+        witness: "a".into(),
+        recorded: 3,
+        counted,
+    };
+    pass.witnessed = vec![count(1)];
+    let events = reported.events(&pass, GRACE);
+    assert_eq!(kinds(&events), ["zone-witnessed"]);
+    assert_eq!(events[0].zone, "b");
+    assert!(
+        events[0].message.contains("counted 1"),
+        "{}",
+        events[0].message
+    );
+    assert!(
+        events[0].message.contains("record 3"),
+        "{}",
+        events[0].message
+    );
+    assert!(reported.events(&pass, GRACE).is_empty(), "the same count");
+    pass.witnessed = vec![count(0)];
+    assert_eq!(kinds(&reported.events(&pass, GRACE)), ["zone-witnessed"]);
+    pass.witnessed.clear();
+    assert!(reported.events(&pass, GRACE).is_empty());
+    pass.witnessed = vec![count(0)];
+    assert_eq!(
+        kinds(&reported.events(&pass, GRACE)),
+        ["zone-witnessed"],
+        "a new request is reported again"
     );
 }
