@@ -29,6 +29,7 @@ use crate::heartbeat::{Heartbeat, Member};
 use crate::hooks::{HookCall, HookRunner};
 use crate::lists::{Lists, Returned};
 use crate::metrics::{AgentMetrics, PoolCount, ZoneLabels};
+use crate::notice::{self, Notices};
 use crate::operations::{Op, OpResult, Operations, Outcome, Slots};
 use crate::pool_state::{PoolState, Pools};
 use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Start};
@@ -77,6 +78,8 @@ pub struct AgentContext {
     pub stall_after: Duration,
     /// Period of the full re-read of the pools prefix, on top of the watch (`--resync`).
     pub resync: Duration,
+    /// How often to look for preemption notices (`--notice-interval`); `None`: never.
+    pub notice_interval: Option<Duration>,
 }
 
 /// The active agent for one term.
@@ -162,6 +165,7 @@ impl<'a> ActiveAgent<'a> {
         resync.tick().await;
         let mut discovery = tokio::time::interval(DISCOVERY);
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut notices = ctx.notice_interval.map(Notices::new);
         loop {
             self.reconcile_due().await?;
             self.beat().await?;
@@ -183,6 +187,9 @@ impl<'a> ActiveAgent<'a> {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = discovery.tick() => self.discover(&mut watches).await?,
                 _ = resync.tick() => self.relist(&mut watches).await?,
+                Some(step) = notice::step(notices.as_mut()) => if let Some(n) = notices.as_mut() {
+                    n.take(step, ctx, &mut self.pools, &self.lists);
+                },
             }
         }
     }

@@ -62,7 +62,14 @@ pub struct AgentConfig {
     /// so in its member key: the scheduler then counts its zone as without agent.
     #[arg(long, env = "PM_STALL_AFTER", value_parser = parse_duration, default_value = "60s")]
     pub stall_after: Duration,
+    /// How often the active agent looks for new preemption notices (one
+    /// `zoneOperations.list` per project); 0s turns it off.
+    #[arg(long, env = "PM_NOTICE_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub notice_interval: Duration,
 }
+
+/// The shortest `--notice-interval`: faster looks only cost calls.
+pub const MIN_NOTICE_INTERVAL: Duration = Duration::from_millis(100);
 
 impl AgentConfig {
     /// Checks the settings that clap cannot.
@@ -76,6 +83,11 @@ impl AgentConfig {
         }
         if self.hook_concurrency == 0 {
             return Err("--hook-concurrency must be at least 1".into());
+        }
+        if !self.notice_interval.is_zero() && self.notice_interval < MIN_NOTICE_INTERVAL {
+            return Err(format!(
+                "--notice-interval must be 0s (off) or at least {MIN_NOTICE_INTERVAL:?}"
+            ));
         }
         if self.hook_queue == 0 {
             return Err("--hook-queue must be at least 1".into());

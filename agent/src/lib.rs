@@ -30,6 +30,7 @@ pub mod hooks;
 pub mod lists;
 pub mod metered;
 pub mod metrics;
+pub mod notice;
 pub mod operations;
 pub mod pool_state;
 pub mod reconcile;
@@ -153,6 +154,7 @@ pub async fn run_with(
         operation_timeout: config.operation_timeout,
         stall_after: config.stall_after,
         resync: config.daemon.resync,
+        notice_interval: (!config.notice_interval.is_zero()).then_some(config.notice_interval),
     };
     tracing::info!(%id, zone = %config.zone, "agent started");
     let count_error = |_: &pm_etcd::Error| {

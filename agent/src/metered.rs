@@ -206,6 +206,19 @@ impl Compute for MeteredCompute {
         let call = self.inner.list_operations(project, zone, filter);
         self.record(ApiCall::ListOperations, zone, call, ok)
     }
+
+    fn recent_operations<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+        max_results: u32,
+    ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>> {
+        let call = self
+            .inner
+            .recent_operations(project, zone, filter, max_results);
+        self.record(ApiCall::ListOperations, zone, call, ok)
+    }
 }
 
 #[cfg(test)]

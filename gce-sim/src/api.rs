@@ -252,6 +252,7 @@ fn list_query(query: &HashMap<String, String>) -> ListQuery<'_> {
         filter: param(query, "filter"),
         max_results: param(query, "maxResults"),
         page_token: param(query, "pageToken"),
+        order_by: param(query, "orderBy"),
     }
 }
 

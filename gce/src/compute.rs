@@ -221,6 +221,17 @@ pub trait Compute: Send + Sync {
         zone: &'a str,
         filter: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>>;
+
+    /// The zone's newest operations matching `filter`, newest first: one page of at most
+    /// `max_results` (1 to [`MAX_PAGE_SIZE`]), `orderBy=creationTimestamp desc`. One call
+    /// however long the zone's history is.
+    fn recent_operations<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+        max_results: u32,
+    ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>>;
 }
 
 /// `Ok(op)` for an operation without error, else [`GceError::OperationFailed`] carrying

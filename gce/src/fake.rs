@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::Map;
 
 use crate::compute::{
-    is_valid_request_id, operation_result, ApiCall, BoxFuture, Compute, PageRequest,
+    is_valid_request_id, operation_result, ApiCall, BoxFuture, Compute, PageRequest, MAX_PAGE_SIZE,
 };
 use crate::error::GceError;
 use crate::filter::Filter;
@@ -707,6 +707,25 @@ impl Compute for FakeCompute {
                 })
                 .cloned()
                 .collect())
+        })
+    }
+
+    fn recent_operations<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+        max_results: u32,
+    ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>> {
+        Box::pin(async move {
+            let mut all = self.list_operations(project, zone, filter).await?;
+            all.sort_by(|a, b| {
+                b.insert_time
+                    .cmp(&a.insert_time)
+                    .then_with(|| b.name.cmp(&a.name))
+            });
+            all.truncate(usize::try_from(max_results.clamp(1, MAX_PAGE_SIZE)).unwrap_or(1));
+            Ok(all)
         })
     }
 }

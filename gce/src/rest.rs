@@ -606,6 +606,29 @@ impl Compute for RestCompute {
             .await
         })
     }
+
+    fn recent_operations<'a>(
+        &'a self,
+        project: &'a str,
+        zone: &'a str,
+        filter: Option<&'a str>,
+        max_results: u32,
+    ) -> BoxFuture<'a, Result<Vec<Operation>, GceError>> {
+        Box::pin(async move {
+            let url = self.zone_url(project, zone, &["operations"]);
+            let mut request = self.request(ApiCall::ListOperations, Method::GET, url);
+            request.query = page_query(&PageRequest {
+                filter: filter.map(str::to_string),
+                max_results: Some(max_results.clamp(1, MAX_PAGE_SIZE)),
+                page_token: None,
+            });
+            request
+                .query
+                .push(("orderBy", "creationTimestamp desc".to_string()));
+            let page: OperationList = self.send(request).await?;
+            Ok(page.items)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub struct ClusterBuilder {
     max_waiting: Option<usize>,
     /// Flag and value pairs every scheduler gets besides the usual ones.
     scheduler_flags: Vec<(String, String)>,
+    /// How long gce-sim keeps a preempted VM STOPPING; `None`: gce-sim's default.
+    preempt_notice: Option<Duration>,
 }
 
 impl Default for ClusterBuilder {
@@ -98,6 +100,7 @@ impl Default for ClusterBuilder {
             max_concurrent: None,
             max_waiting: None,
             scheduler_flags: Vec::new(),
+            preempt_notice: None,
         }
     }
 }
@@ -178,6 +181,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long gce-sim keeps a preempted VM STOPPING (its preemption notice).
+    pub fn preempt_notice(mut self, notice: Duration) -> Self {
+        self.preempt_notice = Some(notice);
+        self
+    }
+
     /// One more flag and value every scheduler gets (`--events-sink URL`, ...).
     pub fn scheduler_flag(mut self, flag: &str, value: &str) -> Self {
         self.scheduler_flags.push((flag.into(), value.into()));
@@ -188,7 +197,11 @@ impl ClusterBuilder {
     pub async fn start(self) -> Cluster {
         let etcd = EtcdCluster::start(self.etcd_members).await;
         let zones: Vec<String> = (0..self.zones).map(zone_name).collect();
-        let sim = Sim::builder()
+        let mut sim = Sim::builder();
+        if let Some(notice) = self.preempt_notice {
+            sim = sim.preempt_notice(notice);
+        }
+        let sim = sim
             .zones(zones.clone())
             .capacity(self.capacity)
             .op_delay(self.op_delay)

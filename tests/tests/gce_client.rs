@@ -779,6 +779,39 @@ async fn preemptions_are_listed_as_operations() {
         .expect("started");
 }
 
+#[tokio::test]
+async fn the_newest_operations_come_first_in_one_page() {
+    let s = setup().await;
+    for name in ["web-1", "web-2", "web-3"] {
+        create(s.compute.as_ref(), name).await;
+    }
+    for name in ["web-1", "web-3"] {
+        s.control.preempt_names(&[name]).await.expect("preempt");
+    }
+    let compute = s.compute.as_ref();
+    let newest = compute
+        .recent_operations(PROJECT, ZONE, Some(PREEMPTED), 50)
+        .await
+        .expect("operations");
+    let targets: Vec<_> = newest.iter().filter_map(|op| op.target_name()).collect();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    let times: Vec<_> = newest.iter().map(|op| op.insert_time.clone()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let one = compute
+        .recent_operations(PROJECT, ZONE, Some(PREEMPTED), 1)
+        .await
+        .expect("operations");
+    assert_eq!(one.len(), 1, "one page of the size asked");
+    let all = compute
+        .recent_operations(PROJECT, ZONE, None, 50)
+        .await
+        .expect("operations");
+    assert_eq!(all.len(), 5, "three inserts and two preemptions");
+}
+
 /// A server that is not GCE: answers each path with a canned raw HTTP response.
 async fn garbage_server(responses: BTreeMap<&'static str, String>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

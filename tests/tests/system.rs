@@ -1102,3 +1102,68 @@ async fn after_an_etcd_snapshot_restore_pm_converges_on_the_restored_state() {
         .unwrap();
     assert_eq!(target.value.target_vm_count, 2, "the restored config");
 }
+
+/// Well within a preemption notice of 30 s, and far below the pool's rest of 120 s.
+const NOTICE_BOUND: Duration = Duration::from_secs(20);
+
+/// GCE records a preemption's operation when it starts, and the VM is STOPPING through
+/// its notice. The agent looks for notices every second: the replacement is requested
+/// within the notice, long before the pool's next pass (a rest of two minutes), and the
+/// preempted hook runs then too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preemption_is_replaced_at_its_notice_not_at_the_next_pass() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-preempted");
+    let c = Cluster::builder()
+        .zones(1)
+        .preempt_notice(Duration::from_secs(30))
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    let mut config = c.pool_config("web-", 2);
+    config.seconds_to_rest = 120;
+    config.hooks = Some(Hooks {
+        preempted: "on-preempted".into(),
+        ..Default::default()
+    });
+    c.set_pool("web", config).await;
+    wait_running(&c, "web", 2).await;
+    // The pass that records them RUNNING is the last before a rest of two minutes.
+    c.wait("both recorded RUNNING", BOUND, || async {
+        let prefix = c.store().keys().instances_prefix("web", "zone-a").unwrap();
+        let listing = c.store().list::<ObservedInstance>(&prefix).await.unwrap();
+        let running = listing
+            .items
+            .iter()
+            .filter(|(_, v)| v.value.state() == pm_proto::InstanceState::Running);
+        (running.count() == 2).then_some(())
+    })
+    .await;
+    let before: BTreeSet<String> = c.gce_instances("web").await["zone-a"]
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    let preempted = c.sim().preempt_count("zone-a", 1).await.unwrap();
+    let name = preempted.preempted[0].clone();
+    c.wait(
+        "a replacement within the preempted VM's notice",
+        NOTICE_BOUND,
+        || async {
+            let now = c.gce_instances("web").await;
+            let list = now.get("zone-a")?;
+            list.iter().any(|i| !before.contains(&i.name)).then_some(())
+        },
+    )
+    .await;
+    c.wait(
+        "the preempted hook ran at the notice",
+        NOTICE_BOUND,
+        || async {
+            hook_lines(hooks.path())
+                .iter()
+                .any(|l| l.starts_with(&format!("preempted web pm-test zone-a {name}")))
+                .then_some(())
+        },
+    )
+    .await;
+}

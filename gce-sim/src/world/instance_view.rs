@@ -169,7 +169,7 @@ impl World {
         zone: &str,
         query: &ListQuery<'_>,
     ) -> Result<Vec<u8>, ApiError> {
-        let page = query.check()?;
+        let page = query.check_by_name()?;
         let boot = self.config.boot_delay;
         let now = Instant::now();
         let z = self.zone_mut(project, zone)?;
@@ -195,7 +195,7 @@ impl World {
         project: &str,
         query: &ListQuery<'_>,
     ) -> Result<Value, ApiError> {
-        let page = query.check()?;
+        let page = query.check_by_name()?;
         let boot = self.config.boot_delay;
         let now = Instant::now();
         let empty = BTreeMap::new();

@@ -11,7 +11,7 @@ use pm_gce::resources::{Operation, OperationError, OperationErrorItem, Operation
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::paging::{list_reply, paginate, ListQuery};
+use super::paging::{list_reply, paginate, ListQuery, Order};
 use super::{zone_url, ApiError, World};
 use crate::clock::{operation_name, resource_id, rfc3339};
 
@@ -209,17 +209,34 @@ impl World {
         let z = self.zone_mut(project, zone)?;
         let empty = BTreeMap::new();
         let operations = z.projects.get(project).map_or(&empty, |pz| &pz.operations);
-        let views = operations
-            .range::<str, _>(page.keys())
-            .filter(|(name, op)| {
-                page.filter
-                    .matches(|field| operation_field(project, zone, name, op, now, field))
-            })
-            .map(|(name, op)| {
-                let view = operation_view(&Scope::Zone(project, zone), name, op, now);
-                (name.clone(), view)
-            });
-        let (items, next_page_token) = paginate(views, page.size);
+        let matching = |(name, op): &(&String, &SimOperation)| {
+            page.filter
+                .matches(|field| operation_field(project, zone, name, op, now, field))
+        };
+        let view = |(name, op): (&String, &SimOperation)| {
+            operation_view(&Scope::Zone(project, zone), name, op, now)
+        };
+        let (items, next_page_token) = match page.order {
+            Order::Name => {
+                let views = operations
+                    .range::<str, _>(page.keys())
+                    .filter(matching)
+                    .map(|entry| (entry.0.clone(), view(entry)));
+                paginate(views, page.size)
+            }
+            Order::NewestFirst => {
+                // Keys that sort newest first: the insert time's complement, then the name.
+                let mut keyed: Vec<(String, (&String, &SimOperation))> = operations
+                    .iter()
+                    .filter(matching)
+                    .map(|entry| (newest_first_key(entry.0, entry.1), entry))
+                    .filter(|(key, _)| page.after.as_ref().is_none_or(|after| key > after))
+                    .collect();
+                keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                let views = keyed.into_iter().map(|(key, entry)| (key, view(entry)));
+                paginate(views, page.size)
+            }
+        };
         Ok(list_reply(
             "compute#operationList",
             &format!("projects/{project}/zones/{zone}/operations"),
@@ -294,6 +311,15 @@ pub(super) fn operation_view(
     }
 }
 
+/// The sort key of an operation in a newest-first listing (and its page tokens).
+fn newest_first_key(name: &str, op: &SimOperation) -> String {
+    let millis = op
+        .inserted
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format!("{:020}/{name}", u64::MAX - millis)
+}
+
 /// A field of an operation for list filters.
 fn operation_field<'a>(
     project: &str,
@@ -366,6 +392,68 @@ mod tests {
             w.get_operation("p", "z1", &hung.name).expect("get").status,
             OperationStatus::Running
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn operations_list_newest_first_in_pages_when_asked() {
+        let mut w = world(Duration::ZERO, Duration::ZERO);
+        let mut names = Vec::new();
+        for name in ["a", "b", "c"] {
+            let op = w
+                .mutate("p", "z1", Mutation::Insert(&body(name)), None)
+                .expect("insert");
+            names.push(op.name);
+        }
+        // Insert times one second apart, oldest first, whatever the names' order.
+        let zone = w.zone_mut("p", "z1").expect("zone");
+        let ops = &mut zone.projects.get_mut("p").expect("project").operations;
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for (i, name) in names.iter().enumerate() {
+            let op = ops.get_mut(name).expect("operation");
+            op.inserted = start + Duration::from_secs(u64::try_from(names.len() - i).unwrap());
+        }
+        let newest = ListQuery {
+            order_by: Some("creationTimestamp desc"),
+            max_results: Some("2"),
+            ..ListQuery::default()
+        };
+        let page = w.list_operations("p", "z1", &newest).expect("list");
+        let listed = |page: &Value| -> Vec<String> {
+            let items = page["items"].as_array().expect("items");
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(listed(&page), [names[0].clone(), names[1].clone()]);
+        let token = page["nextPageToken"].as_str().expect("token").to_string();
+        let next = ListQuery {
+            page_token: Some(&token),
+            ..newest
+        };
+        let page = w.list_operations("p", "z1", &next).expect("list");
+        assert_eq!(listed(&page), [names[2].clone()]);
+        assert!(page.get("nextPageToken").is_none());
+        let by_name = w
+            .list_operations("p", "z1", &ListQuery::default())
+            .expect("list");
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(listed(&by_name), sorted);
+        let bad = ListQuery {
+            order_by: Some("creationTimestamp"),
+            ..ListQuery::default()
+        };
+        let refused = w.list_operations("p", "z1", &bad).expect_err("refused");
+        assert_eq!(refused.status, 400);
+        let instances = ListQuery {
+            order_by: Some("creationTimestamp desc"),
+            ..ListQuery::default()
+        };
+        let refused = w
+            .list_instances("p", "z1", &instances)
+            .expect_err("refused");
+        assert_eq!(refused.status, 400);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -19,16 +19,58 @@ pub struct ListQuery<'a> {
     pub max_results: Option<&'a str>,
     /// `pageToken` of the page to list; absent lists the first.
     pub page_token: Option<&'a str>,
+    /// `orderBy`: absent or `name` (alphanumerical, the default) or `creationTimestamp
+    /// desc` (newest first), the only orders GCE supports.
+    pub order_by: Option<&'a str>,
+}
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// By name, the default.
+    Name,
+    /// Newest first (`orderBy=creationTimestamp desc`).
+    NewestFirst,
 }
 
 impl ListQuery<'_> {
-    /// The parameters checked, in order: the filter, the page size, the page token.
+    /// The parameters checked, in order: the filter, the page size, the page token, the
+    /// order.
     pub(super) fn check(&self) -> Result<ListPage, ApiError> {
         Ok(ListPage {
             filter: parse_filter(self.filter)?,
             size: page_size(self.max_results)?,
             after: self.page_token.map(decode_token).transpose()?,
+            order: parse_order(self.order_by)?,
         })
+    }
+
+    /// As [`ListQuery::check`], for a list gce-sim orders by name only: `creationTimestamp
+    /// desc` is refused there (GCE takes it; a client of gce-sim that needs it there gets
+    /// a clear error rather than a listing in another order than it asked for).
+    pub(super) fn check_by_name(&self) -> Result<ListPage, ApiError> {
+        let page = self.check()?;
+        if page.order != Order::Name {
+            return Err(ApiError::invalid_field(
+                "orderBy",
+                self.order_by.unwrap_or(""),
+                "gce-sim sorts this list by name only; orderBy=creationTimestamp desc is supported for zoneOperations.list.",
+            ));
+        }
+        Ok(page)
+    }
+}
+
+/// `orderBy` as GCE takes it.
+fn parse_order(order_by: Option<&str>) -> Result<Order, ApiError> {
+    match order_by {
+        None | Some("") | Some("name") => Ok(Order::Name),
+        Some("creationTimestamp desc") => Ok(Order::NewestFirst),
+        Some(other) => Err(ApiError::invalid_field(
+            "orderBy",
+            other,
+            "Currently, only sorting by 'name' or 'creationTimestamp desc' is supported.",
+        )),
     }
 }
 
@@ -40,6 +82,8 @@ pub(super) struct ListPage {
     pub(super) size: usize,
     /// The key of the listing that the page starts after.
     pub(super) after: Option<String>,
+    /// The order asked for.
+    pub(super) order: Order,
 }
 
 impl ListPage {
