@@ -6,6 +6,7 @@
 //! Build everything first: `cargo build --release --workspace --bins`.
 
 mod measure;
+mod notice;
 mod report;
 mod rollout;
 mod scenarios;
@@ -43,6 +44,9 @@ struct Args {
     /// Run only the rollout scenario.
     #[arg(long, conflicts_with = "converge_only")]
     rollout_only: bool,
+    /// Run only the preemption-notice scenario.
+    #[arg(long, conflicts_with_all = ["converge_only", "rollout_only"])]
+    notice_only: bool,
 }
 
 fn parse_size(text: &str) -> Result<(u64, usize), String> {
@@ -93,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         profile.converge = args.converge.clone();
     }
     let mut report = report::Report::new(&profile);
-    if args.rollout_only {
+    if args.rollout_only || args.notice_only {
         profile.converge.clear();
     }
     for &(n, zones) in &profile.converge {
@@ -105,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
     if args.rollout_only {
         eprintln!("rollout: {} instances", profile.rollout.0);
         report.rollout = Some(rollout::rollout(&profile).await?);
+    } else if args.notice_only {
+        eprintln!("notice: {} instances", profile.notice.0);
+        report.notice = Some(notice::notice(&profile).await?);
     } else if !args.converge_only {
         run_the_rest(&profile, &mut report).await?;
     }
@@ -116,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Heal, exhaustion and failover.
+/// Heal, exhaustion, failover, rollout and the preemption notice.
 async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow::Result<()> {
     eprintln!("heal: {} instances", profile.heal.0);
     report.heal = scenarios::heal(profile).await?;
@@ -132,5 +139,7 @@ async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow:
         .push(scenarios::agent_failover(profile).await?);
     eprintln!("rollout: {} instances", profile.rollout.0);
     report.rollout = Some(rollout::rollout(profile).await?);
+    eprintln!("notice: {} instances", profile.notice.0);
+    report.notice = Some(notice::notice(profile).await?);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::notice::NoticeRun;
 use crate::rollout::RolloutRun;
 use crate::scenarios::{Converge, Exhaustion, Failover, Heal, Profile};
 
@@ -22,6 +23,8 @@ pub struct Report {
     pub failover: Vec<Failover>,
     /// The rollout run.
     pub rollout: Option<RolloutRun>,
+    /// The preemption-notice run.
+    pub notice: Option<NoticeRun>,
 }
 
 fn machine() -> String {
@@ -65,6 +68,7 @@ impl Report {
             exhaustion: None,
             failover: Vec::new(),
             rollout: None,
+            notice: None,
         }
     }
 
@@ -134,7 +138,22 @@ impl Report {
                 r.instances, r.zones, r.max_surge, r.seconds, r.ratio_to_ideal, r.ideal_seconds, r.peak_live, r.lowest_running
             ));
         }
+        if let Some(r) = &self.notice {
+            out.push_str(&format!(
+                "\nnotice: {} VMs over {} zones, {} preemptions one at a time, notice {:.0} s, secondsToRest {}: replacement in GCE after p50 {:.2} s, p99 {:.2} s, max {:.2} s; {:.1} zoneOperations.list calls/min per zone\n",
+                r.instances, r.zones, r.preemptions, r.notice_seconds, r.rest_seconds,
+                r.replaced_p50_seconds, r.replaced_p99_seconds, r.replaced_max_seconds,
+                r.operation_lists_per_zone_minute
+            ));
+        }
         out.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
+        if let Some(r) = &self.notice {
+            out.push_str(&format!(
+                "| replacement ≤ 1 s after the notice (p99) | {:.2} s | {} |\n",
+                r.replaced_p99_seconds,
+                verdict(r.replaced_p99_seconds <= 1.0)
+            ));
+        }
         if let Some(r) = &self.rollout {
             let ok = r.peak_live <= r.instances + r.max_surge && r.lowest_running >= r.instances;
             out.push_str(&format!(

@@ -32,6 +32,8 @@ pub struct Profile {
     pub rest_seconds: u32,
     /// Instances, zones and maxSurge (percent of the instances) of the rollout run.
     pub rollout: (u64, usize, u32),
+    /// Instances, zones and preemptions (one at a time) of the notice run.
+    pub notice: (u64, usize, usize),
 }
 
 impl Profile {
@@ -47,6 +49,7 @@ impl Profile {
             steady: Duration::from_secs(60),
             rest_seconds: 5,
             rollout: (1000, 10, 10),
+            notice: (300, 3, 20),
         }
     }
 
@@ -62,6 +65,7 @@ impl Profile {
             steady: Duration::from_secs(10),
             rest_seconds: 2,
             rollout: (30, 3, 10),
+            notice: (9, 3, 4),
         }
     }
 
