@@ -457,9 +457,7 @@ impl<'a> ActiveAgent<'a> {
         }
         self.write_observed(pool, fx.writes).await?;
         for notice in &fx.notices {
-            if let Some(count) = notice.count {
-                self.ctx.metrics.count(count, pool, &self.ctx.zone);
-            }
+            self.ctx.metrics.count_notice(notice, pool, &self.ctx.zone);
         }
         for notice in fx.notices {
             self.notify(pool, project, &config, notice).await;
@@ -531,9 +529,7 @@ impl<'a> ActiveAgent<'a> {
         config: &PoolConfig,
         notice: Notice,
     ) {
-        if let Some(count) = notice.count {
-            self.ctx.metrics.count(count, pool, &self.ctx.zone);
-        }
+        self.ctx.metrics.count_notice(&notice, pool, &self.ctx.zone);
         self.notify(pool, project, config, notice).await;
     }
 
@@ -645,6 +641,7 @@ impl<'a> ActiveAgent<'a> {
                     severity: Severity::Info,
                     message: format!("created {name}"),
                     count: Some(PoolCount::Created),
+                    lifetime_ms: None,
                 };
                 self.count_and_notify(pool, &project, &config, notice).await;
             }
@@ -657,6 +654,7 @@ impl<'a> ActiveAgent<'a> {
                     severity: Severity::Info,
                     message: format!("deleted {name}"),
                     count: Some(PoolCount::Deleted),
+                    lifetime_ms: None,
                 };
                 self.count_and_notify(pool, &project, &config, notice).await;
             }

@@ -55,6 +55,8 @@ pub struct Notice {
     pub message: String,
     /// The metric counted, once the keys are written.
     pub count: Option<PoolCount>,
+    /// For an instance GCE took away: how long it lived (ms), when its creation is known.
+    pub lifetime_ms: Option<i64>,
 }
 
 /// An insert to send: a fresh create or one resumed with its recorded requestId.
@@ -111,6 +113,7 @@ fn notice(
         severity,
         message,
         count,
+        lifetime_ms: None,
     }
 }
 
@@ -159,18 +162,24 @@ pub fn effects(
         }
         fx.writes.insert(name.clone(), Some(o));
     }
+    let lifetime = |name: &str| {
+        let created = inputs.observed.get(name).map_or(0, |o| o.created_unix_ms);
+        (created > 0).then(|| inputs.now_ms.saturating_sub(created).max(0))
+    };
     for name in &decision.preempted {
         let mut o = stamped(current(&fx.writes, name), InstanceState::Terminated);
         o.preempted = true;
         fx.writes.insert(name.clone(), Some(o));
-        fx.notices.push(notice(
+        let mut preempted = notice(
             Some(HookEvent::Preempted),
             "preempted",
             name,
             Severity::Warning,
             format!("instance {name} was preempted"),
             Some(PoolCount::Preempted),
-        ));
+        );
+        preempted.lifetime_ms = lifetime(name);
+        fx.notices.push(preempted);
     }
     for name in &decision.lost {
         fx.writes.insert(name.clone(), None);
@@ -178,7 +187,7 @@ pub fn effects(
             .preempted_ops
             .iter()
             .any(|op| op.target_name() == Some(name.as_str()));
-        fx.notices.push(if preempted {
+        let mut gone = if preempted {
             notice(
                 Some(HookEvent::Preempted),
                 "preempted",
@@ -196,7 +205,9 @@ pub fn effects(
                 format!("instance {name} vanished from GCE without pm deleting it"),
                 Some(PoolCount::Vanished),
             )
-        });
+        };
+        gone.lifetime_ms = lifetime(name);
+        fx.notices.push(gone);
     }
     for name in &decision.expired_insert {
         fx.writes.insert(name.clone(), None);
@@ -412,9 +423,13 @@ mod tests {
 
     #[test]
     fn losses_are_told_apart_by_the_preemption_operations() {
+        let created_at = |ms| ObservedInstance {
+            created_unix_ms: ms,
+            ..observed(InstanceState::Running)
+        };
         let known = BTreeMap::from([
-            ("w-a".to_string(), observed(InstanceState::Running)),
-            ("w-b".to_string(), observed(InstanceState::Running)),
+            ("w-a".to_string(), created_at(400)),
+            ("w-b".to_string(), created_at(0)),
         ]);
         let decision = Decision {
             lost: vec!["w-a".into(), "w-b".into()],
@@ -440,6 +455,12 @@ mod tests {
                 ("preempted", Some(HookEvent::Preempted)),
                 ("vanished", Some(HookEvent::Vanished))
             ]
+        );
+        let lifetimes: Vec<Option<i64>> = fx.notices.iter().map(|n| n.lifetime_ms).collect();
+        assert_eq!(
+            lifetimes,
+            [Some(600), None],
+            "creation unknown: no lifetime"
         );
     }
 

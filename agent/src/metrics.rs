@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::effects::Notice;
 use crate::hooks::HookRunLabels;
 
 /// `pm_agent_active{zone}`.
@@ -56,6 +57,11 @@ pub const RECONCILE_DURATION: MetricDef = MetricDef::histogram(
     "pm_reconcile_duration_seconds",
     "Time of one reconcile pass over one pool in the zone: list GCE, decide, record, start operations",
 );
+/// `pm_instance_lifetime_seconds{pool,zone}`.
+pub const INSTANCE_LIFETIME: MetricDef = MetricDef::histogram(
+    "pm_instance_lifetime_seconds",
+    "How long instances GCE took away (preempted or vanished) lived, from creation to the loss being seen",
+);
 /// `pm_hook_runs_total{zone,event,result}`.
 pub const HOOK_RUNS: MetricDef = MetricDef::counter(
     "pm_hook_runs",
@@ -73,6 +79,7 @@ pub const METRICS: &[MetricDef] = &[
     GCE_CALLS,
     GCE_CALL_DURATION,
     RECONCILE_DURATION,
+    INSTANCE_LIFETIME,
     HOOK_RUNS,
     ETCD_ERRORS,
     ETCD_LARGEST_REPLY,
@@ -153,6 +160,11 @@ fn reconcile_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Buckets of instance lifetimes: 30 s to about 11 days.
+fn lifetime_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(30.0, 2.0, 16))
+}
+
 /// The agent's metrics. Cheap to clone; clones share the series.
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
@@ -174,6 +186,8 @@ pub struct AgentMetrics {
     pub gce_latency: LatencyFamily<GceMethodLabels>,
     /// Reconcile pass durations.
     pub reconcile: LatencyFamily<ZoneLabels>,
+    /// Lifetimes of instances GCE took away.
+    lifetime: LatencyFamily<PoolZoneLabels>,
     /// Hook runs; the hook runner counts into it.
     pub hook_runs: Family<HookRunLabels, Counter>,
     /// etcd failures.
@@ -196,6 +210,7 @@ impl AgentMetrics {
             gce_calls: Family::default(),
             gce_latency: Family::new_with_constructor(gce_histogram as fn() -> Histogram),
             reconcile: Family::new_with_constructor(reconcile_histogram as fn() -> Histogram),
+            lifetime: Family::new_with_constructor(lifetime_histogram as fn() -> Histogram),
             hook_runs: Family::default(),
             etcd_errors: Family::default(),
             etcd_largest_reply: Gauge::default(),
@@ -209,6 +224,7 @@ impl AgentMetrics {
         GCE_CALLS.register(registry, metrics.gce_calls.clone());
         GCE_CALL_DURATION.register(registry, metrics.gce_latency.clone());
         RECONCILE_DURATION.register(registry, metrics.reconcile.clone());
+        INSTANCE_LIFETIME.register(registry, metrics.lifetime.clone());
         HOOK_RUNS.register(registry, metrics.hook_runs.clone());
         ETCD_ERRORS.register(registry, metrics.etcd_errors.clone());
         ETCD_LARGEST_REPLY.register(registry, metrics.etcd_largest_reply.clone());
@@ -235,6 +251,22 @@ impl AgentMetrics {
         self.family(count).get_or_create(&labels).inc();
     }
 
+    /// Counts what `notice` counts, and the lifetime it reports.
+    pub fn count_notice(&self, notice: &Notice, pool: &str, zone: &str) {
+        if let Some(count) = notice.count {
+            self.count(count, pool, zone);
+        }
+        if let Some(ms) = notice.lifetime_ms {
+            let labels = PoolZoneLabels {
+                pool: pool.to_string(),
+                zone: zone.to_string(),
+            };
+            self.lifetime
+                .get_or_create(&labels)
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+
     /// Removes the series of a pool that no longer exists.
     pub fn forget_pool(&self, pool: &str, zone: &str) {
         let labels = PoolZoneLabels {
@@ -244,6 +276,7 @@ impl AgentMetrics {
         for count in PoolCount::ALL {
             self.family(count).remove(&labels);
         }
+        self.lifetime.remove(&labels);
     }
 
     /// Sets `pm_agent_active` of `zone`.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::agent_presence::AgentPresence;
+use crate::capacity::Capacity;
 use crate::exhaustion;
 use crate::metrics::SchedulerMetrics;
 use crate::model::{Model, Notice, PoolView, ZoneView};
@@ -71,6 +72,8 @@ struct Term<'a> {
     agents: AgentPresence,
     /// The placement conditions already reported.
     reported: PlacementEvents,
+    /// Capacity delivered and time below target, integrated as the view is published.
+    capacity: Capacity,
 }
 
 /// Leads until leadership is lost. Never returns while it still leads.
@@ -93,6 +96,7 @@ pub async fn lead(
         model: Model::new(store.keys().clone()),
         agents: AgentPresence::new(settings.agent_grace, now_unix_ms()),
         reported: PlacementEvents::default(),
+        capacity: Capacity::default(),
     };
     let lost = leadership.lost();
     let deliver = async {
@@ -170,7 +174,8 @@ impl Term<'_> {
         loop {
             self.reconcile_dirty().await?;
             if self.published.is_none_or(|at| at.elapsed() >= TICK) {
-                self.metrics.publish(&self.model, now_unix_ms());
+                self.metrics
+                    .publish(&self.model, now_unix_ms(), &mut self.capacity);
                 self.published = Some(Instant::now());
             }
             tokio::select! {

@@ -14,10 +14,12 @@
 //!   what it keeps beside it (instance counts, last valid configs, dirty pools, notices).
 //! - [`leader`]: the leader's work for one term: gather facts, call the above, write.
 //! - [`sink`] and [`cloud_event`]: `--events-sink`, every event out as a CloudEvent.
+//! - [`capacity`]: capacity delivered and time below target, for the metrics.
 //! - [`metrics`]: what `--metrics` exports.
 //! - [`run`]: campaign, lead, lose, campaign again, through [`pm_daemon::run_elected`].
 
 pub mod agent_presence;
+pub mod capacity;
 pub mod cloud_event;
 pub mod config;
 pub mod distribution;

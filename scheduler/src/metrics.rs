@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::capacity::{Capacity, Sample};
 use crate::model::{Model, ObservedStatus, ZoneView};
 
 /// `pm_scheduler_leader`: 1 while this replica leads.
@@ -50,6 +51,16 @@ pub const ZONE_AGENTS: MetricDef = MetricDef::gauge(
     "Agents registered for each zone that a pool allows or that has agents (active and standby)",
 );
 
+/// `pm_pool_below_target_seconds_total{pool}`.
+pub const POOL_BELOW_TARGET: MetricDef = MetricDef::counter(
+    "pm_pool_below_target_seconds",
+    "Seconds the pool had fewer RUNNING instances than its target, as the leader saw it",
+);
+/// `pm_pool_capacity_delivered_ratio{pool}`.
+pub const POOL_CAPACITY_DELIVERED: MetricDef = MetricDef::gauge(
+    "pm_pool_capacity_delivered_ratio",
+    "RUNNING instance-seconds (up to the target) over target instance-seconds in the last hour of this leader's term",
+);
 /// `pm_events_sink_lag_seconds`.
 pub const SINK_LAG: MetricDef = MetricDef::gauge(
     "pm_events_sink_lag_seconds",
@@ -80,6 +91,8 @@ pub const METRICS: &[MetricDef] = &[
     ZONE_EXHAUSTED,
     ZONE_EXHAUSTION_REMAINING,
     ZONE_AGENTS,
+    POOL_BELOW_TARGET,
+    POOL_CAPACITY_DELIVERED,
     SINK_LAG,
     SINK_DELIVERED,
     SINK_FAILURES,
@@ -143,6 +156,10 @@ pub struct SchedulerMetrics {
     remaining: GaugeSet<PoolZoneLabels>,
     /// Agents per zone.
     agents: GaugeSet<ZoneLabels>,
+    /// Seconds below target.
+    below_target: Family<PoolLabels, Counter<f64, AtomicU64>>,
+    /// Capacity delivered.
+    delivered: GaugeSet<PoolLabels>,
     /// The events sink's numbers.
     pub sink: SinkMetrics,
 }
@@ -169,6 +186,8 @@ impl SchedulerMetrics {
         ETCD_ERRORS.register(registry, etcd_errors.clone());
         let etcd_largest_reply = Gauge::default();
         ETCD_LARGEST_REPLY.register(registry, etcd_largest_reply.clone());
+        let below_target = Family::default();
+        POOL_BELOW_TARGET.register(registry, below_target.clone());
         let sink = SinkMetrics::default();
         SINK_LAG.register(registry, sink.lag.clone());
         SINK_DELIVERED.register(registry, sink.delivered.clone());
@@ -184,6 +203,8 @@ impl SchedulerMetrics {
             exhausted: GaugeSet::register(&ZONE_EXHAUSTED, registry),
             remaining: GaugeSet::register(&ZONE_EXHAUSTION_REMAINING, registry),
             agents: GaugeSet::register(&ZONE_AGENTS, registry),
+            below_target,
+            delivered: GaugeSet::register(&POOL_CAPACITY_DELIVERED, registry),
             sink,
         }
     }
@@ -191,18 +212,38 @@ impl SchedulerMetrics {
     /// Shows the leader's view at `now_ms` (Unix ms): one series per pool, per zone the
     /// pool allows or has keys in, and per zone that any pool allows or that has agents.
     /// Series of pools and zones no longer in the view are removed.
-    pub fn publish(&self, model: &Model, now_ms: i64) {
+    pub fn publish(&self, model: &Model, now_ms: i64, capacity: &mut Capacity) {
         let mut target = Vec::new();
         let mut desired = Vec::new();
         let mut instances = Vec::new();
         let mut exhausted = Vec::new();
         let mut remaining = Vec::new();
+        let mut delivered = Vec::new();
+        let pools = model.pool_names();
+        for pool in capacity.retain(&pools) {
+            self.below_target.remove(&PoolLabels { pool });
+        }
         let mut agent_zones: BTreeSet<String> = model.agents.keys().cloned().collect();
-        for pool in model.pool_names() {
+        for pool in pools {
             let Some(view) = model.pool(&pool) else {
                 continue;
             };
             let config = view.config.as_ref().filter(|c| !c.deleted);
+            let held = Sample {
+                at_ms: now_ms,
+                target: config.map_or(0, |c| u64::try_from(c.target_vm_count).unwrap_or(0)),
+                running: view
+                    .zones
+                    .values()
+                    .map(|z| z.counts.count(ObservedStatus::Running))
+                    .sum(),
+            };
+            let reading = capacity.observe(&pool, held);
+            let labels = PoolLabels { pool: pool.clone() };
+            self.below_target
+                .get_or_create(&labels)
+                .inc_by(reading.below_target_seconds);
+            delivered.push((labels, reading.delivered_ratio));
             let allowed: &[String] = config.map_or(&[], |c| &c.allowed_zones);
             agent_zones.extend(allowed.iter().cloned());
             target.push((
@@ -239,6 +280,7 @@ impl SchedulerMetrics {
         self.instances.replace(instances);
         self.exhausted.replace(exhausted);
         self.remaining.replace(remaining);
+        self.delivered.replace(delivered);
         self.agents.replace(agent_zones.into_iter().map(|zone| {
             let n = model.agents.get(&zone).map_or(0, BTreeSet::len);
             (ZoneLabels { zone }, n as f64)
@@ -254,6 +296,8 @@ impl SchedulerMetrics {
         self.exhausted.clear();
         self.remaining.clear();
         self.agents.clear();
+        self.delivered.clear();
+        self.below_target.clear();
         self.sink.lag.set(0.0);
     }
 }
@@ -334,7 +378,9 @@ mod tests {
         model.apply_agents(WatchBatch::Events(vec![agent]));
         let mut registry = Registry::default();
         let metrics = SchedulerMetrics::new(&mut registry);
-        metrics.publish(&model, 1_000);
+        let mut capacity = Capacity::default();
+        metrics.publish(&model, 1_000, &mut capacity);
+        metrics.publish(&model, 3_000, &mut capacity);
         let out = text(&registry);
         for line in [
             "pm_pool_target_instances{pool=\"web\"} 3.0",
@@ -344,14 +390,16 @@ mod tests {
             "pm_zone_instances{pool=\"web\",zone=\"zone-a\",status=\"lost\"} 0.0",
             "pm_zone_exhausted{pool=\"web\",zone=\"zone-b\"} 1.0",
             "pm_zone_exhausted{pool=\"web\",zone=\"zone-a\"} 0.0",
-            "pm_zone_exhaustion_remaining_seconds{pool=\"web\",zone=\"zone-b\"} 60.0",
+            "pm_zone_exhaustion_remaining_seconds{pool=\"web\",zone=\"zone-b\"} 58.0",
             "pm_zone_agents{zone=\"zone-a\"} 1.0",
             "pm_zone_agents{zone=\"zone-b\"} 0.0",
+            "pm_pool_below_target_seconds_total{pool=\"web\"} 2.0",
+            "pm_pool_capacity_delivered_ratio{pool=\"web\"} 0.333",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");
         }
         model.record_removed("web", 6).unwrap();
-        metrics.publish(&model, 2_000);
+        metrics.publish(&model, 4_000, &mut capacity);
         let out = text(&registry);
         assert!(!out.contains("web"), "{out}");
         assert!(out.contains("pm_zone_agents{zone=\"zone-a\"} 1.0"), "{out}");

@@ -132,6 +132,21 @@ async fn metrics_follow_creates_preemptions_and_stockouts() {
     wait_total(&c, &zone_a, "pm_instances_deleted_total", &web, 2.0).await;
     wait_total(&c, &agents, "pm_instances_created_total", &web, 8.0).await;
     wait_total(&c, &scheduler, "pm_zone_instances", &running, 6.0).await;
+    let text = scrape(agents[0]).await;
+    let lives = sum(&text, "pm_instance_lifetime_seconds_count", &web);
+    assert_eq!(lives, 2.0, "the two preempted VMs' lifetimes:\n{text}");
+    let text = scrape(scheduler[0]).await;
+    let pool = [("pool", "web")];
+    let below = sum(&text, "pm_pool_below_target_seconds_total", &pool);
+    assert!(
+        below > 0.0,
+        "below target while they were replaced:\n{text}"
+    );
+    let delivered = sum(&text, "pm_pool_capacity_delivered_ratio", &pool);
+    assert!(
+        delivered > 0.0 && delivered < 1.0,
+        "capacity delivered {delivered}"
+    );
 
     // zone-b has no room for a replacement: a stockout, and the zone shows exhausted.
     c.sim().set_capacity("zone-b", 0).await.unwrap();
