@@ -256,6 +256,7 @@ impl Render for GetView {
             ),
             ("revision", self.mod_revision.to_string()),
             ("targetVMCount", c.target_vm_count.to_string()),
+            ("spares", c.spares.unwrap_or(0).to_string()),
             ("allowedZones", c.allowed_zones.join(", ")),
             ("prefix", c.prefix.clone()),
             (

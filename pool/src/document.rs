@@ -51,6 +51,9 @@ pub struct ConfigDocument {
     /// off.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// VMs kept beyond the target; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spares: Option<u32>,
 }
 
 /// The hooks of a document; only the hooks that are set appear.
@@ -130,6 +133,7 @@ impl ConfigDocument {
             on_preempted: on_preempted_name(config.on_preempted()),
             update: config.update.as_ref().and_then(update_document),
             adopt: config.adopt,
+            spares: (config.spares > 0).then_some(config.spares),
         }
     }
 }

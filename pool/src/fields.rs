@@ -8,7 +8,7 @@ use std::time::Duration;
 use pm_proto::{Distribution, OnPreempted, PoolConfig};
 
 /// The fields of a pool config, by canonical (DESIGN.md) name.
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 13] = [
     "targetVMCount",
     "allowedZones",
     "prefix",
@@ -21,6 +21,7 @@ pub const FIELDS: [&str; 12] = [
     "onPreempted",
     "update",
     "adopt",
+    "spares",
 ];
 
 /// The fields a config must give.
@@ -41,6 +42,9 @@ pub const ON_PREEMPTED: [(&str, OnPreempted); 2] = [
 
 /// Largest `targetVMCount` accepted: far beyond any real pool, low enough to catch a typo.
 pub const MAX_TARGET_VM_COUNT: i64 = 100_000;
+
+/// Largest `spares`; `targetVMCount` + `spares` stays within [`MAX_TARGET_VM_COUNT`] too.
+pub const MAX_SPARES: i64 = 10_000;
 
 /// Accepted `secondsToRest`: the agent's resync period.
 pub const SECONDS_TO_REST: RangeInclusive<i64> = 1..=3600;

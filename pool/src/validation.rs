@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::document::ConfigDocument;
 use crate::fields::{
-    DISTRIBUTIONS, FIELDS, MAX_TARGET_VM_COUNT, ON_PREEMPTED, REQUIRED, SECONDS_FOR_EXHAUSTION,
-    SECONDS_TO_REST,
+    DISTRIBUTIONS, FIELDS, MAX_SPARES, MAX_TARGET_VM_COUNT, ON_PREEMPTED, REQUIRED,
+    SECONDS_FOR_EXHAUSTION, SECONDS_TO_REST,
 };
 use crate::hooks::{check_hook_name, HookEvent, HOOKS};
 use crate::instance_template;
@@ -194,6 +194,19 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
             "targetVMCount",
             whole_number(value, &(0..=MAX_TARGET_VM_COUNT)).map(|n| config.target_vm_count = n),
         );
+    }
+    if let Some(value) = fields.get("spares") {
+        let result = whole_number(value, &(0..=MAX_SPARES)).and_then(|n| {
+            let total = config.target_vm_count.saturating_add(n);
+            if total > MAX_TARGET_VM_COUNT {
+                return Err(format!(
+                    "targetVMCount + spares is {total}, more than {MAX_TARGET_VM_COUNT}"
+                ));
+            }
+            config.spares = u32::try_from(n).unwrap_or_default();
+            Ok(())
+        });
+        report("spares", result);
     }
     if let Some(value) = fields.get("allowedZones") {
         match value {
@@ -459,6 +472,9 @@ mod tests {
             ("project", json!("My Project"), "not a GCE project id"),
             ("distribution", json!("evn"), "did you mean \"even\""),
             ("onPreempted", json!("stop"), "not one of delete, restart"),
+            ("spares", json!(-1), "out of range"),
+            ("spares", json!(1.5), "whole number"),
+            ("spares", json!(10_001), "out of range"),
         ];
         for (field, value, expected) in cases {
             let mut document = minimal();
@@ -643,6 +659,16 @@ mod tests {
     }
 
     #[test]
+    fn the_target_and_the_spares_stay_within_the_cap_together() {
+        let mut document = minimal();
+        document["targetVMCount"] = json!(MAX_TARGET_VM_COUNT - 5);
+        document["spares"] = json!(6);
+        let problems = problems_of(document);
+        assert_eq!(fields(&problems), ["spares"], "{problems:?}");
+        assert!(problems[0].message.contains("targetVMCount + spares"));
+    }
+
+    #[test]
     fn stored_configs_are_checked_with_the_same_rules() {
         let mut full = minimal();
         full["hooks"] = json!({"create": "on-create.sh", "preempted": "on_preempt"});
@@ -650,8 +676,10 @@ mod tests {
         full["distribution"] = json!("balanced");
         full["onPreempted"] = json!("restart");
         full["adopt"] = json!(true);
+        full["spares"] = json!(3);
         let mut config = validate("web", &full).expect("valid");
         assert!(config.adopt);
+        assert_eq!(config.spares, 3);
         assert_eq!(check_stored("web", &config), Ok(()));
         let document = serde_json::to_value(ConfigDocument::from_config(&config)).expect("json");
         assert_eq!(validate("web", &document), Ok(config.clone()));

@@ -1,6 +1,7 @@
 //! Capacity delivered, as a Spot user pays for it: RUNNING instance-seconds (up to the
-//! target) over target instance-seconds, over the last [`WINDOW`], and the seconds each
-//! pool spent below its target. The leader integrates its view each time it publishes
+//! target) over target instance-seconds, over the last [`WINDOW_MS`]; its cost, live
+//! instance-seconds (spares and VMs booting included) over target instance-seconds; and
+//! the seconds each pool spent below its target. The leader integrates its view each time it publishes
 //! its metrics; a new leader starts its window afresh.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -20,6 +21,8 @@ struct Bucket {
     delivered: f64,
     /// Target instance-ms.
     asked: f64,
+    /// Live instance-ms.
+    paid: f64,
 }
 
 /// One pool's meter.
@@ -40,6 +43,8 @@ pub struct Sample {
     pub target: u64,
     /// Its RUNNING instances.
     pub running: u64,
+    /// Its live instances: RUNNING and starting.
+    pub live: u64,
 }
 
 /// The meters of every pool.
@@ -55,6 +60,9 @@ pub struct Reading {
     pub below_target_seconds: f64,
     /// Capacity delivered over the window so far; 1 while nothing was asked.
     pub delivered_ratio: f64,
+    /// Live instance-seconds over target instance-seconds in the window; 1 while
+    /// nothing was asked.
+    pub cost_ratio: f64,
 }
 
 impl Capacity {
@@ -78,13 +86,14 @@ impl Capacity {
         {
             meter.buckets.pop_front();
         }
-        let (delivered, asked) = meter
-            .buckets
-            .iter()
-            .fold((0.0, 0.0), |(d, a), b| (d + b.delivered, a + b.asked));
+        let (delivered, asked, paid) = meter.buckets.iter().fold((0.0, 0.0, 0.0), |t, b| {
+            (t.0 + b.delivered, t.1 + b.asked, t.2 + b.paid)
+        });
+        let ratio = |x: f64| if asked > 0.0 { x / asked } else { 1.0 };
         Reading {
             below_target_seconds: below,
-            delivered_ratio: if asked > 0.0 { delivered / asked } else { 1.0 },
+            delivered_ratio: ratio(delivered),
+            cost_ratio: ratio(paid),
         }
     }
 
@@ -118,6 +127,7 @@ impl Meter {
             if let Some(bucket) = self.buckets.back_mut() {
                 bucket.delivered += span * held.running.min(held.target) as f64;
                 bucket.asked += span * held.target as f64;
+                bucket.paid += span * held.live as f64;
             }
             at = end;
         }
@@ -133,6 +143,7 @@ mod tests {
             at_ms: at_s * 1000,
             target,
             running,
+            live: running,
         }
     }
 
@@ -152,6 +163,10 @@ mod tests {
         assert!(
             (r.delivered_ratio - 2.5 / 3.0).abs() < 1e-9,
             "spares are not credit: {r:?}"
+        );
+        assert!(
+            (r.cost_ratio - 2.7 / 3.0).abs() < 1e-9,
+            "but they cost: {r:?}"
         );
     }
 

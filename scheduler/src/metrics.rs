@@ -61,6 +61,11 @@ pub const POOL_CAPACITY_DELIVERED: MetricDef = MetricDef::gauge(
     "pm_pool_capacity_delivered_ratio",
     "RUNNING instance-seconds (up to the target) over target instance-seconds in the last hour of this leader's term",
 );
+/// `pm_pool_cost_ratio{pool}`.
+pub const POOL_COST: MetricDef = MetricDef::gauge(
+    "pm_pool_cost_ratio",
+    "Live instance-seconds (spares and VMs booting included) over target instance-seconds in the last hour of this leader's term",
+);
 /// `pm_events_sink_lag_seconds`.
 pub const SINK_LAG: MetricDef = MetricDef::gauge(
     "pm_events_sink_lag_seconds",
@@ -93,6 +98,7 @@ pub const METRICS: &[MetricDef] = &[
     ZONE_AGENTS,
     POOL_BELOW_TARGET,
     POOL_CAPACITY_DELIVERED,
+    POOL_COST,
     SINK_LAG,
     SINK_DELIVERED,
     SINK_FAILURES,
@@ -160,6 +166,8 @@ pub struct SchedulerMetrics {
     below_target: Family<PoolLabels, Counter<f64, AtomicU64>>,
     /// Capacity delivered.
     delivered: GaugeSet<PoolLabels>,
+    /// Its cost.
+    cost: GaugeSet<PoolLabels>,
     /// The events sink's numbers.
     pub sink: SinkMetrics,
 }
@@ -205,6 +213,7 @@ impl SchedulerMetrics {
             agents: GaugeSet::register(&ZONE_AGENTS, registry),
             below_target,
             delivered: GaugeSet::register(&POOL_CAPACITY_DELIVERED, registry),
+            cost: GaugeSet::register(&POOL_COST, registry),
             sink,
         }
     }
@@ -219,6 +228,7 @@ impl SchedulerMetrics {
         let mut exhausted = Vec::new();
         let mut remaining = Vec::new();
         let mut delivered = Vec::new();
+        let mut cost = Vec::new();
         let pools = model.pool_names();
         for pool in capacity.retain(&pools) {
             self.below_target.remove(&PoolLabels { pool });
@@ -237,13 +247,22 @@ impl SchedulerMetrics {
                     .values()
                     .map(|z| z.counts.count(ObservedStatus::Running))
                     .sum(),
+                live: view
+                    .zones
+                    .values()
+                    .map(|z| {
+                        z.counts.count(ObservedStatus::Running)
+                            + z.counts.count(ObservedStatus::Starting)
+                    })
+                    .sum(),
             };
             let reading = capacity.observe(&pool, held);
             let labels = PoolLabels { pool: pool.clone() };
             self.below_target
                 .get_or_create(&labels)
                 .inc_by(reading.below_target_seconds);
-            delivered.push((labels, reading.delivered_ratio));
+            delivered.push((labels.clone(), reading.delivered_ratio));
+            cost.push((labels, reading.cost_ratio));
             let allowed: &[String] = config.map_or(&[], |c| &c.allowed_zones);
             agent_zones.extend(allowed.iter().cloned());
             target.push((
@@ -281,6 +300,7 @@ impl SchedulerMetrics {
         self.exhausted.replace(exhausted);
         self.remaining.replace(remaining);
         self.delivered.replace(delivered);
+        self.cost.replace(cost);
         self.agents.replace(agent_zones.into_iter().map(|zone| {
             let n = model.agents.get(&zone).map_or(0, BTreeSet::len);
             (ZoneLabels { zone }, n as f64)
@@ -297,6 +317,7 @@ impl SchedulerMetrics {
         self.remaining.clear();
         self.agents.clear();
         self.delivered.clear();
+        self.cost.clear();
         self.below_target.clear();
         self.sink.lag.set(0.0);
     }

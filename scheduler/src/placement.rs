@@ -128,7 +128,9 @@ pub fn distribution_input(
         target: if view.is_deleted() {
             0
         } else {
-            config.target_vm_count
+            config
+                .target_vm_count
+                .saturating_add(i64::from(config.spares))
         },
         policy: config.distribution(),
         zones,

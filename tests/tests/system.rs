@@ -1167,3 +1167,16 @@ async fn a_preemption_is_replaced_at_its_notice_not_at_the_next_pass() {
     )
     .await;
 }
+
+/// `spares` VMs are kept beyond the target, and replaced like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spares_are_kept_beyond_the_target() {
+    let c = Cluster::builder().zones(3).start().await;
+    let mut config = c.pool_config("web-", 3);
+    config.spares = 2;
+    c.set_pool("web", config).await;
+    wait_running(&c, "web", 5).await;
+    c.sim().preempt_count("zone-a", 1).await.unwrap();
+    wait_running(&c, "web", 5).await;
+    assert_no_leaks(&c, "web").await;
+}

@@ -139,6 +139,18 @@ fn counts(placement: &Placement) -> Vec<(String, i64)> {
 }
 
 #[test]
+fn spares_are_placed_beyond_the_target() {
+    let mut view = pool(4, Distribution::Even, &["a", "b", "c"]);
+    if let Some(config) = view.config.as_mut() {
+        config.spares = 2;
+    }
+    let placement = placed(&view, |_| true);
+    assert_eq!(placement.target, 6);
+    let total: i64 = counts(&placement).iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 6, "{:?}", counts(&placement));
+}
+
+#[test]
 fn a_zone_commits_to_the_count_it_was_told_while_it_could_create() {
     let mut z = ZoneView::default();
     assert_eq!(committed(&z), 0);
