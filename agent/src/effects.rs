@@ -183,6 +183,10 @@ pub fn effects(
     }
     for name in &decision.lost {
         fx.writes.insert(name.clone(), None);
+        if inputs.observed.get(name).is_some_and(|o| o.preempted) {
+            // Seen preempted (STOPPING or TERMINATED) before, and told then: now gone.
+            continue;
+        }
         let preempted = inputs
             .preempted_ops
             .iter()
@@ -462,6 +466,22 @@ mod tests {
             [Some(600), None],
             "creation unknown: no lifetime"
         );
+
+        // Seen preempted before (STOPPING, then gone): told once, not again.
+        let told = BTreeMap::from([(
+            "w-a".to_string(),
+            ObservedInstance {
+                preempted: true,
+                ..created_at(400)
+            },
+        )]);
+        let gone = Decision {
+            lost: vec!["w-a".into()],
+            ..Default::default()
+        };
+        let fx = run_with(&gone, &told, &[], "{}");
+        assert_eq!(fx.writes, BTreeMap::from([("w-a".into(), None)]));
+        assert!(fx.notices.is_empty(), "{:?}", fx.notices);
     }
 
     #[test]

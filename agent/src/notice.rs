@@ -37,12 +37,22 @@ pub struct Notices {
     tick: Interval,
     /// The look in flight.
     running: Option<JoinHandle<Looked>>,
-    /// Per project, the names of the operations the last look listed: the window only moves
-    /// forward, so an operation not among them is new.
+    /// Per project, the names of the operations the last look listed: the window only
+    /// moves forward, so an operation not among them is new. A project's first look
+    /// only fills it: what came before the term is for the pools' first passes.
     seen: BTreeMap<String, BTreeSet<String>>,
-    /// Pools woken while their list was in flight: woken again once it has returned, so
-    /// their next pass lists after the notice.
+    /// Pools woken while their list was in flight: woken at the first look that returns
+    /// after their list has, so their next pass lists after the notice.
     deferred: BTreeSet<String>,
+}
+
+impl Drop for Notices {
+    /// A look in flight ends with the term: a deposed agent calls GCE no more.
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.abort();
+        }
+    }
 }
 
 impl Notices {
@@ -125,7 +135,9 @@ impl Notices {
                 }
             };
             let ids: BTreeSet<String> = ops.iter().map(|op| op.name.clone()).collect();
-            let before = self.seen.insert(project.clone(), ids).unwrap_or_default();
+            let Some(before) = self.seen.insert(project.clone(), ids) else {
+                continue;
+            };
             let fresh = ops.iter().filter(|op| !before.contains(&op.name));
             for name in fresh.filter_map(Operation::target_name) {
                 noticed.extend(owners(pools, &project, name, default_project));
@@ -254,7 +266,16 @@ mod tests {
         let mut notices = Notices::new(Duration::from_secs(1));
         let mut pools = pools();
         let lists = Lists::default();
-        let first = vec![("proj".to_string(), Ok(vec![preempted("op-1", "w-1")]))];
+        let before = vec![("proj".to_string(), Ok(vec![preempted("op-0", "w-0")]))];
+        assert!(notices.wake(before, &mut pools, &lists, None).is_empty());
+        assert!(
+            !due(&pools, "web"),
+            "the first look only learns what is there"
+        );
+        let first = vec![(
+            "proj".to_string(),
+            Ok(vec![preempted("op-1", "w-1"), preempted("op-0", "w-0")]),
+        )];
         let noticed = notices.wake(first, &mut pools, &lists, None);
         assert_eq!(noticed, [("web".to_string(), "w-1".to_string())]);
         assert!(due(&pools, "web") && !due(&pools, "db"));
@@ -267,6 +288,8 @@ mod tests {
         assert!(notices.wake(again, &mut pools, &lists, None).is_empty());
         assert!(!due(&pools, "web"), "a notice seen before wakes nothing");
 
+        let primed = vec![("elsewhere".to_string(), Ok(vec![]))];
+        assert!(notices.wake(primed, &mut pools, &lists, None).is_empty());
         let other = vec![("elsewhere".to_string(), Ok(vec![preempted("op-3", "d-1")]))];
         assert!(notices.wake(other, &mut pools, &lists, None).is_empty());
         assert!(!due(&pools, "db"), "another project's VM is not the pool's");

@@ -5,8 +5,10 @@
 //! proves the harness works (CI runs it). Both print a table and write a JSON report.
 //! Build everything first: `cargo build --release --workspace --bins`.
 
+mod capacity;
 mod measure;
 mod notice;
+mod prevmtable_model;
 mod report;
 mod rollout;
 mod scenarios;
@@ -47,6 +49,9 @@ struct Args {
     /// Run only the preemption-notice scenario.
     #[arg(long, conflicts_with_all = ["converge_only", "rollout_only"])]
     notice_only: bool,
+    /// Run only the capacity scenario (pm against the prevmtable model).
+    #[arg(long, conflicts_with_all = ["converge_only", "rollout_only", "notice_only"])]
+    capacity_only: bool,
 }
 
 fn parse_size(text: &str) -> Result<(u64, usize), String> {
@@ -97,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         profile.converge = args.converge.clone();
     }
     let mut report = report::Report::new(&profile);
-    if args.rollout_only || args.notice_only {
+    if args.rollout_only || args.notice_only || args.capacity_only {
         profile.converge.clear();
     }
     for &(n, zones) in &profile.converge {
@@ -112,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
     } else if args.notice_only {
         eprintln!("notice: {} instances", profile.notice.0);
         report.notice = Some(notice::notice(&profile).await?);
+    } else if args.capacity_only {
+        eprintln!("capacity: {} instances", profile.capacity.instances);
+        report.capacity = Some(capacity::capacity(&profile).await?);
     } else if !args.converge_only {
         run_the_rest(&profile, &mut report).await?;
     }
@@ -123,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Heal, exhaustion, failover, rollout and the preemption notice.
+/// Heal, exhaustion, failover, rollout, the preemption notice and capacity delivered.
 async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow::Result<()> {
     eprintln!("heal: {} instances", profile.heal.0);
     report.heal = scenarios::heal(profile).await?;
@@ -141,5 +149,7 @@ async fn run_the_rest(profile: &Profile, report: &mut report::Report) -> anyhow:
     report.rollout = Some(rollout::rollout(profile).await?);
     eprintln!("notice: {} instances", profile.notice.0);
     report.notice = Some(notice::notice(profile).await?);
+    eprintln!("capacity: {} instances", profile.capacity.instances);
+    report.capacity = Some(capacity::capacity(profile).await?);
     Ok(())
 }

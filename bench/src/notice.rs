@@ -72,12 +72,12 @@ pub async fn notice(p: &Profile) -> anyhow::Result<NoticeRun> {
     for i in 0..preemptions {
         let zone = c.zones()[i % zones].clone();
         let known = names(&c, &zone).await?;
+        let at = Instant::now();
         let preempted = c.sim().preempt_count(&zone, 1).await?;
         anyhow::ensure!(
             preempted.preempted.len() == 1,
             "nothing to preempt in {zone}"
         );
-        let at = Instant::now();
         until(
             "a replacement in GCE",
             notice + p.bound(1),

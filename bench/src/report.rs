@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::capacity::CapacityRun;
 use crate::notice::NoticeRun;
 use crate::rollout::RolloutRun;
 use crate::scenarios::{Converge, Exhaustion, Failover, Heal, Profile};
@@ -25,6 +26,8 @@ pub struct Report {
     pub rollout: Option<RolloutRun>,
     /// The preemption-notice run.
     pub notice: Option<NoticeRun>,
+    /// The capacity run.
+    pub capacity: Option<CapacityRun>,
 }
 
 fn machine() -> String {
@@ -69,6 +72,7 @@ impl Report {
             failover: Vec::new(),
             rollout: None,
             notice: None,
+            capacity: None,
         }
     }
 
@@ -79,6 +83,24 @@ impl Report {
             "pm-bench on {}; gce-sim operation delay {:?}, boot delay {:?}, secondsToRest {}\n\n",
             self.machine, p.op_delay, p.boot_delay, p.rest_seconds
         );
+        if let Some(r) = &self.capacity {
+            let t = &r.trace;
+            out.push_str(&format!(
+                "capacity: {} VMs over {} zones, a preemption every {:?} for {:?} ({} in all), zone-b stocked out for {:?}\n\n| system | capacity delivered | seconds below target | lowest RUNNING | cost |\n|---|---|---|---|---|\n",
+                t.instances, t.zones, t.interval, t.length, r.preemptions, t.stockout
+            ));
+            for s in &r.systems {
+                out.push_str(&format!(
+                    "| {} | {:.3} | {:.1} | {} | {:.3} |\n",
+                    s.system,
+                    s.capacity_delivered,
+                    s.seconds_below_target,
+                    s.lowest_running,
+                    s.cost
+                ));
+            }
+            out.push('\n');
+        }
         out.push_str("| converge | time | x ideal | GCE calls/instance (bound) | etcd writes/lifecycle | steady etcd writes/min | steady GCE calls/min | scheduler CPU steady | agent CPU steady | scheduler RSS | agent RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for c in &self.converge {
             out.push_str(&format!(
@@ -147,6 +169,25 @@ impl Report {
             ));
         }
         out.push_str("\n| target | measured | verdict |\n|---|---|---|\n");
+        if let Some(r) = &self.capacity {
+            let of = |name: &str| {
+                r.systems
+                    .iter()
+                    .find(|s| s.system == name)
+                    .map_or(0.0, |s| s.capacity_delivered)
+            };
+            let (pm, model, ideal) = (of("pm"), of("prevmtable model"), of("ideal"));
+            out.push_str(&format!(
+                "| capacity delivered ≥ 0.995 × ideal | {:.4} × | {} |\n",
+                pm / ideal,
+                verdict(pm >= 0.995 * ideal)
+            ));
+            out.push_str(&format!(
+                "| ahead of the prevmtable model by ≥ 2 points | {:+.1} points | {} |\n",
+                (pm - model) * 100.0,
+                verdict(pm - model >= 0.02)
+            ));
+        }
         if let Some(r) = &self.notice {
             out.push_str(&format!(
                 "| replacement ≤ 1 s after the notice (p99) | {:.2} s | {} |\n",

@@ -9,6 +9,7 @@ use pm_tests::cluster::TEMPLATE;
 use pm_tests::Cluster;
 use serde::Serialize;
 
+use crate::capacity::CapacityTrace;
 use crate::measure::{self, until};
 
 /// Delays of gce-sim and the scale of each scenario.
@@ -34,6 +35,8 @@ pub struct Profile {
     pub rollout: (u64, usize, u32),
     /// Instances, zones and preemptions (one at a time) of the notice run.
     pub notice: (u64, usize, usize),
+    /// The capacity run's trace.
+    pub capacity: CapacityTrace,
 }
 
 impl Profile {
@@ -50,6 +53,13 @@ impl Profile {
             rest_seconds: 5,
             rollout: (1000, 10, 10),
             notice: (300, 3, 20),
+            capacity: CapacityTrace {
+                instances: 30,
+                zones: 3,
+                interval: Duration::from_secs(6),
+                length: Duration::from_secs(180),
+                stockout: Duration::from_secs(60),
+            },
         }
     }
 
@@ -66,6 +76,13 @@ impl Profile {
             rest_seconds: 2,
             rollout: (30, 3, 10),
             notice: (9, 3, 4),
+            capacity: CapacityTrace {
+                instances: 9,
+                zones: 3,
+                interval: Duration::from_secs(2),
+                length: Duration::from_secs(30),
+                stockout: Duration::from_secs(10),
+            },
         }
     }
 

@@ -722,7 +722,7 @@ impl Compute for FakeCompute {
             all.sort_by(|a, b| {
                 b.insert_time
                     .cmp(&a.insert_time)
-                    .then_with(|| b.name.cmp(&a.name))
+                    .then_with(|| a.name.cmp(&b.name))
             });
             all.truncate(usize::try_from(max_results.clamp(1, MAX_PAGE_SIZE)).unwrap_or(1));
             Ok(all)

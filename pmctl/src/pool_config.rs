@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use pm_etcd::{Store, Versioned};
-use pm_pool::fields::{DEFAULT_SECONDS_FOR_EXHAUSTION, DEFAULT_SECONDS_TO_REST};
+use pm_pool::fields::{
+    DEFAULT_SECONDS_FOR_EXHAUSTION, DEFAULT_SECONDS_TO_REST, MAX_TARGET_VM_COUNT,
+};
 use pm_pool::ConfigDocument;
 use pm_proto::{ObservedInstance, PoolConfig, Severity};
 use serde::Serialize;
@@ -431,6 +433,13 @@ pub async fn scale(store: &Store, pool: &str, target: i64, output: OutputFormat)
         if config.deleted {
             return Err(Error::Refused(format!(
                 "pool {pool:?} is being deleted; re-create it with `pmctl config set {pool} -f FILE`"
+            )));
+        }
+        let total = target.saturating_add(i64::from(config.spares));
+        if total > MAX_TARGET_VM_COUNT {
+            return Err(Error::Refused(format!(
+                "targetVMCount {target} + spares {} is {total}, more than {MAX_TARGET_VM_COUNT}",
+                config.spares
             )));
         }
         config.target_vm_count = target;

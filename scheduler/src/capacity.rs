@@ -1,7 +1,8 @@
 //! Capacity delivered, as a Spot user pays for it: RUNNING instance-seconds (up to the
 //! target) over target instance-seconds, over the last [`WINDOW_MS`]; its cost, live
 //! instance-seconds (spares and VMs booting included) over target instance-seconds; and
-//! the seconds each pool spent below its target. The leader integrates its view each time it publishes
+//! the seconds each pool spent below its target. The window is kept to the minute: the
+//! oldest minute goes once it has wholly passed out of the hour. The leader integrates its view each time it publishes
 //! its metrics; a new leader starts its window afresh.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -76,7 +77,8 @@ impl Capacity {
             if last.running < last.target {
                 below = span / 1000.0;
             }
-            meter.add(last.at_ms, now.at_ms, last);
+            // Only the window's part of a long gap (a clock jump) is added.
+            meter.add(last.at_ms.max(now.at_ms - WINDOW_MS), now.at_ms, last);
         }
         meter.last = Some(now);
         while meter

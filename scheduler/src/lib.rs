@@ -81,6 +81,7 @@ pub async fn run(
             url,
             mode: config.events_sink_mode,
             client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| SchedulerError::Config(format!("--events-sink: {e}")))?,
         }),

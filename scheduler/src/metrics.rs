@@ -64,7 +64,7 @@ pub const POOL_CAPACITY_DELIVERED: MetricDef = MetricDef::gauge(
 /// `pm_pool_cost_ratio{pool}`.
 pub const POOL_COST: MetricDef = MetricDef::gauge(
     "pm_pool_cost_ratio",
-    "Live instance-seconds (spares and VMs booting included) over target instance-seconds in the last hour of this leader's term",
+    "Live instance-seconds (spares, VMs booting and VMs in their preemption notice included) over target instance-seconds in the last hour of this leader's term",
 );
 /// `pm_events_sink_lag_seconds`.
 pub const SINK_LAG: MetricDef = MetricDef::gauge(
@@ -247,14 +247,7 @@ impl SchedulerMetrics {
                     .values()
                     .map(|z| z.counts.count(ObservedStatus::Running))
                     .sum(),
-                live: view
-                    .zones
-                    .values()
-                    .map(|z| {
-                        z.counts.count(ObservedStatus::Running)
-                            + z.counts.count(ObservedStatus::Starting)
-                    })
-                    .sum(),
+                live: view.zones.values().map(|z| z.counts.live).sum(),
             };
             let reading = capacity.observe(&pool, held);
             let labels = PoolLabels { pool: pool.clone() };

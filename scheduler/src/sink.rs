@@ -9,11 +9,14 @@
 //!   [`MAX_BATCH`] events; a new leader starts after it, so a failover repeats at most
 //!   the batch in flight and loses nothing. Without a cursor, every retained event is
 //!   delivered.
-//! - While the sink is down or answers 408, 429 or 5xx, the same event is retried with
-//!   back-off up to [`RETRY_MAX`]; events wait in etcd for as long as their retention.
-//!   Any other 4xx drops the event with an `events-sink-rejected` warning event.
-//! - After a snapshot restore (revisions went back below the cursor) every retained event
-//!   is delivered again; receivers deduplicate by id.
+//! - While the sink is down or answers 3xx, 401, 403, 404, 405, 408, 429 or 5xx, the
+//!   same event is retried with back-off up to [`RETRY_MAX`]; events wait in etcd for as
+//!   long as their retention. Any other 4xx, or an event that cannot be encoded, drops
+//!   the event with an `events-sink-rejected` warning event.
+//! - After a snapshot restore, delivery resumes after the restored cursor (every listing
+//!   and re-listing reads it), or from the start when etcd's revision is below even the
+//!   cursor; what was delivered since the snapshot may come again, and receivers
+//!   deduplicate by id.
 
 use std::time::Duration;
 
@@ -85,8 +88,18 @@ struct Pending {
 enum Outcome {
     /// The sink took it.
     Delivered,
-    /// The sink refused it for good: status and the start of the body.
-    Rejected(reqwest::StatusCode, String),
+    /// It was dropped: the sink refused it for good (the status and the start of the
+    /// body), or it cannot be sent at all.
+    Dropped(String),
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// The request cannot be built or encoded: the same every time, so the event is
+    /// dropped.
+    Unsendable(String),
+    /// No answer (connection, timeout): tried again.
+    Unanswered(String),
 }
 
 /// The deliverer of one leader term.
@@ -111,11 +124,7 @@ impl Sink<'_> {
     /// Delivers until an etcd error ends the term (fenced out: leadership is lost).
     pub async fn run(&self) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
-        let mut cursor = self
-            .store
-            .get::<SinkCursor>(&keys.sink_cursor())
-            .await?
-            .map_or(0, |c| c.value.revision);
+        let mut cursor = self.stored_cursor().await?;
         let (listed, revision) = self.store.list_raw(&keys.all_events_prefix()).await?;
         self.catch_up(listed, revision, &mut cursor).await?;
         let mut watch = ResumableWatch::new(
@@ -150,6 +159,9 @@ impl Sink<'_> {
         revision: i64,
         cursor: &mut i64,
     ) -> pm_etcd::Result<()> {
+        // After a restore the stored cursor is the snapshot's: what was delivered past it
+        // was at revisions etcd hands out again.
+        *cursor = (*cursor).min(self.stored_cursor().await?);
         if revision < *cursor {
             tracing::warn!(
                 revision,
@@ -220,6 +232,13 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// The cursor etcd holds; 0 without one.
+    async fn stored_cursor(&self) -> pm_etcd::Result<i64> {
+        let key = self.store.keys().sink_cursor();
+        let stored = self.store.get::<SinkCursor>(&key).await?;
+        Ok(stored.map_or(0, |c| c.value.revision))
+    }
+
     async fn write_cursor(&self, revision: i64) -> pm_etcd::Result<()> {
         let value = SinkCursor {
             revision,
@@ -240,13 +259,13 @@ impl Sink<'_> {
             Outcome::Delivered => {
                 self.metrics.delivered.inc();
             }
-            Outcome::Rejected(status, body) => {
+            Outcome::Dropped(why) => {
                 self.metrics.dropped.inc();
                 let kind = &item.event.kind;
-                tracing::warn!(%status, %body, id = %item.cloud.id(), "the events sink refused an event; it is dropped");
+                tracing::warn!(%why, id = %item.cloud.id(), "an event is dropped instead of delivered to the events sink");
                 if kind != REJECTED_KIND {
                     let message = format!(
-                        "the events sink {} refused a {kind} event with HTTP {status}; it is dropped: {body}",
+                        "a {kind} event is dropped instead of delivered to the events sink {}: {why}",
                         self.settings.url
                     );
                     self.events
@@ -277,11 +296,13 @@ impl Sink<'_> {
                     }
                     if !retried(status) {
                         let body = response.text().await.unwrap_or_default();
-                        return Outcome::Rejected(status, quoted(&body));
+                        let why = format!("refused with HTTP {status}: {}", quoted(&body));
+                        return Outcome::Dropped(why);
                     }
                     format!("HTTP {status}")
                 }
-                Err(e) => e,
+                Err(Failure::Unsendable(why)) => return Outcome::Dropped(why),
+                Err(Failure::Unanswered(why)) => why,
             };
             self.metrics.failures.inc();
             let delay = attempts.next_delay();
@@ -290,7 +311,7 @@ impl Sink<'_> {
         }
     }
 
-    async fn post(&self, event: CloudEvent) -> Result<reqwest::Response, String> {
+    async fn post(&self, event: CloudEvent) -> Result<reqwest::Response, Failure> {
         let request = self
             .settings
             .client
@@ -303,8 +324,14 @@ impl Sink<'_> {
                 RequestSerializer::new(request),
             ),
         }
-        .map_err(|e| format!("cannot encode the event: {e}"))?;
-        request.send().await.map_err(|e| chain(&e))
+        .map_err(|e| Failure::Unsendable(format!("cannot encode it: {e}")))?;
+        request.send().await.map_err(|e| {
+            if e.is_builder() {
+                Failure::Unsendable(format!("cannot build its request: {}", chain(&e)))
+            } else {
+                Failure::Unanswered(chain(&e))
+            }
+        })
     }
 }
 
@@ -321,11 +348,22 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Whether a delivery answered with `status` is tried again: 408, 429 and 5xx are the
-/// receiver's passing trouble; any other answer is final.
+/// receiver's passing trouble; a redirect (never followed: it would turn the POST into a
+/// bodiless GET), 401, 403, 404 and 405 say the URL or its credentials are wrong, which
+/// the operator fixes, not something about this event. Any other answer is final.
 fn retried(status: reqwest::StatusCode) -> bool {
-    status == reqwest::StatusCode::REQUEST_TIMEOUT
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+    use reqwest::StatusCode;
+    status.is_redirection()
         || status.is_server_error()
+        || [
+            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ]
+        .contains(&status)
 }
 
 /// The start of a refusal's body, on one line.
@@ -342,14 +380,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_passing_trouble_is_retried() {
-        for code in [408, 429, 500, 502, 503, 504] {
+    fn passing_trouble_and_a_wrong_url_are_retried() {
+        for code in [301, 307, 401, 403, 404, 405, 408, 429, 500, 502, 503, 504] {
             assert!(
                 retried(reqwest::StatusCode::from_u16(code).unwrap()),
                 "{code}"
             );
         }
-        for code in [200, 301, 400, 401, 403, 404, 409, 413, 422] {
+        for code in [200, 400, 409, 413, 415, 422] {
             assert!(
                 !retried(reqwest::StatusCode::from_u16(code).unwrap()),
                 "{code}"
