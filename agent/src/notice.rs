@@ -15,7 +15,7 @@ use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_gce::resources::Operation;
 use tokio::task::JoinHandle;
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::active::AgentContext;
 use crate::lists::Lists;
@@ -44,7 +44,13 @@ pub struct Notices {
     /// Pools woken while their list was in flight: woken at the first look that returns
     /// after their list has, so their next pass lists after the notice.
     deferred: BTreeSet<String>,
+    /// Per project failing its looks, when that was last logged: once per
+    /// [`WARN_EVERY`], not at every look.
+    warned: BTreeMap<String, Instant>,
 }
+
+/// How often a project whose looks keep failing is logged.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Drop for Notices {
     /// A look in flight ends with the term: a deposed agent calls GCE no more.
@@ -65,6 +71,7 @@ impl Notices {
             running: None,
             seen: BTreeMap::new(),
             deferred: BTreeSet::new(),
+            warned: BTreeMap::new(),
         }
     }
 
@@ -128,9 +135,19 @@ impl Notices {
         let mut noticed = Vec::new();
         for (project, ops) in looked {
             let ops = match ops {
-                Ok(ops) => ops,
+                Ok(ops) => {
+                    self.warned.remove(&project);
+                    ops
+                }
                 Err(e) => {
-                    tracing::warn!(%project, error = %e, "cannot look for preemption notices; passes find preemptions at their own pace");
+                    let due = self
+                        .warned
+                        .get(&project)
+                        .is_none_or(|at| at.elapsed() >= WARN_EVERY);
+                    if due {
+                        tracing::warn!(%project, error = %e, "cannot look for preemption notices; passes find preemptions at their own pace");
+                        self.warned.insert(project, Instant::now());
+                    }
                     continue;
                 }
             };

@@ -29,7 +29,7 @@ use pm_etcd::{
     WatchEvent, WatchRange,
 };
 use pm_proto::{Event, Severity, SinkCursor};
-use pm_telemetry::{Readiness, WATCH_CONDITION};
+use pm_telemetry::Readiness;
 
 use crate::cloud_event::to_cloud_event;
 use crate::metrics::SinkMetrics;
@@ -48,6 +48,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The kind of the warning recorded when the sink refuses an event.
 pub const REJECTED_KIND: &str = "events-sink-rejected";
+
+/// The readiness condition of the sink's watch: its own, so that the leader's watch
+/// recovering does not hide that this one is refused.
+const SINK_WATCH_CONDITION: &str = "events-sink-watch";
 
 /// Most characters of a refusal's body quoted in the warning event.
 const QUOTED_BODY: usize = 200;
@@ -132,7 +136,7 @@ impl Sink<'_> {
             WatchRange::Prefix(keys.all_events_prefix()),
             revision + 1,
         )
-        .with_health(self.readiness.reporter(WATCH_CONDITION));
+        .with_health(self.readiness.reporter(SINK_WATCH_CONDITION));
         loop {
             self.metrics.lag.set(0.0);
             match watch.next().await? {
