@@ -128,7 +128,8 @@ impl Sink<'_> {
     /// Delivers until an etcd error ends the term (fenced out: leadership is lost).
     pub async fn run(&self) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
-        let mut cursor = self.stored_cursor().await?;
+        // Nothing delivered yet this term: `catch_up` starts from the stored cursor.
+        let mut cursor = i64::MAX;
         let (listed, revision) = self.store.list_raw(&keys.all_events_prefix()).await?;
         self.catch_up(listed, revision, &mut cursor).await?;
         let mut watch = ResumableWatch::new(
