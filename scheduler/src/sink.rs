@@ -76,10 +76,19 @@ pub struct SinkSettings {
     pub client: reqwest::Client,
 }
 
-/// One event to deliver.
+/// One key past the cursor, in creation order.
 struct Pending {
-    /// The revision that created its key.
+    /// The revision that created it.
     revision: i64,
+    /// Its key.
+    key: String,
+    /// The event to deliver, or why the key cannot be one: skipped, but the cursor still
+    /// passes it, so a re-listing does not count it again.
+    item: Result<Ready, String>,
+}
+
+/// One event ready to go out.
+struct Ready {
     /// Its pool, for the warning of a refusal.
     pool: String,
     /// What it recorded.
@@ -179,26 +188,22 @@ impl Sink<'_> {
         self.deliver(pending, cursor).await
     }
 
-    /// The events of `keys` created after `cursor`, in creation order. A key that is not
-    /// an event or does not decode is logged and counted as dropped.
+    /// The keys of `keys` created after `cursor`, in creation order.
     fn pending(&self, keys: impl IntoIterator<Item = StoredKey>, cursor: i64) -> Vec<Pending> {
         let mut pending: Vec<Pending> = keys
             .into_iter()
             .filter(|kv| kv.create_revision > cursor)
-            .filter_map(|kv| match self.prepare(&kv) {
-                Ok(p) => Some(p),
-                Err(reason) => {
-                    tracing::warn!(key = %kv.key, %reason, "event not delivered to the events sink");
-                    self.metrics.dropped.inc();
-                    None
-                }
+            .map(|kv| Pending {
+                revision: kv.create_revision,
+                item: self.prepare(&kv),
+                key: kv.key,
             })
             .collect();
         pending.sort_by_key(|p| p.revision);
         pending
     }
 
-    fn prepare(&self, kv: &StoredKey) -> Result<Pending, String> {
+    fn prepare(&self, kv: &StoredKey) -> Result<Ready, String> {
         let Key::Event { pool, seq } = self
             .store
             .keys()
@@ -209,21 +214,23 @@ impl Sink<'_> {
         };
         let event: Event = decode(&kv.key, &kv.value).map_err(|e| e.to_string())?;
         let cloud = to_cloud_event(&pool, &seq, &event)?;
-        Ok(Pending {
-            revision: kv.create_revision,
-            pool,
-            event,
-            cloud,
-        })
+        Ok(Ready { pool, event, cloud })
     }
 
     /// Delivers `pending` in order, writing the cursor after each batch. A batch ends at
-    /// a revision boundary, so the cursor never splits the events of one revision.
+    /// a revision boundary, so the cursor never splits the events of one revision. A key
+    /// that is not an event or does not decode is logged and counted as dropped, once.
     async fn deliver(&self, pending: Vec<Pending>, cursor: &mut i64) -> pm_etcd::Result<()> {
         let mut in_batch = 0;
         let mut iter = pending.into_iter().peekable();
         while let Some(item) = iter.next() {
-            self.deliver_one(&item).await;
+            match &item.item {
+                Ok(ready) => self.deliver_one(ready).await,
+                Err(reason) => {
+                    tracing::warn!(key = %item.key, %reason, "event not delivered to the events sink");
+                    self.metrics.dropped.inc();
+                }
+            }
             in_batch += 1;
             let boundary = iter
                 .peek()
@@ -259,7 +266,7 @@ impl Sink<'_> {
 
     /// Delivers one event, retrying until the sink takes or refuses it; a refusal is
     /// recorded as a warning event unless it refused such a warning (which would loop).
-    async fn deliver_one(&self, item: &Pending) {
+    async fn deliver_one(&self, item: &Ready) {
         match self.attempt_until_answered(item).await {
             Outcome::Delivered => {
                 self.metrics.delivered.inc();
@@ -288,7 +295,7 @@ impl Sink<'_> {
         }
     }
 
-    async fn attempt_until_answered(&self, item: &Pending) -> Outcome {
+    async fn attempt_until_answered(&self, item: &Ready) -> Outcome {
         let mut attempts = RETRY.attempts();
         loop {
             let waited_ms = now_unix_ms().saturating_sub(item.event.unix_ms).max(0);

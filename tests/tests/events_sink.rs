@@ -352,3 +352,50 @@ async fn events_after_an_etcd_snapshot_restore_are_delivered() {
     let stored = wait_delivered(&c, &receiver, "snap", &["dev.pm.instance.deleted"], "").await;
     assert_attributes(&receiver, "snap", &stored);
 }
+
+/// The leader's dropped count, once its metrics answer.
+async fn dropped(c: &Cluster, index: usize) -> Option<f64> {
+    let metrics = c.scheduler_metrics(index).await;
+    let (_, text) = http_get(metrics, "/metrics").await?;
+    Some(metric_sum(&text, "pm_events_sink_dropped_total", &[]))
+}
+
+/// A key under the events prefix that is no event is dropped once: the cursor passes it,
+/// so the next leader does not count it again (it did while the key was the newest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_is_no_event_is_dropped_once_across_a_failover() {
+    let receiver = Receiver::start().await;
+    let mut c = Cluster::builder()
+        .zones(1)
+        .schedulers(2)
+        .scheduler_flag("--events-sink", &receiver.url())
+        .start()
+        .await;
+    c.set_pool("web", c.pool_config("web-", 1)).await;
+    wait_delivered(&c, &receiver, "web", &["dev.pm.instance.created"], "").await;
+
+    let junk = c.store().keys().event("junk", "0001").unwrap();
+    let mut client = c.store().client().clone();
+    client
+        .put(junk, b"\xff\xffno event".to_vec(), None)
+        .await
+        .unwrap();
+    let leader = c
+        .wait("the leader drops the key", BOUND, || async {
+            for index in 0..c.scheduler_count() {
+                if dropped(&c, index).await == Some(1.0) {
+                    return Some(index);
+                }
+            }
+            None
+        })
+        .await;
+    c.scheduler(leader).kill9().await;
+    pmctl(&c, &["scale", "web", "2"]).await;
+    wait_delivered(&c, &receiver, "web", &["dev.pm.pool.scaled"], "").await;
+    let next = 1 - leader;
+    let after = c
+        .wait("the next leader's metrics", BOUND, || dropped(&c, next))
+        .await;
+    assert_eq!(after, 0.0, "the next leader counted the key again");
+}
