@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::paging::{list_reply, paginate, ListQuery, Order};
+use super::zones::ProjectZone;
 use super::{zone_url, ApiError, World};
 use crate::clock::{operation_name, resource_id, rfc3339};
 
@@ -107,8 +108,7 @@ impl World {
             .projects
             .entry(project.to_string())
             .or_default()
-            .operations
-            .insert(name.clone(), op);
+            .insert_operation(name.clone(), op);
         if let Some(request_id) = request_id {
             self.request_ids.insert(
                 (
@@ -225,15 +225,20 @@ impl World {
                 paginate(views, page.size)
             }
             Order::NewestFirst => {
-                // Keys that sort newest first: the insert time's complement, then the name.
-                let mut keyed: Vec<(String, (&String, &SimOperation))> = operations
-                    .iter()
-                    .filter(matching)
-                    .map(|entry| (newest_first_key(entry.0, entry.1), entry))
-                    .filter(|(key, _)| page.after.as_ref().is_none_or(|after| key > after))
-                    .collect();
-                keyed.sort_by(|a, b| a.0.cmp(&b.0));
-                let views = keyed.into_iter().map(|(key, entry)| (key, view(entry)));
+                let empty_index = BTreeMap::new();
+                let index = z
+                    .projects
+                    .get(project)
+                    .map_or(&empty_index, |pz| &pz.by_newest);
+                let views = index
+                    .range::<str, _>(page.keys())
+                    .filter_map(|(key, name)| {
+                        operations
+                            .get_key_value(name)
+                            .map(|entry| (key.clone(), entry))
+                    })
+                    .filter(|(_, entry)| matching(entry))
+                    .map(|(key, entry)| (key, view(entry)));
                 paginate(views, page.size)
             }
         };
@@ -243,6 +248,18 @@ impl World {
             items,
             next_page_token,
         ))
+    }
+}
+
+impl ProjectZone {
+    /// Stores an operation and indexes it newest first.
+    pub(super) fn insert_operation(&mut self, name: String, op: SimOperation) {
+        if let Some(old) = self.operations.get(&name) {
+            self.by_newest.remove(&newest_first_key(&name, old));
+        }
+        self.by_newest
+            .insert(newest_first_key(&name, &op), name.clone());
+        self.operations.insert(name, op);
     }
 }
 
@@ -406,11 +423,13 @@ mod tests {
         }
         // Insert times one second apart, oldest first, whatever the names' order.
         let zone = w.zone_mut("p", "z1").expect("zone");
-        let ops = &mut zone.projects.get_mut("p").expect("project").operations;
+        let pz = zone.projects.get_mut("p").expect("project");
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         for (i, name) in names.iter().enumerate() {
-            let op = ops.get_mut(name).expect("operation");
+            let mut op = pz.operations.remove(name).expect("operation");
+            pz.by_newest.retain(|_, indexed| indexed != name);
             op.inserted = start + Duration::from_secs(u64::try_from(names.len() - i).unwrap());
+            pz.insert_operation(name.clone(), op);
         }
         let newest = ListQuery {
             order_by: Some("creationTimestamp desc"),

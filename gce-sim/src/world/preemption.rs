@@ -135,8 +135,7 @@ impl World {
             z.projects
                 .entry(project.to_string())
                 .or_default()
-                .operations
-                .insert(op_name, op);
+                .insert_operation(op_name, op);
         }
     }
 

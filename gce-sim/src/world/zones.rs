@@ -18,6 +18,10 @@ use super::{zone_url, ApiError, World, URL_ROOT};
 pub(super) struct ProjectZone {
     pub(super) instances: BTreeMap<String, SimInstance>,
     pub(super) operations: BTreeMap<String, SimOperation>,
+    /// The operations' names by a key that sorts newest first (`operations::newest_first_key`),
+    /// so a newest-first list reads its page instead of sorting the whole history. Kept by
+    /// `ProjectZone::insert_operation`.
+    pub(super) by_newest: BTreeMap<String, String>,
     /// Names of the disks that exist (see `disks`).
     pub(super) disks: BTreeSet<String>,
 }
