@@ -52,6 +52,9 @@ struct Args {
     /// Run only the capacity scenario (pm against the prevmtable model).
     #[arg(long, conflicts_with_all = ["converge_only", "rollout_only", "notice_only"])]
     capacity_only: bool,
+    /// Run only the heal scenario (preemptions of a converged pool replaced).
+    #[arg(long, conflicts_with_all = ["converge_only", "rollout_only", "notice_only", "capacity_only"])]
+    heal_only: bool,
 }
 
 fn parse_size(text: &str) -> Result<(u64, usize), String> {
@@ -102,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
         profile.converge = args.converge.clone();
     }
     let mut report = report::Report::new(&profile);
-    if args.rollout_only || args.notice_only || args.capacity_only {
+    if args.rollout_only || args.notice_only || args.capacity_only || args.heal_only {
         profile.converge.clear();
     }
     for &(n, zones) in &profile.converge {
@@ -120,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
     } else if args.capacity_only {
         eprintln!("capacity: {} instances", profile.capacity.instances);
         report.capacity = Some(capacity::capacity(&profile).await?);
+    } else if args.heal_only {
+        eprintln!("heal: {} instances", profile.heal.0);
+        report.heal = scenarios::heal(&profile).await?;
     } else if !args.converge_only {
         run_the_rest(&profile, &mut report).await?;
     }

@@ -101,43 +101,47 @@ impl Report {
             }
             out.push('\n');
         }
-        out.push_str("| converge | time | x ideal | GCE calls/instance (bound) | etcd writes/lifecycle | steady etcd writes/min | steady GCE calls/min | scheduler CPU steady | agent CPU steady | scheduler RSS | agent RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for c in &self.converge {
-            out.push_str(&format!(
-                "| {} over {} zones | {:.1} s | {:.2} | {:.2} ({:.2}) | {:.1} | {:.1} | {:.0} | {:.2}% | {:.2}% | {:.1} MiB | {:.1} MiB |\n",
-                c.instances, c.zones, c.seconds, c.ratio_to_ideal, c.gce_calls_per_instance, c.gce_lower_bound_per_instance,
-                c.etcd_writes_per_lifecycle, c.steady_etcd_writes_per_minute, c.steady_gce_calls_per_minute,
-                c.scheduler_steady_cpu_percent, c.agent_steady_cpu_percent, c.scheduler_peak_rss_mib, c.agent_peak_rss_mib
-            ));
+        if !self.converge.is_empty() {
+            out.push_str("| converge | time | x ideal | GCE calls/instance (bound) | etcd writes/lifecycle | steady etcd writes/min | steady GCE calls/min | scheduler CPU steady | agent CPU steady | scheduler RSS | agent RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+            for c in &self.converge {
+                out.push_str(&format!(
+                    "| {} over {} zones | {:.1} s | {:.2} | {:.2} ({:.2}) | {:.1} | {:.1} | {:.0} | {:.2}% | {:.2}% | {:.1} MiB | {:.1} MiB |\n",
+                    c.instances, c.zones, c.seconds, c.ratio_to_ideal, c.gce_calls_per_instance, c.gce_lower_bound_per_instance,
+                    c.etcd_writes_per_lifecycle, c.steady_etcd_writes_per_minute, c.steady_gce_calls_per_minute,
+                    c.scheduler_steady_cpu_percent, c.agent_steady_cpu_percent, c.scheduler_peak_rss_mib, c.agent_peak_rss_mib
+                ));
+            }
+            out.push_str("\n| converge | agent RSS max (all agents) | etcd CPU steady | etcd DB | etcd keys | largest etcd reply |\n|---|---|---|---|---|---|\n");
+            for c in &self.converge {
+                out.push_str(&format!(
+                    "| {} over {} zones | {:.1} MiB ({:.0} MiB) | {:.1}% | {:.1} MiB | {} | {:.0} KiB |\n",
+                    c.instances,
+                    c.zones,
+                    c.agent_peak_rss_mib_max,
+                    c.agents_peak_rss_mib_total,
+                    c.etcd_steady_cpu_percent,
+                    c.etcd_db_size_mib,
+                    c.etcd_keys,
+                    c.largest_etcd_reply_bytes / 1024.0
+                ));
+            }
         }
-        out.push_str("\n| converge | agent RSS max (all agents) | etcd CPU steady | etcd DB | etcd keys | largest etcd reply |\n|---|---|---|---|---|---|\n");
-        for c in &self.converge {
-            out.push_str(&format!(
-                "| {} over {} zones | {:.1} MiB ({:.0} MiB) | {:.1}% | {:.1} MiB | {} | {:.0} KiB |\n",
-                c.instances,
-                c.zones,
-                c.agent_peak_rss_mib_max,
-                c.agents_peak_rss_mib_total,
-                c.etcd_steady_cpu_percent,
-                c.etcd_db_size_mib,
-                c.etcd_keys,
-                c.largest_etcd_reply_bytes / 1024.0
-            ));
-        }
-        out.push_str(
-            "\n| heal | preempted | created p50 / p99 | RUNNING p50 / p99 |\n|---|---|---|---|\n",
-        );
-        for h in &self.heal {
-            out.push_str(&format!(
-                "| {:.0}% of {} | {} | {:.2} s / {:.2} s | {:.2} s / {:.2} s |\n",
-                h.fraction * 100.0,
-                h.instances,
-                h.preempted,
-                h.created_p50_seconds,
-                h.created_p99_seconds,
-                h.running_p50_seconds,
-                h.running_p99_seconds
-            ));
+        if !self.heal.is_empty() {
+            out.push_str(
+                "\n| heal | preempted | created p50 / p99 | RUNNING p50 / p99 |\n|---|---|---|---|\n",
+            );
+            for h in &self.heal {
+                out.push_str(&format!(
+                    "| {:.0}% of {} | {} | {:.2} s / {:.2} s | {:.2} s / {:.2} s |\n",
+                    h.fraction * 100.0,
+                    h.instances,
+                    h.preempted,
+                    h.created_p50_seconds,
+                    h.created_p99_seconds,
+                    h.running_p50_seconds,
+                    h.running_p99_seconds
+                ));
+            }
         }
         if let Some(x) = &self.exhaustion {
             out.push_str(&format!(
@@ -145,14 +149,16 @@ impl Report {
                 x.instances, x.deficit, x.deficit_elsewhere_seconds
             ));
         }
-        out.push_str(
-            "\n| failover (kill -9) | lease TTL | takeover | creations done |\n|---|---|---|---|\n",
-        );
-        for f in &self.failover {
-            out.push_str(&format!(
-                "| {} | {:.0} s | {:.2} s | {:.2} s |\n",
-                f.component, f.lease_ttl_seconds, f.takeover_seconds, f.creations_done_seconds
-            ));
+        if !self.failover.is_empty() {
+            out.push_str(
+                "\n| failover (kill -9) | lease TTL | takeover | creations done |\n|---|---|---|---|\n",
+            );
+            for f in &self.failover {
+                out.push_str(&format!(
+                    "| {} | {:.0} s | {:.2} s | {:.2} s |\n",
+                    f.component, f.lease_ttl_seconds, f.takeover_seconds, f.creations_done_seconds
+                ));
+            }
         }
         if let Some(r) = &self.rollout {
             out.push_str(&format!(
