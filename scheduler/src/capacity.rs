@@ -1,9 +1,10 @@
 //! Capacity delivered, as a Spot user pays for it: RUNNING instance-seconds (up to the
 //! target) over target instance-seconds, over the last [`WINDOW_MS`]; its cost, live
 //! instance-seconds (spares and VMs booting included) over target instance-seconds; and
-//! the seconds each pool spent below its target. The window is kept to the minute: the
-//! oldest minute goes once it has wholly passed out of the hour. The leader integrates its view each time it publishes
-//! its metrics; a new leader starts its window afresh.
+//! the seconds each pool spent below its target. The window is kept in minutes: the
+//! oldest minute counts for the part of it still inside the hour, and goes once it has
+//! wholly passed out of it. The leader integrates its view each time it publishes its
+//! metrics; a new leader starts its window afresh.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -88,8 +89,18 @@ impl Capacity {
         {
             meter.buckets.pop_front();
         }
+        // The oldest bucket counts for its part still in the window, as if what it holds
+        // was spread evenly over its minute: the window spans the hour, not 60 to 61
+        // minutes.
+        let window_start = now.at_ms - WINDOW_MS;
         let (delivered, asked, paid) = meter.buckets.iter().fold((0.0, 0.0, 0.0), |t, b| {
-            (t.0 + b.delivered, t.1 + b.asked, t.2 + b.paid)
+            let inside = (b.start_ms + BUCKET_MS - window_start).clamp(0, BUCKET_MS);
+            let weight = inside as f64 / BUCKET_MS as f64;
+            (
+                t.0 + b.delivered * weight,
+                t.1 + b.asked * weight,
+                t.2 + b.paid * weight,
+            )
         });
         let ratio = |x: f64| if asked > 0.0 { x / asked } else { 1.0 };
         Reading {
@@ -182,5 +193,16 @@ mod tests {
         assert!(c.meters["web"].buckets.len() <= 61);
         assert_eq!(c.retain(&BTreeSet::new()), ["web"]);
         assert!(c.meters.is_empty());
+    }
+
+    #[test]
+    fn the_window_spans_the_hour_not_up_to_a_minute_more() {
+        let mut c = Capacity::default();
+        c.observe("web", sample(0, 10, 0));
+        c.observe("web", sample(60, 10, 10));
+        // Half of the minute with nothing RUNNING is still inside the hour.
+        let r = c.observe("web", sample(3630, 10, 10));
+        let expected = 1.0 - 30.0 / 3600.0;
+        assert!((r.delivered_ratio - expected).abs() < 1e-9, "{r:?}");
     }
 }
