@@ -36,9 +36,6 @@ use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Sta
 use crate::zone_watch::{ZoneWatches, DISCOVERY};
 use crate::{witness, zone_report, AGENT_CONDITION};
 
-/// etcd's default limit of operations in one transaction is 128; stay below it.
-const MAX_TXN_OPS: usize = 100;
-
 /// After operations finish, the pool is listed again this soon (coalescing many).
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -368,18 +365,16 @@ impl<'a> ActiveAgent<'a> {
     /// Writes the answers to the scheduler's witness requests, fenced.
     async fn answer(&self, pool: &str, answers: Vec<(String, Witnessed)>) -> pm_etcd::Result<()> {
         let keys = self.ctx.store.keys();
-        let mut ops = Vec::with_capacity(answers.len());
         for (zone, answer) in &answers {
             tracing::info!(%pool, %zone, live = answer.live, "counted a zone without agents");
-            ops.push(put_op(&keys.witnessed(pool, zone)?, answer, 0));
         }
-        for chunk in ops.chunks(MAX_TXN_OPS) {
-            self.ctx
-                .store
-                .txn_fenced(&self.fence, chunk.to_vec())
-                .await?;
-        }
-        Ok(())
+        let op = |(zone, answer): &(String, Witnessed)| {
+            Ok(put_op(&keys.witnessed(pool, zone)?, answer, 0))
+        };
+        self.ctx
+            .store
+            .txn_fenced_chunks(&self.fence, &answers, op, |_, _| Ok(()))
+            .await
     }
 
     /// Carries out one pass over `pool`.
@@ -559,23 +554,26 @@ impl<'a> ActiveAgent<'a> {
             return Ok(());
         }
         let keys = self.ctx.store.keys().clone();
+        let zone = &self.ctx.zone;
         let entries: Vec<(String, Option<ObservedInstance>)> = writes.into_iter().collect();
-        for chunk in entries.chunks(MAX_TXN_OPS) {
-            let mut ops = Vec::with_capacity(chunk.len());
+        let op = |(name, value): &(String, Option<ObservedInstance>)| {
+            let key = keys.instance(pool, zone, name)?;
+            Ok(match value {
+                Some(o) => put_op(&key, o, 0),
+                None => TxnOp::delete(key.as_str(), None),
+            })
+        };
+        let pools = &mut self.pools;
+        let recorded = |chunk: &[(String, Option<ObservedInstance>)], revision| {
             for (name, value) in chunk {
-                let key = keys.instance(pool, &self.ctx.zone, name)?;
-                ops.push(match value {
-                    Some(o) => put_op(&key, o, 0),
-                    None => TxnOp::delete(key.as_str(), None),
-                });
+                pools.record_written(pool, name, value.clone(), revision)?;
             }
-            let revision = self.ctx.store.txn_fenced(&self.fence, ops).await?;
-            for (name, value) in chunk {
-                self.pools
-                    .record_written(pool, name, value.clone(), revision)?;
-            }
-        }
-        Ok(())
+            Ok(())
+        };
+        self.ctx
+            .store
+            .txn_fenced_chunks(&self.fence, &entries, op, recorded)
+            .await
     }
 
     async fn write_one(

@@ -39,7 +39,7 @@ pub use events::{now_unix_ms, EventLog};
 pub use fence::Fence;
 pub use keys::{Key, Keyspace};
 pub use session::Session;
-pub use store::{decode, put_op, Listing, Store, Versioned, ZoneListing};
+pub use store::{decode, put_op, Listing, Store, Versioned, ZoneListing, MAX_TXN_OPS};
 pub use view::{Change, PoolKeys, PoolsView, Stamped, Value, ZoneKeys};
 pub use watch::{ResumableWatch, StoredKey, WatchBatch, WatchEvent, WatchRange};
 

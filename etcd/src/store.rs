@@ -72,6 +72,9 @@ fn versioned<M: Message + Default>(kv: &KeyValue) -> Result<Versioned<M>> {
     })
 }
 
+/// etcd's default limit of operations in one transaction is 128; pm stays below it.
+pub const MAX_TXN_OPS: usize = 100;
+
 /// Typed access to pm's keyspace. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -354,6 +357,24 @@ impl Store {
         } else {
             Err(fence.fenced_out())
         }
+    }
+
+    /// Runs one operation per item of `items` ([`Store::txn_fenced`]), in transactions
+    /// of at most [`MAX_TXN_OPS`] operations, and calls `written` with each chunk and
+    /// the revision it was written at, before the next chunk goes.
+    pub async fn txn_fenced_chunks<T>(
+        &self,
+        fence: &Fence,
+        items: &[T],
+        op: impl Fn(&T) -> Result<TxnOp>,
+        mut written: impl FnMut(&[T], i64) -> Result<()>,
+    ) -> Result<()> {
+        for chunk in items.chunks(MAX_TXN_OPS) {
+            let ops = chunk.iter().map(&op).collect::<Result<Vec<_>>>()?;
+            let revision = self.txn_fenced(fence, ops).await?;
+            written(chunk, revision)?;
+        }
+        Ok(())
     }
 
     /// Like [`Store::txn_fenced`], with more conditions. When the transaction is refused

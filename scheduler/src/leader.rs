@@ -29,9 +29,6 @@ use crate::rollout;
 use crate::sink::{Sink, SinkSettings};
 use crate::witness;
 
-/// etcd's default limit of operations in one transaction is 128; stay below it.
-const MAX_TXN_OPS: usize = 100;
-
 /// How often time-based conditions (agent grace) are re-evaluated, and the leader's view
 /// is published as metrics at most.
 const TICK: Duration = Duration::from_secs(1);
@@ -395,50 +392,51 @@ impl Term<'_> {
     }
 
     /// Deletes the `witnessed` keys of `zones`, answers no request stands for any more,
-    /// fenced, in transactions of at most [`MAX_TXN_OPS`].
+    /// fenced, in transactions of at most [`pm_etcd::MAX_TXN_OPS`].
     async fn remove_answers(&mut self, pool: &str, zones: &[String]) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
-        for chunk in zones.chunks(MAX_TXN_OPS) {
-            let mut ops = Vec::with_capacity(chunk.len());
-            for zone in chunk {
-                let key = keys.witnessed(pool, zone)?;
-                ops.push(TxnOp::delete(key.as_str(), None));
-            }
-            let revision = self.store.txn_fenced(&self.fence, ops).await?;
+        let op = |zone: &String| Ok(TxnOp::delete(keys.witnessed(pool, zone)?.as_str(), None));
+        let model = &mut self.model;
+        let recorded = |chunk: &[String], revision| {
             for zone in chunk {
                 let key = Key::Witnessed {
                     pool: pool.to_string(),
                     zone: zone.clone(),
                 };
-                self.model.record(&key, None, revision)?;
+                model.record(&key, None, revision)?;
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        self.store
+            .txn_fenced_chunks(&self.fence, zones, op, recorded)
+            .await
     }
 
     /// Writes the `desired` changes of a pool, fenced, in transactions of at most
-    /// [`MAX_TXN_OPS`], and records each in the model.
+    /// [`pm_etcd::MAX_TXN_OPS`], and records each in the model.
     async fn write_desired(&mut self, pool: &str, writes: &[DesiredWrite]) -> pm_etcd::Result<()> {
         let keys = self.store.keys().clone();
-        for chunk in writes.chunks(MAX_TXN_OPS) {
-            let mut ops = Vec::with_capacity(chunk.len());
-            for write in chunk {
-                let key = keys.zone_desired(pool, &write.zone)?;
-                ops.push(match &write.next {
-                    Some(next) => put_op(&key, next, 0),
-                    None => TxnOp::delete(key.as_str(), None),
-                });
-            }
-            let revision = self.store.txn_fenced(&self.fence, ops).await?;
+        let op = |write: &DesiredWrite| {
+            let key = keys.zone_desired(pool, &write.zone)?;
+            Ok(match &write.next {
+                Some(next) => put_op(&key, next, 0),
+                None => TxnOp::delete(key.as_str(), None),
+            })
+        };
+        let model = &mut self.model;
+        let recorded = |chunk: &[DesiredWrite], revision| {
             for write in chunk {
                 let key = Key::ZoneDesired {
                     pool: pool.to_string(),
                     zone: write.zone.clone(),
                 };
                 let value = write.next.clone().map(Value::Desired);
-                self.model.record(&key, value, revision)?;
+                model.record(&key, value, revision)?;
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        self.store
+            .txn_fenced_chunks(&self.fence, writes, op, recorded)
+            .await
     }
 }
