@@ -2,12 +2,16 @@
 //! at a time to a preemption with GCE's 30 s notice (scaled like the profile's delays).
 //! It reports how long after each preemption started its replacement showed up in GCE
 //! (p50, p99, max), and what following the notices costs: `zoneOperations.list` calls
-//! per minute and zone over the run.
+//! per minute and zone over the run. Each preemption waits a seeded random part of a
+//! second first: a replacement boots in a whole number of seconds after a look, so
+//! without it every preemption would land just after the agents' next look and the
+//! figures would show the worst phase, not the spread of phases a real preemption has.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use pm_tests::Cluster;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::measure::{self, until};
@@ -16,6 +20,9 @@ use crate::scenarios::{Profile, POLL, POOL};
 /// The pools' rest in this scenario: far longer than a notice, so a replacement within
 /// the notice is the notice's doing.
 const REST_SECONDS: u32 = 60;
+
+/// The seed of the delays before the preemptions.
+const SEED: u64 = 20;
 
 /// What the notice run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -69,9 +76,11 @@ pub async fn notice(p: &Profile) -> anyhow::Result<NoticeRun> {
     let before = measure::stats(&c).await?;
     let started = Instant::now();
     let mut times = Vec::with_capacity(preemptions);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     for i in 0..preemptions {
         let zone = c.zones()[i % zones].clone();
         let known = names(&c, &zone).await?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
         let at = Instant::now();
         let preempted = c.sim().preempt_count(&zone, 1).await?;
         anyhow::ensure!(
