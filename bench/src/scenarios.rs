@@ -7,6 +7,7 @@ use pm_etcd::Election;
 use pm_proto::PoolConfig;
 use pm_tests::cluster::TEMPLATE;
 use pm_tests::Cluster;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::capacity::CapacityTrace;
@@ -156,6 +157,9 @@ fn max_waiting(agents: usize) -> usize {
 
 /// The sockets of waits on operations that gce-sim serves at most at once.
 const SIM_SOCKETS: usize = 15_000;
+
+/// The seed of the delays before the heal scenario's preemptions.
+const HEAL_SEED: u64 = 10;
 
 pub(crate) const POOL: &str = "bench";
 pub(crate) const POLL: Duration = Duration::from_millis(20);
@@ -320,11 +324,15 @@ pub async fn heal(p: &Profile) -> anyhow::Result<Vec<Heal>> {
     let c = p.cluster(zones, n * 2, 1, 1).await;
     p.create_pool(&c, n).await?;
     let mut out = Vec::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(HEAL_SEED);
     for &fraction in &p.heal_fractions {
         // Start from a settled system, not right after the agents' last sync.
         let quiet = Duration::from_secs(u64::from(p.rest_seconds)) + Duration::from_millis(700);
         measure::quiescent(&c, quiet, p.bound(n)).await?;
         let per_zone = ((n as f64 * fraction) / zones as f64).round().max(1.0) as u64;
+        // At a random phase of the agents' 1 s notice looks, not locked to one
+        // (see `crate::notice`).
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
         let before = measure::state(&c).await?;
         let start = Instant::now();
         for zone in c.zones() {

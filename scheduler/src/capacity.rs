@@ -19,6 +19,9 @@ const BUCKET_MS: i64 = 60_000;
 struct Bucket {
     /// Start of the bucket, Unix ms.
     start_ms: i64,
+    /// The first instant it holds, Unix ms: later than `start_ms` in the first bucket of
+    /// a meter (a new pool, a new leader) and after a gap.
+    from_ms: i64,
     /// RUNNING instance-ms, each instant capped at the target.
     delivered: f64,
     /// Target instance-ms.
@@ -90,12 +93,14 @@ impl Capacity {
             meter.buckets.pop_front();
         }
         // The oldest bucket counts for its part still in the window, as if what it holds
-        // was spread evenly over its minute: the window spans the hour, not 60 to 61
-        // minutes.
+        // was spread evenly over the part of its minute it covers: the window spans the
+        // hour, not 60 to 61 minutes.
         let window_start = now.at_ms - WINDOW_MS;
         let (delivered, asked, paid) = meter.buckets.iter().fold((0.0, 0.0, 0.0), |t, b| {
-            let inside = (b.start_ms + BUCKET_MS - window_start).clamp(0, BUCKET_MS);
-            let weight = inside as f64 / BUCKET_MS as f64;
+            let end = b.start_ms + BUCKET_MS;
+            let covered = (end - b.from_ms).max(1);
+            let inside = (end - b.from_ms.max(window_start)).clamp(0, covered);
+            let weight = inside as f64 / covered as f64;
             (
                 t.0 + b.delivered * weight,
                 t.1 + b.asked * weight,
@@ -133,6 +138,7 @@ impl Meter {
             if self.buckets.back().is_none_or(|b| b.start_ms != start) {
                 self.buckets.push_back(Bucket {
                     start_ms: start,
+                    from_ms: at,
                     ..Bucket::default()
                 });
             }
@@ -203,6 +209,14 @@ mod tests {
         // Half of the minute with nothing RUNNING is still inside the hour.
         let r = c.observe("web", sample(3630, 10, 10));
         let expected = 1.0 - 30.0 / 3600.0;
+        assert!((r.delivered_ratio - expected).abs() < 1e-9, "{r:?}");
+
+        // A meter that began mid-minute: all of its first, partial minute is inside.
+        let mut c = Capacity::default();
+        c.observe("web", sample(50, 10, 0));
+        c.observe("web", sample(60, 10, 10));
+        let r = c.observe("web", sample(3620, 10, 10));
+        let expected = 1.0 - 10.0 / 3570.0;
         assert!((r.delivered_ratio - expected).abs() < 1e-9, "{r:?}");
     }
 }
