@@ -208,13 +208,21 @@ async fn an_outage_and_a_failover_lose_nothing_and_a_refused_type_is_dropped_wit
         .start()
         .await;
     c.set_pool("web", c.pool_config("web-", 3)).await;
+    // Every VM RUNNING first: a preemption sent while zone-a's insert is still in flight
+    // finds nothing to preempt.
+    c.wait("the pool RUNNING", BOUND, || async {
+        let running: usize = c.count_status("web", "RUNNING").await.values().sum();
+        (running == 3).then_some(())
+    })
+    .await;
     wait_delivered(&c, &receiver, "web", &["dev.pm.instance.created"], "").await;
 
     // Down for OUTAGE: preemptions and their replacements happen meanwhile, the leader
     // sees its deliveries fail, and it is killed mid-delivery.
     receiver.stop().await;
     let down = Instant::now();
-    c.sim().preempt_count("zone-a", 2).await.unwrap();
+    let preempted = c.sim().preempt_count("zone-a", 2).await.unwrap();
+    assert_eq!(preempted.preempted.len(), 1, "zone-a's one VM is preempted");
     let leader = c
         .wait("the leader retries its deliveries", BOUND, || async {
             for index in 0..c.scheduler_count() {
