@@ -8,6 +8,8 @@ use pm_etcd::etcd_client::GetOptions;
 use pm_proto::ZoneDesired;
 use pm_tests::cluster::{http_get, metric_sum};
 use pm_tests::Cluster;
+use rand::rngs::StdRng;
+use rand::Rng;
 
 /// Instances PROVISIONING, STAGING or RUNNING in one zone (not those stopping).
 pub fn zone_live(zone: &ZoneReport) -> u64 {
@@ -203,6 +205,17 @@ pub async fn quiescent(c: &Cluster, quiet: Duration, bound: Duration) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// The agents' default `--notice-interval`: how often they look for preemptions.
+const NOTICE_LOOK_MS: u64 = 1000;
+
+/// Waits a random part of the agents' notice look, so a preemption sent next lands at a
+/// random phase of their looks. A replacement boots a whole number of seconds after the
+/// look that saw its preemption, so preemptions sent once the pool is whole again would
+/// otherwise all land just after a look, and a scenario would time the worst phase only.
+pub async fn random_phase(rng: &mut StdRng) {
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..NOTICE_LOOK_MS))).await;
 }
 
 /// The time at which a fraction `q` of `times` (sorted ascending) had happened.

@@ -2,16 +2,14 @@
 //! at a time to a preemption with GCE's 30 s notice (scaled like the profile's delays).
 //! It reports how long after each preemption started its replacement showed up in GCE
 //! (p50, p99, max), and what following the notices costs: `zoneOperations.list` calls
-//! per minute and zone over the run. Each preemption waits a seeded random part of a
-//! second first: a replacement boots in a whole number of seconds after a look, so
-//! without it every preemption would land just after the agents' next look and the
-//! figures would show the worst phase, not the spread of phases a real preemption has.
+//! per minute and zone over the run. Each preemption comes at a seeded random phase of
+//! the agents' looks ([`measure::random_phase`]).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use pm_tests::Cluster;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::measure::{self, until};
@@ -80,7 +78,7 @@ pub async fn notice(p: &Profile) -> anyhow::Result<NoticeRun> {
     for i in 0..preemptions {
         let zone = c.zones()[i % zones].clone();
         let known = names(&c, &zone).await?;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+        measure::random_phase(&mut rng).await;
         let at = Instant::now();
         let preempted = c.sim().preempt_count(&zone, 1).await?;
         anyhow::ensure!(

@@ -7,7 +7,7 @@ use pm_etcd::Election;
 use pm_proto::PoolConfig;
 use pm_tests::cluster::TEMPLATE;
 use pm_tests::Cluster;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::capacity::CapacityTrace;
@@ -330,9 +330,7 @@ pub async fn heal(p: &Profile) -> anyhow::Result<Vec<Heal>> {
         let quiet = Duration::from_secs(u64::from(p.rest_seconds)) + Duration::from_millis(700);
         measure::quiescent(&c, quiet, p.bound(n)).await?;
         let per_zone = ((n as f64 * fraction) / zones as f64).round().max(1.0) as u64;
-        // At a random phase of the agents' 1 s notice looks, not locked to one
-        // (see `crate::notice`).
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+        measure::random_phase(&mut rng).await;
         let before = measure::state(&c).await?;
         let start = Instant::now();
         for zone in c.zones() {

@@ -14,6 +14,9 @@ use pm_tests::{Cluster, Receiver};
 
 const BOUND: Duration = Duration::from_secs(60);
 
+/// The sink's count of events it dropped.
+const DROPPED: &str = "pm_events_sink_dropped_total";
+
 /// How long the receiver stays down.
 const OUTAGE: Duration = Duration::from_secs(10);
 
@@ -78,6 +81,27 @@ async fn wait_delivered(
         },
     )
     .await
+}
+
+/// Scheduler `index`'s values of the metrics `names`, once its metrics answer.
+async fn scheduler_metric<const N: usize>(
+    c: &Cluster,
+    index: usize,
+    names: [&str; N],
+) -> Option<[f64; N]> {
+    let metrics = c.scheduler_metrics(index).await;
+    let (_, text) = http_get(metrics, "/metrics").await?;
+    Some(names.map(|name| metric_sum(&text, name, &[])))
+}
+
+/// Waits until the pool has `n` VMs in GCE, all RUNNING.
+async fn wait_all_running(c: &Cluster, what: &str, n: usize) {
+    c.wait(what, BOUND, || async {
+        let running: usize = c.count_status("web", "RUNNING").await.values().sum();
+        let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
+        (running == n && all == n).then_some(())
+    })
+    .await;
 }
 
 /// Checks every received event of `pool` against etcd's record of it.
@@ -187,9 +211,9 @@ async fn every_event_arrives_once_in_order_with_its_attributes() {
         0,
         "no repeats without failover"
     );
-    let metrics = c.scheduler_metrics(0).await;
-    let (_, text) = http_get(metrics, "/metrics").await.unwrap();
-    let delivered = metric_sum(&text, "pm_events_sink_delivered_total", &[]);
+    let [delivered] = scheduler_metric(&c, 0, ["pm_events_sink_delivered_total"])
+        .await
+        .unwrap();
     assert!(
         delivered >= stored.len() as f64,
         "{delivered} < {}",
@@ -210,11 +234,7 @@ async fn an_outage_and_a_failover_lose_nothing_and_a_refused_type_is_dropped_wit
     c.set_pool("web", c.pool_config("web-", 3)).await;
     // Every VM RUNNING first: a preemption sent while zone-a's insert is still in flight
     // finds nothing to preempt.
-    c.wait("the pool RUNNING", BOUND, || async {
-        let running: usize = c.count_status("web", "RUNNING").await.values().sum();
-        (running == 3).then_some(())
-    })
-    .await;
+    wait_all_running(&c, "the pool RUNNING", 3).await;
     wait_delivered(&c, &receiver, "web", &["dev.pm.instance.created"], "").await;
 
     // Down for OUTAGE: preemptions and their replacements happen meanwhile, the leader
@@ -226,14 +246,14 @@ async fn an_outage_and_a_failover_lose_nothing_and_a_refused_type_is_dropped_wit
     let leader = c
         .wait("the leader retries its deliveries", BOUND, || async {
             for index in 0..c.scheduler_count() {
-                let metrics = c.scheduler_metrics(index).await;
-                let Some((_, text)) = http_get(metrics, "/metrics").await else {
-                    continue;
-                };
-                let failures = metric_sum(&text, "pm_events_sink_failures_total", &[]);
-                let lag = metric_sum(&text, "pm_events_sink_lag_seconds", &[]);
-                if failures > 0.0 && lag > 0.0 {
-                    return Some(index);
+                let names = [
+                    "pm_events_sink_failures_total",
+                    "pm_events_sink_lag_seconds",
+                ];
+                if let Some([failures, lag]) = scheduler_metric(&c, index, names).await {
+                    if failures > 0.0 && lag > 0.0 {
+                        return Some(index);
+                    }
                 }
             }
             None
@@ -250,12 +270,7 @@ async fn an_outage_and_a_failover_lose_nothing_and_a_refused_type_is_dropped_wit
     let before_kill = receiver.received();
     c.scheduler(leader).kill9().await;
     c.start_scheduler();
-    c.wait("the replacements run", BOUND, || async {
-        let running: usize = c.count_status("web", "RUNNING").await.values().sum();
-        let all: usize = c.gce_instances("web").await.values().map(Vec::len).sum();
-        (running == 3 && all == 3).then_some(())
-    })
-    .await;
+    wait_all_running(&c, "the replacements run", 3).await;
     tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
     receiver.resume().await;
     let stored = wait_delivered(&c, &receiver, "web", &["dev.pm.instance.preempted"], "").await;
@@ -361,13 +376,6 @@ async fn events_after_an_etcd_snapshot_restore_are_delivered() {
     assert_attributes(&receiver, "snap", &stored);
 }
 
-/// The leader's dropped count, once its metrics answer.
-async fn dropped(c: &Cluster, index: usize) -> Option<f64> {
-    let metrics = c.scheduler_metrics(index).await;
-    let (_, text) = http_get(metrics, "/metrics").await?;
-    Some(metric_sum(&text, "pm_events_sink_dropped_total", &[]))
-}
-
 /// A key under the events prefix that is no event is dropped once: the cursor passes it,
 /// so the next leader does not count it again (it did while the key was the newest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +399,7 @@ async fn a_key_that_is_no_event_is_dropped_once_across_a_failover() {
     let leader = c
         .wait("the leader drops the key", BOUND, || async {
             for index in 0..c.scheduler_count() {
-                if dropped(&c, index).await == Some(1.0) {
+                if scheduler_metric(&c, index, [DROPPED]).await == Some([1.0]) {
                     return Some(index);
                 }
             }
@@ -402,8 +410,10 @@ async fn a_key_that_is_no_event_is_dropped_once_across_a_failover() {
     pmctl(&c, &["scale", "web", "2"]).await;
     wait_delivered(&c, &receiver, "web", &["dev.pm.pool.scaled"], "").await;
     let next = 1 - leader;
-    let after = c
-        .wait("the next leader's metrics", BOUND, || dropped(&c, next))
+    let [after] = c
+        .wait("the next leader's metrics", BOUND, || {
+            scheduler_metric(&c, next, [DROPPED])
+        })
         .await;
     assert_eq!(after, 0.0, "the next leader counted the key again");
 }
