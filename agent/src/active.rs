@@ -6,17 +6,16 @@
 //! ([`crate::operations`], [`crate::failure`]). Its member key says whether its passes
 //! complete ([`crate::heartbeat`]), written only when that changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::TxnOp;
 use pm_daemon::TermEnd;
-use pm_etcd::{now_unix_ms, put_op, EventLog, Fence, Store};
+use pm_etcd::{now_unix_ms, EventLog, Fence, Store};
 use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_pool::HookEvent;
-use pm_proto::{ExhaustionClass, ObservedInstance, PoolConfig, Severity, Witnessed};
+use pm_proto::{ExhaustionClass, PoolConfig, Severity};
 use pm_telemetry::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +34,9 @@ use crate::pool_state::{PoolState, Pools};
 use crate::reconcile::{continue_pass, start_pass, Pass, PassContext, Report, Start};
 use crate::zone_watch::{ZoneWatches, DISCOVERY};
 use crate::{witness, zone_report, AGENT_CONDITION};
+
+mod drain;
+mod writes;
 
 /// After operations finish, the pool is listed again this soon (coalescing many).
 const SETTLE: Duration = Duration::from_millis(500);
@@ -97,6 +99,8 @@ pub struct ActiveAgent<'a> {
     heartbeat: Heartbeat,
     /// The GCE lists of passes in flight.
     lists: Lists,
+    /// Where drain hooks report their outcome.
+    drain_hooks: drain::DrainHooks,
 }
 
 impl<'a> ActiveAgent<'a> {
@@ -124,6 +128,7 @@ impl<'a> ActiveAgent<'a> {
             member,
             heartbeat: Heartbeat::new(ctx.stall_after),
             lists: Lists::default(),
+            drain_hooks: drain::DrainHooks::default(),
         }
     }
 
@@ -181,6 +186,7 @@ impl<'a> ActiveAgent<'a> {
                 }
                 Some(result) = self.ops.next() => self.handle_result(result).await?,
                 returned = self.lists.next() => self.listed(returned).await?,
+                Some(done) = self.drain_hooks.rx.recv() => self.drain_hook_finished(done).await?,
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = discovery.tick() => self.discover(&mut watches).await?,
                 _ = resync.tick() => self.relist(&mut watches).await?,
@@ -362,21 +368,6 @@ impl<'a> ActiveAgent<'a> {
             .await
     }
 
-    /// Writes the answers to the scheduler's witness requests, fenced.
-    async fn answer(&self, pool: &str, answers: Vec<(String, Witnessed)>) -> pm_etcd::Result<()> {
-        let keys = self.ctx.store.keys();
-        for (zone, answer) in &answers {
-            tracing::info!(%pool, %zone, live = answer.live, "counted a zone without agents");
-        }
-        let op = |(zone, answer): &(String, Witnessed)| {
-            Ok(put_op(&keys.witnessed(pool, zone)?, answer, 0))
-        };
-        self.ctx
-            .store
-            .txn_fenced_chunks(&self.fence, &answers, op, |_, _| Ok(()))
-            .await
-    }
-
     /// Carries out one pass over `pool`.
     async fn finish_pass(
         &mut self,
@@ -469,7 +460,7 @@ impl<'a> ActiveAgent<'a> {
                 .in_flight
                 .insert(insert.name.clone(), InFlight::Creating);
         }
-        for claim in &fx.claims {
+        for claim in fx.claims.iter().chain(&fx.drain_labels) {
             state
                 .in_flight
                 .insert(claim.name.clone(), InFlight::Labelling);
@@ -506,14 +497,28 @@ impl<'a> ActiveAgent<'a> {
         for name in fx.deletes {
             self.ops.spawn(pool, project_of(&name), name, Op::Delete);
         }
-        for claim in fx.claims {
+        for claim in fx.claims.into_iter().chain(fx.drain_labels) {
             let op = Op::SetLabels {
                 labels: claim.labels,
                 fingerprint: claim.fingerprint,
             };
-            self.ops.spawn(pool, project, claim.name, op);
+            self.ops
+                .spawn(pool, project_of(&claim.name), claim.name, op);
         }
-        Ok(())
+        self.resume_drain_hooks(pool, project, &config, fx.drain_hook_pending);
+        self.remove_requests(pool, fx.stale_requests).await?;
+        let drains = fx.drains.into_iter();
+        let drains = drains.map(|(start, label)| {
+            let in_project = project_of(&start.name).to_string();
+            (start, label, in_project)
+        });
+        self.start_drains(pool, &config, drains.collect()).await
+    }
+
+    /// Whether `name` is draining.
+    fn is_draining(&self, pool: &str, name: &str) -> bool {
+        let instance = self.pools.zone_keys(pool).instances.get(name);
+        instance.is_some_and(|o| o.value.drain.is_some())
     }
 
     /// Counts a notice, records its event and runs its hook.
@@ -543,49 +548,6 @@ impl<'a> ActiveAgent<'a> {
         }
     }
 
-    /// Writes (or removes, for `None`) observed keys in fenced transactions and updates
-    /// the view with the revision written.
-    async fn write_observed(
-        &mut self,
-        pool: &str,
-        writes: BTreeMap<String, Option<ObservedInstance>>,
-    ) -> pm_etcd::Result<()> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let keys = self.ctx.store.keys().clone();
-        let zone = &self.ctx.zone;
-        let entries: Vec<(String, Option<ObservedInstance>)> = writes.into_iter().collect();
-        let op = |(name, value): &(String, Option<ObservedInstance>)| {
-            let key = keys.instance(pool, zone, name)?;
-            Ok(match value {
-                Some(o) => put_op(&key, o, 0),
-                None => TxnOp::delete(key.as_str(), None),
-            })
-        };
-        let pools = &mut self.pools;
-        let recorded = |chunk: &[(String, Option<ObservedInstance>)], revision| {
-            for (name, value) in chunk {
-                pools.record_written(pool, name, value.clone(), revision)?;
-            }
-            Ok(())
-        };
-        self.ctx
-            .store
-            .txn_fenced_chunks(&self.fence, &entries, op, recorded)
-            .await
-    }
-
-    async fn write_one(
-        &mut self,
-        pool: &str,
-        name: &str,
-        value: Option<ObservedInstance>,
-    ) -> pm_etcd::Result<()> {
-        self.write_observed(pool, BTreeMap::from([(name.to_string(), value)]))
-            .await
-    }
-
     fn run_hook(
         &self,
         pool: &str,
@@ -602,6 +564,7 @@ impl<'a> ActiveAgent<'a> {
                 project: project.to_string(),
                 zone: self.ctx.zone.clone(),
                 instance: instance.to_string(),
+                env: Vec::new(),
             });
         }
     }
@@ -663,6 +626,11 @@ impl<'a> ActiveAgent<'a> {
                 let message = format!("restarted preempted {name}");
                 self.emit(pool, "restarted", Severity::Info, name, message)
                     .await;
+            }
+            (InFlight::Labelling, outcome) if self.is_draining(pool, name) => {
+                if let Outcome::Failed(e) = outcome {
+                    self.drain_label_failed(pool, name, e).await;
+                }
             }
             (InFlight::Labelling, Outcome::Done(_)) => {
                 let message = format!("adopted {name}: labelled pm-pool={pool}");

@@ -8,7 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pm_gce::resources::InstanceStatus;
-use pm_proto::{InstanceState, ObservedInstance, OnPreempted};
+use pm_proto::{DrainCause, DrainRequest, InstanceState, ObservedInstance, OnPreempted};
+
+/// The label pm puts on a VM it removes on purpose, and its value.
+pub const DRAINING_LABEL: (&str, &str) = ("pm-state", "draining");
 
 /// What is being done to an instance right now by this agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,32 @@ pub struct Listed {
     pub revision: String,
     /// The GCE project it was listed in.
     pub project: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// GCE's fingerprint of its labels, for `setLabels`.
+    pub label_fingerprint: String,
+}
+
+impl Listed {
+    /// Whether it carries `pm-state=draining`.
+    pub fn labelled_draining(&self) -> bool {
+        self.labels.get(DRAINING_LABEL.0).map(String::as_str) == Some(DRAINING_LABEL.1)
+    }
+}
+
+/// A VM to start draining, when the pool's budget has a slot for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainStart {
+    /// The VM.
+    pub name: String,
+    /// Why.
+    pub cause: DrainCause,
+    /// Why, in words.
+    pub reason: String,
+    /// Delete at once, without waiting for the drain hook.
+    pub hard: bool,
+    /// The pmctl workflow that asked for it.
+    pub workflow_id: String,
 }
 
 /// The zone's part of a rollout, while the agent's config has the revision rolled to.
@@ -77,6 +106,13 @@ pub struct PoolInputs {
     pub revision: String,
     /// The rollout in the zone, if any.
     pub roll: Option<Roll>,
+    /// pmctl's drain requests, by instance name.
+    pub drain_requests: BTreeMap<String, DrainRequest>,
+    /// How long (ms) a soft drain waits for its hook.
+    pub drain_wait_ms: i64,
+    /// Draining VMs whose `pm-state=draining` label GCE refused for good: not labelled
+    /// again.
+    pub label_refused: BTreeSet<String>,
 }
 
 /// What to do.
@@ -100,8 +136,19 @@ pub struct Decision {
     /// restart them per `on_preempted`.
     pub preempted: Vec<String>,
     /// Instances to delete: preempted ones (on_preempted = delete), interrupted deletes,
-    /// and the surplus when scaling down.
+    /// and drained ones.
     pub delete: Vec<String>,
+    /// Instances to start draining (the surplus when scaling down, old VMs a rollout
+    /// replaces, pmctl's requests), first the requested ones; as many as the pool's
+    /// budget has slots for start.
+    pub drain: Vec<DrainStart>,
+    /// Draining instances that do not carry `pm-state=draining` yet.
+    pub label_draining: Vec<String>,
+    /// Draining instances whose drain hook has not finished: an agent that has not run
+    /// it in its term runs it (again, after a failover).
+    pub drain_hook_pending: Vec<String>,
+    /// Drain requests for instances the zone does not have: removed.
+    pub stale_requests: Vec<String>,
     /// Preempted instances to start again (on_preempted = restart).
     pub restart: Vec<String>,
     /// Suspended instances to resume (on_preempted = restart).
@@ -175,6 +222,11 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     let mut surplus_candidates: Vec<&Listed> = Vec::new();
     let mut live = 0i64;
     let mut old = 0i64;
+    // Live VMs leaving on purpose (draining, or asked to by pmctl), and the old ones of
+    // them: they count as live until deleted, and are not chosen again.
+    let mut leaving = 0i64;
+    let mut leaving_old = 0i64;
+    let mut drain_deadlines = Vec::new();
     // Listed, not stopped, and being deleted: still there until the delete is done.
     let mut going = 0i64;
     let is_old = |revision: &str| revision != inputs.revision;
@@ -253,10 +305,51 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         }
         live += 1;
         old += i64::from(is_old(&listed.revision));
-        if flight.is_none() {
-            surplus_candidates.push(listed);
+        let draining = observed.and_then(|o| o.drain.as_ref());
+        let requested = inputs.drain_requests.get(name);
+        if draining.is_some() || requested.is_some() {
+            leaving += 1;
+            leaving_old += i64::from(is_old(&listed.revision));
+        }
+        if let Some(drain) = draining {
+            let hook_done = drain.hook_finished_unix_ms > 0;
+            let deadline = drain.started_unix_ms.saturating_add(inputs.drain_wait_ms);
+            if !hook_done && !drain.hard {
+                d.drain_hook_pending.push(name.clone());
+            }
+            if flight.is_some() {
+                continue;
+            }
+            if drain.hard || hook_done || inputs.now_ms >= deadline {
+                d.delete.push(name.clone());
+            } else {
+                drain_deadlines.push(deadline);
+                if !listed.labelled_draining() && !inputs.label_refused.contains(name) {
+                    d.label_draining.push(name.clone());
+                }
+            }
+            continue;
+        }
+        if flight.is_some() {
+            continue;
+        }
+        match requested {
+            Some(r) => d.drain.push(DrainStart {
+                name: name.clone(),
+                cause: DrainCause::Request,
+                reason: r.reason.clone(),
+                hard: r.hard,
+                workflow_id: r.workflow_id.clone(),
+            }),
+            None => surplus_candidates.push(listed),
         }
     }
+    d.stale_requests = inputs
+        .drain_requests
+        .keys()
+        .filter(|n| !inputs.listed.contains_key(*n) && !inputs.observed.contains_key(*n))
+        .cloned()
+        .collect();
 
     for (name, observed) in &inputs.observed {
         if inputs.listed.contains_key(name) {
@@ -319,6 +412,10 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     let mut soon = |at: i64| {
         d.next_ready_unix_ms = Some(d.next_ready_unix_ms.map_or(at, |n| n.min(at)));
     };
+    // A soft drain deletes when its wait ends, not a rest later.
+    for at in drain_deadlines {
+        soon(at);
+    }
     for l in &surplus_candidates {
         if is_old(&l.revision) {
             continue;
@@ -360,7 +457,7 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     } else {
         let ahead = if roll.surge == 0 { roll.unavailable } else { 0 };
         let keep = (inputs.desired - ready - ahead).max(0);
-        (old - keep).max(0)
+        (old - keep - leaving_old).max(0)
     };
     // Least useful first: old revisions, then not yet running, then the newest.
     surplus_candidates.sort_by(|a, b| {
@@ -373,19 +470,34 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             .then_with(|| b.name.cmp(&a.name))
     });
     let old_candidates = surplus_candidates.iter().filter(|l| is_old(&l.revision));
-    let mut chosen: BTreeSet<String> = old_candidates
+    let replaced: BTreeSet<&str> = old_candidates
         .take(usize::try_from(old_excess).unwrap_or(0))
-        .map(|l| l.name.clone())
+        .map(|l| l.name.as_str())
         .collect();
-    let surplus = live - i64::try_from(chosen.len()).unwrap_or(0) - cap;
-    let rest = surplus_candidates
+    let surplus = live - leaving - i64::try_from(replaced.len()).unwrap_or(0) - cap;
+    let shed = surplus_candidates
         .iter()
-        .filter(|l| !chosen.contains(&l.name))
-        .take(usize::try_from(surplus).unwrap_or(0))
-        .map(|l| l.name.clone())
-        .collect::<Vec<_>>();
-    chosen.extend(rest);
-    d.delete.extend(chosen);
+        .filter(|l| !replaced.contains(l.name.as_str()))
+        .take(usize::try_from(surplus).unwrap_or(0));
+    let voluntary = |name: &str, cause: DrainCause, reason: String| DrainStart {
+        name: name.to_string(),
+        cause,
+        reason,
+        hard: false,
+        workflow_id: String::new(),
+    };
+    for l in shed {
+        let reason = format!(
+            "scale-down: the zone holds more than its count {}",
+            inputs.desired
+        );
+        d.drain
+            .push(voluntary(&l.name, DrainCause::ScaleDown, reason));
+    }
+    for name in replaced {
+        let reason = format!("rollout: revision {} replaces it", inputs.revision);
+        d.drain.push(voluntary(name, DrainCause::Rollout, reason));
+    }
     d
 }
 

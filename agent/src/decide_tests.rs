@@ -10,8 +10,18 @@ fn listed(name: &str, status: InstanceStatus, created: &str) -> (String, Listed)
             created_unix_ms: pm_gce::resources::unix_ms(created).unwrap_or_default(),
             revision: String::new(),
             project: "p".into(),
+            labels: BTreeMap::new(),
+            label_fingerprint: "fp".into(),
         },
     )
+}
+
+/// What goes: deleted at once, or drained (sorted by name).
+fn removed(d: &Decision) -> Vec<String> {
+    let mut names: Vec<String> = d.delete.clone();
+    names.extend(d.drain.iter().map(|s| s.name.clone()));
+    names.sort();
+    names
 }
 
 fn observed(name: &str, state: InstanceState) -> (String, ObservedInstance) {
@@ -65,21 +75,24 @@ fn a_rollout_surges_then_deletes_an_old_vm_per_ready_new_one() {
     let mut i = rolling(3, 3, ROLL);
     let d = decide(&i);
     assert_eq!(
-        (d.create, d.old, d.delete.len()),
+        (d.create, d.old, removed(&d).len()),
         (1, 3, 0),
         "surge one, delete none"
     );
     add_new(&mut i, "w-new0", S::Staging, 0);
     let d = decide(&i);
     assert_eq!(
-        (d.create, d.delete.len()),
+        (d.create, removed(&d).len()),
         (0, 0),
         "at the cap, nothing ready"
     );
     add_new(&mut i, "w-new0", S::Running, 1);
     let d = decide(&i);
-    assert_eq!(d.delete.len(), 1, "{d:?}");
-    assert!(d.delete[0].starts_with("w-old"), "an old one goes: {d:?}");
+    assert_eq!(removed(&d).len(), 1, "{d:?}");
+    assert!(
+        removed(&d)[0].starts_with("w-old"),
+        "an old one goes: {d:?}"
+    );
     assert_eq!(d.create, 0, "the cap holds until the old one is gone");
 }
 
@@ -152,7 +165,7 @@ fn a_surge_waits_for_the_old_vm_it_replaced_to_be_deleted() {
     i.in_flight.insert("w-old0".into(), InFlight::Deleting);
     let d = decide(&i);
     assert_eq!(
-        (d.create, d.delete.len()),
+        (d.create, removed(&d).len()),
         (0, 0),
         "w-old0 still runs: {d:?}"
     );
@@ -175,10 +188,10 @@ fn min_ready_holds_old_vms_until_the_new_ones_ran_long_enough() {
     let since = i.now_ms - 10_000;
     add_new(&mut i, "w-new0", S::Running, since);
     let d = decide(&i);
-    assert!(d.delete.is_empty(), "{d:?}");
+    assert!(removed(&d).is_empty(), "{d:?}");
     assert_eq!(d.next_ready_unix_ms, Some(i.now_ms + 20_000));
     i.now_ms += 20_000;
-    assert_eq!(decide(&i).delete.len(), 1);
+    assert_eq!(removed(&decide(&i)).len(), 1);
 }
 
 #[test]
@@ -193,12 +206,12 @@ fn without_surge_unavailable_old_vms_go_ahead_and_no_more() {
         },
     );
     let d = decide(&i);
-    assert_eq!((d.delete.len(), d.create), (1, 0), "{d:?}");
-    let gone = d.delete[0].clone();
+    assert_eq!((removed(&d).len(), d.create), (1, 0), "{d:?}");
+    let gone = removed(&d)[0].clone();
     i.listed.remove(&gone);
     i.observed.remove(&gone);
     let d = decide(&i);
-    assert_eq!((d.delete.len(), d.create), (0, 1), "{d:?}");
+    assert_eq!((removed(&d).len(), d.create), (0, 1), "{d:?}");
 }
 
 #[test]
@@ -213,7 +226,7 @@ fn a_paused_rollout_neither_surges_nor_deletes_old_vms() {
     );
     add_new(&mut i, "w-new0", S::Running, 1);
     let d = decide(&i);
-    assert_eq!((d.create, d.delete.len()), (0, 0), "{d:?}");
+    assert_eq!((d.create, removed(&d).len()), (0, 0), "{d:?}");
     let mut lost = rolling(
         3,
         2,
@@ -232,11 +245,11 @@ fn without_a_rollout_old_vms_stay_and_scale_down_takes_them_first() {
     i.roll = None;
     add_new(&mut i, "w-new0", S::Running, 1);
     let d = decide(&i);
-    assert_eq!((d.create, d.delete.len(), d.old), (0, 0, 2));
+    assert_eq!((d.create, removed(&d).len(), d.old), (0, 0, 2));
     i.desired = 2;
     let d = decide(&i);
-    assert_eq!(d.delete.len(), 1);
-    assert!(d.delete[0].starts_with("w-old"), "{d:?}");
+    assert_eq!(removed(&d).len(), 1);
+    assert!(removed(&d)[0].starts_with("w-old"), "{d:?}");
 }
 
 #[test]
@@ -246,7 +259,7 @@ fn a_preempted_old_vm_is_replaced_with_the_new_revision() {
         l.status = S::Terminated;
     }
     let d = decide(&i);
-    assert!(d.delete.contains(&"w-old0".to_string()));
+    assert!(removed(&d).contains(&"w-old0".to_string()));
     // The lost one and the surge: up to the cap of 3.
     assert_eq!((d.live, d.old, d.create), (1, 1, 2), "{d:?}");
 }
@@ -263,6 +276,9 @@ fn inputs(desired: i64) -> PoolInputs {
         insert_expiry_ms: 600_000,
         revision: String::new(),
         roll: None,
+        drain_requests: BTreeMap::new(),
+        drain_wait_ms: 30_000,
+        label_refused: BTreeSet::new(),
     }
 }
 
@@ -276,7 +292,7 @@ fn creates_the_deficit_and_counts_inserts_in_flight() {
     i.in_flight.insert("w-b".into(), InFlight::Creating);
     let d = decide(&i);
     assert_eq!((d.live, d.create), (2, 3));
-    assert!(d.adopt.is_empty() && d.delete.is_empty());
+    assert!(d.adopt.is_empty() && removed(&d).is_empty());
 }
 
 #[test]
@@ -301,7 +317,7 @@ fn scale_down_deletes_not_running_first_then_newest() {
     i.observed
         .extend([observed("w-boot", InstanceState::Staging)]);
     let d = decide(&i);
-    assert_eq!(d.delete, vec!["w-boot".to_string(), "w-new".to_string()]);
+    assert_eq!(removed(&d), vec!["w-boot".to_string(), "w-new".to_string()]);
     assert_eq!(d.create, 0);
 }
 
@@ -316,7 +332,7 @@ fn scale_down_compares_creation_times_not_their_text() {
     for n in ["w-pacific", "w-utc"] {
         i.observed.extend([observed(n, InstanceState::Running)]);
     }
-    assert_eq!(decide(&i).delete, vec!["w-pacific".to_string()]);
+    assert_eq!(removed(&decide(&i)), vec!["w-pacific".to_string()]);
 }
 
 #[test]
@@ -326,7 +342,7 @@ fn an_instance_in_an_unknown_status_is_left_alone() {
     i.observed.extend([observed("w-a", InstanceState::Running)]);
     let d = decide(&i);
     assert_eq!(d.unrecognized, vec!["w-a".to_string()]);
-    assert!(d.lost.is_empty() && d.delete.is_empty() && d.update.is_empty());
+    assert!(d.lost.is_empty() && removed(&d).is_empty() && d.update.is_empty());
     assert!(d.adopt.is_empty() && d.preempted.is_empty());
     assert_eq!((d.live, d.create), (0, 1), "not live, so it is replaced");
 }
@@ -349,12 +365,12 @@ fn deprovisioning_counts_as_stopping_and_suspended_as_lost() {
         let d = decide(&i);
         match mode {
             OnPreempted::Delete => {
-                assert_eq!(d.delete, vec!["w-a".to_string(), "w-b".to_string()]);
+                assert_eq!(removed(&d), vec!["w-a".to_string(), "w-b".to_string()]);
                 assert_eq!((d.live, d.create), (0, 2), "replaced");
             }
             OnPreempted::Restart => {
                 assert_eq!(d.resume, vec!["w-a".to_string()], "resumed, not started");
-                assert!(d.restart.is_empty() && d.delete.is_empty());
+                assert!(d.restart.is_empty() && removed(&d).is_empty());
                 assert_eq!((d.live, d.create), (2, 0), "coming back: no replacement");
             }
         }
@@ -416,7 +432,7 @@ fn preempted_instances_are_replaced_and_deleted() {
     ]);
     let d = decide(&i);
     assert_eq!(d.preempted, vec!["w-a".to_string()]);
-    assert_eq!(d.delete, vec!["w-a".to_string()]);
+    assert_eq!(removed(&d), vec!["w-a".to_string()]);
     assert_eq!(
         d.update,
         vec![("w-a".to_string(), InstanceState::Terminated)]
@@ -432,7 +448,7 @@ fn preempted_instances_are_restarted_when_asked_without_a_replacement() {
     i.observed.extend([observed("w-a", InstanceState::Running)]);
     let d = decide(&i);
     assert_eq!(d.restart, vec!["w-a".to_string()]);
-    assert!(d.delete.is_empty());
+    assert!(removed(&d).is_empty());
     assert_eq!(d.create, 0);
 }
 
@@ -445,7 +461,7 @@ fn interrupted_deletes_are_resumed_and_finished() {
         observed("w-b", InstanceState::Deleting),
     ]);
     let d = decide(&i);
-    assert_eq!(d.delete, vec!["w-a".to_string()]);
+    assert_eq!(removed(&d), vec!["w-a".to_string()]);
     assert_eq!(d.finish_delete, vec!["w-b".to_string()]);
     assert!(d.lost.is_empty());
     assert_eq!(d.live, 0);
@@ -465,5 +481,97 @@ fn in_flight_operations_are_not_repeated() {
     i.in_flight.insert("w-a".into(), InFlight::Deleting);
     i.in_flight.insert("w-b".into(), InFlight::Deleting);
     let d = decide(&i);
-    assert!(d.delete.is_empty() && d.preempted.is_empty(), "{d:?}");
+    assert!(removed(&d).is_empty() && d.preempted.is_empty(), "{d:?}");
+}
+
+fn draining(i: &mut PoolInputs, name: &str, hard: bool, hook_finished: i64) {
+    let o = i.observed.get_mut(name).expect("observed");
+    o.drain = Some(pm_proto::Drain {
+        reason: "test".into(),
+        hard,
+        started_unix_ms: i.now_ms - 1000,
+        hook_finished_unix_ms: hook_finished,
+        ..Default::default()
+    });
+}
+
+fn running(i: &mut PoolInputs, names: &[&str]) {
+    for name in names {
+        i.listed.extend([listed(name, S::Running, "2026-01-01T00:00:00Z")]);
+        i.observed.extend([observed(name, InstanceState::Running)]);
+    }
+}
+
+#[test]
+fn voluntary_removals_drain_instead_of_deleting() {
+    let mut i = inputs(1);
+    running(&mut i, &["w-a", "w-b", "w-c"]);
+    let d = decide(&i);
+    assert!(d.delete.is_empty(), "{d:?}");
+    assert_eq!(d.drain.len(), 2, "{d:?}");
+    assert!(d.drain.iter().all(|s| s.cause == DrainCause::ScaleDown && !s.hard));
+}
+
+#[test]
+fn a_soft_drain_waits_for_its_hook_or_its_time_and_still_counts() {
+    let mut i = inputs(2);
+    running(&mut i, &["w-a", "w-b", "w-c"]);
+    draining(&mut i, "w-c", false, 0);
+    let d = decide(&i);
+    // Still there: counted live, not chosen again, nothing else drains or is created.
+    assert_eq!((d.live, d.create), (3, 0), "{d:?}");
+    assert!(d.drain.is_empty() && d.delete.is_empty(), "{d:?}");
+    assert_eq!(d.label_draining, vec!["w-c".to_string()]);
+    assert_eq!(d.drain_hook_pending, vec!["w-c".to_string()]);
+    assert_eq!(d.next_ready_unix_ms, Some(i.now_ms - 1000 + 30_000), "wakes at the deadline");
+    // The hook finished: deleted.
+    let now = i.now_ms;
+    draining(&mut i, "w-c", false, now);
+    assert_eq!(decide(&i).delete, vec!["w-c".to_string()]);
+    // Or the wait ran out.
+    draining(&mut i, "w-c", false, 0);
+    i.drain_wait_ms = 500;
+    assert_eq!(decide(&i).delete, vec!["w-c".to_string()]);
+}
+
+#[test]
+fn a_hard_drain_deletes_at_once_and_a_labelled_one_is_not_labelled_again() {
+    let mut i = inputs(2);
+    running(&mut i, &["w-a", "w-b", "w-c"]);
+    draining(&mut i, "w-c", true, 0);
+    let d = decide(&i);
+    assert_eq!(d.delete, vec!["w-c".to_string()]);
+    assert!(d.drain_hook_pending.is_empty(), "a hard drain waits for no hook");
+    draining(&mut i, "w-c", false, 0);
+    let l = i.listed.get_mut("w-c").expect("listed");
+    l.labels
+        .insert(DRAINING_LABEL.0.into(), DRAINING_LABEL.1.into());
+    assert!(decide(&i).label_draining.is_empty());
+}
+
+#[test]
+fn requests_drain_first_and_recycle_within_the_count() {
+    let mut i = inputs(3);
+    running(&mut i, &["w-a", "w-b", "w-c"]);
+    let request = DrainRequest {
+        reason: "kernel update".into(),
+        hard: true,
+        workflow_id: "wf1".into(),
+        ..Default::default()
+    };
+    i.drain_requests.insert("w-b".into(), request.clone());
+    i.drain_requests.insert("w-gone".into(), request);
+    let d = decide(&i);
+    assert_eq!(d.drain.len(), 1, "{d:?}");
+    let start = &d.drain[0];
+    assert_eq!(
+        (start.name.as_str(), start.cause, start.hard, start.workflow_id.as_str()),
+        ("w-b", DrainCause::Request, true, "wf1")
+    );
+    assert_eq!(d.create, 0, "the replacement comes once it is deleted");
+    assert_eq!(d.stale_requests, vec!["w-gone".to_string()]);
+    // Scaling down by one while it is asked for: the requested VM is the one that goes.
+    i.desired = 2;
+    let d = decide(&i);
+    assert_eq!(removed(&d), vec!["w-b".to_string()], "{d:?}");
 }

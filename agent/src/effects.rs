@@ -12,7 +12,7 @@ use pm_pool::{HookEvent, REVISION_LABEL};
 use pm_proto::{InstanceState, ObservedInstance, PoolConfig, Severity};
 
 use crate::claim::Claim;
-use crate::decide::{Decision, Listed};
+use crate::decide::{Decision, DrainStart, Listed, DRAINING_LABEL};
 use crate::metrics::PoolCount;
 
 /// Everything the effects of one decision are built from.
@@ -96,6 +96,15 @@ pub struct Effects {
     pub elsewhere: BTreeMap<String, String>,
     /// VMs to claim for the pool (adopt mode).
     pub claims: Vec<Claim>,
+    /// VMs to start draining, as the budget allows, each with its `pm-state=draining`
+    /// label.
+    pub drains: Vec<(DrainStart, Claim)>,
+    /// Draining VMs to label `pm-state=draining`.
+    pub drain_labels: Vec<Claim>,
+    /// Draining VMs whose drain hook has not finished.
+    pub drain_hook_pending: Vec<String>,
+    /// Drain requests of VMs the zone does not have, to remove.
+    pub stale_requests: Vec<String>,
 }
 
 fn notice(
@@ -237,6 +246,21 @@ pub fn effects(
     }
     for name in &decision.delete {
         let o = stamped(current(&fx.writes, name), InstanceState::Deleting);
+        if let Some(drain) = &o.drain {
+            let waited = match drain.hook_outcome.as_str() {
+                _ if drain.hard => "hard: at once".to_string(),
+                "" => "the drain hook did not finish in time".to_string(),
+                outcome => format!("drain hook: {outcome}"),
+            };
+            fx.notices.push(notice(
+                None,
+                "drained",
+                name,
+                Severity::Info,
+                format!("drained {name} ({}); deleting it, {waited}", drain.reason),
+                None,
+            ));
+        }
         fx.writes.insert(name.clone(), Some(o));
     }
     let render = |name: &str| {
@@ -290,11 +314,14 @@ pub fn effects(
             });
         }
     }
+    let starts = decision.drain.iter().map(|s| &s.name);
     let calls = decision
         .delete
         .iter()
         .chain(&decision.restart)
-        .chain(&decision.resume);
+        .chain(&decision.resume)
+        .chain(&decision.label_draining)
+        .chain(starts);
     for name in calls {
         if let Some(l) = inputs
             .listed
@@ -304,6 +331,29 @@ pub fn effects(
             fx.elsewhere.insert(name.clone(), l.project.clone());
         }
     }
+    let draining_label = |name: &str| {
+        inputs.listed.get(name).map(|l| {
+            let mut labels = l.labels.clone();
+            labels.insert(DRAINING_LABEL.0.into(), DRAINING_LABEL.1.into());
+            Claim {
+                name: name.to_string(),
+                labels,
+                fingerprint: l.label_fingerprint.clone(),
+            }
+        })
+    };
+    fx.drain_labels = decision
+        .label_draining
+        .iter()
+        .filter_map(|name| draining_label(name))
+        .collect();
+    fx.drains = decision
+        .drain
+        .iter()
+        .filter_map(|start| Some((start.clone(), draining_label(&start.name)?)))
+        .collect();
+    fx.drain_hook_pending = decision.drain_hook_pending.clone();
+    fx.stale_requests = decision.stale_requests.clone();
     fx.deletes = decision.delete.clone();
     fx.restarts = decision.restart.clone();
     fx.resumes_suspended = decision.resume.clone();
@@ -355,6 +405,8 @@ mod tests {
                 created_unix_ms: 0,
                 revision: "r1".into(),
                 project: "proj".into(),
+                labels: BTreeMap::new(),
+                label_fingerprint: String::new(),
             },
         )]);
         let inputs = EffectInputs {

@@ -111,7 +111,9 @@ pub fn check_passed_env(name: &str) -> Result<(), String> {
     if !shaped {
         return Err("is not a variable name ([A-Za-z_][A-Za-z0-9_]*)".into());
     }
-    if ["PATH", "PROJECT", "ZONE", "NAME", "POOL", "EVENT"].contains(&name) {
+    let own = ["PATH", "PROJECT", "ZONE", "NAME", "POOL", "EVENT"];
+    let drain = ["REASON", "HARD", "DRAIN_SECONDS"];
+    if own.contains(&name) || drain.contains(&name) {
         return Err("is set by pm for every hook".into());
     }
     if name == "PM_ETCD_PASSWORD" || name.ends_with("_PASSWORD") {
@@ -135,6 +137,8 @@ pub struct HookCall {
     pub zone: String,
     /// Instance; empty for `exhausted`.
     pub instance: String,
+    /// The event's own variables (`drain`: REASON, HARD, DRAIN_SECONDS).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// Runs hooks in the background, a bounded number at once.
@@ -293,6 +297,9 @@ impl HookRunner {
             .kill_on_drop(true);
         if !call.instance.is_empty() {
             command.env("NAME", &call.instance);
+        }
+        for (name, value) in &call.env {
+            command.env(name, value);
         }
         if let Some(dir) = path.parent() {
             command.current_dir(dir);

@@ -82,6 +82,11 @@ pub struct PoolState {
     /// The answer last written for each zone counted for the scheduler: live instances
     /// and the request answered ([`crate::witness`]).
     pub witnessed: BTreeMap<String, (u32, i64)>,
+    /// Draining VMs whose `pm-state=draining` label GCE refused for good.
+    pub label_refused: BTreeSet<String>,
+    /// The drains whose hook this term started, by VM and the drain's start: after a
+    /// failover the next term runs an unfinished one again.
+    pub drain_hooks_run: BTreeSet<(String, i64)>,
 }
 
 impl Default for PoolState {
@@ -101,6 +106,8 @@ impl Default for PoolState {
             create_gate: CancellationToken::new(),
             claim_refused: BTreeSet::new(),
             witnessed: BTreeMap::new(),
+            label_refused: BTreeSet::new(),
+            drain_hooks_run: BTreeSet::new(),
         }
     }
 }
@@ -338,6 +345,9 @@ impl Pools {
                     state.wake_within(Duration::ZERO);
                 }
             }
+            (Key::DrainRequest { .. }, _) => {
+                self.pool(pool).wake_within(Duration::ZERO);
+            }
             (Key::Exhausted { .. } | Key::Instance { .. }, _) => {
                 self.pool(pool);
             }
@@ -365,6 +375,9 @@ impl Pools {
             | Key::Instance { .. }
             | Key::Report { .. }
             | Key::Witnessed { .. }
+            | Key::DrainRequest { .. }
+            | Key::DrainSlot { .. }
+            | Key::Workflow { .. }
             | Key::Event { .. }
             | Key::AgentMember { .. } => {}
         }

@@ -11,7 +11,7 @@ use pm_gce::compute::Compute;
 use pm_gce::error::GceError;
 use pm_gce::resources::{Instance, Operation};
 use pm_pool::{carries_pool_label, is_pool_member, new_instance_name, pool_filter, REVISION_LABEL};
-use pm_proto::{InstanceState, PoolConfig, Severity, WitnessRequest};
+use pm_proto::{DrainCause, InstanceState, PoolConfig, Severity, WitnessRequest};
 use tokio::time::Instant;
 
 use crate::claim::{adopt_filter, claims};
@@ -287,6 +287,8 @@ pub async fn continue_pass(
                     created_unix_ms: i.created_unix_ms().unwrap_or_default(),
                     revision: i.labels.get(REVISION_LABEL).cloned().unwrap_or_default(),
                     project: in_project,
+                    label_fingerprint: i.label_fingerprint.clone().unwrap_or_default(),
+                    labels: i.labels,
                 },
             ))
         })
@@ -328,6 +330,14 @@ pub async fn continue_pass(
         insert_expiry_ms: i64::try_from(ctx.operation_timeout.as_millis() * 2).unwrap_or(i64::MAX),
         revision,
         roll,
+        drain_requests: keys
+            .drains
+            .iter()
+            .map(|(n, r)| (n.clone(), r.value.clone()))
+            .collect(),
+        drain_wait_ms: i64::try_from(pm_pool::disruption::drain_wait(&config).as_millis())
+            .unwrap_or(i64::MAX),
+        label_refused: state.label_refused.clone(),
     };
     let mut decision = decide(&inputs);
     if let Some(at) = decision.next_ready_unix_ms {
@@ -367,14 +377,16 @@ pub async fn continue_pass(
         }
     }
     if desired.is_none() {
-        // Not placed here by the scheduler: never scale down on a guess.
+        // Not placed here by the scheduler: never scale down on a guess (what pmctl asked
+        // for, and drains begun, go on).
         decision.delete.retain(|n| {
             inputs.listed.get(n).is_some_and(|l| is_stopped(l.status))
                 || inputs
                     .observed
                     .get(n)
-                    .is_some_and(|o| o.state() == InstanceState::Deleting)
+                    .is_some_and(|o| o.state() == InstanceState::Deleting || o.drain.is_some())
         });
+        decision.drain.retain(|s| s.cause == DrainCause::Request);
     }
     let preempted_ops = if decision.lost.is_empty() {
         Vec::new()

@@ -66,6 +66,29 @@ pub enum Key {
         /// Zone name (the zone counted, not the witness's).
         zone: String,
     },
+    /// `pools/<pool>/zones/<zone>/drain/<name>`: pmctl asks to drain an instance.
+    DrainRequest {
+        /// Pool name.
+        pool: String,
+        /// Zone name.
+        zone: String,
+        /// GCE instance name.
+        name: String,
+    },
+    /// `pools/<pool>/drain-slots/<slot>`: one slot of the pool's disruption budget.
+    DrainSlot {
+        /// Pool name.
+        pool: String,
+        /// The slot's number.
+        slot: u32,
+    },
+    /// `pools/<pool>/workflows/<id>`: a pmctl drain or shed.
+    Workflow {
+        /// Pool name.
+        pool: String,
+        /// Workflow id.
+        id: String,
+    },
     /// `events/<pool>/<seq>` (`pools/<pool>/events/<seq>` before it moved)
     Event {
         /// Pool name.
@@ -93,6 +116,9 @@ impl Key {
             | Key::Exhausted { pool, .. }
             | Key::Report { pool, .. }
             | Key::Witnessed { pool, .. }
+            | Key::DrainRequest { pool, .. }
+            | Key::DrainSlot { pool, .. }
+            | Key::Workflow { pool, .. }
             | Key::Event { pool, .. } => Some(pool),
             Key::AgentMember { .. } => None,
         }
@@ -106,8 +132,13 @@ impl Key {
             | Key::Exhausted { zone, .. }
             | Key::Report { zone, .. }
             | Key::Witnessed { zone, .. }
+            | Key::DrainRequest { zone, .. }
             | Key::AgentMember { zone, .. } => Some(zone),
-            Key::PoolConfig { .. } | Key::Rollout { .. } | Key::Event { .. } => None,
+            Key::PoolConfig { .. }
+            | Key::Rollout { .. }
+            | Key::DrainSlot { .. }
+            | Key::Workflow { .. }
+            | Key::Event { .. } => None,
         }
     }
 }
@@ -285,6 +316,38 @@ impl Keyspace {
         Ok(format!("{}witnessed", self.zone_prefix(pool, zone)?))
     }
 
+    /// Prefix of the drain requests of a pool in a zone.
+    pub fn drain_requests_prefix(&self, pool: &str, zone: &str) -> Result<String> {
+        Ok(format!("{}drain/", self.zone_prefix(pool, zone)?))
+    }
+
+    /// The drain-request key of one instance.
+    pub fn drain_request(&self, pool: &str, zone: &str, name: &str) -> Result<String> {
+        validate_instance_name(name)?;
+        Ok(format!("{}{name}", self.drain_requests_prefix(pool, zone)?))
+    }
+
+    /// Prefix of the slots of a pool's disruption budget.
+    pub fn drain_slots_prefix(&self, pool: &str) -> Result<String> {
+        Ok(format!("{}drain-slots/", self.pool_prefix(pool)?))
+    }
+
+    /// One slot of a pool's disruption budget.
+    pub fn drain_slot(&self, pool: &str, slot: u32) -> Result<String> {
+        Ok(format!("{}{slot}", self.drain_slots_prefix(pool)?))
+    }
+
+    /// Prefix of a pool's workflows.
+    pub fn workflows_prefix(&self, pool: &str) -> Result<String> {
+        Ok(format!("{}workflows/", self.pool_prefix(pool)?))
+    }
+
+    /// One workflow of a pool.
+    pub fn workflow(&self, pool: &str, id: &str) -> Result<String> {
+        validate_token("workflow id", id)?;
+        Ok(format!("{}{id}", self.workflows_prefix(pool)?))
+    }
+
     /// What an agent of `zone` follows of `pool`, as key spans `[start, end)`: the config
     /// key, and the pool's keys of the zone.
     pub fn zone_spans(&self, pool: &str, zone: &str) -> Result<[(String, Vec<u8>); 2]> {
@@ -405,6 +468,35 @@ impl Keyspace {
                     name: name.to_string(),
                 })
             }
+            ["pools", pool, "zones", zone, "drain", name] => {
+                let (pool, zone) = pool_zone(pool, zone)?;
+                validate_instance_name(name).map_err(name_err)?;
+                Ok(Key::DrainRequest {
+                    pool,
+                    zone,
+                    name: name.to_string(),
+                })
+            }
+            ["pools", pool, "drain-slots", slot] => {
+                validate_pool(pool).map_err(name_err)?;
+                let slot = slot
+                    .parse()
+                    .ok()
+                    .filter(|n: &u32| n.to_string() == *slot)
+                    .ok_or_else(|| malformed("the drain slot is not a number"))?;
+                Ok(Key::DrainSlot {
+                    pool: pool.to_string(),
+                    slot,
+                })
+            }
+            ["pools", pool, "workflows", id] => {
+                validate_pool(pool).map_err(name_err)?;
+                validate_token("workflow id", id).map_err(name_err)?;
+                Ok(Key::Workflow {
+                    pool: pool.to_string(),
+                    id: id.to_string(),
+                })
+            }
             // Events before they moved off the pools/ prefix, until their lease ends.
             ["events", pool, seq] | ["pools", pool, "events", seq] => {
                 validate_pool(pool).map_err(name_err)?;
@@ -436,6 +528,9 @@ impl Keyspace {
             Key::Exhausted { pool, zone } => self.exhausted(pool, zone),
             Key::Report { pool, zone } => self.report(pool, zone),
             Key::Witnessed { pool, zone } => self.witnessed(pool, zone),
+            Key::DrainRequest { pool, zone, name } => self.drain_request(pool, zone, name),
+            Key::DrainSlot { pool, slot } => self.drain_slot(pool, *slot),
+            Key::Workflow { pool, id } => self.workflow(pool, id),
             Key::Event { pool, seq } => self.event(pool, seq),
             Key::AgentMember { zone, agent_id } => self.agent_member(zone, agent_id),
         }
@@ -488,6 +583,19 @@ mod tests {
             Key::Witnessed {
                 pool: p.clone(),
                 zone: z.clone(),
+            },
+            Key::DrainRequest {
+                pool: p.clone(),
+                zone: z.clone(),
+                name: "web-abc123".into(),
+            },
+            Key::DrainSlot {
+                pool: p.clone(),
+                slot: 12,
+            },
+            Key::Workflow {
+                pool: p.clone(),
+                id: "1732200000000-ab12".into(),
             },
             Key::Event {
                 pool: p,
@@ -550,6 +658,10 @@ mod tests {
             "/pm/v1/pools/web/config/extra",
             "/pm/v1/scheduler/election/694d7a",
             "/pm/v1/agents/z1/members/bad id",
+            "/pm/v1/pools/web/drain-slots/01",
+            "/pm/v1/pools/web/drain-slots/-1",
+            "/pm/v1/pools/web/workflows/a b",
+            "/pm/v1/pools/web/zones/z1/drain/UPPER",
         ] {
             assert!(ks.parse(bad.as_bytes()).is_err(), "{bad} was accepted");
         }

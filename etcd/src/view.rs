@@ -23,7 +23,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use pm_proto::{
-    ExhaustionReport, ObservedInstance, PoolConfig, Rollout, Witnessed, ZoneDesired, ZoneExhaustion,
+    DrainRequest, ExhaustionReport, ObservedInstance, PoolConfig, Rollout, Witnessed, ZoneDesired,
+    ZoneExhaustion,
 };
 
 use crate::error::{Error, Result};
@@ -57,6 +58,8 @@ pub enum Value {
     Instance(ObservedInstance),
     /// `pools/<pool>/zones/<zone>/witnessed`.
     Witnessed(Witnessed),
+    /// `pools/<pool>/zones/<zone>/drain/<name>`.
+    DrainRequest(DrainRequest),
 }
 
 impl Value {
@@ -71,7 +74,11 @@ impl Value {
             Key::Report { .. } => decode(raw, bytes).map(Value::Report),
             Key::Instance { .. } => decode(raw, bytes).map(Value::Instance),
             Key::Witnessed { .. } => decode(raw, bytes).map(Value::Witnessed),
-            Key::Event { .. } | Key::AgentMember { .. } => return None,
+            Key::DrainRequest { .. } => decode(raw, bytes).map(Value::DrainRequest),
+            Key::DrainSlot { .. }
+            | Key::Workflow { .. }
+            | Key::Event { .. }
+            | Key::AgentMember { .. } => return None,
         })
     }
 }
@@ -107,6 +114,7 @@ slot!(ZoneExhaustion, Exhausted);
 slot!(ExhaustionReport, Report);
 slot!(ObservedInstance, Instance);
 slot!(Witnessed, Witnessed);
+slot!(DrainRequest, DrainRequest);
 
 /// The keys of one pool in one zone.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,6 +129,8 @@ pub struct ZoneKeys {
     pub instances: BTreeMap<String, Stamped<ObservedInstance>>,
     /// Another zone's count of the zone's live instances, while the zone has no agent.
     pub witnessed: Option<Stamped<Witnessed>>,
+    /// pmctl's drain requests by instance name.
+    pub drains: BTreeMap<String, Stamped<DrainRequest>>,
 }
 
 impl ZoneKeys {
@@ -131,6 +141,7 @@ impl ZoneKeys {
         report: None,
         instances: BTreeMap::new(),
         witnessed: None,
+        drains: BTreeMap::new(),
     };
 
     /// Whether the zone holds no key.
@@ -140,6 +151,7 @@ impl ZoneKeys {
             && self.report.is_none()
             && self.instances.is_empty()
             && self.witnessed.is_none()
+            && self.drains.is_empty()
     }
 }
 
@@ -424,7 +436,8 @@ impl PoolsView {
                     zone.witnessed.as_mut().map(|s| &mut s.mod_revision),
                 ];
                 let instances = zone.instances.values_mut().map(|s| &mut s.mod_revision);
-                for revision in singles.into_iter().flatten().chain(instances) {
+                let drains = zone.drains.values_mut().map(|s| &mut s.mod_revision);
+                for revision in singles.into_iter().flatten().chain(instances).chain(drains) {
                     *revision = 0;
                 }
             }
@@ -437,7 +450,14 @@ impl PoolsView {
             (Some(wanted), Some(zone)) => wanted == zone,
             _ => true,
         };
-        zone_ok && !matches!(key, Key::Event { .. } | Key::AgentMember { .. })
+        zone_ok
+            && !matches!(
+                key,
+                Key::DrainSlot { .. }
+                    | Key::Workflow { .. }
+                    | Key::Event { .. }
+                    | Key::AgentMember { .. }
+            )
     }
 
     /// The newest revision the view knows of `key` (spelled `raw`), written or deleted.
@@ -458,7 +478,11 @@ impl PoolsView {
             Key::Report { .. } => zone()?.report.as_ref().map(|s| s.mod_revision),
             Key::Witnessed { .. } => zone()?.witnessed.as_ref().map(|s| s.mod_revision),
             Key::Instance { name, .. } => zone()?.instances.get(name).map(|s| s.mod_revision),
-            Key::Event { .. } | Key::AgentMember { .. } => None,
+            Key::DrainRequest { name, .. } => zone()?.drains.get(name).map(|s| s.mod_revision),
+            Key::DrainSlot { .. }
+            | Key::Workflow { .. }
+            | Key::Event { .. }
+            | Key::AgentMember { .. } => None,
         }
     }
 
@@ -532,6 +556,9 @@ impl PoolsView {
                     Key::Instance { name, .. } => {
                         replace_entry(&mut zone.instances, name, value, revision)
                     }
+                    Key::DrainRequest { name, .. } => {
+                        replace_entry(&mut zone.drains, name, value, revision)
+                    }
                     _ => None,
                 };
                 if zone.is_empty() {
@@ -590,6 +617,14 @@ fn held_in(name: &str, pool: &PoolKeys) -> Vec<(Key, i64)> {
         );
         for (instance, stamped) in &zk.instances {
             let key = Key::Instance {
+                pool: name.to_string(),
+                zone: zone.clone(),
+                name: instance.clone(),
+            };
+            held.push((key, stamped.mod_revision));
+        }
+        for (instance, stamped) in &zk.drains {
+            let key = Key::DrainRequest {
                 pool: name.to_string(),
                 zone: zone.clone(),
                 name: instance.clone(),

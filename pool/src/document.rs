@@ -7,6 +7,7 @@ use pm_proto::{Hooks, PoolConfig};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::disruption::disruption_document;
 use crate::fields::{distribution_name, on_preempted_name};
 use crate::update::update_document;
 
@@ -54,6 +55,9 @@ pub struct ConfigDocument {
     /// VMs kept beyond the target; absent: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spares: Option<u32>,
+    /// The disruption budget; absent: the defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<BTreeMap<&'static str, Value>>,
 }
 
 /// The hooks of a document; only the hooks that are set appear.
@@ -74,6 +78,9 @@ pub struct HooksDocument {
     /// Runs when an instance was preempted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preempted: Option<String>,
+    /// Runs when pm starts removing an instance on purpose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
 }
 
 fn non_empty(text: &str) -> Option<String> {
@@ -88,6 +95,7 @@ impl HooksDocument {
             vanished: non_empty(&hooks.vanished),
             exhausted: non_empty(&hooks.exhausted),
             preempted: non_empty(&hooks.preempted),
+            drain: non_empty(&hooks.drain),
         };
         let none = Self {
             create: None,
@@ -95,6 +103,7 @@ impl HooksDocument {
             vanished: None,
             exhausted: None,
             preempted: None,
+            drain: None,
         };
         (document != none).then_some(document)
     }
@@ -107,6 +116,7 @@ impl HooksDocument {
             ("vanished", &self.vanished),
             ("exhausted", &self.exhausted),
             ("preempted", &self.preempted),
+            ("drain", &self.drain),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
@@ -134,6 +144,7 @@ impl ConfigDocument {
             update: config.update.as_ref().and_then(update_document),
             adopt: config.adopt,
             spares: (config.spares > 0).then_some(config.spares),
+            disruption: config.disruption.as_ref().and_then(disruption_document),
         }
     }
 }

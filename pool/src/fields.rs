@@ -8,7 +8,7 @@ use std::time::Duration;
 use pm_proto::{Distribution, OnPreempted, PoolConfig};
 
 /// The fields of a pool config, by canonical (DESIGN.md) name.
-pub const FIELDS: [&str; 13] = [
+pub const FIELDS: [&str; 14] = [
     "targetVMCount",
     "allowedZones",
     "prefix",
@@ -22,6 +22,7 @@ pub const FIELDS: [&str; 13] = [
     "update",
     "adopt",
     "spares",
+    "disruption",
 ];
 
 /// The fields a config must give.

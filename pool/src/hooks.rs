@@ -20,20 +20,23 @@ pub enum HookEvent {
     Exhausted,
     /// An instance was preempted.
     Preempted,
+    /// pm started removing an instance on purpose.
+    Drain,
 }
 
 impl HookEvent {
     /// Every event, in the order of the config's `hooks` fields.
-    pub const ALL: [HookEvent; 5] = [
+    pub const ALL: [HookEvent; 6] = [
         HookEvent::Create,
         HookEvent::Delete,
         HookEvent::Vanished,
         HookEvent::Exhausted,
         HookEvent::Preempted,
+        HookEvent::Drain,
     ];
 
     /// The `EVENT` value and the config's field name: `create`, `delete`, `vanished`,
-    /// `exhausted`, `preempted`.
+    /// `exhausted`, `preempted`, `drain`.
     pub fn as_str(self) -> &'static str {
         match self {
             HookEvent::Create => "create",
@@ -41,6 +44,7 @@ impl HookEvent {
             HookEvent::Vanished => "vanished",
             HookEvent::Exhausted => "exhausted",
             HookEvent::Preempted => "preempted",
+            HookEvent::Drain => "drain",
         }
     }
 
@@ -52,6 +56,7 @@ impl HookEvent {
             HookEvent::Vanished => &hooks.vanished,
             HookEvent::Exhausted => &hooks.exhausted,
             HookEvent::Preempted => &hooks.preempted,
+            HookEvent::Drain => &hooks.drain,
         }
     }
 
@@ -63,6 +68,7 @@ impl HookEvent {
             HookEvent::Vanished => &mut hooks.vanished,
             HookEvent::Exhausted => &mut hooks.exhausted,
             HookEvent::Preempted => &mut hooks.preempted,
+            HookEvent::Drain => &mut hooks.drain,
         }
     }
 
@@ -74,7 +80,14 @@ impl HookEvent {
 }
 
 /// The hook fields of a config, by name.
-pub const HOOKS: [&str; 5] = ["create", "delete", "vanished", "exhausted", "preempted"];
+pub const HOOKS: [&str; 6] = [
+    "create",
+    "delete",
+    "vanished",
+    "exhausted",
+    "preempted",
+    "drain",
+];
 
 /// Whether `name` may name a hook: a plain file name in the agent's `--hooks-dir`, at
 /// most [`MAX_HOOK_LEN`] of `[A-Za-z0-9._-]`, not hidden (`.`), not an option (`-`), no

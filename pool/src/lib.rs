@@ -10,8 +10,11 @@
 //! - [`hooks`]: the hook events and the one rule for hook names.
 //! - [`observed`]: how an observed instance counts (running, starting, lost, deleting).
 //! - [`problem`]: the [`Problem`] every check reports.
+//! - [`disruption`]: the disruption budget ([`disruption::max_concurrent`]) and the
+//!   drain wait.
 //! - [`update`]: revisions ([`revision`]) and the rollout budgets of the update policy.
 
+pub mod disruption;
 pub mod document;
 pub mod fields;
 pub mod hooks;

@@ -106,7 +106,7 @@ pub fn budgets(config: &PoolConfig) -> Budgets {
 }
 
 /// An amount: a whole number, or a percentage written `"P%"` (0 to 100).
-fn amount(value: &Value) -> Result<Amount, String> {
+pub(crate) fn amount(value: &Value) -> Result<Amount, String> {
     if let Value::String(text) = value {
         let digits = text
             .trim()
@@ -192,7 +192,7 @@ pub enum AmountDocument {
 }
 
 impl AmountDocument {
-    fn of(amount: &Amount) -> Self {
+    pub(crate) fn of(amount: &Amount) -> Self {
         if amount.percent {
             Self::Percent(format!("{}%", amount.value))
         } else {

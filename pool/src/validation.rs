@@ -17,6 +17,7 @@ use pm_gce::template::TemplateVars;
 use pm_proto::{Distribution, Hooks, OnPreempted, PoolConfig};
 use serde_json::{Map, Value};
 
+use crate::disruption::check_disruption;
 use crate::document::ConfigDocument;
 use crate::fields::{
     DISTRIBUTIONS, FIELDS, MAX_SPARES, MAX_TARGET_VM_COUNT, ON_PREEMPTED, REQUIRED,
@@ -301,6 +302,9 @@ pub fn validate(pool: &str, document: &Value) -> Result<PoolConfig, Vec<Problem>
     }
     if let Some(value) = fields.get("update") {
         config.update = check_update(value, &mut problems);
+    }
+    if let Some(value) = fields.get("disruption") {
+        config.disruption = check_disruption(value, &mut problems);
     }
     if let Some(instance) = fields.get("instance") {
         // Render with what is known; a bad prefix or zone list is reported on its own.

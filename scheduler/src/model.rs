@@ -449,6 +449,9 @@ impl Model {
             Key::ZoneDesired { .. }
             | Key::Rollout { .. }
             | Key::Witnessed { .. }
+            | Key::DrainRequest { .. }
+            | Key::DrainSlot { .. }
+            | Key::Workflow { .. }
             | Key::Event { .. }
             | Key::AgentMember { .. } => {}
         }

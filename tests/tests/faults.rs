@@ -489,6 +489,7 @@ impl System {
             vanished: "hang".into(),
             exhausted: "fail".into(),
             preempted: "hang".into(),
+            drain: "loud".into(),
         });
         self.c.set_pool(POOL, config).await;
     }

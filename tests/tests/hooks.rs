@@ -41,6 +41,7 @@ fn call(name: &str, event: HookEvent) -> HookCall {
         } else {
             "web-abc".into()
         },
+        env: Vec::new(),
     }
 }
 
