@@ -497,7 +497,8 @@ fn draining(i: &mut PoolInputs, name: &str, hard: bool, hook_finished: i64) {
 
 fn running(i: &mut PoolInputs, names: &[&str]) {
     for name in names {
-        i.listed.extend([listed(name, S::Running, "2026-01-01T00:00:00Z")]);
+        i.listed
+            .extend([listed(name, S::Running, "2026-01-01T00:00:00Z")]);
         i.observed.extend([observed(name, InstanceState::Running)]);
     }
 }
@@ -509,7 +510,10 @@ fn voluntary_removals_drain_instead_of_deleting() {
     let d = decide(&i);
     assert!(d.delete.is_empty(), "{d:?}");
     assert_eq!(d.drain.len(), 2, "{d:?}");
-    assert!(d.drain.iter().all(|s| s.cause == DrainCause::ScaleDown && !s.hard));
+    assert!(d
+        .drain
+        .iter()
+        .all(|s| s.cause == DrainCause::ScaleDown && !s.hard));
 }
 
 #[test]
@@ -523,7 +527,11 @@ fn a_soft_drain_waits_for_its_hook_or_its_time_and_still_counts() {
     assert!(d.drain.is_empty() && d.delete.is_empty(), "{d:?}");
     assert_eq!(d.label_draining, vec!["w-c".to_string()]);
     assert_eq!(d.drain_hook_pending, vec!["w-c".to_string()]);
-    assert_eq!(d.next_ready_unix_ms, Some(i.now_ms - 1000 + 30_000), "wakes at the deadline");
+    assert_eq!(
+        d.next_ready_unix_ms,
+        Some(i.now_ms - 1000 + 30_000),
+        "wakes at the deadline"
+    );
     // The hook finished: deleted.
     let now = i.now_ms;
     draining(&mut i, "w-c", false, now);
@@ -541,7 +549,10 @@ fn a_hard_drain_deletes_at_once_and_a_labelled_one_is_not_labelled_again() {
     draining(&mut i, "w-c", true, 0);
     let d = decide(&i);
     assert_eq!(d.delete, vec!["w-c".to_string()]);
-    assert!(d.drain_hook_pending.is_empty(), "a hard drain waits for no hook");
+    assert!(
+        d.drain_hook_pending.is_empty(),
+        "a hard drain waits for no hook"
+    );
     draining(&mut i, "w-c", false, 0);
     let l = i.listed.get_mut("w-c").expect("listed");
     l.labels
@@ -565,7 +576,12 @@ fn requests_drain_first_and_recycle_within_the_count() {
     assert_eq!(d.drain.len(), 1, "{d:?}");
     let start = &d.drain[0];
     assert_eq!(
-        (start.name.as_str(), start.cause, start.hard, start.workflow_id.as_str()),
+        (
+            start.name.as_str(),
+            start.cause,
+            start.hard,
+            start.workflow_id.as_str()
+        ),
         ("w-b", DrainCause::Request, true, "wf1")
     );
     assert_eq!(d.create, 0, "the replacement comes once it is deleted");

@@ -1,0 +1,208 @@
+//! The drain path end to end: etcd, gce-sim, pm-scheduler and pm-agents as processes.
+//! A scale-down drains its VMs one budget slot at a time, labels them, runs the drain hook
+//! with its variables and waits for it; a drain request recycles its VM, a hard one
+//! without waiting, a soft one up to drainSeconds.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pm_etcd::put_op;
+use pm_proto::{Amount, Disruption, DrainRequest, Event, Hooks};
+use pm_tests::Cluster;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+fn write_hook(dir: &Path, name: &str, sleep: &str) {
+    let log = dir.join("drain.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$EVENT $NAME $HARD $DRAIN_SECONDS $REASON\" >> {}\nsleep {sleep}\n",
+        log.display()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn hook_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("drain.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn events(c: &Cluster, pool: &str, kind: &str) -> Vec<Event> {
+    let prefix = c.store().keys().events_prefix(pool).unwrap();
+    let listing = c.store().list::<Event>(&prefix).await.unwrap();
+    let all = listing.items.into_iter().map(|(_, v)| v.value);
+    all.filter(|e| e.kind == kind).collect()
+}
+
+async fn running(c: &Cluster, pool: &str) -> usize {
+    c.count_status(pool, "RUNNING").await.values().sum()
+}
+
+async fn all_in_gce(c: &Cluster, pool: &str) -> usize {
+    c.gce_instances(pool).await.values().map(Vec::len).sum()
+}
+
+async fn wait_exactly(c: &Cluster, pool: &str, want: usize) {
+    c.wait(
+        &format!("{want} RUNNING VMs and no other"),
+        BOUND,
+        || async {
+            let done = running(c, pool).await == want && all_in_gce(c, pool).await == want;
+            done.then_some(())
+        },
+    )
+    .await;
+}
+
+fn config(
+    c: &Cluster,
+    target: i64,
+    drain_seconds: u32,
+    max_concurrent: u32,
+) -> pm_proto::PoolConfig {
+    let mut config = c.pool_config("web-", target);
+    config.hooks = Some(Hooks {
+        drain: "on-drain".into(),
+        ..Default::default()
+    });
+    config.disruption = Some(Disruption {
+        max_concurrent: Some(Amount {
+            value: max_concurrent,
+            percent: false,
+        }),
+        drain_seconds: Some(drain_seconds),
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_down_drains_within_the_budget_and_waits_for_the_hook() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-drain", "1");
+    let c = Cluster::builder()
+        .zones(3)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    c.set_pool("web", config(&c, 6, 20, 1)).await;
+    wait_exactly(&c, "web", 6).await;
+    c.set_pool("web", config(&c, 3, 20, 1)).await;
+    let slots = c.store().keys().drain_slots_prefix("web").unwrap();
+    let most_slots = AtomicUsize::new(0);
+    let most_labelled = AtomicUsize::new(0);
+    let (c_ref, slots_ref) = (&c, &slots);
+    let (most_slots_ref, most_labelled_ref) = (&most_slots, &most_labelled);
+    c.wait("the pool drained to 3", BOUND, || async move {
+        let held = c_ref.store().list_keys(slots_ref).await.unwrap().len();
+        most_slots_ref.fetch_max(held, Ordering::SeqCst);
+        let listed = c_ref.gce_instances("web").await.into_values().flatten();
+        let labelled = listed
+            .filter(|i| i.labels.get("pm-state").map(String::as_str) == Some("draining"))
+            .filter(|i| i.status == Some(pm_gce::resources::InstanceStatus::Running))
+            .count();
+        most_labelled_ref.fetch_max(labelled, Ordering::SeqCst);
+        let done = all_in_gce(c_ref, "web").await == 3 && held == 0;
+        done.then_some(())
+    })
+    .await;
+    let most_slots = most_slots.into_inner();
+    let most_labelled_running = most_labelled.into_inner();
+    assert_eq!(most_slots, 1, "one drain at a time, and drains were seen");
+    assert!(
+        most_labelled_running >= 1,
+        "a draining VM carries the label while it waits"
+    );
+    let lines = hook_lines(hooks.path());
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert!(line.starts_with("drain web-"), "{line}");
+        assert!(
+            line.contains(" 0 20 scale-down"),
+            "HARD, DRAIN_SECONDS, REASON: {line}"
+        );
+    }
+    let drained = events(&c, "web", "drained").await;
+    assert_eq!(drained.len(), 3, "{drained:?}");
+    assert!(
+        drained.iter().all(|e| e.message.contains("drain hook: ok")),
+        "{drained:?}"
+    );
+    assert_eq!(events(&c, "web", "draining").await.len(), 3);
+    wait_exactly(&c, "web", 3).await;
+}
+
+async fn request(c: &Cluster, zone: &str, name: &str, hard: bool) {
+    let key = c.store().keys().drain_request("web", zone, name).unwrap();
+    let value = DrainRequest {
+        reason: "kernel update".into(),
+        hard,
+        workflow_id: "wf-test".into(),
+        ..Default::default()
+    };
+    c.store()
+        .client()
+        .clone()
+        .txn(etcd_client::Txn::new().and_then([put_op(&key, &value, 0)]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_requests_recycle_their_vms_hard_at_once_soft_up_to_the_wait() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-drain", "300");
+    let c = Cluster::builder()
+        .zones(1)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    c.set_pool("web", config(&c, 2, 3, 2)).await;
+    wait_exactly(&c, "web", 2).await;
+    let zone = c.zones()[0].clone();
+    let names: Vec<String> = c.gce_instances("web").await[&zone]
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    request(&c, &zone, &names[0], true).await;
+    request(&c, &zone, &names[1], false).await;
+    c.wait("both VMs replaced", BOUND, || async {
+        let now = c.gce_instances("web").await;
+        let left = now.values().flatten().any(|i| names.contains(&i.name));
+        (!left && running(&c, "web").await == 2).then_some(())
+    })
+    .await;
+    let drained = events(&c, "web", "drained").await;
+    let message = |name: &str| {
+        drained
+            .iter()
+            .find(|e| e.instance == name)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(message(&names[0]).contains("hard: at once"), "{drained:?}");
+    assert!(
+        message(&names[1]).contains("did not finish in time"),
+        "the soft one waited drainSeconds for a hook that sleeps: {drained:?}"
+    );
+    let requests = c
+        .store()
+        .keys()
+        .drain_requests_prefix("web", &zone)
+        .unwrap();
+    c.wait("the requests are answered", BOUND, || async {
+        c.store()
+            .list_keys(&requests)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    wait_exactly(&c, "web", 2).await;
+}
