@@ -296,6 +296,20 @@ impl Store {
         Ok(resp.deleted())
     }
 
+    /// Runs `ops` in one transaction while every guard holds; [`Error::GuardFailed`]
+    /// naming `what` when one does not (then nothing was written).
+    pub async fn txn_if(&self, guards: Vec<Compare>, what: &str, ops: Vec<TxnOp>) -> Result<i64> {
+        let txn = Txn::new().when(guards).and_then(ops);
+        let resp = retry::txn(&self.client, || format!("guarded txn: {what}"), txn).await?;
+        if resp.succeeded() {
+            Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+        } else {
+            Err(Error::GuardFailed {
+                what: what.to_string(),
+            })
+        }
+    }
+
     /// Compare-and-swap: writes `value` only if the key's mod_revision is still `expected`
     /// (0: the key must not exist). On a mismatch nothing is written and the error is
     /// [`Error::Conflict`] with the revision found.

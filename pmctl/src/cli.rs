@@ -47,6 +47,13 @@ pub(crate) fn pool_name(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A VM name as a command-line value.
+fn instance_name(text: &str) -> Result<String, String> {
+    pm_etcd::keys::validate_instance_name(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// A zone name as a command-line value.
 fn zone_name(text: &str) -> Result<String, String> {
     pm_etcd::keys::validate_zone(text)
@@ -113,6 +120,26 @@ pub enum Command {
         /// Only this zone.
         #[arg(long, value_parser = zone_name)]
         zone: Option<String>,
+    },
+    /// Drain these VMs and replace them: each is labelled pm-state=draining, its drain
+    /// hook runs, and it is deleted when the hook is done or drainSeconds passed (at once
+    /// with --hard), within the pool's disruption budget.
+    #[command(
+        after_help = "Examples:\n  pmctl drain web web-ab12cd34 --reason 'kernel update'\n  pmctl -o json drain web web-ab12cd34 web-ef56gh78 --hard"
+    )]
+    Drain {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// The VMs, as `pmctl instances` names them.
+        #[arg(required = true, num_args = 1.., value_parser = instance_name)]
+        names: Vec<String>,
+        /// Delete at once, without waiting for the drain hook.
+        #[arg(long)]
+        hard: bool,
+        /// Why, for events and the drain hook's REASON.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Where a pool's rollout to a new revision stands; pause, resume or undo it.
     #[command(subcommand)]

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config_diff;
 pub mod config_file;
 pub mod connect;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod instances;
@@ -109,6 +110,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => {
             let store = connect::connect(etcd).await?;
             events::show(&store, pool.as_deref(), limit, follow, format).await
+        }
+        Command::Drain {
+            pool,
+            names,
+            hard,
+            reason,
+        } => {
+            let store = connect::connect(etcd).await?;
+            drain::drain(&store, &pool, &names, hard, &reason, format).await
         }
         Command::Agents => agents::show_agents(&connect::connect(etcd).await?, format).await,
         Command::Leader => agents::show_leader(&connect::connect(etcd).await?, format).await,

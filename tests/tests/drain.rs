@@ -7,8 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pm_etcd::put_op;
-use pm_proto::{Amount, Disruption, DrainRequest, Event, Hooks};
+use pm_proto::{Amount, Disruption, Event, Hooks};
 use pm_tests::Cluster;
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -137,20 +136,28 @@ async fn a_scale_down_drains_within_the_budget_and_waits_for_the_hook() {
     wait_exactly(&c, "web", 3).await;
 }
 
-async fn request(c: &Cluster, zone: &str, name: &str, hard: bool) {
-    let key = c.store().keys().drain_request("web", zone, name).unwrap();
-    let value = DrainRequest {
-        reason: "kernel update".into(),
-        hard,
-        workflow_id: "wf-test".into(),
-        ..Default::default()
-    };
-    c.store()
-        .client()
-        .clone()
-        .txn(etcd_client::Txn::new().and_then([put_op(&key, &value, 0)]))
-        .await
+/// `pmctl -o json drain web ...`: its exit status, stdout as JSON, stderr.
+fn pmctl_drain(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(pm_tests::bin_path("pmctl"))
+        .args([
+            "--etcd",
+            &c.etcd_endpoints(),
+            "--prefix",
+            c.prefix(),
+            "-o",
+            "json",
+            "drain",
+            "web",
+        ])
+        .args(args)
+        .output()
         .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,8 +176,28 @@ async fn drain_requests_recycle_their_vms_hard_at_once_soft_up_to_the_wait() {
         .iter()
         .map(|i| i.name.clone())
         .collect();
-    request(&c, &zone, &names[0], true).await;
-    request(&c, &zone, &names[1], false).await;
+    let (ok, _, stderr) = pmctl_drain(&c, &[&names[0], "web-nosuchvm"]);
+    assert!(
+        !ok && stderr.contains("no VM named web-nosuchvm"),
+        "{stderr}"
+    );
+    let requests = c
+        .store()
+        .keys()
+        .drain_requests_prefix("web", &zone)
+        .unwrap();
+    assert!(
+        c.store().list_keys(&requests).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    let (ok, hard, stderr) = pmctl_drain(&c, &[&names[0], "--hard", "--reason", "kernel update"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(hard["pool"], "web");
+    assert_eq!(hard["state"], "requested");
+    assert_eq!(hard["selected"], serde_json::json!([names[0]]));
+    let workflow = hard["workflow_id"].as_str().expect("an id").to_string();
+    let (ok, _, stderr) = pmctl_drain(&c, &[&names[1]]);
+    assert!(ok, "{stderr}");
     c.wait("both VMs replaced", BOUND, || async {
         let now = c.gce_instances("web").await;
         let left = now.values().flatten().any(|i| names.contains(&i.name));
@@ -190,11 +217,13 @@ async fn drain_requests_recycle_their_vms_hard_at_once_soft_up_to_the_wait() {
         message(&names[1]).contains("did not finish in time"),
         "the soft one waited drainSeconds for a hook that sleeps: {drained:?}"
     );
-    let requests = c
-        .store()
-        .keys()
-        .drain_requests_prefix("web", &zone)
-        .unwrap();
+    let workflows = c.store().keys().workflows_prefix("web").unwrap();
+    let recorded = c.store().list_keys(&workflows).await.unwrap();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded.iter().any(|k| k.ends_with(&workflow)),
+        "{recorded:?}"
+    );
     c.wait("the requests are answered", BOUND, || async {
         c.store()
             .list_keys(&requests)

@@ -1,0 +1,164 @@
+//! `pmctl drain POOL NAME...`: asks the agents to drain these VMs and replace them. One
+//! transaction writes the workflow (`pools/<pool>/workflows/<id>`) and a drain request per
+//! VM (`pools/<pool>/zones/<zone>/drain/<name>`), and only while every VM's observed key
+//! still exists; the zone's active agent drains each within the pool's disruption budget
+//! and removes its request when the VM is gone, through any failover.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pm_etcd::etcd_client::{Compare, CompareOp};
+use pm_etcd::{now_unix_ms, put_op, Key, Store};
+use pm_proto::{DrainRequest, PoolConfig, Severity, Workflow, WorkflowInstance, WorkflowKind};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::events::record;
+use crate::output::{self, OutputFormat, Render};
+
+/// Most VMs one `pmctl drain` takes: its writes fit one etcd transaction.
+pub const MAX_DRAIN: usize = 100;
+
+/// How long a workflow's record is kept.
+const WORKFLOW_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What `pmctl drain` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkflowView {
+    /// The pool.
+    pub pool: String,
+    /// The workflow's id.
+    pub workflow_id: String,
+    /// The VMs it drains.
+    pub selected: Vec<String>,
+    /// `requested`: written, for the agents to carry out.
+    pub state: &'static str,
+}
+
+impl Render for WorkflowView {
+    fn table(&self) -> String {
+        format!(
+            "workflow {} of pool {}: {} VM(s) {}: {}\n",
+            self.workflow_id,
+            self.pool,
+            self.selected.len(),
+            self.state,
+            self.selected.join(", ")
+        )
+    }
+}
+
+/// The zone of each of the pool's observed VMs.
+async fn zones_of(store: &Store, pool: &str) -> Result<BTreeMap<String, String>> {
+    let keys = store.keys();
+    let prefix = format!("{}zones/", keys.pool_prefix(pool)?);
+    let mut zones = BTreeMap::new();
+    for key in store.list_keys(&prefix).await? {
+        if let Ok(Key::Instance { zone, name, .. }) = keys.parse(key.as_bytes()) {
+            zones.insert(name, zone);
+        }
+    }
+    Ok(zones)
+}
+
+/// `pmctl drain POOL NAME... [--hard] [--reason TEXT]`.
+pub async fn drain(
+    store: &Store,
+    pool: &str,
+    names: &[String],
+    hard: bool,
+    reason: &str,
+    format: OutputFormat,
+) -> Result<()> {
+    if names.len() > MAX_DRAIN {
+        return Err(Error::Refused(format!(
+            "{} VMs named; one drain takes at most {MAX_DRAIN}",
+            names.len()
+        )));
+    }
+    let keys = store.keys();
+    let config = store.get::<PoolConfig>(&keys.pool_config(pool)?).await?;
+    if config.is_none_or(|c| c.value.deleted) {
+        return Err(Error::NoSuchPool {
+            pool: pool.to_string(),
+        });
+    }
+    let zones = zones_of(store, pool).await?;
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| !zones.contains_key(*n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Refused(format!(
+            "pool {pool:?} has no VM named {}; nothing was written (pmctl instances {pool} lists them)",
+            unknown.join(", ")
+        )));
+    }
+    let now = now_unix_ms();
+    let workflow_id = format!("{now}-{:x}", std::process::id());
+    let reason = if reason.is_empty() {
+        "pmctl drain".to_string()
+    } else {
+        reason.to_string()
+    };
+    let selected: Vec<WorkflowInstance> = names
+        .iter()
+        .map(|n| WorkflowInstance {
+            zone: zones[n].clone(),
+            name: n.clone(),
+        })
+        .collect();
+    let workflow = Workflow {
+        kind: WorkflowKind::Drain as i32,
+        selected: selected.clone(),
+        reason: reason.clone(),
+        hard,
+        created_unix_ms: now,
+        shed: 0,
+    };
+    let request = DrainRequest {
+        reason: reason.clone(),
+        hard,
+        workflow_id: workflow_id.clone(),
+        shed: false,
+        requested_unix_ms: now,
+    };
+    let lease = store.grant_lease(WORKFLOW_RETENTION).await?;
+    let mut guards = Vec::new();
+    let mut ops = vec![put_op(
+        &keys.workflow(pool, &workflow_id)?,
+        &workflow,
+        lease,
+    )];
+    for vm in &selected {
+        let instance = keys.instance(pool, &vm.zone, &vm.name)?;
+        guards.push(Compare::create_revision(instance, CompareOp::Greater, 0));
+        ops.push(put_op(
+            &keys.drain_request(pool, &vm.zone, &vm.name)?,
+            &request,
+            0,
+        ));
+    }
+    match store
+        .txn_if(guards, "every named VM still there", ops)
+        .await
+    {
+        Ok(_) => {}
+        Err(pm_etcd::Error::GuardFailed { .. }) => return Err(Error::Refused(
+            "a named VM went away while the drain was written; nothing was written, run it again"
+                .into(),
+        )),
+        Err(e) => return Err(e.into()),
+    }
+    let mode = if hard { "hard" } else { "soft" };
+    let message = format!("drain of {} asked ({mode}): {reason}", names.join(", "));
+    record(store, pool, "drain-requested", Severity::Info, "", message).await;
+    let view = WorkflowView {
+        pool: pool.to_string(),
+        workflow_id,
+        selected: names.to_vec(),
+        state: "requested",
+    };
+    output::emit(format, &view)
+}
