@@ -627,17 +627,13 @@ impl<'a> ActiveAgent<'a> {
                 self.emit(pool, "restarted", Severity::Info, name, message)
                     .await;
             }
-            (InFlight::Labelling, outcome) if self.is_draining(pool, name) => {
-                if let Outcome::Failed(e) = outcome {
-                    self.drain_label_failed(pool, name, e).await;
-                }
-            }
-            (InFlight::Labelling, Outcome::Done(_)) => {
+            (InFlight::Labelling, Outcome::Done(_)) if !self.is_draining(pool, name) => {
                 let message = format!("adopted {name}: labelled pm-pool={pool}");
                 self.emit(pool, "adopted", Severity::Info, name, message)
                     .await;
             }
-            (InFlight::Labelling, Outcome::Failed(e)) => self.claim_failed(pool, name, e).await,
+            (InFlight::Labelling, Outcome::Done(_)) => {}
+            (InFlight::Labelling, Outcome::Failed(e)) => self.label_failed(pool, name, e).await,
             (InFlight::Creating, Outcome::NotSent) => self.write_one(pool, name, None).await?,
             (InFlight::Deleting | InFlight::Starting | InFlight::Labelling, Outcome::NotSent) => {}
             (kind, Outcome::Failed(e)) => {
@@ -648,17 +644,26 @@ impl<'a> ActiveAgent<'a> {
         Ok(())
     }
 
-    /// A claim GCE refused: a changed fingerprint (the labels changed since the list) is
-    /// decided again on the next list; any other refusal leaves the VM alone for good,
-    /// with an event.
-    async fn claim_failed(&mut self, pool: &str, name: &str, e: GceError) {
+    /// A `setLabels` GCE refused: a changed fingerprint (the labels changed since the
+    /// list) is decided again on the next list; any other refusal is for good, with an
+    /// event: a claim leaves the VM alone, a drain goes on without its label.
+    async fn label_failed(&mut self, pool: &str, name: &str, e: GceError) {
         if matches!(e, GceError::Http { status: 412, .. }) {
             tracing::info!(instance = %name, "its labels changed since the list; deciding again");
             return;
         }
-        self.state(pool).claim_refused.insert(name.to_string());
-        let message = format!("cannot adopt {name}, leaving it alone: {e}");
-        self.emit(pool, "adopt-failed", Severity::Warning, name, message)
+        let (kind, message) = if self.is_draining(pool, name) {
+            let message =
+                format!("cannot label {name} pm-state=draining, draining it without: {e}");
+            ("drain-label-failed", message)
+        } else {
+            (
+                "adopt-failed",
+                format!("cannot adopt {name}, leaving it alone: {e}"),
+            )
+        };
+        self.state(pool).label_refused.insert(name.to_string());
+        self.emit(pool, kind, Severity::Warning, name, message)
             .await;
     }
 

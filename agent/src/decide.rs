@@ -8,10 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pm_gce::resources::InstanceStatus;
+use pm_pool::disruption::DRAINING_LABEL;
 use pm_proto::{DrainCause, DrainRequest, InstanceState, ObservedInstance, OnPreempted};
-
-/// The label pm puts on a VM it removes on purpose, and its value.
-pub const DRAINING_LABEL: (&str, &str) = ("pm-state", "draining");
 
 /// What is being done to an instance right now by this agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,5 @@
 use super::*;
+use pm_pool::disruption::DRAINING_LABEL;
 
 fn listed(name: &str, status: InstanceStatus, created: &str) -> (String, Listed) {
     (

@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use pm_gce::compute::request_id_for;
 use pm_gce::resources::{Instance, Operation};
 use pm_gce::template::{render_text, TemplateVars};
+use pm_pool::disruption::DRAINING_LABEL;
 use pm_pool::{HookEvent, REVISION_LABEL};
 use pm_proto::{InstanceState, ObservedInstance, PoolConfig, Severity};
 
 use crate::claim::Claim;
-use crate::decide::{Decision, DrainStart, Listed, DRAINING_LABEL};
+use crate::decide::{Decision, DrainStart, Listed};
 use crate::metrics::PoolCount;
 
 /// Everything the effects of one decision are built from.

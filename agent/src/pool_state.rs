@@ -76,14 +76,13 @@ pub struct PoolState {
     /// Fresh creates still waiting for a slot give up when this fires (a stockout in the
     /// zone): their inserts would only fail too. Replaced after it fires.
     pub create_gate: CancellationToken,
-    /// VMs whose claim (adopt mode) GCE refused for another reason than a changed
-    /// fingerprint: left alone, reported once.
-    pub claim_refused: BTreeSet<String>,
+    /// VMs whose `setLabels` GCE refused for another reason than a changed fingerprint,
+    /// reported once: a claim (adopt mode) leaves the VM alone, a drain goes on without
+    /// its `pm-state=draining` label. Pruned to what each list shows.
+    pub label_refused: BTreeSet<String>,
     /// The answer last written for each zone counted for the scheduler: live instances
     /// and the request answered ([`crate::witness`]).
     pub witnessed: BTreeMap<String, (u32, i64)>,
-    /// Draining VMs whose `pm-state=draining` label GCE refused for good.
-    pub label_refused: BTreeSet<String>,
     /// The drains whose hook this term started, by VM and the drain's start: after a
     /// failover the next term runs an unfinished one again.
     pub drain_hooks_run: BTreeSet<(String, i64)>,
@@ -104,9 +103,8 @@ impl Default for PoolState {
             reported: None,
             unrecognized_logged: BTreeSet::new(),
             create_gate: CancellationToken::new(),
-            claim_refused: BTreeSet::new(),
-            witnessed: BTreeMap::new(),
             label_refused: BTreeSet::new(),
+            witnessed: BTreeMap::new(),
             drain_hooks_run: BTreeSet::new(),
         }
     }

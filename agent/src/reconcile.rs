@@ -234,7 +234,7 @@ pub async fn continue_pass(
     state.list_retry.reset();
     let revision = pm_pool::revision(&config);
     state
-        .claim_refused
+        .label_refused
         .retain(|name| listed.iter().any(|(_, i)| &i.name == name));
     let claimed = claims(
         pool,
@@ -243,7 +243,7 @@ pub async fn continue_pass(
         &revision,
         &listed,
         &state.in_flight,
-        &state.claim_refused,
+        &state.label_refused,
     );
     if claimed.pending {
         // Labelled first, counted then: the operations' results bring the next pass.

@@ -664,7 +664,7 @@ async fn a_claim_with_a_stale_fingerprint_is_refused_and_decided_again() {
         1,
         "claimed again with the fresh fingerprint"
     );
-    pool.state.claim_refused.insert("w-old1".into());
+    pool.state.label_refused.insert("w-old1".into());
     let fx = effects_of(&fake, &mut pool).await;
     assert!(fx.claims.is_empty());
     assert_eq!(

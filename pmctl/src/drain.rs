@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pm_etcd::etcd_client::{Compare, CompareOp};
-use pm_etcd::{now_unix_ms, put_op, Key, Store};
-use pm_proto::{DrainRequest, PoolConfig, Severity, Workflow, WorkflowInstance, WorkflowKind};
+use pm_etcd::{now_unix_ms, put_op, Store};
+use pm_proto::{DrainRequest, Severity, Workflow, WorkflowInstance, WorkflowKind};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::events::record;
 use crate::output::{self, OutputFormat, Render};
+use crate::snapshot;
 
 /// Most VMs one `pmctl drain` takes: its writes fit one etcd transaction.
 pub const MAX_DRAIN: usize = 100;
@@ -48,19 +49,6 @@ impl Render for WorkflowView {
     }
 }
 
-/// The zone of each of the pool's observed VMs.
-async fn zones_of(store: &Store, pool: &str) -> Result<BTreeMap<String, String>> {
-    let keys = store.keys();
-    let prefix = format!("{}zones/", keys.pool_prefix(pool)?);
-    let mut zones = BTreeMap::new();
-    for key in store.list_keys(&prefix).await? {
-        if let Ok(Key::Instance { zone, name, .. }) = keys.parse(key.as_bytes()) {
-            zones.insert(name, zone);
-        }
-    }
-    Ok(zones)
-}
-
 /// `pmctl drain POOL NAME... [--hard] [--reason TEXT]`.
 pub async fn drain(
     store: &Store,
@@ -77,16 +65,26 @@ pub async fn drain(
         )));
     }
     let keys = store.keys();
-    let config = store.get::<PoolConfig>(&keys.pool_config(pool)?).await?;
-    if config.is_none_or(|c| c.value.deleted) {
+    let (pools, _, _) = snapshot::read_pools(store, Some(pool)).await?;
+    let stored = pools.get(pool);
+    if stored.is_none_or(|p| p.config.as_ref().is_none_or(|c| c.value.deleted)) {
         return Err(Error::NoSuchPool {
             pool: pool.to_string(),
         });
     }
-    let zones = zones_of(store, pool).await?;
+    // The zone of each of the pool's observed VMs.
+    let zones: BTreeMap<&str, &str> = stored
+        .into_iter()
+        .flat_map(|p| &p.zones)
+        .flat_map(|(zone, keys)| {
+            keys.instances
+                .keys()
+                .map(move |name| (name.as_str(), zone.as_str()))
+        })
+        .collect();
     let unknown: Vec<&str> = names
         .iter()
-        .filter(|n| !zones.contains_key(*n))
+        .filter(|n| !zones.contains_key(n.as_str()))
         .map(String::as_str)
         .collect();
     if !unknown.is_empty() {
@@ -105,7 +103,7 @@ pub async fn drain(
     let selected: Vec<WorkflowInstance> = names
         .iter()
         .map(|n| WorkflowInstance {
-            zone: zones[n].clone(),
+            zone: zones[n.as_str()].to_string(),
             name: n.clone(),
         })
         .collect();

@@ -8,8 +8,11 @@ use pm_proto::{Disruption, PoolConfig};
 use serde_json::Value;
 
 use crate::problem::{json_type, shown, Problem};
-use crate::update::{amount, AmountDocument};
+use crate::update::{amount, resolve, AmountDocument};
 use crate::validation::{match_fields, whole_number};
+
+/// The label pm puts on a VM it removes on purpose, and its value.
+pub const DRAINING_LABEL: (&str, &str) = ("pm-state", "draining");
 
 /// The fields of the `disruption` block.
 pub const DISRUPTION_FIELDS: [&str; 2] = ["maxConcurrent", "drainSeconds"];
@@ -24,14 +27,8 @@ pub const MAX_DRAIN_SECONDS: i64 = 86_400;
 /// targetVMCount rounded up), at least 1 so that removals always progress; 1 when not
 /// given.
 pub fn max_concurrent(config: &PoolConfig) -> u64 {
-    let target = u64::try_from(config.target_vm_count).unwrap_or(0);
     let given = config.disruption.as_ref().and_then(|d| d.max_concurrent);
-    let n = match given {
-        None => 1,
-        Some(a) if a.percent => (target * u64::from(a.value)).div_ceil(100),
-        Some(a) => u64::from(a.value),
-    };
-    n.max(1)
+    resolve(given.as_ref(), config.target_vm_count, 1).max(1)
 }
 
 /// How long a soft removal waits for the drain hook.

@@ -76,7 +76,8 @@ pub struct Budgets {
     pub progress_deadline_ms: i64,
 }
 
-fn resolve(amount: Option<&Amount>, target: i64, default: u64) -> u64 {
+/// `amount` of `target` (a percentage rounded up), or `default` when not given.
+pub(crate) fn resolve(amount: Option<&Amount>, target: i64, default: u64) -> u64 {
     let target = u64::try_from(target).unwrap_or(0);
     match amount {
         None => default,

@@ -493,6 +493,14 @@ async fn etcdctl(args: &[&str]) {
     );
 }
 
+/// Writes the executable shell script `name` in `dir`, running `body`: a hook.
+pub fn write_script(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("hook script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 /// Path of a binary of this workspace (`pm-scheduler`, `pm-agent`, `pmctl`, `gce-sim`):
 /// beside the running executable (a binary such as `pm-bench`) or beside its `deps/`
 /// directory (a test). Build them first (`cargo build --workspace --bins`; `./test.sh`

@@ -14,14 +14,11 @@ const BOUND: Duration = Duration::from_secs(60);
 
 fn write_hook(dir: &Path, name: &str, sleep: &str) {
     let log = dir.join("drain.log");
-    let script = format!(
-        "#!/bin/sh\necho \"$EVENT $NAME $HARD $DRAIN_SECONDS $REASON\" >> {}\nsleep {sleep}\n",
+    let body = format!(
+        "echo \"$EVENT $NAME $HARD $DRAIN_SECONDS $REASON\" >> {}\nsleep {sleep}",
         log.display()
     );
-    let path = dir.join(name);
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    pm_tests::write_script(dir, name, &body);
 }
 
 fn hook_lines(dir: &Path) -> Vec<String> {

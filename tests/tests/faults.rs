@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use pm_etcd::Election;
 use pm_gce::compute::request_id_for;
 use pm_proto::{Distribution, Event, Hooks, PoolConfig};
 use pm_tests::cluster::{metric_sum, zone_name, PROJECT, TEMPLATE};
-use pm_tests::{Cluster, TcpProxy};
+use pm_tests::{write_script, Cluster, TcpProxy};
 
 const POOL: &str = "web";
 const PREFIX: &str = "web-";
@@ -314,13 +313,6 @@ struct System {
     /// What the checker found so far.
     findings: Arc<Mutex<Findings>>,
     _hooks: tempfile::TempDir,
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("hook script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// Polls `$check` (an expression giving an `Option`) until it is `Some`, for at most

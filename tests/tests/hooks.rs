@@ -1,7 +1,6 @@
 //! The agent's hook runner with real processes and a real etcd for its events: the
 //! environment, timeouts, failures, huge output, and names that are not plain.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use pm_agent::hooks::{HookCall, HookError, HookEvent, HookRunner};
 use pm_etcd::{EventLog, Store};
 use pm_proto::Event;
-use pm_tests::{eventually, EtcdCluster};
+use pm_tests::{eventually, write_script, EtcdCluster};
 
 async fn runner(dir: Option<&Path>, timeout: Duration) -> (EtcdCluster, Store, HookRunner) {
     let etcd = EtcdCluster::start(1).await;
@@ -21,12 +20,6 @@ async fn runner(dir: Option<&Path>, timeout: Duration) -> (EtcdCluster, Store, H
     ));
     let runner = HookRunner::new(dir.map(Path::to_path_buf), timeout, 2, events);
     (etcd, store, runner)
-}
-
-fn script(dir: &Path, name: &str, body: &str) {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 fn call(name: &str, event: HookEvent) -> HookCall {
@@ -49,7 +42,7 @@ fn call(name: &str, event: HookEvent) -> HookCall {
 async fn hooks_get_prevmtables_environment_plus_pool_and_event() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env.txt");
-    script(
+    write_script(
         dir.path(),
         "dump",
         &format!(
@@ -77,7 +70,7 @@ async fn hooks_get_prevmtables_environment_plus_pool_and_event() {
 async fn a_hanging_hook_is_killed_at_the_timeout_and_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
-    script(
+    write_script(
         dir.path(),
         "hang",
         &format!("sleep 600 & echo $! > {}; wait", pidfile.display()),
@@ -111,9 +104,9 @@ async fn a_hanging_hook_is_killed_at_the_timeout_and_recorded() {
 #[tokio::test]
 async fn failing_and_chatty_hooks_never_block_or_crash() {
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "fail", "echo boom >&2; exit 3");
+    write_script(dir.path(), "fail", "echo boom >&2; exit 3");
     // About 20 MB on stdout, much of it without newlines.
-    script(
+    write_script(
         dir.path(),
         "chatty",
         "head -c 20000000 /dev/zero | tr '\\0' 'x'; yes line | head -n 100000",
@@ -136,7 +129,7 @@ async fn failing_and_chatty_hooks_never_block_or_crash() {
 #[tokio::test]
 async fn only_plain_names_in_the_hooks_dir_run() {
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "ok", "exit 0");
+    write_script(dir.path(), "ok", "exit 0");
     std::fs::write(dir.path().join("not-exec"), "#!/bin/sh\n").unwrap();
     let (_etcd, _store, runner) = runner(Some(dir.path()), Duration::from_secs(5)).await;
     for bad in ["../x", "/bin/sh", "sub/ok", ".hidden", "", "a b"] {
@@ -188,7 +181,7 @@ fn is_gone(pid: &str) -> bool {
 async fn a_child_left_holding_the_pipes_neither_holds_the_slot_nor_outlives_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("child.pid");
-    script(
+    write_script(
         dir.path(),
         "daemonize",
         &format!(
@@ -219,7 +212,7 @@ async fn a_child_left_holding_the_pipes_neither_holds_the_slot_nor_outlives_the_
 async fn hooks_see_a_cleared_environment_plus_what_hook_env_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("env.txt");
-    script(
+    write_script(
         dir.path(),
         "env",
         &format!("env | sort > {}", out.display()),
@@ -269,7 +262,7 @@ async fn hooks_see_a_cleared_environment_plus_what_hook_env_passes() {
 #[tokio::test]
 async fn hooks_beyond_the_queue_are_dropped_with_an_event() {
     let dir = tempfile::tempdir().unwrap();
-    script(dir.path(), "slow", "sleep 2");
+    write_script(dir.path(), "slow", "sleep 2");
     let (_etcd, store, runner) = runner(Some(dir.path()), Duration::from_secs(30)).await;
     let runner = runner.with_queue(2);
     let handles: Vec<_> = (0..5)

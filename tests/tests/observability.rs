@@ -57,10 +57,7 @@ fn assert_exports(text: &str, metrics: &[MetricDef]) {
 }
 
 fn write_hook(dir: &Path, name: &str) {
-    let path = dir.join(name);
-    std::fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    pm_tests::write_script(dir, name, "exit 0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

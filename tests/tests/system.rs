@@ -85,14 +85,11 @@ fn pmctl_status(c: &Cluster, pool: &str) -> serde_json::Value {
 
 fn write_hook(dir: &Path, name: &str) {
     let log = dir.join("hooks.log");
-    let script = format!(
-        "#!/bin/sh\necho \"$EVENT $POOL $PROJECT $ZONE ${{NAME:-}}\" >> {}\necho hook output for $NAME\n",
+    let body = format!(
+        "echo \"$EVENT $POOL $PROJECT $ZONE ${{NAME:-}}\" >> {}\necho hook output for $NAME",
         log.display()
     );
-    let path = dir.join(name);
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    pm_tests::write_script(dir, name, &body);
 }
 
 fn hook_lines(dir: &Path) -> Vec<String> {

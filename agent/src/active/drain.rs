@@ -52,7 +52,7 @@ impl Default for DrainHooks {
     }
 }
 
-/// The slot `slot_key` holds for a drain, as stored: the guard of its release.
+/// The value of the slot a drain holds, as stored: the guard of its release.
 fn slot_value(zone: &str, name: &str, drain: &Drain) -> DrainSlot {
     DrainSlot {
         zone: zone.to_string(),
@@ -68,6 +68,45 @@ pub fn ends_drain(old: &ObservedInstance, new: Option<&ObservedInstance>) -> boo
 }
 
 impl ActiveAgent<'_> {
+    /// The pool's budget slots held now. When fewer than `wanted` of the `budget` are
+    /// free, the stale ones ([`Self::slot_is_stale`]) are freed first.
+    async fn held_slots(
+        &self,
+        pool: &str,
+        budget: u32,
+        wanted: usize,
+    ) -> pm_etcd::Result<BTreeSet<u32>> {
+        let keys = self.ctx.store.keys();
+        let (listed, _) = self
+            .ctx
+            .store
+            .list_raw(&keys.drain_slots_prefix(pool)?)
+            .await?;
+        let slots: Vec<_> = listed
+            .iter()
+            .filter_map(|stored| match keys.parse(stored.key.as_bytes()) {
+                Ok(pm_etcd::Key::DrainSlot { slot, .. }) => Some((slot, stored)),
+                _ => None,
+            })
+            .collect();
+        let mut held: BTreeSet<u32> = slots.iter().map(|(slot, _)| *slot).collect();
+        let free = usize::try_from(budget).unwrap_or(usize::MAX)
+            - held.iter().filter(|s| **s < budget).count();
+        if free >= wanted {
+            return Ok(held);
+        }
+        for (slot, stored) in slots {
+            let holder = pm_etcd::decode::<DrainSlot>(&stored.key, &stored.value).ok();
+            if self.slot_is_stale(pool, holder.as_ref()).await? {
+                let key = keys.drain_slot(pool, slot)?;
+                let unchanged = Compare::mod_revision(key, CompareOp::Equal, stored.mod_revision);
+                self.free_slot(pool, slot, unchanged).await?;
+                held.remove(&slot);
+            }
+        }
+        Ok(held)
+    }
+
     /// Starts the drains the budget has slots for, in order; the others wait for a later
     /// pass.
     pub(super) async fn start_drains(
@@ -82,36 +121,8 @@ impl ActiveAgent<'_> {
         let ctx = self.ctx;
         let keys = ctx.store.keys().clone();
         let budget = u32::try_from(pm_pool::disruption::max_concurrent(config)).unwrap_or(u32::MAX);
-        let (held, _) = ctx.store.list_raw(&keys.drain_slots_prefix(pool)?).await?;
-        let mut taken = BTreeSet::new();
-        let mut stale = Vec::new();
-        for stored in &held {
-            let Ok(pm_etcd::Key::DrainSlot { slot, .. }) = keys.parse(stored.key.as_bytes()) else {
-                continue;
-            };
-            taken.insert(slot);
-            let holder = pm_etcd::decode::<DrainSlot>(&stored.key, &stored.value).ok();
-            stale.push((slot, holder, stored.mod_revision));
-        }
-        let free_now = (0..budget).filter(|s| !taken.contains(s)).count();
-        if free_now < starts.len() {
-            for (slot, holder, revision) in stale {
-                if self.slot_is_stale(pool, holder.as_ref()).await? {
-                    self.free_slot(
-                        pool,
-                        slot,
-                        Compare::mod_revision(
-                            keys.drain_slot(pool, slot)?,
-                            CompareOp::Equal,
-                            revision,
-                        ),
-                    )
-                    .await?;
-                    taken.remove(&slot);
-                }
-            }
-        }
-        let mut free = (0..budget).filter(|s| !taken.contains(s));
+        let held = self.held_slots(pool, budget, starts.len()).await?;
+        let mut free = (0..budget).filter(|s| !held.contains(s));
         let hook = HookEvent::Drain.configured(config.hooks.as_ref());
         let wait = pm_pool::disruption::drain_wait(config);
         for (start, label, project) in starts {
@@ -121,7 +132,7 @@ impl ActiveAgent<'_> {
             let mut o = current.value.clone();
             let now = now_unix_ms();
             let waits = hook.is_some() && !start.hard;
-            o.drain = Some(Drain {
+            let mut drain = Drain {
                 reason: start.reason.clone(),
                 hard: start.hard,
                 started_unix_ms: now,
@@ -134,14 +145,12 @@ impl ActiveAgent<'_> {
                     "none".into()
                 },
                 cause: start.cause as i32,
-            });
+            };
             let instance_key = keys.instance(pool, &ctx.zone, &start.name)?;
             let mut written = None;
             for slot in free.by_ref() {
-                if let Some(d) = o.drain.as_mut() {
-                    d.slot = slot;
-                }
-                let drain = o.drain.as_ref().expect("set above");
+                drain.slot = slot;
+                o.drain = Some(drain.clone());
                 let slot_key = keys.drain_slot(pool, slot)?;
                 let guards = vec![Compare::create_revision(
                     slot_key.as_str(),
@@ -149,7 +158,7 @@ impl ActiveAgent<'_> {
                     0,
                 )];
                 let ops = vec![
-                    put_op(&slot_key, &slot_value(&ctx.zone, &start.name, drain), 0),
+                    put_op(&slot_key, &slot_value(&ctx.zone, &start.name, &drain), 0),
                     put_op(&instance_key, &o, 0),
                 ];
                 match ctx
@@ -171,7 +180,7 @@ impl ActiveAgent<'_> {
                 break;
             };
             self.pools
-                .record_written(pool, &start.name, Some(o.clone()), revision)?;
+                .record_written(pool, &start.name, Some(o), revision)?;
             let how = if start.hard {
                 "hard: deleting at once".to_string()
             } else if waits {
@@ -182,7 +191,6 @@ impl ActiveAgent<'_> {
             let message = format!("draining {} ({}); {how}", start.name, start.reason);
             self.emit(pool, "draining", Severity::Info, &start.name, message)
                 .await;
-            let drain = o.drain.as_ref().expect("set above");
             let state = self.state(pool);
             state.wake_within(std::time::Duration::ZERO);
             if !start.hard {
@@ -195,9 +203,7 @@ impl ActiveAgent<'_> {
                 };
                 self.ops.spawn(pool, &project, start.name.clone(), op);
             }
-            if hook.is_some() {
-                self.run_drain_hook(pool, &project, config, &start.name, drain.clone());
-            }
+            self.run_drain_hook(pool, &project, config, &start.name, drain);
         }
         Ok(())
     }
@@ -386,23 +392,5 @@ impl ActiveAgent<'_> {
             .store
             .txn_fenced_chunks(&self.fence, &names, op, |_, _| Ok(()))
             .await
-    }
-
-    /// A `pm-state=draining` label GCE refused: a changed fingerprint is tried again on
-    /// the next pass; any other refusal is reported once, and the drain goes on without
-    /// it.
-    pub(super) async fn drain_label_failed(
-        &mut self,
-        pool: &str,
-        name: &str,
-        e: pm_gce::error::GceError,
-    ) {
-        if matches!(e, pm_gce::error::GceError::Http { status: 412, .. }) {
-            return;
-        }
-        self.state(pool).label_refused.insert(name.to_string());
-        let message = format!("cannot label {name} pm-state=draining, draining it without: {e}");
-        self.emit(pool, "drain-label-failed", Severity::Warning, name, message)
-            .await;
     }
 }
