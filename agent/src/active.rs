@@ -505,7 +505,9 @@ impl<'a> ActiveAgent<'a> {
             self.ops
                 .spawn(pool, project_of(&claim.name), claim.name, op);
         }
-        self.resume_drain_hooks(pool, project, &config, fx.drain_hook_pending);
+        let pending = fx.drain_hook_pending.into_iter();
+        let pending = pending.map(|name| (project_of(&name).to_string(), name));
+        self.resume_drain_hooks(pool, &config, pending.collect());
         self.remove_requests(pool, fx.stale_requests).await?;
         let drains = fx.drains.into_iter();
         let drains = drains.map(|(start, label)| {

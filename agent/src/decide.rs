@@ -280,7 +280,15 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             if !already && flight.is_none() {
                 d.preempted.push(name.clone());
             }
+            // It was leaving anyway: it goes now (deleting gives its budget slot back)
+            // and is never started again.
+            let draining = observed.is_some_and(|o| o.drain.is_some());
             match inputs.on_preempted {
+                _ if draining => {
+                    if flight.is_none() {
+                        d.delete.push(name.clone());
+                    }
+                }
                 OnPreempted::Restart => {
                     // Coming back: counts as live so no replacement overshoots.
                     live += 1;
@@ -312,13 +320,14 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         if let Some(drain) = draining {
             let hook_done = drain.hook_finished_unix_ms > 0;
             let deadline = drain.started_unix_ms.saturating_add(inputs.drain_wait_ms);
-            if !hook_done && !drain.hard {
+            let due = drain.hard || hook_done || inputs.now_ms >= deadline;
+            if !due {
                 d.drain_hook_pending.push(name.clone());
             }
             if flight.is_some() {
                 continue;
             }
-            if drain.hard || hook_done || inputs.now_ms >= deadline {
+            if due {
                 d.delete.push(name.clone());
             } else {
                 drain_deadlines.push(deadline);

@@ -592,3 +592,18 @@ fn requests_drain_first_and_recycle_within_the_count() {
     let d = decide(&i);
     assert_eq!(removed(&d), vec!["w-b".to_string()], "{d:?}");
 }
+
+#[test]
+fn a_draining_vm_that_is_preempted_is_deleted_not_restarted() {
+    let mut i = inputs(2);
+    i.on_preempted = OnPreempted::Restart;
+    running(&mut i, &["w-a", "w-b"]);
+    draining(&mut i, "w-b", false, 0);
+    i.listed.get_mut("w-b").expect("listed").status = S::Terminated;
+    let d = decide(&i);
+    assert!(d.restart.is_empty() && d.resume.is_empty(), "{d:?}");
+    assert_eq!(d.delete, vec!["w-b".to_string()], "its drain ends now");
+    assert!(d.drain_hook_pending.is_empty(), "{d:?}");
+    // Gone on its own: it holds no place, and its replacement comes.
+    assert_eq!((d.live, d.create), (1, 1), "{d:?}");
+}

@@ -4,7 +4,7 @@
 //! still exists; the zone's active agent drains each within the pool's disruption budget
 //! and removes its request when the VM is gone, through any failover.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use pm_etcd::etcd_client::{Compare, CompareOp};
@@ -58,6 +58,12 @@ pub async fn drain(
     reason: &str,
     format: OutputFormat,
 ) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| seen.insert(n.as_str()))
+        .cloned()
+        .collect();
     if names.len() > MAX_DRAIN {
         return Err(Error::Refused(format!(
             "{} VMs named; one drain takes at most {MAX_DRAIN}",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pm_proto::{Disruption, PoolConfig};
 use serde_json::Value;
 
+use crate::fields::MAX_TARGET_VM_COUNT;
 use crate::problem::{json_type, shown, Problem};
 use crate::update::{amount, resolve, AmountDocument};
 use crate::validation::{match_fields, whole_number};
@@ -67,6 +68,8 @@ pub fn check_disruption(value: &Value, problems: &mut Vec<Problem>) -> Option<Di
             "maxConcurrent" => amount(value).and_then(|a| {
                 if a.value == 0 {
                     Err("must be at least 1 (or a percentage over 0%): with 0 no VM could ever be removed on purpose".to_string())
+                } else if !a.percent && i64::from(a.value) > MAX_TARGET_VM_COUNT {
+                    Err(format!("{} is more than {MAX_TARGET_VM_COUNT}, the most VMs a pool holds", a.value))
                 } else {
                     disruption.max_concurrent = Some(a);
                     Ok(())
@@ -150,6 +153,11 @@ mod tests {
                 json!({"maxConcurrent": "150%"}),
                 "disruption.maxConcurrent",
                 "over 100%",
+            ),
+            (
+                json!({"maxConcurrent": 100_001}),
+                "disruption.maxConcurrent",
+                "more than 100000",
             ),
             (
                 json!({"maxConcurrent": "x"}),

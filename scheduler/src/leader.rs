@@ -279,11 +279,12 @@ impl Term<'_> {
             ),
             None => Compare::version(config_key.as_str(), CompareOp::Equal, 0),
         };
+        let prefixed =
+            |prefix: &str| TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()));
         let ops = vec![
-            TxnOp::delete(
-                zones_prefix.as_str(),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
+            prefixed(&zones_prefix),
+            prefixed(&keys.drain_slots_prefix(pool)?),
+            prefixed(&keys.workflows_prefix(pool)?),
             TxnOp::delete(config_key.as_str(), None),
             TxnOp::delete(keys.rollout(pool)?.as_str(), None),
         ];

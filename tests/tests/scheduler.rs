@@ -503,6 +503,20 @@ async fn removed_zones_get_zero_and_deleted_pools_are_cleaned_up() {
     )
     .await;
 
+    // A drain slot and a workflow left behind go with the pool too.
+    let keys = s.store.keys();
+    let leftovers = [
+        keys.drain_slot("web", 0).unwrap(),
+        keys.workflow("web", "wf1").unwrap(),
+    ];
+    for key in &leftovers {
+        s.store
+            .client()
+            .kv_client()
+            .put(key.as_str(), vec![], None)
+            .await
+            .unwrap();
+    }
     let mut tombstone = pool_config(3, &["zone-a", "zone-b"]);
     tombstone.deleted = true;
     set_config(&s.store, "web", &tombstone).await;

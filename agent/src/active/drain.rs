@@ -256,15 +256,14 @@ impl ActiveAgent<'_> {
     }
 
     /// Runs the drain hooks this term has not run for drains still waiting on theirs
-    /// (begun in an earlier term).
+    /// (begun in an earlier term); each VM is given with its project.
     pub(super) fn resume_drain_hooks(
         &mut self,
         pool: &str,
-        project: &str,
         config: &PoolConfig,
-        names: Vec<String>,
+        pending: Vec<(String, String)>,
     ) {
-        for name in names {
+        for (project, name) in pending {
             let drain = self
                 .pools
                 .zone_keys(pool)
@@ -275,7 +274,7 @@ impl ActiveAgent<'_> {
             let key = (name.clone(), drain.started_unix_ms);
             if !self.state(pool).drain_hooks_run.contains(&key) {
                 tracing::info!(%pool, instance = %name, "running the drain hook of a drain begun in an earlier term");
-                self.run_drain_hook(pool, project, config, &name, drain);
+                self.run_drain_hook(pool, &project, config, &name, drain);
             }
         }
     }
@@ -312,13 +311,15 @@ impl ActiveAgent<'_> {
     }
 
     /// Whether the slot held by `holder` is no longer held by a drain going on: its
-    /// instance's key is gone, deleting, or records another drain. Another zone's key is
-    /// read from etcd; its agent wrote the slot and the drain in one transaction.
+    /// instance's key is gone, deleting, stopped (preempted while draining: its agent
+    /// deletes it), records another drain, or cannot be read as a slot's holder at all.
+    /// Another zone's key is read from etcd; its agent wrote the slot and the drain in
+    /// one transaction.
     async fn slot_is_stale(&self, pool: &str, holder: Option<&DrainSlot>) -> pm_etcd::Result<bool> {
         let Some(holder) = holder else {
+            tracing::warn!(%pool, "freeing a drain slot whose value cannot be decoded");
             return Ok(true);
         };
-        let keys = self.ctx.store.keys();
         let instance = if holder.zone == self.ctx.zone {
             self.pools
                 .zone_keys(pool)
@@ -326,18 +327,35 @@ impl ActiveAgent<'_> {
                 .get(&holder.instance)
                 .map(|o| o.value.clone())
         } else {
-            let key = keys.instance(pool, &holder.zone, &holder.instance)?;
-            self.ctx
+            let key = match self
+                .ctx
                 .store
-                .get::<ObservedInstance>(&key)
-                .await?
-                .map(|v| v.value)
+                .keys()
+                .instance(pool, &holder.zone, &holder.instance)
+            {
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::warn!(%pool, error = %e, "freeing a drain slot naming no instance");
+                    return Ok(true);
+                }
+            };
+            match self.ctx.store.get::<ObservedInstance>(&key).await {
+                Ok(v) => v.map(|v| v.value),
+                Err(e @ EtcdError::Decode { .. }) => {
+                    tracing::warn!(%pool, error = %e, "freeing a drain slot held by an unreadable key");
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            }
         };
         let held = instance.is_some_and(|o| {
-            o.state() != InstanceState::Deleting
-                && o.drain
-                    .as_ref()
-                    .is_some_and(|d| d.started_unix_ms == holder.started_unix_ms)
+            !matches!(
+                o.state(),
+                InstanceState::Deleting | InstanceState::Terminated
+            ) && o
+                .drain
+                .as_ref()
+                .is_some_and(|d| d.started_unix_ms == holder.started_unix_ms)
         });
         Ok(!held)
     }
