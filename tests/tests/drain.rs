@@ -133,6 +133,36 @@ async fn a_scale_down_drains_within_the_budget_and_waits_for_the_hook() {
     wait_exactly(&c, "web", 3).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_hook_dropped_from_a_full_queue_still_waits_its_time() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-drain", "300");
+    let mut c = Cluster::builder()
+        .zones(1)
+        .agents(0)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    let (zone, etcd) = (c.zones()[0].clone(), c.etcd_endpoints());
+    c.start_agent_with(&zone, &etcd, &[("--hook-queue", "1")]);
+    c.set_pool("web", config(&c, 2, 4, 2)).await;
+    wait_exactly(&c, "web", 2).await;
+    c.set_pool("web", config(&c, 0, 4, 2)).await;
+    c.wait("both drained", BOUND, || async {
+        (events(&c, "web", "drained").await.len() == 2).then_some(())
+    })
+    .await;
+    let drained = events(&c, "web", "drained").await;
+    assert!(
+        drained
+            .iter()
+            .all(|e| e.message.contains("did not finish in time")),
+        "the hook that never ran (one queue place, taken) waited drainSeconds too: {drained:?}"
+    );
+    assert_eq!(hook_lines(hooks.path()).len(), 1, "one hook ran");
+    wait_exactly(&c, "web", 0).await;
+}
+
 /// `pmctl -o json drain web ...`: its exit status, stdout as JSON, stderr.
 fn pmctl_drain(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
     let out = std::process::Command::new(pm_tests::bin_path("pmctl"))

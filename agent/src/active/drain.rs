@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::ActiveAgent;
 use crate::claim::Claim;
 use crate::decide::{DrainStart, InFlight};
-use crate::hooks::HookCall;
+use crate::hooks::{HookCall, HookError};
 use crate::operations::Op;
 
 /// Drain hooks whose outcome waits to be recorded, at most (their tasks wait for room).
@@ -247,6 +247,9 @@ impl ActiveAgent<'_> {
         tokio::spawn(async move {
             let outcome = match handle.await {
                 Ok(Ok(())) => "ok".to_string(),
+                // Never run (the hook queue was full, and its event says so): the drain
+                // waits out drainSeconds, as for a hook that does not finish.
+                Ok(Err(HookError::Dropped { .. })) => return,
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => format!("did not finish: {e}"),
             };
