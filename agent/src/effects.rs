@@ -322,6 +322,7 @@ pub fn effects(
         .chain(&decision.restart)
         .chain(&decision.resume)
         .chain(&decision.label_draining)
+        .chain(&decision.drain_hook_pending)
         .chain(starts);
     for name in calls {
         if let Some(l) = inputs

@@ -144,7 +144,10 @@ async fn a_drain_hook_dropped_from_a_full_queue_still_waits_its_time() {
         .start()
         .await;
     let (zone, etcd) = (c.zones()[0].clone(), c.etcd_endpoints());
-    c.start_agent_with(&zone, &etcd, &[("--hook-queue", "1")]);
+    // The running hook outlasts drainSeconds by far: its drain ends by the wait, not by
+    // the hook's timeout.
+    let flags = [("--hook-queue", "1"), ("--hook-timeout", "600s")];
+    c.start_agent_with(&zone, &etcd, &flags);
     c.set_pool("web", config(&c, 2, 4, 2)).await;
     wait_exactly(&c, "web", 2).await;
     c.set_pool("web", config(&c, 0, 4, 2)).await;
