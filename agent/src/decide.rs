@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pm_gce::resources::InstanceStatus;
 use pm_pool::disruption::DRAINING_LABEL;
+use pm_pool::removal::{recorded_labels, removal_order, RemovalRank};
 use pm_proto::{DrainCause, DrainRequest, InstanceState, ObservedInstance, OnPreempted};
 
 /// What is being done to an instance right now by this agent.
@@ -47,6 +48,16 @@ pub struct Listed {
 }
 
 impl Listed {
+    /// What its removal order is decided on, in a pool of `revision`.
+    pub fn rank(&self, revision: &str) -> RemovalRank<'_> {
+        RemovalRank {
+            old: self.revision != revision,
+            running: self.status == InstanceStatus::Running,
+            created_unix_ms: self.created_unix_ms,
+            name: &self.name,
+        }
+    }
+
     /// Whether it carries `pm-state=draining`.
     pub fn labelled_draining(&self) -> bool {
         self.labels.get(DRAINING_LABEL.0).map(String::as_str) == Some(DRAINING_LABEL.1)
@@ -106,6 +117,9 @@ pub struct PoolInputs {
     pub roll: Option<Roll>,
     /// pmctl's drain requests, by instance name.
     pub drain_requests: BTreeMap<String, DrainRequest>,
+    /// The VMs the zone's desired count already leaves out for `pmctl shed`: a shed
+    /// request starts draining only once its VM is named here, so nothing replaces it.
+    pub shed_counted: BTreeSet<String>,
     /// How long (ms) a soft drain waits for its hook.
     pub drain_wait_ms: i64,
     /// Draining VMs whose `pm-state=draining` label GCE refused for good: not labelled
@@ -228,14 +242,15 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
     // Listed, not stopped, and being deleted: still there until the delete is done.
     let mut going = 0i64;
     let is_old = |revision: &str| revision != inputs.revision;
-    // The key no longer says what GCE shows: another state, revision or project (a key
+    // The key no longer says what GCE shows: another state, revision, project (a key
     // from before projects were recorded gets its own, so a later project change still
-    // lists it), or a new VM RUNNING without the time it has been (its readiness counts
-    // from it).
+    // lists it) or labels, or a new VM RUNNING without the time it has been (its
+    // readiness counts from it).
     let stale = |o: &ObservedInstance, l: &Listed, state: InstanceState| {
         o.state() != state
             || o.revision != l.revision
             || o.project != l.project
+            || o.labels != recorded_labels(&l.labels)
             || (state == InstanceState::Running
                 && o.running_since_unix_ms == 0
                 && !is_old(&l.revision))
@@ -313,6 +328,12 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         old += i64::from(is_old(&listed.revision));
         let draining = observed.and_then(|o| o.drain.as_ref());
         let requested = inputs.drain_requests.get(name);
+        // A shed the desired count does not leave out yet: it stays, and is not chosen
+        // for anything else, until the scheduler lowered the count for it.
+        let shed_waits = requested.is_some_and(|r| r.shed && !inputs.shed_counted.contains(name));
+        if draining.is_none() && shed_waits {
+            continue;
+        }
         if draining.is_some() || requested.is_some() {
             leaving += 1;
             leaving_old += i64::from(is_old(&listed.revision));
@@ -466,16 +487,8 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
         let keep = (inputs.desired - ready - ahead).max(0);
         (old - keep - leaving_old).max(0)
     };
-    // Least useful first: old revisions, then not yet running, then the newest.
-    surplus_candidates.sort_by(|a, b| {
-        let running = |l: &Listed| l.status == InstanceStatus::Running;
-        let new = |l: &Listed| !is_old(&l.revision);
-        new(a)
-            .cmp(&new(b))
-            .then_with(|| running(a).cmp(&running(b)))
-            .then_with(|| b.created_unix_ms.cmp(&a.created_unix_ms))
-            .then_with(|| b.name.cmp(&a.name))
-    });
+    surplus_candidates
+        .sort_by(|a, b| removal_order(&a.rank(&inputs.revision), &b.rank(&inputs.revision)));
     let old_candidates = surplus_candidates.iter().filter(|l| is_old(&l.revision));
     let replaced: BTreeSet<&str> = old_candidates
         .take(usize::try_from(old_excess).unwrap_or(0))

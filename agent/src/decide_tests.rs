@@ -278,6 +278,7 @@ fn inputs(desired: i64) -> PoolInputs {
         revision: String::new(),
         roll: None,
         drain_requests: BTreeMap::new(),
+        shed_counted: BTreeSet::new(),
         drain_wait_ms: 30_000,
         label_refused: BTreeSet::new(),
     }
@@ -606,4 +607,56 @@ fn a_draining_vm_that_is_preempted_is_deleted_not_restarted() {
     assert!(d.drain_hook_pending.is_empty(), "{d:?}");
     // Gone on its own: it holds no place, and its replacement comes.
     assert_eq!((d.live, d.create), (1, 1), "{d:?}");
+}
+
+#[test]
+fn a_shed_waits_until_the_count_leaves_it_out_and_is_never_replaced() {
+    let mut i = inputs(3);
+    running(&mut i, &["w-a", "w-b", "w-c"]);
+    let shed = DrainRequest {
+        reason: "shed".into(),
+        hard: true,
+        workflow_id: "wf2".into(),
+        shed: true,
+        ..Default::default()
+    };
+    i.drain_requests.insert("w-b".into(), shed);
+    // The scheduler has not lowered the count for it yet: nothing moves.
+    let d = decide(&i);
+    assert!(d.drain.is_empty() && d.delete.is_empty(), "{d:?}");
+    assert_eq!((d.live, d.create), (3, 0), "{d:?}");
+    // Nor is another VM taken in its place when the count drops for another reason.
+    i.desired = 2;
+    let d = decide(&i);
+    assert_eq!(removed(&d), vec!["w-c".to_string()], "{d:?}");
+    // The count leaves it out: it drains, and no other VM goes with it.
+    i.desired = 2;
+    i.shed_counted.insert("w-b".into());
+    let d = decide(&i);
+    assert_eq!(removed(&d), vec!["w-b".to_string()], "{d:?}");
+    assert_eq!(d.create, 0, "{d:?}");
+    // Gone: the zone holds its count, and no replacement comes.
+    i.listed.remove("w-b");
+    i.observed.remove("w-b");
+    let d = decide(&i);
+    assert_eq!((d.live, d.create), (2, 0), "{d:?}");
+    assert_eq!(d.stale_requests, vec!["w-b".to_string()]);
+}
+
+#[test]
+fn a_label_change_updates_the_key() {
+    let mut i = inputs(1);
+    running(&mut i, &["w-a"]);
+    assert!(decide(&i).update.is_empty());
+    let l = i.listed.get_mut("w-a").expect("listed");
+    l.labels.insert("tier".into(), "batch".into());
+    l.labels
+        .insert(DRAINING_LABEL.0.into(), DRAINING_LABEL.1.into());
+    assert_eq!(
+        decide(&i).update,
+        vec![("w-a".to_string(), InstanceState::Running)]
+    );
+    i.observed.get_mut("w-a").expect("observed").labels =
+        [("tier".to_string(), "batch".to_string())].into();
+    assert!(decide(&i).update.is_empty(), "pm-state is not recorded");
 }

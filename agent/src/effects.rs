@@ -9,6 +9,7 @@ use pm_gce::compute::request_id_for;
 use pm_gce::resources::{Instance, Operation};
 use pm_gce::template::{render_text, TemplateVars};
 use pm_pool::disruption::DRAINING_LABEL;
+use pm_pool::removal::recorded_labels;
 use pm_pool::{HookEvent, REVISION_LABEL};
 use pm_proto::{InstanceState, ObservedInstance, PoolConfig, Severity};
 
@@ -162,6 +163,9 @@ pub fn effects(
         o.gce_id = listed.map(|l| l.id.clone()).unwrap_or_default();
         o.revision = listed.map(|l| l.revision.clone()).unwrap_or_default();
         o.project = listed.map(|l| l.project.clone()).unwrap_or_default();
+        o.labels = listed
+            .map(|l| recorded_labels(&l.labels))
+            .unwrap_or_default();
         if *new_state == InstanceState::Running {
             o.preempted = false;
             if o.running_since_unix_ms == 0 {

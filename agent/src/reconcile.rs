@@ -335,6 +335,9 @@ pub async fn continue_pass(
             .iter()
             .map(|(n, r)| (n.clone(), r.value.clone()))
             .collect(),
+        shed_counted: desired
+            .map(|d| d.shed.iter().cloned().collect())
+            .unwrap_or_default(),
         drain_wait_ms: i64::try_from(pm_pool::disruption::drain_wait(&config).as_millis())
             .unwrap_or(i64::MAX),
         label_refused: state.label_refused.clone(),

@@ -8,6 +8,7 @@ use pm_daemon::{parse_duration, EtcdArgs, GceArgs};
 use crate::config_file::Format;
 use crate::output::OutputFormat;
 use pm_pool::fields::MAX_TARGET_VM_COUNT;
+use pm_pool::removal::Selector;
 
 /// Longest manual exhaustion: a week. Longer is a config change (`allowedZones`), not a
 /// back-off.
@@ -59,6 +60,11 @@ fn zone_name(text: &str) -> Result<String, String> {
     pm_etcd::keys::validate_zone(text)
         .map(|()| text.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// A `KEY=VALUE` label selector.
+fn selector(text: &str) -> Result<Selector, String> {
+    Selector::parse(text)
 }
 
 /// A manual exhaustion: at least a second, at most [`MAX_EXHAUST_FOR`].
@@ -140,6 +146,49 @@ pub enum Command {
         /// Why, for events and the drain hook's REASON.
         #[arg(long, default_value = "")]
         reason: String,
+    },
+    /// Lower a pool's targetVMCount by N and remove N of its VMs: those with the
+    /// selector's label, or those a scale-down would pick. Each drains as `pmctl drain`
+    /// does, within the pool's disruption budget, and none is replaced.
+    #[command(
+        after_help = "Examples:\n  pmctl shed web 3 --reason 'batch window over'\n  pmctl shed web 2 --zone us-central1-a --selector tier=batch --hard\n  pmctl -o json shed web 1 --force"
+    )]
+    Shed {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// How many VMs to remove (1 to 100).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=100))]
+        count: u16,
+        /// Only VMs of this zone.
+        #[arg(long, value_parser = zone_name)]
+        zone: Option<String>,
+        /// Only VMs with this GCE label, KEY=VALUE.
+        #[arg(long, value_parser = selector)]
+        selector: Option<Selector>,
+        /// Delete at once, without waiting for the drain hook.
+        #[arg(long)]
+        hard: bool,
+        /// Why, for events and the drain hook's REASON.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Refuse a shed less than this after the pool's last one.
+        #[arg(long, value_parser = parse_duration, default_value = "1m")]
+        min_interval: Duration,
+        /// Shed even within --min-interval of the last shed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Where a pool's `pmctl drain` and `pmctl shed` workflows stand (kept 7 days).
+    #[command(
+        after_help = "Examples:\n  pmctl workflows web\n  pmctl -o json workflows web 1733300000000-1f2e"
+    )]
+    Workflows {
+        /// The pool.
+        #[arg(value_parser = pool_name)]
+        pool: String,
+        /// Only this workflow, with each of its VMs.
+        id: Option<String>,
     },
     /// Where a pool's rollout to a new revision stands; pause, resume or undo it.
     #[command(subcommand)]

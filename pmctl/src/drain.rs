@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use pm_etcd::etcd_client::{Compare, CompareOp};
+use pm_etcd::etcd_client::{Compare, CompareOp, TxnOp};
 use pm_etcd::{now_unix_ms, put_op, Store};
 use pm_proto::{DrainRequest, Severity, Workflow, WorkflowInstance, WorkflowKind};
 use serde::Serialize;
@@ -70,7 +70,6 @@ pub async fn drain(
             names.len()
         )));
     }
-    let keys = store.keys();
     let (pools, _, _) = snapshot::read_pools(store, Some(pool)).await?;
     let stored = pools.get(pool);
     if stored.is_none_or(|p| p.config.as_ref().is_none_or(|c| c.value.deleted)) {
@@ -100,7 +99,7 @@ pub async fn drain(
         )));
     }
     let now = now_unix_ms();
-    let workflow_id = format!("{now}-{:x}", std::process::id());
+    let workflow_id = new_workflow_id(now);
     let reason = if reason.is_empty() {
         "pmctl drain".to_string()
     } else {
@@ -128,33 +127,16 @@ pub async fn drain(
         shed: false,
         requested_unix_ms: now,
     };
-    let lease = store.grant_lease(WORKFLOW_RETENTION).await?;
-    let mut guards = Vec::new();
-    let mut ops = vec![put_op(
-        &keys.workflow(pool, &workflow_id)?,
+    submit(
+        store,
+        pool,
+        &workflow_id,
         &workflow,
-        lease,
-    )];
-    for vm in &selected {
-        let instance = keys.instance(pool, &vm.zone, &vm.name)?;
-        guards.push(Compare::create_revision(instance, CompareOp::Greater, 0));
-        ops.push(put_op(
-            &keys.drain_request(pool, &vm.zone, &vm.name)?,
-            &request,
-            0,
-        ));
-    }
-    match store
-        .txn_if(guards, "every named VM still there", ops)
-        .await
-    {
-        Ok(_) => {}
-        Err(pm_etcd::Error::GuardFailed { .. }) => return Err(Error::Refused(
-            "a named VM went away while the drain was written; nothing was written, run it again"
-                .into(),
-        )),
-        Err(e) => return Err(e.into()),
-    }
+        &request,
+        Vec::new(),
+        Vec::new(),
+    )
+    .await?;
     let mode = if hard { "hard" } else { "soft" };
     let message = format!("drain of {} asked ({mode}): {reason}", names.join(", "));
     record(store, pool, "drain-requested", Severity::Info, "", message).await;
@@ -165,4 +147,46 @@ pub async fn drain(
         state: "requested",
     };
     output::emit(format, &view)
+}
+
+/// A new workflow's id: its time first, so ids sort as they were made.
+pub(crate) fn new_workflow_id(now_ms: i64) -> String {
+    format!("{now_ms}-{:x}", std::process::id())
+}
+
+/// Writes `workflow` as `workflow_id` and `request` for each VM it selects, in one
+/// transaction with `ops`, only while every selected VM's observed key exists and
+/// `guards` hold.
+pub(crate) async fn submit(
+    store: &Store,
+    pool: &str,
+    workflow_id: &str,
+    workflow: &Workflow,
+    request: &DrainRequest,
+    mut guards: Vec<Compare>,
+    mut ops: Vec<TxnOp>,
+) -> Result<()> {
+    let keys = store.keys();
+    let lease = store.grant_lease(WORKFLOW_RETENTION).await?;
+    ops.push(put_op(&keys.workflow(pool, workflow_id)?, workflow, lease));
+    for vm in &workflow.selected {
+        let instance = keys.instance(pool, &vm.zone, &vm.name)?;
+        guards.push(Compare::create_revision(instance, CompareOp::Greater, 0));
+        ops.push(put_op(
+            &keys.drain_request(pool, &vm.zone, &vm.name)?,
+            request,
+            0,
+        ));
+    }
+    match store
+        .txn_if(guards, "every selected VM still there", ops)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(pm_etcd::Error::GuardFailed { .. }) => Err(Error::Refused(
+            "a selected VM went away, or the pool changed, while the workflow was written; nothing was written, run it again"
+                .into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -31,6 +31,8 @@ pub struct InstanceRow {
     pub created_unix_ms: i64,
     /// When its state last changed (Unix ms).
     pub state_changed_unix_ms: i64,
+    /// Its GCE labels as last listed, without pm-pool and pm-state.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl InstanceRow {
@@ -45,6 +47,7 @@ impl InstanceRow {
             agent_id: instance.agent_id.clone(),
             created_unix_ms: instance.created_unix_ms,
             state_changed_unix_ms: instance.state_changed_unix_ms,
+            labels: instance.labels.clone(),
         }
     }
 }

@@ -25,9 +25,11 @@ pub mod output;
 pub mod pool_config;
 pub mod prevmtable;
 pub mod rollout;
+pub mod shed;
 pub mod snapshot;
 pub mod status;
 pub mod unique_keys;
+pub mod workflows;
 pub mod yaml;
 pub mod zone;
 
@@ -119,6 +121,33 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => {
             let store = connect::connect(etcd).await?;
             drain::drain(&store, &pool, &names, hard, &reason, format).await
+        }
+        Command::Shed {
+            pool,
+            count,
+            zone,
+            selector,
+            hard,
+            reason,
+            min_interval,
+            force,
+        } => {
+            let store = connect::connect(etcd).await?;
+            let args = shed::ShedArgs {
+                pool,
+                count: usize::from(count),
+                zone,
+                selector,
+                hard,
+                reason,
+                min_interval,
+                force,
+            };
+            shed::shed(&store, &args, format).await
+        }
+        Command::Workflows { pool, id } => {
+            let store = connect::connect(etcd).await?;
+            workflows::show(&store, &pool, id.as_deref(), format).await
         }
         Command::Agents => agents::show_agents(&connect::connect(etcd).await?, format).await,
         Command::Leader => agents::show_leader(&connect::connect(etcd).await?, format).await,

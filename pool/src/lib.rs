@@ -22,6 +22,7 @@ pub mod instance_template;
 pub mod naming;
 pub mod observed;
 pub mod problem;
+pub mod removal;
 pub mod update;
 pub mod validation;
 

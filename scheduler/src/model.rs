@@ -139,6 +139,8 @@ pub struct ZoneView {
     pub report: Option<ExhaustionReport>,
     /// Another zone's count of its live instances ([`crate::witness`]).
     pub witnessed: Option<Witnessed>,
+    /// Its live VMs that `pmctl shed` asked to remove: they no longer count as kept.
+    pub shedding: BTreeSet<String>,
 }
 
 /// One pool, as placement and exhaustion read it.
@@ -297,6 +299,15 @@ impl Model {
                     exhausted: zk.exhausted.as_ref().map(|x| x.value.clone()),
                     report: zk.report.as_ref().map(|r| r.value.clone()),
                     witnessed: zk.witnessed.as_ref().map(|w| w.value.clone()),
+                    shedding: zk
+                        .drains
+                        .iter()
+                        .filter(|(name, request)| {
+                            request.value.shed
+                                && zk.instances.get(*name).is_some_and(|o| is_live(&o.value))
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect(),
                 },
             );
         }

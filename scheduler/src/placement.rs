@@ -66,19 +66,35 @@ pub fn is_usable(allowed: bool, zone: &ZoneView, agent_ok: bool) -> bool {
 /// VMs a rollout's surge holds over the zone's count are not counted: they replace old
 /// VMs that are about to go, and counting them would move the count of the zone, or
 /// trim another zone, each pass.
+///
+/// VMs `pmctl shed` removes are not counted either: the target went down by them, and
+/// the count of their own zone is what drops. A count written before the scheduler saw
+/// a shed still includes its VMs; one written since names them in `shed`.
 pub fn kept(zone: &ZoneView, usable: bool) -> u64 {
     let counts = &zone.counts;
+    let desired = zone.desired.as_ref();
+    let shedding = len(zone.shedding.len());
+    let in_count = zone
+        .shedding
+        .iter()
+        .filter(|name| desired.is_none_or(|d| !d.shed.contains(name)))
+        .count();
+    let live = counts.live.saturating_sub(shedding);
     let held = if zone.exhausted.is_some() {
-        counts.live_confirmed
+        counts.live_confirmed.saturating_sub(shedding)
     } else if usable {
-        counts.live.max(committed(zone))
+        live.max(committed(zone).saturating_sub(len(in_count)))
     } else {
-        counts.live
+        live
     };
-    let (count, surge) = zone.desired.as_ref().map_or((0, 0), |d| {
+    let (count, surge) = desired.map_or((0, 0), |d| {
         (u64::try_from(d.count).unwrap_or(0), u64::from(d.surge))
     });
     held - held.saturating_sub(count).min(surge)
+}
+
+fn len(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// The most instances the zone is known to hold at `now_ms`: the capacity hint of its last
@@ -272,6 +288,7 @@ fn desired_write(
         unavailable: write.roll.unavailable,
         rollout_paused: write.roll.paused,
         witness: write.witness.clone(),
+        shed: zone.shedding.iter().cloned().collect(),
     };
     let same = zone.desired.as_ref().is_some_and(|d| {
         d.count == next.count
@@ -283,6 +300,7 @@ fn desired_write(
             && (d.surge, d.unavailable, d.rollout_paused)
                 == (next.surge, next.unavailable, next.rollout_paused)
             && d.witness == next.witness
+            && d.shed == next.shed
     });
     (!same).then(|| DesiredWrite {
         zone: alloc.zone.clone(),

@@ -683,3 +683,62 @@ fn a_rollouts_surge_over_the_count_is_not_kept() {
     });
     assert_eq!(kept(&zone, true), 3, "without a surge, all count");
 }
+
+#[test]
+fn a_shed_lowers_the_count_of_its_own_zone_and_only_once() {
+    let shed = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let mut view = pool(8, Distribution::Even, &["a", "b"]);
+    view.zones
+        .insert("a".into(), zone_view(5, 0, Some(desired(5, true))));
+    let mut b = zone_view(5, 0, Some(desired(5, true)));
+    b.shedding = ["b-1", "b-2"].iter().map(|n| n.to_string()).collect();
+    view.zones.insert("b".into(), b);
+    let place_now = |view: &PoolView| {
+        place(
+            view,
+            |_| true,
+            &BTreeMap::new(),
+            &Requests::new(),
+            "s1",
+            NOW,
+        )
+        .expect("placed")
+    };
+    let placement = place_now(&view);
+    assert_eq!(placement.summary(), "a=5 b=3", "the shed zone drops, not a");
+    let write = placement
+        .writes
+        .iter()
+        .find(|w| w.zone == "b")
+        .and_then(|w| w.next.clone())
+        .expect("b is written");
+    assert_eq!(write.shed, shed(&["b-1", "b-2"]), "the VMs it leaves out");
+    assert!(
+        placement.writes.iter().all(|w| w.zone != "a"),
+        "a is unchanged"
+    );
+    // The next pass, with that count stored and both still draining: nothing moves.
+    view.zones.get_mut("b").expect("b").desired = Some(write.clone());
+    let placement = place_now(&view);
+    assert_eq!(placement.summary(), "a=5 b=3");
+    assert!(placement.writes.is_empty(), "{:?}", placement.writes);
+    // One is gone and its request with it; the other drains still.
+    let b = view.zones.get_mut("b").expect("b");
+    set_instances(b, 4, 0);
+    b.shedding.remove("b-1");
+    let placement = place_now(&view);
+    assert_eq!(placement.summary(), "a=5 b=3");
+    let b = &placement.writes[0];
+    assert_eq!(
+        b.next.as_ref().map(|d| d.shed.clone()),
+        Some(shed(&["b-2"]))
+    );
+    // Not counted yet while its zone is short of what it was told: still its own zone.
+    let mut view = pool(7, Distribution::Even, &["a", "b"]);
+    view.zones
+        .insert("a".into(), zone_view(4, 0, Some(desired(4, true))));
+    let mut b = zone_view(3, 0, Some(desired(4, true)));
+    b.shedding = ["b-1"].iter().map(|n| n.to_string()).collect();
+    view.zones.insert("b".into(), b);
+    assert_eq!(place_now(&view).summary(), "a=4 b=3");
+}
