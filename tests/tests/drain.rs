@@ -36,6 +36,12 @@ async fn events(c: &Cluster, pool: &str, kind: &str) -> Vec<Event> {
     all.filter(|e| e.kind == kind).collect()
 }
 
+async fn pool_target(c: &Cluster, pool: &str) -> i64 {
+    let key = c.store().keys().pool_config(pool).unwrap();
+    let config = c.store().get::<pm_proto::PoolConfig>(&key).await.unwrap();
+    config.expect("a config").value.target_vm_count
+}
+
 async fn running(c: &Cluster, pool: &str) -> usize {
     c.count_status(pool, "RUNNING").await.values().sum()
 }
@@ -264,4 +270,140 @@ async fn drain_requests_recycle_their_vms_hard_at_once_soft_up_to_the_wait() {
     })
     .await;
     wait_exactly(&c, "web", 2).await;
+}
+
+/// `pmctl -o json <args>` against the cluster: exit status, stdout as JSON, stderr.
+fn pmctl_json(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = std::process::Command::new(pm_tests::bin_path("pmctl"))
+        .args([
+            "--etcd",
+            &c.etcd_endpoints(),
+            "--prefix",
+            c.prefix(),
+            "-o",
+            "json",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shed_lowers_the_target_and_removes_the_selected_vms_without_replacing_them() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-drain", "0");
+    let c = Cluster::builder()
+        .zones(2)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    c.set_pool("web", config(&c, 4, 20, 2)).await;
+    wait_exactly(&c, "web", 4).await;
+    // Label one VM through the real setLabels call, as an operator's tool would.
+    let gce = c.gce_instances("web").await;
+    let zone = c.zones()[1].clone();
+    let tagged = gce[&zone][0].clone();
+    let mut labels = tagged.labels.clone();
+    labels.insert("tier".into(), "batch".into());
+    let op = c
+        .compute()
+        .set_labels(
+            pm_tests::cluster::PROJECT,
+            &zone,
+            &tagged.name,
+            &labels,
+            tagged.label_fingerprint.as_deref().unwrap_or_default(),
+        )
+        .await
+        .unwrap();
+    c.compute()
+        .wait_operation(pm_tests::cluster::PROJECT, &zone, &op.name)
+        .await
+        .unwrap();
+    c.wait("the label is recorded", BOUND, || async {
+        let key = c
+            .store()
+            .keys()
+            .instance("web", &zone, &tagged.name)
+            .unwrap();
+        let o = c
+            .store()
+            .get::<pm_proto::ObservedInstance>(&key)
+            .await
+            .unwrap()?;
+        (o.value.labels.get("tier").map(String::as_str) == Some("batch")).then_some(())
+    })
+    .await;
+    // Refusals write nothing.
+    let (ok, _, stderr) = pmctl_json(&c, &["shed", "web", "2", "--selector", "tier=batch"]);
+    assert!(!ok && stderr.contains("fewer than 2"), "{stderr}");
+    let (ok, _, stderr) = pmctl_json(&c, &["shed", "web", "1", "--selector", "Tier"]);
+    assert!(!ok && stderr.contains("KEY=VALUE"), "{stderr}");
+    assert_eq!(pool_target(&c, "web").await, 4, "nothing was written");
+
+    let (ok, shed, stderr) = pmctl_json(
+        &c,
+        &[
+            "shed",
+            "web",
+            "1",
+            "--selector",
+            "tier=batch",
+            "--reason",
+            "batch done",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(shed["selected"], serde_json::json!([tagged.name]));
+    assert_eq!(shed["state"], "requested");
+    let workflow = shed["workflow_id"].as_str().expect("an id").to_string();
+    assert_eq!(pool_target(&c, "web").await, 3);
+    // A second shed within the interval is refused, unless forced.
+    let (ok, _, stderr) = pmctl_json(&c, &["shed", "web", "1"]);
+    assert!(!ok && stderr.contains("--min-interval"), "{stderr}");
+    c.wait("the labelled VM is gone, and no other", BOUND, || async {
+        let now = c.gce_instances("web").await;
+        let names: Vec<&str> = now.values().flatten().map(|i| i.name.as_str()).collect();
+        let gone = !names.contains(&tagged.name.as_str());
+        (gone && names.len() == 3).then_some(())
+    })
+    .await;
+    let (ok, view, stderr) = pmctl_json(&c, &["workflows", "web", &workflow]);
+    assert!(ok, "{stderr}");
+    assert_eq!(view["state"], "done", "{view}");
+    assert_eq!(view["kind"], "shed");
+    // Without a selector, a forced hard shed takes what a scale-down would: the newest.
+    let (ok, shed, stderr) = pmctl_json(&c, &["shed", "web", "2", "--hard", "--force"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(pool_target(&c, "web").await, 1);
+    let chosen: Vec<String> = serde_json::from_value(shed["selected"].clone()).unwrap();
+    c.wait("the shed VMs are gone", BOUND, || async {
+        let now = c.gce_instances("web").await;
+        let left = now.values().flatten().any(|i| chosen.contains(&i.name));
+        (!left).then_some(())
+    })
+    .await;
+    wait_exactly(&c, "web", 1).await;
+    // Nothing replaces them: the zones' counts add up to the lowered target.
+    let mut counts = 0;
+    for zone in c.zones() {
+        let key = c.store().keys().zone_desired("web", zone).unwrap();
+        let desired = c.store().get::<pm_proto::ZoneDesired>(&key).await.unwrap();
+        counts += desired.map_or(0, |d| d.value.count);
+    }
+    assert_eq!(counts, 1, "no zone is told to replace a shed VM");
+    wait_exactly(&c, "web", 1).await;
+    let lines = hook_lines(hooks.path());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&tagged.name) && l.ends_with("batch done")),
+        "the soft shed ran the drain hook: {lines:?}"
+    );
 }

@@ -813,6 +813,7 @@ async fn reads_show_what_etcd_holds() {
             "agent_id",
             "created_unix_ms",
             "gce_id",
+            "labels",
             "name",
             "preempted",
             "state",
