@@ -307,7 +307,8 @@ async fn a_shed_lowers_the_target_and_removes_the_selected_vms_without_replacing
     wait_exactly(&c, "web", 4).await;
     // Label one VM through the real setLabels call, as an operator's tool would.
     let gce = c.gce_instances("web").await;
-    let zone = c.zones()[1].clone();
+    // In the first zone: a plain scale-down by one would trim the last.
+    let zone = c.zones()[0].clone();
     let tagged = gce[&zone][0].clone();
     let mut labels = tagged.labels.clone();
     labels.insert("tier".into(), "batch".into());
@@ -374,6 +375,22 @@ async fn a_shed_lowers_the_target_and_removes_the_selected_vms_without_replacing
         (gone && names.len() == 3).then_some(())
     })
     .await;
+    let desired = |zone: String| {
+        let c = &c;
+        async move {
+            let key = c.store().keys().zone_desired("web", &zone).unwrap();
+            let d = c.store().get::<pm_proto::ZoneDesired>(&key).await.unwrap();
+            d.map_or(0, |d| d.value.count)
+        }
+    };
+    assert_eq!(
+        (
+            desired(zone.clone()).await,
+            desired(c.zones()[1].clone()).await
+        ),
+        (1, 2),
+        "the shed VM's own zone goes down, so nothing replaces it"
+    );
     let (ok, view, stderr) = pmctl_json(&c, &["workflows", "web", &workflow]);
     assert!(ok, "{stderr}");
     assert_eq!(view["state"], "done", "{view}");
@@ -406,4 +423,60 @@ async fn a_shed_lowers_the_target_and_removes_the_selected_vms_without_replacing
             .any(|l| l.contains(&tagged.name) && l.ends_with("batch done")),
         "the soft shed ran the drain hook: {lines:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shed_mid_drain_survives_a_scheduler_and_agent_failover() {
+    let hooks = tempfile::tempdir().unwrap();
+    write_hook(hooks.path(), "on-drain", "300");
+    let mut c = Cluster::builder()
+        .zones(1)
+        .agents(2)
+        .schedulers(2)
+        .hooks_dir(hooks.path())
+        .start()
+        .await;
+    c.set_pool("web", config(&c, 3, 8, 1)).await;
+    wait_exactly(&c, "web", 3).await;
+    let (ok, shed, stderr) = pmctl_json(&c, &["shed", "web", "1", "--reason", "failover"]);
+    assert!(ok, "{stderr}");
+    let chosen = shed["selected"][0].as_str().expect("a VM").to_string();
+    let zone = c.zones()[0].clone();
+    let key = c.store().keys().instance("web", &zone, &chosen).unwrap();
+    c.wait("the shed VM drains", BOUND, || async {
+        let o = c
+            .store()
+            .get::<pm_proto::ObservedInstance>(&key)
+            .await
+            .unwrap()?;
+        o.value.drain.is_some().then_some(())
+    })
+    .await;
+    let (_, leader, _) = pmctl_json(&c, &["leader"]);
+    let index = (0..c.scheduler_count())
+        .find(|i| leader["leader"]["id"] == c.scheduler(*i).name())
+        .expect("a scheduler leads");
+    c.scheduler(index).kill9().await;
+    c.agent(&zone, 0).kill9().await;
+    c.wait("the shed VM is gone after the failover", BOUND, || async {
+        let now = c.gce_instances("web").await;
+        let gone = !now.values().flatten().any(|i| i.name == chosen);
+        gone.then_some(())
+    })
+    .await;
+    wait_exactly(&c, "web", 2).await;
+    let workflow = shed["workflow_id"].as_str().expect("an id").to_string();
+    c.wait("the workflow is done", BOUND, || async {
+        let (ok, view, _) = pmctl_json(&c, &["workflows", "web", &workflow]);
+        (ok && view["state"] == "done").then_some(())
+    })
+    .await;
+    let desired_key = c.store().keys().zone_desired("web", &zone).unwrap();
+    let desired = c
+        .store()
+        .get::<pm_proto::ZoneDesired>(&desired_key)
+        .await
+        .unwrap();
+    assert_eq!(desired.map(|d| d.value.count), Some(2), "no replacement");
+    assert_eq!(pool_target(&c, "web").await, 2);
 }

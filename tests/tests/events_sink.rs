@@ -417,3 +417,43 @@ async fn a_key_that_is_no_event_is_dropped_once_across_a_failover() {
         .await;
     assert_eq!(after, 0.0, "the next leader counted the key again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_and_sheds_arrive_as_cloud_events_in_structured_mode() {
+    let receiver = Receiver::start().await;
+    let c = Cluster::builder()
+        .zones(2)
+        .scheduler_flag("--events-sink", &receiver.url())
+        .scheduler_flag("--events-sink-mode", "structured")
+        .start()
+        .await;
+    c.set_pool("web", c.pool_config("web-", 3)).await;
+    wait_all_running(&c, "3 VMs running", 3).await;
+    let names: Vec<String> = c
+        .gce_instances("web")
+        .await
+        .into_values()
+        .flatten()
+        .map(|i| i.name)
+        .collect();
+    pmctl(&c, &["drain", "web", &names[0], "--hard"]).await;
+    pmctl(&c, &["shed", "web", "1", "--reason", "night"]).await;
+    let stored = wait_delivered(
+        &c,
+        &receiver,
+        "web",
+        &[
+            "dev.pm.instance.draining",
+            "dev.pm.instance.drained",
+            "dev.pm.pool.shed",
+        ],
+        "",
+    )
+    .await;
+    assert!(
+        receiver.received().iter().all(|r| r.structured),
+        "structured as asked"
+    );
+    assert_attributes(&receiver, "web", &stored);
+    wait_all_running(&c, "the pool at its lowered target", 2).await;
+}
