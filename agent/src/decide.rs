@@ -295,9 +295,10 @@ pub fn decide(inputs: &PoolInputs) -> Decision {
             if !already && flight.is_none() {
                 d.preempted.push(name.clone());
             }
-            // It was leaving anyway: it goes now (deleting gives its budget slot back)
-            // and is never started again.
-            let draining = observed.is_some_and(|o| o.drain.is_some());
+            // It was leaving anyway (draining, or asked to by pmctl): it goes now
+            // (deleting gives its budget slot back) and is never started again.
+            let draining = observed.is_some_and(|o| o.drain.is_some())
+                || inputs.drain_requests.contains_key(name);
             match inputs.on_preempted {
                 _ if draining => {
                     if flight.is_none() {

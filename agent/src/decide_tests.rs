@@ -607,6 +607,16 @@ fn a_draining_vm_that_is_preempted_is_deleted_not_restarted() {
     assert!(d.drain_hook_pending.is_empty(), "{d:?}");
     // Gone on its own: it holds no place, and its replacement comes.
     assert_eq!((d.live, d.create), (1, 1), "{d:?}");
+    // Asked to drain and preempted before its drain began: deleted, not restarted.
+    let mut i = inputs(2);
+    i.on_preempted = OnPreempted::Restart;
+    running(&mut i, &["w-a", "w-b"]);
+    i.drain_requests
+        .insert("w-b".into(), DrainRequest::default());
+    i.listed.get_mut("w-b").expect("listed").status = S::Terminated;
+    let d = decide(&i);
+    assert!(d.restart.is_empty(), "{d:?}");
+    assert_eq!(d.delete, vec!["w-b".to_string()], "{d:?}");
 }
 
 #[test]

@@ -254,6 +254,7 @@ pub fn effects(
         if let Some(drain) = &o.drain {
             let waited = match drain.hook_outcome.as_str() {
                 _ if drain.hard => "hard: at once".to_string(),
+                _ if o.preempted => "preempted while it drained".to_string(),
                 "" => "the drain hook did not finish in time".to_string(),
                 outcome => format!("drain hook: {outcome}"),
             };
@@ -450,6 +451,25 @@ mod tests {
         assert!(intent.gce_id.is_empty(), "not confirmed yet");
         assert_eq!(fx.creates[0].instance.name, "w-fresh1");
         assert_eq!(fx.creates[0].instance.labels["pm-pool"], "web");
+    }
+
+    #[test]
+    fn a_draining_vm_preempted_is_drained_as_preempted_not_as_late() {
+        let mut vm = observed(InstanceState::Running);
+        vm.drain = Some(pm_proto::Drain {
+            reason: "scale-down".into(),
+            ..Default::default()
+        });
+        let observed = BTreeMap::from([("w-a".to_string(), vm)]);
+        let decision = Decision {
+            preempted: vec!["w-a".into()],
+            delete: vec!["w-a".into()],
+            ..Default::default()
+        };
+        let fx = run(&decision, &observed);
+        let drained = fx.notices.iter().find(|n| n.kind == "drained");
+        let message = drained.map(|n| n.message.as_str()).unwrap_or_default();
+        assert!(message.contains("preempted while it drained"), "{message}");
     }
 
     #[test]
