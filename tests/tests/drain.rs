@@ -174,26 +174,9 @@ async fn a_drain_hook_dropped_from_a_full_queue_still_waits_its_time() {
 
 /// `pmctl -o json drain web ...`: its exit status, stdout as JSON, stderr.
 fn pmctl_drain(c: &Cluster, args: &[&str]) -> (bool, serde_json::Value, String) {
-    let out = std::process::Command::new(pm_tests::bin_path("pmctl"))
-        .args([
-            "--etcd",
-            &c.etcd_endpoints(),
-            "--prefix",
-            c.prefix(),
-            "-o",
-            "json",
-            "drain",
-            "web",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    (
-        out.status.success(),
-        json,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["drain", "web"];
+    all.extend_from_slice(args);
+    pmctl_json(c, &all)
 }
 
 #[tokio::test(flavor = "multi_thread")]
