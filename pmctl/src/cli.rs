@@ -157,8 +157,8 @@ pub enum Command {
         /// The pool.
         #[arg(value_parser = pool_name)]
         pool: String,
-        /// How many VMs to remove (1 to 100).
-        #[arg(value_parser = clap::value_parser!(u16).range(1..=100))]
+        /// How many VMs to remove (1 to 60).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=60))]
         count: u16,
         /// Only VMs of this zone.
         #[arg(long, value_parser = zone_name)]

@@ -17,8 +17,9 @@ use crate::events::record;
 use crate::output::{self, OutputFormat, Render};
 use crate::snapshot;
 
-/// Most VMs one `pmctl drain` takes: its writes fit one etcd transaction.
-pub const MAX_DRAIN: usize = 100;
+/// Most VMs one `pmctl drain` or `pmctl shed` takes: its two guards per VM (its key is
+/// there, no request for it yet) stay within etcd's default `--max-txn-ops` of 128.
+pub const MAX_DRAIN: usize = 60;
 
 /// How long a workflow's record is kept.
 const WORKFLOW_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -98,6 +99,19 @@ pub async fn drain(
             unknown.join(", ")
         )));
     }
+    let asked: Vec<String> = names
+        .iter()
+        .filter_map(|n| {
+            let request = stored?.zone(zones[n.as_str()]).drains.get(n)?;
+            Some(format!("{n} (workflow {})", request.value.workflow_id))
+        })
+        .collect();
+    if !asked.is_empty() {
+        return Err(Error::Refused(format!(
+            "already asked to drain or shed: {}; nothing was written (pmctl workflows {pool} shows them)",
+            asked.join(", ")
+        )));
+    }
     let now = now_unix_ms();
     let workflow_id = new_workflow_id(now);
     let reason = if reason.is_empty() {
@@ -151,12 +165,15 @@ pub async fn drain(
 
 /// A new workflow's id: its time first, so ids sort as they were made.
 pub(crate) fn new_workflow_id(now_ms: i64) -> String {
-    format!("{now_ms}-{:x}", std::process::id())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{now_ms}-{:x}{nanos:08x}", std::process::id())
 }
 
 /// Writes `workflow` as `workflow_id` and `request` for each VM it selects, in one
-/// transaction with `ops`, only while every selected VM's observed key exists and
-/// `guards` hold.
+/// transaction with `ops`, only while the workflow is new, every selected VM's observed
+/// key exists, none has a request yet, and `guards` hold.
 pub(crate) async fn submit(
     store: &Store,
     pool: &str,
@@ -168,15 +185,15 @@ pub(crate) async fn submit(
 ) -> Result<()> {
     let keys = store.keys();
     let lease = store.grant_lease(WORKFLOW_RETENTION).await?;
-    ops.push(put_op(&keys.workflow(pool, workflow_id)?, workflow, lease));
+    let workflow_key = keys.workflow(pool, workflow_id)?;
+    guards.push(Compare::version(workflow_key.clone(), CompareOp::Equal, 0));
+    ops.push(put_op(&workflow_key, workflow, lease));
     for vm in &workflow.selected {
         let instance = keys.instance(pool, &vm.zone, &vm.name)?;
         guards.push(Compare::create_revision(instance, CompareOp::Greater, 0));
-        ops.push(put_op(
-            &keys.drain_request(pool, &vm.zone, &vm.name)?,
-            request,
-            0,
-        ));
+        let request_key = keys.drain_request(pool, &vm.zone, &vm.name)?;
+        guards.push(Compare::version(request_key.clone(), CompareOp::Equal, 0));
+        ops.push(put_op(&request_key, request, 0));
     }
     match store
         .txn_if(guards, "every selected VM still there", ops)
@@ -184,7 +201,7 @@ pub(crate) async fn submit(
     {
         Ok(_) => Ok(()),
         Err(pm_etcd::Error::GuardFailed { .. }) => Err(Error::Refused(
-            "a selected VM went away, or the pool changed, while the workflow was written; nothing was written, run it again"
+            "meanwhile a selected VM went away or was asked to drain, or the pool changed; nothing was written, run it again"
                 .into(),
         )),
         Err(e) => Err(e.into()),

@@ -93,15 +93,25 @@ pub async fn shed(store: &Store, args: &ShedArgs, format: OutputFormat) -> Resul
         )));
     }
     let current = revision(&config.value);
+    let allowed = &config.value.allowed_zones;
+    if let Some(zone) = args.zone.as_ref().filter(|z| !allowed.contains(z)) {
+        return Err(Error::Refused(format!(
+            "pool {pool:?} does not allow zone {zone}; its VMs there go anyway"
+        )));
+    }
+    // Only VMs GCE runs, in zones the pool allows: one being created is not yet live for
+    // its agent's count, and a zone no longer allowed is emptied anyway.
     let mut candidates: Vec<Candidate<'_>> = stored
         .into_iter()
         .flat_map(|p| &p.zones)
+        .filter(|(zone, _)| allowed.contains(zone))
         .filter(|(zone, _)| args.zone.as_ref().is_none_or(|z| z == *zone))
         .flat_map(|(zone, zk)| {
             zk.instances
                 .iter()
                 .filter(|(name, o)| {
                     is_live(&o.value)
+                        && o.value.state() == InstanceState::Running
                         && o.value.drain.is_none()
                         && !zk.drains.contains_key(*name)
                         && args
@@ -119,7 +129,7 @@ pub async fn shed(store: &Store, args: &ShedArgs, format: OutputFormat) -> Resul
     candidates.sort_by(|a, b| removal_order(&a.rank(&current), &b.rank(&current)));
     if candidates.len() < args.count {
         return Err(Error::Refused(format!(
-            "pool {pool:?} has {} VM(s) that may be shed{}{}, fewer than {count}; nothing was written",
+            "pool {pool:?} has {} RUNNING VM(s) that may be shed{}{}, fewer than {count}; nothing was written",
             candidates.len(),
             args.zone.as_ref().map_or(String::new(), |z| format!(" in zone {z}")),
             args.selector

@@ -132,7 +132,10 @@ pub fn distribution_input(
             let counted = witness::counted(zv, requests.get(&name));
             ZoneState {
                 allowed: is_allowed,
-                live: counted.map_or(kept, |seen| kept.min(seen)),
+                // What a witness counted in GCE still holds the zone's shed VMs.
+                live: counted.map_or(kept, |seen| {
+                    kept.min(seen.saturating_sub(len(zv.shedding.len())))
+                }),
                 usable,
                 capacity: capacity(zv, base, now_ms),
                 last_success_unix_ms: zv.counts.last_success_unix_ms,

@@ -19,7 +19,7 @@ use pm_etcd::{EtcdOptions, Keyspace, Store};
 use pm_gce::compute::Compute;
 use pm_gce::resources::Instance;
 use pm_gce::rest::{Auth, RestCompute, RestConfig};
-use pm_proto::PoolConfig;
+use pm_proto::{InstanceState, ObservedInstance, PoolConfig};
 
 use crate::{unique_prefix, Daemon, EtcdCluster};
 
@@ -569,6 +569,26 @@ impl Cluster {
                 (zone, n)
             })
             .collect()
+    }
+
+    /// Waits until etcd records exactly `n` observed instances of `pool`, all RUNNING:
+    /// what pmctl, which reads etcd, then sees.
+    pub async fn wait_recorded_running(&self, pool: &str, n: usize) {
+        self.wait(
+            &format!("{n} RUNNING VMs recorded"),
+            Duration::from_secs(60),
+            || async {
+                let mut states = Vec::new();
+                for zone in &self.zones {
+                    let prefix = self.store.keys().instances_prefix(pool, zone).ok()?;
+                    let listing = self.store.list::<ObservedInstance>(&prefix).await.ok()?;
+                    states.extend(listing.items.into_iter().map(|(_, o)| o.value.state()));
+                }
+                let running = states.iter().all(|s| *s == InstanceState::Running);
+                (states.len() == n && running).then_some(())
+            },
+        )
+        .await;
     }
 
     /// The observed instance names in etcd, per zone.

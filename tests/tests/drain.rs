@@ -378,6 +378,7 @@ async fn a_shed_lowers_the_target_and_removes_the_selected_vms_without_replacing
     assert!(ok, "{stderr}");
     assert_eq!(view["state"], "done", "{view}");
     assert_eq!(view["kind"], "shed");
+    c.wait_recorded_running("web", 3).await;
     // Without a selector, a forced hard shed takes what a scale-down would: the newest.
     let (ok, shed, stderr) = pmctl_json(&c, &["shed", "web", "2", "--hard", "--force"]);
     assert!(ok, "{stderr}");
@@ -419,8 +420,9 @@ async fn a_shed_mid_drain_survives_a_scheduler_and_agent_failover() {
         .hooks_dir(hooks.path())
         .start()
         .await;
-    c.set_pool("web", config(&c, 3, 8, 1)).await;
+    c.set_pool("web", config(&c, 3, 20, 1)).await;
     wait_exactly(&c, "web", 3).await;
+    c.wait_recorded_running("web", 3).await;
     let (ok, shed, stderr) = pmctl_json(&c, &["shed", "web", "1", "--reason", "failover"]);
     assert!(ok, "{stderr}");
     let chosen = shed["selected"][0].as_str().expect("a VM").to_string();
@@ -435,6 +437,9 @@ async fn a_shed_mid_drain_survives_a_scheduler_and_agent_failover() {
         o.value.drain.is_some().then_some(())
     })
     .await;
+    // Its drain waits 20 s for a hook that sleeps: a drain of it meanwhile is refused.
+    let (ok, _, stderr) = pmctl_drain(&c, &[&chosen]);
+    assert!(!ok && stderr.contains("already asked"), "{stderr}");
     let (_, leader, _) = pmctl_json(&c, &["leader"]);
     let index = (0..c.scheduler_count())
         .find(|i| leader["leader"]["id"] == c.scheduler(*i).name())

@@ -429,6 +429,7 @@ async fn drains_and_sheds_arrive_as_cloud_events_in_structured_mode() {
         .await;
     c.set_pool("web", c.pool_config("web-", 3)).await;
     wait_all_running(&c, "3 VMs running", 3).await;
+    c.wait_recorded_running("web", 3).await;
     let names: Vec<String> = c
         .gce_instances("web")
         .await
