@@ -62,11 +62,6 @@ fn zone_name(text: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A `KEY=VALUE` label selector.
-fn selector(text: &str) -> Result<Selector, String> {
-    Selector::parse(text)
-}
-
 /// A manual exhaustion: at least a second, at most [`MAX_EXHAUST_FOR`].
 fn exhaust_for(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
@@ -164,7 +159,7 @@ pub enum Command {
         #[arg(long, value_parser = zone_name)]
         zone: Option<String>,
         /// Only VMs with this GCE label, KEY=VALUE.
-        #[arg(long, value_parser = selector)]
+        #[arg(long, value_parser = Selector::parse)]
         selector: Option<Selector>,
         /// Delete at once, without waiting for the drain hook.
         #[arg(long)]

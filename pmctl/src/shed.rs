@@ -9,7 +9,7 @@ use std::time::Duration;
 use pm_etcd::etcd_client::{Compare, CompareOp};
 use pm_etcd::{now_unix_ms, put_op, Store};
 use pm_pool::removal::{removal_order, RemovalRank, Selector};
-use pm_pool::{is_live, revision};
+use pm_pool::{revision, ObservedStatus};
 use pm_proto::{
     DrainRequest, InstanceState, ObservedInstance, Severity, Workflow, WorkflowInstance,
     WorkflowKind,
@@ -110,8 +110,7 @@ pub async fn shed(store: &Store, args: &ShedArgs, format: OutputFormat) -> Resul
             zk.instances
                 .iter()
                 .filter(|(name, o)| {
-                    is_live(&o.value)
-                        && o.value.state() == InstanceState::Running
+                    ObservedStatus::of(&o.value) == ObservedStatus::Running
                         && o.value.drain.is_none()
                         && !zk.drains.contains_key(*name)
                         && args

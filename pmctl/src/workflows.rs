@@ -190,15 +190,12 @@ fn row(pool: &str, id: &str, workflow: &Workflow, keys: Option<&PoolKeys>) -> Wo
 
 /// `pmctl workflows POOL [ID]`.
 pub async fn show(store: &Store, pool: &str, id: Option<&str>, format: OutputFormat) -> Result<()> {
-    let keys = store.keys();
-    let listing = store
-        .list::<Workflow>(&keys.workflows_prefix(pool)?)
-        .await?;
+    let prefix = store.keys().workflows_prefix(pool)?;
+    let listing = store.list::<Workflow>(&prefix).await?;
     for invalid in &listing.invalid {
         tracing::warn!("{invalid}");
     }
     let (pools, _, _) = snapshot::read_pools(store, Some(pool)).await?;
-    let prefix = keys.workflows_prefix(pool)?;
     let mut rows: Vec<WorkflowRow> = listing
         .items
         .iter()
